@@ -1,0 +1,54 @@
+//! Builds the AWS clients and the vend core once, from configuration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+use crate::aws::activations::ActivationService;
+use crate::aws::parameters::CodeVault;
+use crate::aws::pool_store::PoolStore;
+use crate::config::Config;
+use crate::http::AppState;
+use crate::vend::Vendor;
+
+/// Shared SDK settings: the standard retry mode (exponential backoff with jitter,
+/// throttling-aware) and timeouts short enough to answer within API Gateway's 29 s.
+pub async fn load_sdk_config(config: &Config) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(config.region.clone()))
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(5)
+                .with_initial_backoff(Duration::from_millis(50)),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(Duration::from_secs(5))
+                .operation_timeout(Duration::from_secs(20))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+pub fn build_state(config: Config, sdk: &SdkConfig) -> AppState {
+    let ssm = aws_sdk_ssm::Client::new(sdk);
+    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+    let vendor = Vendor::new(
+        PoolStore::new(dynamodb, config.table.clone()),
+        CodeVault::new(
+            ssm.clone(),
+            config.parameter_prefix.clone(),
+            config.kms_key_id.clone(),
+        ),
+        ActivationService::new(ssm, config.instance_role.clone()),
+        config,
+    );
+    AppState {
+        vendor: Arc::new(vendor),
+    }
+}

@@ -1,0 +1,217 @@
+//! Settings read once at start. Every problem names the variable that caused it,
+//! so a bad deploy fails loudly in its first log line instead of at the first vend.
+
+use std::time::Duration;
+
+use crate::duration::parse_duration;
+
+/// AWS refuses activations that live longer than this.
+pub const MAX_ACTIVATION_TTL: Duration = Duration::from_secs(30 * 86_400);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub table: String,
+    pub parameter_prefix: String,
+    pub kms_key_id: String,
+    pub instance_role: String,
+    pub region: String,
+    pub registration_limit: u32,
+    pub activation_ttl: Duration,
+    /// A vend never hands out an activation that expires sooner than this.
+    pub expiry_margin: Duration,
+    /// How long a rotation may hold the pool before others may take over.
+    pub lease: Duration,
+    /// How long a request polls for another request's rotation before answering 503.
+    pub wait: Duration,
+    /// How often each process checks with SSM that the current activation still exists.
+    pub verify_interval: Duration,
+    /// Rotate ahead once this share (percent) of the slots is left.
+    pub low_water_percent: u32,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+fn problem(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        problem: problem.into(),
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let required = |name: &'static str| -> Result<String, ConfigError> {
+            match lookup(name).map(|v| v.trim().to_owned()) {
+                Some(v) if !v.is_empty() => Ok(v),
+                _ => Err(problem(name, "is required but not set")),
+            }
+        };
+        let duration = |name: &'static str, default: &str| -> Result<Duration, ConfigError> {
+            let raw = lookup(name).unwrap_or_else(|| default.to_owned());
+            parse_duration(&raw).map_err(|e| problem(name, e))
+        };
+        let number = |name: &'static str, default: u32, range: std::ops::RangeInclusive<u32>| {
+            let raw = lookup(name).unwrap_or_else(|| default.to_string());
+            match raw.trim().parse::<u32>() {
+                Ok(n) if range.contains(&n) => Ok(n),
+                _ => Err(problem(
+                    name,
+                    format!(
+                        "`{raw}` must be a whole number from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                )),
+            }
+        };
+
+        let table = required("VENDING_TABLE")?;
+        let parameter_prefix = required("VENDING_PARAMETER_PREFIX")?;
+        if !parameter_prefix.starts_with('/')
+            || parameter_prefix.ends_with('/')
+            || parameter_prefix.len() > 900
+            || !parameter_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/_.-".contains(c))
+        {
+            return Err(problem(
+                "VENDING_PARAMETER_PREFIX",
+                format!("`{parameter_prefix}` must look like /activation-vending: a leading slash, no trailing slash, letters, digits and _ . -"),
+            ));
+        }
+        let kms_key_id = required("VENDING_KMS_KEY_ID")?;
+        let instance_role = required("VENDING_INSTANCE_ROLE")?;
+        if instance_role.contains(':') || instance_role.contains('/') || instance_role.len() > 64 {
+            return Err(problem(
+                "VENDING_INSTANCE_ROLE",
+                format!("`{instance_role}` must be an IAM role name (not an ARN or path), at most 64 characters"),
+            ));
+        }
+        let region = lookup("AWS_REGION")
+            .or_else(|| lookup("AWS_DEFAULT_REGION"))
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| problem("AWS_REGION", "is required but not set"))?;
+
+        let registration_limit = number("VENDING_REGISTRATION_LIMIT", 100, 1..=1000)?;
+        let activation_ttl = duration("VENDING_ACTIVATION_TTL", "24h")?;
+        let expiry_margin = duration("VENDING_EXPIRY_MARGIN", "15m")?;
+        let lease = duration("VENDING_LEASE", "30s")?;
+        let wait = duration("VENDING_WAIT", "5s")?;
+        let verify_interval = duration("VENDING_VERIFY_INTERVAL", "60s")?;
+        let low_water_percent = number("VENDING_LOW_WATER_PERCENT", 20, 0..=90)?;
+
+        if activation_ttl > MAX_ACTIVATION_TTL {
+            return Err(problem(
+                "VENDING_ACTIVATION_TTL",
+                "must be at most 30d (AWS's limit)",
+            ));
+        }
+        if activation_ttl <= expiry_margin.saturating_mul(2) {
+            return Err(problem(
+                "VENDING_ACTIVATION_TTL",
+                format!(
+                    "must be more than twice VENDING_EXPIRY_MARGIN ({}s), or every activation is rotated as soon as it is made",
+                    expiry_margin.as_secs()
+                ),
+            ));
+        }
+        if lease < Duration::from_secs(1) {
+            return Err(problem(
+                "VENDING_LEASE",
+                "must be at least 1s: a rotation takes several AWS calls",
+            ));
+        }
+
+        Ok(Self {
+            table,
+            parameter_prefix,
+            kms_key_id,
+            instance_role,
+            region,
+            registration_limit,
+            activation_ttl,
+            expiry_margin,
+            lease,
+            wait,
+            verify_interval,
+            low_water_percent,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn base() -> HashMap<&'static str, String> {
+        HashMap::from([
+            ("VENDING_TABLE", "t".to_owned()),
+            ("VENDING_PARAMETER_PREFIX", "/activation-vending".to_owned()),
+            ("VENDING_KMS_KEY_ID", "alias/k".to_owned()),
+            ("VENDING_INSTANCE_ROLE", "managed".to_owned()),
+            ("AWS_REGION", "eu-west-1".to_owned()),
+        ])
+    }
+
+    fn load(env: &HashMap<&'static str, String>) -> Result<Config, ConfigError> {
+        Config::from_lookup(|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_fill_everything_but_the_resources() {
+        let config = load(&base()).unwrap();
+        assert_eq!(config.registration_limit, 100);
+        assert_eq!(config.activation_ttl, Duration::from_secs(86_400));
+        assert_eq!(config.expiry_margin, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn a_missing_resource_names_its_variable() {
+        for name in [
+            "VENDING_TABLE",
+            "VENDING_PARAMETER_PREFIX",
+            "VENDING_KMS_KEY_ID",
+            "VENDING_INSTANCE_ROLE",
+            "AWS_REGION",
+        ] {
+            let mut env = base();
+            env.remove(name);
+            let err = load(&env).unwrap_err();
+            assert_eq!(err.setting, name);
+            assert!(err.to_string().starts_with(name));
+        }
+    }
+
+    #[test]
+    fn a_bad_value_fails_naming_the_setting() {
+        let cases = [
+            ("VENDING_REGISTRATION_LIMIT", "0"),
+            ("VENDING_REGISTRATION_LIMIT", "1001"),
+            ("VENDING_REGISTRATION_LIMIT", "lots"),
+            ("VENDING_ACTIVATION_TTL", "31d"),
+            ("VENDING_ACTIVATION_TTL", "20m"),
+            ("VENDING_EXPIRY_MARGIN", "soon"),
+            ("VENDING_LEASE", "100ms"),
+            ("VENDING_INSTANCE_ROLE", "arn:aws:iam::123456789012:role/x"),
+            ("VENDING_PARAMETER_PREFIX", "no-leading-slash"),
+            ("VENDING_PARAMETER_PREFIX", "/trailing/"),
+        ];
+        for (name, value) in cases {
+            let mut env = base();
+            env.insert(name, value.to_owned());
+            let err = load(&env).unwrap_err();
+            assert_eq!(err.setting, name, "{name}={value} gave {err}");
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Every way a request can fail, and the one place each becomes an HTTP status.
+//! Messages here reach callers and logs, so none of them may carry the code.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VendError {
+    #[error("no pool named `{0}`")]
+    PoolNotFound(String),
+    #[error("no route for {0}")]
+    RouteNotFound(String),
+    #[error("{method} is not allowed here; use {allow}")]
+    MethodNotAllowed { method: String, allow: &'static str },
+    #[error("{parameter}: {problem}")]
+    InvalidParameter {
+        parameter: &'static str,
+        problem: String,
+    },
+    #[error("no usable activation yet: another request is rotating it")]
+    NoActivationYet,
+    #[error("AWS is throttling {operation}")]
+    Throttled { operation: &'static str },
+    #[error("AWS {operation} is unavailable: {detail}")]
+    Unavailable {
+        operation: &'static str,
+        detail: String,
+    },
+    #[error("AWS {operation} failed: {code}: {detail}")]
+    Aws {
+        operation: &'static str,
+        code: String,
+        detail: String,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl VendError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::PoolNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
+            Self::NoActivationYet | Self::Throttled { .. } | Self::Unavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Aws { .. } | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::PoolNotFound(_) => "PoolNotFound",
+            Self::RouteNotFound(_) => "NotFound",
+            Self::MethodNotAllowed { .. } => "MethodNotAllowed",
+            Self::InvalidParameter { .. } => "InvalidParameter",
+            Self::NoActivationYet => "NoActivationYet",
+            Self::Throttled { .. } => "Throttled",
+            Self::Unavailable { .. } => "ServiceUnavailable",
+            Self::Aws { .. } | Self::Internal(_) => "InternalError",
+        }
+    }
+
+    /// Seconds a caller should wait before trying again, for the 503s.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            Self::NoActivationYet => Some(1),
+            Self::Throttled { .. } | Self::Unavailable { .. } => Some(2),
+            _ => None,
+        }
+    }
+
+    /// What the caller reads. Server-side failures say what to do, not what broke inside.
+    fn public_message(&self) -> String {
+        match self {
+            Self::Aws { .. } | Self::Internal(_) => {
+                "the service failed to vend an activation; see its logs".into()
+            }
+            Self::Unavailable { .. } => "an AWS dependency is unavailable; retry later".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for VendError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, status = status.as_u16(), "request failed");
+        }
+        let body = json!({"error": {"code": self.code(), "message": self.public_message()}});
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(seconds) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Self::MethodNotAllowed { allow, .. } = self {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_503_tells_the_caller_when_to_retry() {
+        for e in [
+            VendError::NoActivationYet,
+            VendError::Throttled {
+                operation: "DynamoDB.UpdateItem",
+            },
+            VendError::Unavailable {
+                operation: "SSM.GetParameter",
+                detail: "timeout".into(),
+            },
+        ] {
+            assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let response = e.into_response();
+            assert!(response.headers().contains_key(header::RETRY_AFTER));
+        }
+    }
+
+    #[test]
+    fn server_failures_hide_their_internals_from_the_caller() {
+        let e = VendError::Aws {
+            operation: "SSM.PutParameter",
+            code: "AccessDeniedException".into(),
+            detail: "User arn:aws:iam::123:role/x is not authorized".into(),
+        };
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.public_message().contains("arn:aws"));
+    }
+}

@@ -1,0 +1,299 @@
+//! The pool's state and every decision about it, as plain functions over plain data.
+//! Nothing here talks to AWS; `vend.rs` asks these functions what to do.
+
+use std::fmt;
+
+/// Seconds since the Unix epoch. DynamoDB conditions compare these as numbers.
+pub type EpochSecs = i64;
+
+pub const DEFAULT_POOL: &str = "default";
+
+/// One pool's row in DynamoDB (never the code: that lives in Parameter Store).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PoolState {
+    pub activation: Option<CurrentActivation>,
+    pub lease: Option<Lease>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentActivation {
+    pub id: String,
+    pub expires_at: EpochSecs,
+    pub limit: u32,
+    /// Slots handed out so far; the slot a vend got is this value right after its reserve.
+    pub reserved: u32,
+    /// The Parameter Store version that holds this activation's ID and code.
+    pub parameter_version: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub until: EpochSecs,
+}
+
+/// Why a pool needs a new activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationReason {
+    NoActivation,
+    Expired,
+    InsideExpiryMargin,
+    SlotsUsedUp,
+    DeletedOutOfBand,
+    /// Not needed yet, but soon: rotate while others use the last slots.
+    LowWater,
+}
+
+impl fmt::Display for RotationReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NoActivation => "no activation",
+            Self::Expired => "expired",
+            Self::InsideExpiryMargin => "inside the expiry margin",
+            Self::SlotsUsedUp => "slots used up",
+            Self::DeletedOutOfBand => "deleted out of band",
+            Self::LowWater => "low-water mark",
+        })
+    }
+}
+
+/// The vend's rule for a slot: free, and the activation outlives the margin.
+/// `None` means a slot can be reserved; otherwise the reason a rotation is due.
+pub fn why_unusable(
+    activation: Option<&CurrentActivation>,
+    now: EpochSecs,
+    margin_secs: i64,
+) -> Option<RotationReason> {
+    let Some(a) = activation else {
+        return Some(RotationReason::NoActivation);
+    };
+    if a.expires_at <= now {
+        Some(RotationReason::Expired)
+    } else if a.expires_at <= now + margin_secs {
+        Some(RotationReason::InsideExpiryMargin)
+    } else if a.reserved >= a.limit {
+        Some(RotationReason::SlotsUsedUp)
+    } else {
+        None
+    }
+}
+
+/// The slot whose holder starts the next rotation: `percent` of the limit (at least one
+/// slot) before the end. `None` when the limit is too small to rotate ahead by slots.
+pub fn low_water_slot(limit: u32, percent: u32) -> Option<u32> {
+    if percent == 0 {
+        return None;
+    }
+    let spare = (u64::from(limit) * u64::from(percent)).div_ceil(100).max(1) as u32;
+    let slot = limit.checked_sub(spare)?;
+    (slot >= 1).then_some(slot)
+}
+
+/// Exactly one request reaches the low-water slot (reservations are atomic), so exactly
+/// one request rotates ahead by slots; time-based rotate-ahead starts one margin
+/// before the activation would enter its expiry margin.
+pub fn rotate_ahead_due(
+    slot: u32,
+    a: &CurrentActivation,
+    now: EpochSecs,
+    margin_secs: i64,
+    percent: u32,
+) -> bool {
+    let by_slots = low_water_slot(a.limit, percent) == Some(slot);
+    let by_time = percent > 0 && a.expires_at <= now + 2 * margin_secs;
+    by_slots || by_time
+}
+
+/// Whether a lease (if any) lets `now` take the pool.
+pub fn lease_is_free(lease: Option<&Lease>, now: EpochSecs) -> bool {
+    lease.is_none_or(|l| l.until < now)
+}
+
+/// After taking the lease: does the reason we came for still hold? Someone may have
+/// rotated between our failed reserve and our lease.
+pub fn still_needs_rotation(
+    state: &PoolState,
+    seen_activation: Option<&str>,
+    reason: RotationReason,
+    now: EpochSecs,
+    margin_secs: i64,
+) -> bool {
+    let current = state.activation.as_ref();
+    let same_activation = current.map(|a| a.id.as_str()) == seen_activation;
+    match reason {
+        RotationReason::DeletedOutOfBand | RotationReason::LowWater => same_activation,
+        _ => why_unusable(current, now, margin_secs).is_some(),
+    }
+}
+
+/// A name a caller gives itself to get the same activation on every retry.
+/// Plausible host names only: DNS labels (plus `_`, which Windows allows), 1..=253 chars.
+pub fn valid_instance_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Pool names are path segments in Parameter Store and keys in DynamoDB.
+pub fn valid_pool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// What a named instance was given, so a retry gets the same activation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRecord {
+    pub activation_id: String,
+    pub parameter_version: i64,
+    pub expires_at: EpochSecs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activation(reserved: u32, limit: u32, expires_at: EpochSecs) -> CurrentActivation {
+        CurrentActivation {
+            id: "a-1".into(),
+            expires_at,
+            limit,
+            reserved,
+            parameter_version: 1,
+        }
+    }
+
+    #[test]
+    fn a_fresh_activation_with_free_slots_is_usable() {
+        assert_eq!(
+            why_unusable(Some(&activation(3, 10, 10_000)), 1_000, 900),
+            None
+        );
+    }
+
+    #[test]
+    fn each_reason_for_rotation_is_told_apart() {
+        assert_eq!(
+            why_unusable(None, 0, 900),
+            Some(RotationReason::NoActivation)
+        );
+        assert_eq!(
+            why_unusable(Some(&activation(0, 10, 1_000)), 1_000, 900),
+            Some(RotationReason::Expired)
+        );
+        assert_eq!(
+            why_unusable(Some(&activation(0, 10, 1_800)), 1_000, 900),
+            Some(RotationReason::InsideExpiryMargin)
+        );
+        assert_eq!(
+            why_unusable(Some(&activation(10, 10, 99_999)), 1_000, 900),
+            Some(RotationReason::SlotsUsedUp)
+        );
+    }
+
+    #[test]
+    fn the_low_water_slot_leaves_a_share_of_slots_for_the_storm() {
+        assert_eq!(low_water_slot(10, 20), Some(8));
+        assert_eq!(low_water_slot(1000, 20), Some(800));
+        assert_eq!(low_water_slot(3, 20), Some(2));
+        assert_eq!(
+            low_water_slot(1, 20),
+            None,
+            "a one-slot activation rotates on every vend anyway"
+        );
+        assert_eq!(low_water_slot(10, 0), None);
+    }
+
+    #[test]
+    fn only_the_low_water_slot_rotates_ahead_by_slots() {
+        let a = activation(0, 10, 1_000_000);
+        let due: Vec<u32> = (1..=10)
+            .filter(|s| rotate_ahead_due(*s, &a, 0, 900, 20))
+            .collect();
+        assert_eq!(due, vec![8]);
+    }
+
+    #[test]
+    fn rotation_ahead_by_time_starts_one_margin_before_the_margin() {
+        let a = activation(0, 1000, 10_000);
+        assert!(!rotate_ahead_due(1, &a, 10_000 - 1_801, 900, 20));
+        assert!(rotate_ahead_due(1, &a, 10_000 - 1_800, 900, 20));
+    }
+
+    #[test]
+    fn an_expired_lease_is_free_and_a_live_one_is_not() {
+        let lease = Lease {
+            owner: "x".into(),
+            until: 100,
+        };
+        assert!(lease_is_free(None, 50));
+        assert!(!lease_is_free(Some(&lease), 100));
+        assert!(lease_is_free(Some(&lease), 101));
+    }
+
+    #[test]
+    fn a_rotation_someone_else_finished_is_not_repeated() {
+        let rotated = PoolState {
+            activation: Some(CurrentActivation {
+                id: "new".into(),
+                ..activation(0, 10, 99_999)
+            }),
+            lease: None,
+        };
+        for reason in [
+            RotationReason::SlotsUsedUp,
+            RotationReason::DeletedOutOfBand,
+            RotationReason::LowWater,
+        ] {
+            assert!(
+                !still_needs_rotation(&rotated, Some("old"), reason, 1_000, 900),
+                "{reason}"
+            );
+        }
+        assert!(still_needs_rotation(
+            &rotated,
+            Some("new"),
+            RotationReason::DeletedOutOfBand,
+            1_000,
+            900
+        ));
+        assert!(still_needs_rotation(
+            &PoolState::default(),
+            None,
+            RotationReason::NoActivation,
+            1_000,
+            900
+        ));
+    }
+
+    #[test]
+    fn instance_names_must_look_like_host_names() {
+        for good in ["web-01", "web-01.corp.example.com", "WIN_SRV_7", "a"] {
+            assert!(valid_instance_name(good), "{good}");
+        }
+        let too_long = "a".repeat(254);
+        for bad in [
+            "",
+            "-web",
+            "web-",
+            "a..b",
+            "web 01",
+            "web/01",
+            "<script>",
+            too_long.as_str(),
+            "é",
+        ] {
+            assert!(!valid_instance_name(bad), "{bad}");
+        }
+    }
+}
