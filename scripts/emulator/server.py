@@ -7,6 +7,9 @@ Adds to moto 5.2.5:
   * POST   /_emulator/register  what the SSM agent's registration does with an ID + code.
   * GET    /_emulator/calls     {"DynamoDB.UpdateItem": n, ...}; DELETE resets.
   * POST   /_emulator/faults    inject errors and latency per operation; DELETE clears.
+                                {"operation": "SSM.CreateActivation" | "SSM.*" | "*",
+                                 "error": "ThrottlingException" | null, "rate": 0.3,
+                                 "delay_ms": 0, "count": null (or how many calls to hit)}
   * GET    /_emulator/health    "OK" once the server is up.
 
 Every AWS request runs under one lock, so conditional writes are as atomic here as
@@ -291,6 +294,8 @@ class Fault:
         self.rate = float(spec.get("rate", 1.0))
         self.delay_ms = int(spec.get("delay_ms", 0))
         self.status = int(spec.get("status", 500 if str(self.error).startswith("Internal") else 400))
+        # How many matching calls it may still hit; None means no limit.
+        self.remaining = None if spec.get("count") is None else int(spec["count"])
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError("rate must be between 0 and 1")
 
@@ -299,8 +304,24 @@ class Fault:
             return True
         return self.operation.endswith(".*") and operation.startswith(self.operation[:-1])
 
+    def fires(self) -> bool:
+        """Rolls the dice for one call (under the state lock)."""
+        if self.remaining is not None and self.remaining <= 0:
+            return False
+        if random.random() >= self.rate:
+            return False
+        if self.remaining is not None:
+            self.remaining -= 1
+        return True
+
     def as_json(self) -> dict[str, Any]:
-        return {"operation": self.operation, "error": self.error, "rate": self.rate, "delay_ms": self.delay_ms}
+        return {
+            "operation": self.operation,
+            "error": self.error,
+            "rate": self.rate,
+            "delay_ms": self.delay_ms,
+            "count": self.remaining,
+        }
 
 
 class Emulator:
@@ -318,10 +339,8 @@ class Emulator:
         operation = operation_of(environ)
         with self.state_lock:
             self.calls[operation] += 1
-            faults = [f for f in self.faults if f.applies_to(operation)]
-        for fault in faults:
-            if random.random() >= fault.rate:
-                continue
+            fired = [f for f in self.faults if f.applies_to(operation) and f.fires()]
+        for fault in fired:
             if fault.delay_ms:
                 time.sleep(fault.delay_ms / 1000)
             if fault.error:

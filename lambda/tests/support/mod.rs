@@ -1,0 +1,428 @@
+//! Test kit: a private AWS emulator per test and real `vending serve` processes
+//! pointed at it. The real SDK clients do all the talking; nothing is faked.
+//!
+//! Every code a test receives is remembered, and when the emulator is dropped the
+//! logs of every server it ran are searched for those codes.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn python() -> PathBuf {
+    match std::env::var_os("VENDING_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => repo_root().join(".venv/bin/python"),
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_until_ok(url: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(resp) = ureq_get(url) {
+            if resp.0 == 200 {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A tiny blocking GET for start-up probes (the tests themselves use reqwest).
+fn ureq_get(url: &str) -> std::io::Result<(u16, String)> {
+    use std::io::Write;
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut stream = std::net::TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, text))
+}
+
+struct Killer(Child);
+
+impl Drop for Killer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub struct Emulator {
+    pub url: String,
+    pub env: Vec<(String, String)>,
+    pub dir: tempfile::TempDir,
+    codes: Arc<Mutex<Vec<String>>>,
+    logs: Arc<Mutex<Vec<PathBuf>>>,
+    _process: Killer,
+}
+
+impl Emulator {
+    pub fn start() -> Self {
+        let python = python();
+        assert!(
+            python.exists(),
+            "no Python venv at {}: run scripts/setup.sh first",
+            python.display()
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("emulator.log")).expect("log file");
+        let child = Command::new(&python)
+            .arg(repo_root().join("scripts/emulator/server.py"))
+            .args(["--port", &port.to_string()])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start the emulator");
+        let process = Killer(child);
+        let url = format!("http://127.0.0.1:{port}");
+        assert!(
+            wait_until_ok(&format!("{url}/_emulator/health"), Duration::from_secs(30)),
+            "the emulator did not start"
+        );
+        let out = Command::new(&python)
+            .arg(repo_root().join("scripts/emulator/provision.py"))
+            .args(["--endpoint", &url])
+            .output()
+            .expect("run provision.py");
+        assert!(
+            out.status.success(),
+            "provision failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Self {
+            url,
+            env,
+            dir,
+            codes: Arc::default(),
+            logs: Arc::default(),
+            _process: process,
+        }
+    }
+
+    pub fn env_value(&self, name: &str) -> String {
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .expect(name)
+    }
+
+    /// Starts `vending serve` with the provisioned settings plus `overrides`.
+    pub fn serve(&self, overrides: &[(&str, &str)]) -> Server {
+        let port = free_port();
+        let index = self.logs.lock().unwrap().len();
+        let log_path = self.dir.path().join(format!("vending-{index}.log"));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vending"));
+        command
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        for (k, v) in overrides {
+            if v.is_empty() {
+                command.env_remove(k);
+            } else {
+                command.env(k, v);
+            }
+        }
+        let child = command.spawn().expect("start vending serve");
+        self.logs.lock().unwrap().push(log_path.clone());
+        let url = format!("http://127.0.0.1:{port}");
+        let server = Server {
+            url: url.clone(),
+            log: log_path,
+            process: Some(Killer(child)),
+            codes: self.codes.clone(),
+            http: reqwest::Client::new(),
+        };
+        assert!(
+            wait_until_ok(&format!("{url}/health"), Duration::from_secs(30)),
+            "vending serve did not start: {}",
+            server.log_text()
+        );
+        server
+    }
+
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    pub async fn calls(&self) -> HashMap<String, u64> {
+        reqwest::get(format!("{}/_emulator/calls", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn reset_calls(&self) {
+        self.client()
+            .delete(format!("{}/_emulator/calls", self.url))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    pub async fn inject(&self, fault: Value) {
+        let resp = self
+            .client()
+            .post(format!("{}/_emulator/faults", self.url))
+            .json(&fault)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+    }
+
+    pub async fn clear_faults(&self) {
+        self.client()
+            .delete(format!("{}/_emulator/faults", self.url))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// What the SSM agent does with an ID and code; `Err(reason)` when SSM refuses.
+    pub async fn register(
+        &self,
+        activation_id: &str,
+        code: &str,
+        instance: &str,
+    ) -> Result<String, String> {
+        let resp = self
+            .client()
+            .post(format!("{}/_emulator/register", self.url))
+            .json(&serde_json::json!({"ActivationId": activation_id, "ActivationCode": code, "InstanceName": instance}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap();
+        if status.is_success() {
+            Ok(body["InstanceId"].as_str().unwrap().to_owned())
+        } else {
+            Err(body["error"].as_str().unwrap_or("?").to_owned())
+        }
+    }
+
+    /// A real SSM client on the emulator, for what an operator does out of band.
+    pub async fn ssm(&self) -> aws_sdk_ssm::Client {
+        aws_sdk_ssm::Client::new(&self.sdk_config().await)
+    }
+
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.url)
+            .region(aws_config::Region::new(self.env_value("AWS_REGION")))
+            .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
+            .load()
+            .await
+    }
+
+    /// Service configuration as `vending` would read it from this emulator's settings.
+    pub fn config(&self, overrides: &[(&str, &str)]) -> vending::config::Config {
+        let mut env: HashMap<String, String> = self.env.iter().cloned().collect();
+        for (k, v) in overrides {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        vending::config::Config::from_lookup(|k| env.get(k).cloned()).expect("valid config")
+    }
+
+    /// Activation IDs SSM knows about.
+    pub async fn activation_ids(&self) -> Vec<String> {
+        let out = self
+            .ssm()
+            .await
+            .describe_activations()
+            .send()
+            .await
+            .unwrap();
+        out.activation_list()
+            .iter()
+            .filter_map(|a| a.activation_id().map(str::to_owned))
+            .collect()
+    }
+
+    /// Remember a code seen by a test, to prove later it never reached a log.
+    pub fn saw_code(&self, code: &str) {
+        self.codes.lock().unwrap().push(code.to_owned());
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let codes = self.codes.lock().unwrap();
+        for log in self.logs.lock().unwrap().iter() {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            for code in codes.iter() {
+                assert!(
+                    !text.contains(code.as_str()),
+                    "an activation code appeared in {}",
+                    log.display()
+                );
+            }
+        }
+    }
+}
+
+pub struct Server {
+    pub url: String,
+    pub log: PathBuf,
+    process: Option<Killer>,
+    codes: Arc<Mutex<Vec<String>>>,
+    http: reqwest::Client,
+}
+
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn id(&self) -> String {
+        self.json()["ActivationId"]
+            .as_str()
+            .expect("ActivationId")
+            .to_owned()
+    }
+
+    pub fn code(&self) -> String {
+        self.json()["ActivationCode"]
+            .as_str()
+            .expect("ActivationCode")
+            .to_owned()
+    }
+}
+
+impl Server {
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path_and_query}", self.url));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("the server answers");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.text().await.unwrap();
+        if status == 200 {
+            if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(&body) {
+                if let Some(Value::String(code)) = map.get("ActivationCode") {
+                    self.codes.lock().unwrap().push(code.clone());
+                }
+            }
+        }
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path_and_query: &str) -> Answer {
+        self.request(reqwest::Method::GET, path_and_query, &[])
+            .await
+    }
+
+    /// What a boot script does: GET, and on 503 wait and try again, within `patience`.
+    pub async fn vend_with_retries(&self, path_and_query: &str, patience: Duration) -> Answer {
+        let deadline = Instant::now() + patience;
+        loop {
+            let answer = self.get(path_and_query).await;
+            if answer.status != 503 || Instant::now() >= deadline {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(100 + rand_ms(200))).await;
+        }
+    }
+
+    /// SIGKILL: no clean-up, no lease release.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            let _ = p.0.kill();
+            let _ = p.0.wait();
+            std::mem::forget(p);
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn rand_ms(max: u64) -> u64 {
+    use std::time::SystemTime;
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    u64::from(nanos) % max
+}

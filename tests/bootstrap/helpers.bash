@@ -1,0 +1,237 @@
+# shellcheck shell=bash
+# Shared by the bats suites in tests/bootstrap/.
+#
+# Each simulated server is a directory used as BOOTSTRAP_ROOT (its /etc/os-release,
+# /usr/bin, /var/lib/amazon/ssm, /run) and runs scripts/bootstrap-linux.sh with a
+# PATH made of, in order:
+#   tests/bootstrap/standins   systemctl, dnf, yum, apt-get, zypper
+#   $ROOT/usr/bin              what the stand-in package managers "installed"
+#                              (amazon-ssm-agent stand-in, jq)
+#   a toolbox                  symlinks to this machine's bash, curl, coreutils...
+#                              (with or without jq)
+# ssm-setup-cli is downloaded by the script itself from a file:// mirror laid out
+# like the regional bucket. The service is the real one, started by run.sh with
+# scripts/local.sh; the stand-in agent registers through the emulator.
+
+REPO_ROOT=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
+BOOTSTRAP_LINUX="$REPO_ROOT/scripts/bootstrap-linux.sh"
+BOOTSTRAP_WINDOWS="$REPO_ROOT/scripts/bootstrap-windows.ps1"
+STANDINS="$BATS_TEST_DIRNAME/standins"
+TEST_PYTHON=${BOOTSTRAP_TEST_PYTHON:-$REPO_ROOT/.venv/bin/python}
+[ -x "$TEST_PYTHON" ] || TEST_PYTHON=$(command -v python3)
+
+# Tools the script (and `env bash`) may find on a bare server.
+TOOLBOX_TOOLS=(bash sh env cat date uname id mktemp rm chmod sleep head tr timeout flock curl
+	readlink dirname basename mkdir ln ls grep sed)
+
+make_toolbox() { # DIR [with-jq|without-jq]
+	local dir=$1 jq=${2:-with-jq} tool path
+	mkdir -p "$dir"
+	for tool in "${TOOLBOX_TOOLS[@]}"; do
+		path=$(command -v "$tool") || continue
+		ln -sf "$path" "$dir/$tool"
+	done
+	if [ "$jq" = with-jq ]; then ln -sf "$(command -v jq)" "$dir/jq"; fi
+}
+
+# A file:// mirror of https://amazon-ssm-REGION.s3.REGION.amazonaws.com/latest/...
+make_mirror() { # DIR
+	local dir=$1 platform arch sub
+	for platform in linux debian; do
+		for arch in amd64 arm64; do
+			sub="$dir/latest/${platform}_$arch"
+			mkdir -p "$sub"
+			printf '#!/usr/bin/env bash\nexport STANDIN_BUCKET_DIR=%s\nexec "$STANDIN_DIR/ssm-setup-cli" "$@"\n' \
+				"${platform}_$arch" >"$sub/ssm-setup-cli"
+			printf 'stand-in package %s\n' "${platform}_$arch" >"$sub/amazon-ssm-agent.rpm"
+			printf 'stand-in package %s\n' "${platform}_$arch" >"$sub/amazon-ssm-agent.deb"
+		done
+	done
+}
+
+os_release() { # DISTRO -> /etc/os-release text
+	case "$1" in
+	amzn2023) printf 'NAME="Amazon Linux"\nVERSION="2023"\nID="amzn"\nID_LIKE="fedora"\nPRETTY_NAME="Amazon Linux 2023"\n' ;;
+	amzn2) printf 'NAME="Amazon Linux"\nVERSION="2"\nID="amzn"\nID_LIKE="centos rhel fedora"\nPRETTY_NAME="Amazon Linux 2"\n' ;;
+	rhel9) printf 'NAME="Red Hat Enterprise Linux"\nID="rhel"\nID_LIKE="fedora"\nVERSION_ID="9.4"\nPRETTY_NAME="Red Hat Enterprise Linux 9.4 (Plow)"\n' ;;
+	centos7) printf 'NAME="CentOS Linux"\nID="centos"\nID_LIKE="rhel fedora"\nVERSION_ID="7"\nPRETTY_NAME="CentOS Linux 7 (Core)"\n' ;;
+	fedora) printf 'NAME="Fedora Linux"\nID=fedora\nVERSION_ID=40\nPRETTY_NAME="Fedora Linux 40 (Server Edition)"\n' ;;
+	rocky9) printf 'NAME="Rocky Linux"\nID="rocky"\nID_LIKE="rhel centos fedora"\nVERSION_ID="9.4"\nPRETTY_NAME="Rocky Linux 9.4 (Blue Onyx)"\n' ;;
+	alma9) printf 'NAME="AlmaLinux"\nID="almalinux"\nID_LIKE="rhel centos fedora"\nVERSION_ID="9.4"\nPRETTY_NAME="AlmaLinux 9.4 (Seafoam Ocelot)"\n' ;;
+	debian12) printf 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\nVERSION_ID="12"\nID=debian\n' ;;
+	ubuntu2204) printf 'PRETTY_NAME="Ubuntu 22.04.4 LTS"\nNAME="Ubuntu"\nVERSION_ID="22.04"\nID=ubuntu\nID_LIKE=debian\n' ;;
+	sles15) printf 'NAME="SLES"\nVERSION_ID="15.5"\nID="sles"\nID_LIKE="suse"\nPRETTY_NAME="SUSE Linux Enterprise Server 15 SP5"\n' ;;
+	opensuse) printf 'NAME="openSUSE Leap"\nVERSION_ID="15.5"\nID="opensuse-leap"\nID_LIKE="suse opensuse"\nPRETTY_NAME="openSUSE Leap 15.5"\n' ;;
+	alpine) printf 'NAME="Alpine Linux"\nID=alpine\nVERSION_ID=3.20.0\nPRETTY_NAME="Alpine Linux v3.20"\n' ;;
+	*) return 1 ;;
+	esac
+}
+
+# Creates a simulated server; sets SERVER_ROOT.
+new_server() { # DIR [DISTRO]
+	SERVER_ROOT=$1
+	mkdir -p "$SERVER_ROOT"/{etc,usr/bin,var/lib,var/log,run,tmp}
+	os_release "${2:-rocky9}" >"$SERVER_ROOT/etc/os-release"
+}
+
+# Where the service and emulator are (exported by run.sh).
+require_service() {
+	if [ -z "${BOOTSTRAP_TEST_VENDING_URL:-}" ] || [ -z "${BOOTSTRAP_TEST_EMULATOR_URL:-}" ]; then
+		echo "BOOTSTRAP_TEST_VENDING_URL / BOOTSTRAP_TEST_EMULATOR_URL are not set: run tests/bootstrap/run.sh" >&2
+		return 1
+	fi
+}
+
+# Runs bootstrap-linux.sh on the server at SERVER_ROOT with a clean environment.
+# Extra environment: the array EXTRA_ENV (NAME=value ...). Toolbox: TOOLBOX.
+bootstrap_env() {
+	local -a envs=(
+		"PATH=$STANDINS:$SERVER_ROOT/usr/bin:${TOOLBOX:?}"
+		"HOME=$SERVER_ROOT/tmp"
+		"LANG=C"
+		"BOOTSTRAP_ROOT=$SERVER_ROOT"
+		"BOOTSTRAP_DOWNLOAD_BASE=file://${MIRROR:?}"
+		"STANDIN_DIR=$STANDINS"
+		"STANDIN_REAL_PATH=$PATH"
+		"STANDIN_EMULATOR_URL=${BOOTSTRAP_TEST_EMULATOR_URL:-http://127.0.0.1:9}"
+	)
+	printf '%s\n' "${envs[@]}" ${EXTRA_ENV[@]+"${EXTRA_ENV[@]}"}
+}
+
+bootstrap() {
+	local -a envs
+	mapfile -t envs < <(bootstrap_env)
+	timeout 300 env -i "${envs[@]}" "$BOOTSTRAP_LINUX" "$@"
+}
+
+# Same, under `bash -x`.
+bootstrap_traced() {
+	local -a envs
+	mapfile -t envs < <(bootstrap_env)
+	timeout 300 env -i "${envs[@]}" "$(command -v bash)" -x "$BOOTSTRAP_LINUX" "$@"
+}
+
+# --------------------------------------------------------------- assertions
+
+fail() {
+	printf '%s\n' "$@" >&2
+	return 1
+}
+
+show_run() {
+	printf 'exit status: %s\n--- output ---\n%s\n--------------\n' "$status" "$output" >&2
+	if [ -n "${SERVER_ROOT:-}" ] && [ -f "$SERVER_ROOT/.standin/calls.log" ]; then
+		printf -- '--- stand-in calls ---\n%s\n' "$(cat "$SERVER_ROOT/.standin/calls.log")" >&2
+	fi
+}
+
+assert_status() {
+	[ "$status" -eq "$1" ] || {
+		show_run
+		fail "expected exit status $1, got $status"
+	}
+}
+
+assert_output_has() {
+	[[ $output == *"$1"* ]] || {
+		show_run
+		fail "expected the output to contain: $1"
+	}
+}
+
+refute_output_has() {
+	[[ $output != *"$1"* ]] || {
+		show_run
+		fail "expected the output NOT to contain: $1"
+	}
+}
+
+calls() { cat "$SERVER_ROOT/.standin/calls.log" 2>/dev/null || true; }
+
+assert_calls_have() {
+	[[ $(calls) == *"$1"* ]] || {
+		show_run
+		fail "expected a stand-in call matching: $1"
+	}
+}
+
+refute_calls_have() {
+	[[ $(calls) != *"$1"* ]] || {
+		show_run
+		fail "expected no stand-in call matching: $1"
+	}
+}
+
+registered_id() { # prints the mi- id from the server's registration file
+	local f="$SERVER_ROOT/var/lib/amazon/ssm/registration"
+	[ -s "$f" ] && jq -r .ManagedInstanceID "$f"
+}
+
+assert_registered() {
+	local id
+	id=$(registered_id) || {
+		show_run
+		fail "no registration file on the server"
+	}
+	[[ $id == mi-* ]] || fail "registration file has no managed instance ID: $id"
+	[ -e "$SERVER_ROOT/.standin/systemd/amazon-ssm-agent.active" ] || fail "agent service not started"
+	[ -e "$SERVER_ROOT/.standin/systemd/amazon-ssm-agent.enabled" ] || fail "agent service not enabled"
+}
+
+# The activation code(s) the stand-in agent received must appear in no output and
+# in no file on the server other than the stand-in's own record; the script's
+# private working directory must be gone.
+assert_code_not_leaked() {
+	local codes="$SERVER_ROOT/.standin/received-codes" code leaked
+	[ -s "$codes" ] || fail "the stand-in agent received no code (nothing to check)"
+	while IFS= read -r code; do
+		[ -n "$code" ] || continue
+		[[ $output != *"$code"* ]] || {
+			show_run
+			fail "the activation code appears in the script's output"
+		}
+		leaked=$(grep -rlF --exclude-dir=.standin -- "$code" "$SERVER_ROOT" || true)
+		[ -z "$leaked" ] || fail "the activation code was written to: $leaked"
+	done <"$codes"
+	[ -z "$(find "$SERVER_ROOT/var/lib" -maxdepth 1 -name 'ssm-bootstrap.*' -print -quit)" ] ||
+		fail "the script left its working directory behind"
+}
+
+# ------------------------------------------------------------- the emulator
+
+emulator() { # METHOD PATH [JSON]
+	if [ $# -ge 3 ]; then
+		curl -sS --fail -X "$1" -H 'Content-Type: application/json' --data "$3" "$BOOTSTRAP_TEST_EMULATOR_URL$2"
+	else
+		curl -sS --fail -X "$1" "$BOOTSTRAP_TEST_EMULATOR_URL$2"
+	fi
+}
+
+emulator_calls() { # OPERATION -> count so far
+	emulator GET /_emulator/calls | jq -r --arg op "$1" '.[$op] // 0'
+}
+
+# ------------------------------------------------------------ the stub server
+
+# For the conditions the real service cannot produce on demand (a server that
+# never answers, a malformed body, an activation SSM refuses). Sets STUB_URL.
+start_stub() { # DIR
+	local dir=$1 i
+	"$TEST_PYTHON" "$BATS_TEST_DIRNAME/stub_server.py" --port-file "$dir/stub.port" --log "$dir/stub.log" \
+		>"$dir/stub.out" 2>&1 &
+	echo $! >"$dir/stub.pid"
+	for i in $(seq 1 100); do
+		[ -s "$dir/stub.port" ] && break
+		sleep 0.05
+	done
+	[ -s "$dir/stub.port" ] || fail "stub server did not start: $(cat "$dir/stub.out")"
+	STUB_URL="http://127.0.0.1:$(cat "$dir/stub.port")"
+	export STUB_URL
+}
+
+stop_stub() { # DIR
+	local pid
+	pid=$(cat "$1/stub.pid" 2>/dev/null) || return 0
+	kill "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+}

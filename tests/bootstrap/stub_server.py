@@ -1,0 +1,92 @@
+"""A tiny local HTTP stub for failure modes the real vending service cannot be
+made to produce on demand. Used only by tests/bootstrap/*.bats, on 127.0.0.1.
+
+The first path segment picks the behaviour (the script appends /activation):
+  /hang/...       accepts the request and never answers (holds it 120 s)
+  /malformed/...  200 with a truncated JSON body
+  /html/...       200 with an HTML page (a captive portal or proxy error page)
+  /refused/...    200 with a well-formed activation that SSM does not know
+                  (random ID and code), so registration is refused
+  /echo/...       like /refused, and records the request line and headers
+  /notfound/...   404 with the service's JSON error
+Every request is appended to --log as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+LOG_LOCK = threading.Lock()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    log_path = ""
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+    def record(self, mode: str) -> None:
+        entry = {"mode": mode, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}
+        with LOG_LOCK, open(self.log_path, "a", encoding="utf-8") as log:
+            log.write(json.dumps(entry) + "\n")
+
+    def send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802
+        mode = self.path.lstrip("/").split("/", 1)[0].split("?", 1)[0]
+        self.record(mode)
+        if mode == "hang":
+            time.sleep(120)
+            return
+        if mode == "malformed":
+            self.send(200, b'{"ActivationId": "5743558d-563b-4457-8682-d16c3e', "application/json")
+            return
+        if mode == "html":
+            self.send(200, b"<html><body>Proxy login required</body></html>", "text/html")
+            return
+        if mode in ("refused", "echo"):
+            body = {
+                "ActivationId": str(uuid.uuid4()),
+                "ActivationCode": secrets.token_urlsafe(15)[:20].replace("-", "A").replace("_", "B"),
+                "Region": "us-east-1",
+                "ExpirationDate": "2099-01-01T00:00:00Z",
+                "Pool": "default",
+            }
+            self.send(200, json.dumps(body).encode())
+            return
+        if mode == "notfound":
+            self.send(404, b'{"error":{"code":"PoolNotFound","message":"no such pool"}}')
+            return
+        self.send(404, b'{"error":{"code":"NotFound","message":"unknown stub mode"}}')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port-file", required=True)
+    parser.add_argument("--log", required=True)
+    args = parser.parse_args()
+    Handler.log_path = args.log
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    with open(args.port_file + ".tmp", "w", encoding="utf-8") as f:
+        f.write(str(server.server_address[1]))
+    os.replace(args.port_file + ".tmp", args.port_file)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
