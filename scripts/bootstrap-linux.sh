@@ -2,9 +2,11 @@
 # bootstrap-linux.sh - register this server with AWS Systems Manager (hybrid
 # activation) using an activation vended by the activation-vending service.
 #
-# Run it as root at boot:
-#   curl -fsS https://vending.example.internal/bootstrap-linux.sh | bash -s -- --url https://...
-# or copy it onto the image and run it from a systemd unit / cloud-init.
+# Run it as root at boot, from wherever you host it:
+#   curl -fsS --proto '=https' https://artifacts.example.internal/bootstrap-linux.sh | sudo bash -s -- --url https://...
+# or copy it onto the image and run it from a systemd unit or cloud-init. When it
+# is piped into bash, bash reads the script from stdin: every command that could
+# read stdin gets </dev/null.
 # `--help` lists every flag, its environment variable twin and the exit codes.
 #
 # Secrets: the activation code lives only in shell variables of this process.
@@ -75,7 +77,7 @@ EOF
 
 # --------------------------------------------------------------------- output
 
-log() { printf '%s %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$PROG" "$*" >&2; }
+log() { printf '%(%Y-%m-%dT%H:%M:%S%z)T %s: %s\n' -1 "$PROG" "$*" >&2; }
 die() {
 	local code=$1
 	shift
@@ -206,8 +208,9 @@ validate_inputs() {
 	case "$URL" in
 	*'?'* | *'#'* | *[[:space:]]*) usage_error "--url must not contain a query, fragment or spaces (use --pool/--instance)" ;;
 	esac
-	[[ $MAX_WAIT =~ ^[0-9]+$ ]] && [ "$MAX_WAIT" -ge 1 ] && [ "$MAX_WAIT" -le 86400 ] ||
+	if ! [[ $MAX_WAIT =~ ^[0-9]{1,5}$ ]] || [ "$MAX_WAIT" -lt 1 ] || [ "$MAX_WAIT" -gt 86400 ]; then
 		usage_error "--max-wait must be a whole number of seconds between 1 and 86400"
+	fi
 	if [ -z "$INSTANCE" ]; then INSTANCE=${HOSTNAME:-$(uname -n)}; fi
 	[[ $INSTANCE =~ ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$ ]] ||
 		usage_error "--instance must be 1-128 characters of A-Z a-z 0-9 . _ : - (got '$INSTANCE')"
@@ -359,18 +362,18 @@ have_systemctl() { command -v systemctl >/dev/null 2>&1; }
 
 service_active() {
 	if have_systemctl; then
-		systemctl is-active --quiet "$SERVICE"
+		systemctl is-active --quiet "$SERVICE" </dev/null
 	else
-		service "$SERVICE" status >/dev/null 2>&1
+		service "$SERVICE" status </dev/null >/dev/null 2>&1
 	fi
 }
 
 enable_and_start_service() {
 	if have_systemctl; then
-		systemctl enable "$SERVICE" 2>&1 | mask_stream || return 1
-		systemctl restart "$SERVICE" 2>&1 | mask_stream || return 1
+		systemctl enable "$SERVICE" </dev/null 2>&1 | mask_stream || return 1
+		systemctl restart "$SERVICE" </dev/null 2>&1 | mask_stream || return 1
 	elif command -v service >/dev/null 2>&1; then
-		service "$SERVICE" restart 2>&1 | mask_stream || return 1
+		service "$SERVICE" restart </dev/null 2>&1 | mask_stream || return 1
 	else
 		log "neither systemctl nor service found; start $SERVICE by hand"
 		return 1
@@ -396,15 +399,19 @@ urlencode() {
 	printf '%s' "$out"
 }
 
+# With --force on a registered server the instance name is left out: the service
+# would hand back the activation this server already used a registration of,
+# and registering on it again could go past its registration limit.
+FRESH_SLOT=0
 activation_url() {
-	local base=${URL%/} query
+	local base=${URL%/} query=''
 	case "$base" in
 	*/activation) ;;
 	*) base+=/activation ;;
 	esac
-	query="instance=$(urlencode "$INSTANCE")"
-	if [ -n "$POOL" ]; then query="pool=$(urlencode "$POOL")&$query"; fi
-	printf '%s?%s' "$base" "$query"
+	if [ "$FRESH_SLOT" = 0 ]; then query="instance=$(urlencode "$INSTANCE")"; fi
+	if [ -n "$POOL" ]; then query="pool=$(urlencode "$POOL")${query:+&$query}"; fi
+	printf '%s%s' "$base" "${query:+?$query}"
 }
 
 retry_after_seconds() { # header file -> integer seconds or nothing
@@ -511,18 +518,26 @@ fetch_activation() {
 		xtrace_restore
 		return 0
 	fi
-	if ! printf '%s' "$body" | jq -e 'type == "object" and (.ActivationId | type == "string" and length > 0)
-		and (.ActivationCode | type == "string" and length > 0)' >/dev/null 2>&1; then
+	if ! printf '%s' "$body" | jq -e 'type == "object"
+		and (.ActivationId | type == "string" and test("^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$"))
+		and (.ActivationCode | type == "string" and test("^[A-Za-z0-9+/=_-]{1,256}$"))' >/dev/null 2>&1; then
 		local size=${#body}
 		body=
 		xtrace_restore
 		die "$EXIT_FETCH" "malformed response from the service (HTTP 200, $size bytes, not an activation JSON object with ActivationId and ActivationCode)"
 	fi
-	ACT_ID=$(printf '%s' "$body" | jq -r '.ActivationId')
-	ACT_CODE=$(printf '%s' "$body" | jq -r '.ActivationCode')
-	ACT_REGION=$(printf '%s' "$body" | jq -r '.Region // empty | strings')
-	ACT_EXPIRES=$(printf '%s' "$body" | jq -r '.ExpirationDate // empty | tostring')
-	ACT_POOL=$(printf '%s' "$body" | jq -r '.Pool // empty | strings')
+	# One jq for all fields; a pipe, never a here-string (older bash puts those in a temp file).
+	local -a fields
+	mapfile -t fields < <(printf '%s' "$body" | jq -r '.ActivationId, .ActivationCode,
+		(.Region | if type == "string" then . else "" end),
+		(.ExpirationDate | if . == null then "" else tostring end),
+		(.Pool | if type == "string" then . else "" end) | gsub("[\\n\\r]"; " ")')
+	ACT_ID=${fields[0]:-}
+	ACT_CODE=${fields[1]:-}
+	ACT_REGION=${fields[2]:-}
+	ACT_EXPIRES=${fields[3]:-}
+	ACT_POOL=${fields[4]:-}
+	fields=()
 	body=
 	if ! [[ $ACT_ID =~ ^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$ ]] ||
 		! [[ $ACT_CODE =~ ^[A-Za-z0-9+/=_-]{1,256}$ ]]; then
@@ -546,13 +561,17 @@ download_base() {
 	printf 'https://amazon-ssm-%s.s3.%s.%s' "$REGION" "$REGION" "$suffix"
 }
 
-download() { # URL DEST: 3 tries, https (or a file:// mirror) only
-	local url=$1 dest=$2 try
+download() { # URL DEST: https (or a file:// mirror) only; 3 tries unless the file is not there
+	local url=$1 dest=$2 try rc code
 	for try in 1 2 3; do
-		if curl --silent --show-error --fail --location --proto '=https,file' --proto-redir '=https' \
-			--connect-timeout 15 --max-time 600 --retry 2 -o "$dest" "$url" 2>&1 | mask_stream; then
-			[ -s "$dest" ] && return 0
-		fi
+		rc=0
+		code=$(curl --silent --show-error --fail --location --proto '=https,file' --proto-redir '=https' \
+			--connect-timeout 15 --max-time 600 --write-out '%{http_code}' -o "$dest" "$url" 2>"$WORK/download.err") || rc=$?
+		if [ "$rc" = 0 ] && [ -s "$dest" ]; then return 0; fi
+		mask_stream <"$WORK/download.err"
+		rm -f "$dest"
+		# Not there (S3 answers 403 for a missing key, a mirror 404 or "no such file"): no retry.
+		case "$code:$rc" in 403:* | 404:* | *:37) return 1 ;; esac
 		log "download of $url failed (try $try of 3)"
 		[ "$try" = 3 ] || sleep "$try"
 	done
@@ -601,7 +620,7 @@ register_with_package() {
 		command -v "$SERVICE" >/dev/null 2>&1 || die "$EXIT_INSTALL" "$SERVICE is not on PATH after installing the package"
 	fi
 	agent=$(command -v "$SERVICE")
-	if have_systemctl; then systemctl stop "$SERVICE" 2>&1 | mask_stream || true; fi
+	if have_systemctl; then systemctl stop "$SERVICE" </dev/null 2>&1 | mask_stream || true; fi
 
 	{ xtrace_off; } 2>/dev/null
 	local rc=0
@@ -666,7 +685,8 @@ main() {
 			printf 'already registered: %s\n' "$existing"
 			exit "$EXIT_OK"
 		fi
-		log "registered as $existing; --force given, registering again"
+		log "registered as $existing; --force given, registering again with a fresh activation slot"
+		FRESH_SLOT=1
 	fi
 
 	detect_platform

@@ -40,11 +40,7 @@ pub fn build_state(config: Config, sdk: &SdkConfig) -> AppState {
     let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
     let vendor = Vendor::new(
         PoolStore::new(dynamodb, config.table.clone()),
-        CodeVault::new(
-            ssm.clone(),
-            config.parameter_prefix.clone(),
-            config.kms_key_id.clone(),
-        ),
+        CodeVault::new(ssm.clone(), config.parameter_prefix.clone(), config.kms_key_id.clone()),
         ActivationService::new(ssm, config.instance_role.clone()),
         config,
     );

@@ -111,10 +111,7 @@ impl Config {
         let low_water_percent = number("VENDING_LOW_WATER_PERCENT", 20, 0..=90)?;
 
         if activation_ttl > MAX_ACTIVATION_TTL {
-            return Err(problem(
-                "VENDING_ACTIVATION_TTL",
-                "must be at most 30d (AWS's limit)",
-            ));
+            return Err(problem("VENDING_ACTIVATION_TTL", "must be at most 30d (AWS's limit)"));
         }
         if activation_ttl <= expiry_margin.saturating_mul(2) {
             return Err(problem(

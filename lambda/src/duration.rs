@@ -28,11 +28,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "h" => Duration::from_secs(number.saturating_mul(3600)),
             "d" => Duration::from_secs(number.saturating_mul(86_400)),
             "" => return Err(format!("`{text}` needs a unit (ms, s, m, h or d)")),
-            other => {
-                return Err(format!(
-                    "`{text}` has an unknown unit `{other}` (use ms, s, m, h or d)"
-                ))
-            }
+            other => return Err(format!("`{text}` has an unknown unit `{other}` (use ms, s, m, h or d)")),
         };
         total = total.saturating_add(part);
     }

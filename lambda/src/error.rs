@@ -14,19 +14,13 @@ pub enum VendError {
     #[error("{method} is not allowed here; use {allow}")]
     MethodNotAllowed { method: String, allow: &'static str },
     #[error("{parameter}: {problem}")]
-    InvalidParameter {
-        parameter: &'static str,
-        problem: String,
-    },
+    InvalidParameter { parameter: &'static str, problem: String },
     #[error("no usable activation yet: another request is rotating it")]
     NoActivationYet,
     #[error("AWS is throttling {operation}")]
     Throttled { operation: &'static str },
     #[error("AWS {operation} is unavailable: {detail}")]
-    Unavailable {
-        operation: &'static str,
-        detail: String,
-    },
+    Unavailable { operation: &'static str, detail: String },
     #[error("AWS {operation} failed: {code}: {detail}")]
     Aws {
         operation: &'static str,
@@ -75,9 +69,7 @@ impl VendError {
     /// What the caller reads. Server-side failures say what to do, not what broke inside.
     fn public_message(&self) -> String {
         match self {
-            Self::Aws { .. } | Self::Internal(_) => {
-                "the service failed to vend an activation; see its logs".into()
-            }
+            Self::Aws { .. } | Self::Internal(_) => "the service failed to vend an activation; see its logs".into(),
             Self::Unavailable { .. } => "an AWS dependency is unavailable; retry later".into(),
             other => other.to_string(),
         }

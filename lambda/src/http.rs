@@ -53,10 +53,7 @@ pub struct VendRequest {
 
 /// Reads `pool` and `instance` from the query and `X-Instance-Name`, strictly:
 /// a malformed value is a 400, not a silent default.
-pub fn parse_vend_request(
-    query: Option<&str>,
-    headers: &HeaderMap,
-) -> Result<VendRequest, VendError> {
+pub fn parse_vend_request(query: Option<&str>, headers: &HeaderMap) -> Result<VendRequest, VendError> {
     let mut pool = None;
     let mut instance = None;
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
@@ -99,8 +96,9 @@ pub fn parse_vend_request(
         if !valid_instance_name(name) {
             return Err(VendError::InvalidParameter {
                 parameter: "instance",
-                problem: "must be a host name: dot-separated labels of letters, digits, '-' or '_', at most 253 characters"
-                    .into(),
+                problem:
+                    "must be a host name: dot-separated labels of letters, digits, '-' or '_', at most 253 characters"
+                        .into(),
             });
         }
     }
@@ -114,10 +112,7 @@ async fn vend(
 ) -> Result<Response, VendError> {
     let started = Instant::now();
     let request = parse_vend_request(query.as_deref(), &headers)?;
-    let vended = state
-        .vendor
-        .vend(&request.pool, request.instance.as_deref())
-        .await?;
+    let vended = state.vendor.vend(&request.pool, request.instance.as_deref()).await?;
     tracing::info!(
         pool = %vended.pool,
         activation_id = %vended.activation_id,
@@ -177,17 +172,11 @@ mod tests {
 
     #[test]
     fn the_instance_comes_from_the_query_or_the_header() {
-        assert_eq!(
-            parse("instance=web-01").unwrap().instance.as_deref(),
-            Some("web-01")
-        );
+        assert_eq!(parse("instance=web-01").unwrap().instance.as_deref(), Some("web-01"));
         let mut headers = HeaderMap::new();
         headers.insert(INSTANCE_HEADER, HeaderValue::from_static("web-02"));
         assert_eq!(
-            parse_vend_request(None, &headers)
-                .unwrap()
-                .instance
-                .as_deref(),
+            parse_vend_request(None, &headers).unwrap().instance.as_deref(),
             Some("web-02")
         );
         assert!(parse_vend_request(Some("instance=web-01"), &headers).is_err());

@@ -41,15 +41,13 @@ fn parse_args(args: &[String]) -> Result<Option<Mode>, String> {
                             .ok_or("--listen needs an address like 127.0.0.1:8080")?
                             .clone()
                     }
-                    other if other.starts_with("--listen=") => {
-                        listen = other["--listen=".len()..].to_owned()
-                    }
+                    other if other.starts_with("--listen=") => listen = other["--listen=".len()..].to_owned(),
                     other => return Err(format!("unknown argument `{other}`")),
                 }
             }
-            let addr = listen.parse().map_err(|_| {
-                format!("--listen: `{listen}` is not an address like 127.0.0.1:8080")
-            })?;
+            let addr = listen
+                .parse()
+                .map_err(|_| format!("--listen: `{listen}` is not an address like 127.0.0.1:8080"))?;
             Ok(Some(Mode::Serve(addr)))
         }
         Some(other) => Err(format!("unknown command `{other}`")),
@@ -58,9 +56,7 @@ fn parse_args(args: &[String]) -> Result<Option<Mode>, String> {
 
 fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     if json {
         builder.json().flatten_event(true).without_time().init();
     } else {
@@ -88,14 +84,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(
-        matches!(mode, Mode::Lambda)
-            || std::env::var("VENDING_LOG_FORMAT").is_ok_and(|f| f == "json"),
-    );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    init_logging(matches!(mode, Mode::Lambda) || std::env::var("VENDING_LOG_FORMAT").is_ok_and(|f| f == "json"));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("vending: cannot start the async runtime: {e}");

@@ -92,13 +92,7 @@ pub fn low_water_slot(limit: u32, percent: u32) -> Option<u32> {
 /// Exactly one request reaches the low-water slot (reservations are atomic), so exactly
 /// one request rotates ahead by slots; time-based rotate-ahead starts one margin
 /// before the activation would enter its expiry margin.
-pub fn rotate_ahead_due(
-    slot: u32,
-    a: &CurrentActivation,
-    now: EpochSecs,
-    margin_secs: i64,
-    percent: u32,
-) -> bool {
+pub fn rotate_ahead_due(slot: u32, a: &CurrentActivation, now: EpochSecs, margin_secs: i64, percent: u32) -> bool {
     let by_slots = low_water_slot(a.limit, percent) == Some(slot);
     let by_time = percent > 0 && a.expires_at <= now + 2 * margin_secs;
     by_slots || by_time
@@ -175,18 +169,12 @@ mod tests {
 
     #[test]
     fn a_fresh_activation_with_free_slots_is_usable() {
-        assert_eq!(
-            why_unusable(Some(&activation(3, 10, 10_000)), 1_000, 900),
-            None
-        );
+        assert_eq!(why_unusable(Some(&activation(3, 10, 10_000)), 1_000, 900), None);
     }
 
     #[test]
     fn each_reason_for_rotation_is_told_apart() {
-        assert_eq!(
-            why_unusable(None, 0, 900),
-            Some(RotationReason::NoActivation)
-        );
+        assert_eq!(why_unusable(None, 0, 900), Some(RotationReason::NoActivation));
         assert_eq!(
             why_unusable(Some(&activation(0, 10, 1_000)), 1_000, 900),
             Some(RotationReason::Expired)
@@ -217,9 +205,7 @@ mod tests {
     #[test]
     fn only_the_low_water_slot_rotates_ahead_by_slots() {
         let a = activation(0, 10, 1_000_000);
-        let due: Vec<u32> = (1..=10)
-            .filter(|s| rotate_ahead_due(*s, &a, 0, 900, 20))
-            .collect();
+        let due: Vec<u32> = (1..=10).filter(|s| rotate_ahead_due(*s, &a, 0, 900, 20)).collect();
         assert_eq!(due, vec![8]);
     }
 

@@ -14,8 +14,8 @@ use crate::aws::pool_store::{LeaseAttempt, PoolStore, Reservation};
 use crate::config::Config;
 use crate::error::VendError;
 use crate::pool::{
-    self, rotate_ahead_due, still_needs_rotation, why_unusable, CurrentActivation, EpochSecs,
-    InstanceRecord, RotationReason, DEFAULT_POOL,
+    self, rotate_ahead_due, still_needs_rotation, why_unusable, CurrentActivation, EpochSecs, InstanceRecord,
+    RotationReason, DEFAULT_POOL,
 };
 use crate::secret::ActivationCode;
 
@@ -50,6 +50,8 @@ pub struct Vendor {
     last_time_based_attempt: Mutex<Option<Instant>>,
     process_token: String,
     rotations: AtomicU64,
+    /// One request per process deals with an unusable pool at a time.
+    pool_gate: tokio::sync::Mutex<()>,
 }
 
 pub fn epoch_now() -> EpochSecs {
@@ -64,12 +66,7 @@ fn secs(d: Duration) -> i64 {
 }
 
 impl Vendor {
-    pub fn new(
-        store: PoolStore,
-        vault: CodeVault,
-        activations: ActivationService,
-        config: Config,
-    ) -> Self {
+    pub fn new(store: PoolStore, vault: CodeVault, activations: ActivationService, config: Config) -> Self {
         let process_token = format!("{:016x}", rand::rng().random::<u64>());
         Self {
             store,
@@ -81,6 +78,7 @@ impl Vendor {
             last_time_based_attempt: Mutex::new(None),
             process_token,
             rotations: AtomicU64::new(0),
+            pool_gate: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -151,18 +149,12 @@ impl Vendor {
 
     /// A named caller's earlier activation, if it is still good. `Err(Some(id))` means
     /// the record exists but is stale and may be replaced.
-    async fn vend_again(
-        &self,
-        pool: &str,
-        name: &str,
-    ) -> Result<Result<Vended, Option<String>>, VendError> {
+    async fn vend_again(&self, pool: &str, name: &str) -> Result<Result<Vended, Option<String>>, VendError> {
         let Some(record) = self.store.instance(pool, name).await? else {
             return Ok(Err(None));
         };
         let stale = Err(Some(record.activation_id.clone()));
-        if record.expires_at <= epoch_now() + self.margin()
-            || !self.still_works(&record.activation_id).await?
-        {
+        if record.expires_at <= epoch_now() + self.margin() || !self.still_works(&record.activation_id).await? {
             return Ok(stale);
         }
         match self
@@ -180,24 +172,22 @@ impl Vendor {
     }
 
     /// Takes a slot and the code that goes with it, rotating or waiting as needed.
-    async fn reserve_and_pair(
-        &self,
-        pool: &str,
-    ) -> Result<(CurrentActivation, ActivationCode), VendError> {
+    async fn reserve_and_pair(&self, pool: &str) -> Result<(CurrentActivation, ActivationCode), VendError> {
         let deadline = Instant::now() + self.config.wait;
+        // Held from the moment this request takes charge of an unusable pool until it
+        // gets a slot: the process's other requests wait on it instead of polling AWS.
+        let mut in_charge = None;
+        let mut waits = 0;
+        let mut last_seen = None;
         loop {
             let now = epoch_now();
             match self.store.reserve_slot(pool, now, self.margin()).await? {
                 Reservation::Reserved(activation) => {
                     if !self.still_works(&activation.id).await? {
                         self.forget_verified(&activation.id);
-                        self.rotate_or_wait(
-                            pool,
-                            RotationReason::DeletedOutOfBand,
-                            Some(&activation.id),
-                            deadline,
-                        )
-                        .await?;
+                        let seen = Some(activation.id.as_str());
+                        self.rotate_or_wait(pool, RotationReason::DeletedOutOfBand, seen, deadline, &mut waits)
+                            .await?;
                         continue;
                     }
                     if rotate_ahead_due(
@@ -211,11 +201,7 @@ impl Vendor {
                         // Our slot on the old activation stays good; failures here only
                         // mean the next crossing tries again.
                         if let Err(e) = self
-                            .rotate_under_lease(
-                                pool,
-                                RotationReason::LowWater,
-                                Some(&activation.id),
-                            )
+                            .rotate_under_lease(pool, RotationReason::LowWater, Some(&activation.id))
                             .await
                         {
                             tracing::warn!(pool, error = %e, "rotating ahead failed; the pool keeps its current activation");
@@ -235,11 +221,38 @@ impl Vendor {
                     }
                 }
                 Reservation::Refused(state) => {
+                    if in_charge.is_none() {
+                        match self.pool_gate.try_lock() {
+                            Ok(guard) => in_charge = Some(guard),
+                            Err(_) => {
+                                // Another request here is on it. Queue behind it and reserve
+                                // again in turn, still holding the gate: after a rotation the
+                                // queue drains one reserve at a time instead of as a herd, and
+                                // the first to be refused takes charge of the next rotation.
+                                match tokio::time::timeout_at(deadline.into(), self.pool_gate.lock()).await {
+                                    Ok(guard) => {
+                                        in_charge = Some(guard);
+                                        continue;
+                                    }
+                                    Err(_) => return Err(VendError::NoActivationYet),
+                                }
+                            }
+                        }
+                    }
                     let seen = state.activation.as_ref().map(|a| a.id.clone());
+                    if seen != last_seen {
+                        waits = 0;
+                        last_seen.clone_from(&seen);
+                    }
                     let reason = why_unusable(state.activation.as_ref(), now, self.margin())
                         .unwrap_or(RotationReason::SlotsUsedUp);
-                    self.rotate_or_wait(pool, reason, seen.as_deref(), deadline)
-                        .await?;
+                    if pool::lease_is_free(state.lease.as_ref(), now) {
+                        self.rotate_or_wait(pool, reason, seen.as_deref(), deadline, &mut waits)
+                            .await?;
+                    } else {
+                        // Someone holds the lease: no point asking for it yet.
+                        self.wait_for_rotation(deadline, &mut waits).await?;
+                    }
                 }
             }
         }
@@ -253,36 +266,39 @@ impl Vendor {
         reason: RotationReason,
         seen: Option<&str>,
         deadline: Instant,
+        waits: &mut u32,
     ) -> Result<(), VendError> {
         match self.rotate_under_lease(pool, reason, seen).await? {
             Rotation::Rotated => Ok(()),
             // Someone else changed the pool: reserve again at once, within the deadline.
             Rotation::NotNeeded if Instant::now() < deadline => Ok(()),
             Rotation::NotNeeded => Err(VendError::NoActivationYet),
-            Rotation::Busy => {
-                if Instant::now() >= deadline {
-                    return Err(VendError::NoActivationYet);
-                }
-                let pause = Duration::from_millis(rand::rng().random_range(40..120));
-                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
-                    .await;
-                Ok(())
-            }
+            Rotation::Busy => self.wait_for_rotation(deadline, waits).await,
         }
     }
 
+    /// Sleeps before looking again, backing off (with jitter) so that waiters do not
+    /// hammer the pool's item while a rotation is in flight.
+    async fn wait_for_rotation(&self, deadline: Instant, waits: &mut u32) -> Result<(), VendError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(VendError::NoActivationYet);
+        }
+        // A rotation is a few hundred milliseconds of AWS calls: look again at least that often.
+        let ceiling_ms = (25u64 << (*waits).min(3)).min(200);
+        *waits += 1;
+        let pause = Duration::from_millis(rand::rng().random_range(ceiling_ms / 2..=ceiling_ms));
+        tokio::time::sleep(pause.min(left)).await;
+        Ok(())
+    }
+
     fn may_try_rotate_ahead(&self, activation: &CurrentActivation) -> bool {
-        if pool::low_water_slot(activation.limit, self.config.low_water_percent)
-            == Some(activation.reserved)
-        {
+        if pool::low_water_slot(activation.limit, self.config.low_water_percent) == Some(activation.reserved) {
             return true;
         }
         // Time-based: every request in the window qualifies, so each process tries at
         // most once per lease length instead of once per request.
-        let mut last = self
-            .last_time_based_attempt
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last_time_based_attempt.lock().unwrap_or_else(|p| p.into_inner());
         if last.is_some_and(|t| t.elapsed() < self.config.lease) {
             return false;
         }
@@ -351,11 +367,7 @@ impl Vendor {
             reserved: 0,
             parameter_version: version,
         };
-        if !self
-            .store
-            .commit_rotation(pool, owner, &next, epoch_now())
-            .await?
-        {
+        if !self.store.commit_rotation(pool, owner, &next, epoch_now()).await? {
             tracing::warn!(pool, activation_id = %created.id, "lost the lease before committing; deleting the new activation");
             self.delete_orphan(&created.id).await;
             return Ok(Rotation::NotNeeded);
@@ -398,12 +410,16 @@ impl Vendor {
     }
 
     /// Whether SSM still honours the activation, asked at most once per verify interval.
+    /// An activation this process has not seen before counts as checked on first
+    /// sight (it was just created), so a rotation costs no extra call per process.
     async fn still_works(&self, activation_id: &str) -> Result<bool, VendError> {
         let fresh = {
-            let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-            verified
-                .get(activation_id)
-                .is_some_and(|at| at.elapsed() < self.config.verify_interval)
+            let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            if verified.len() > 64 {
+                verified.clear();
+            }
+            let first_seen = *verified.entry(activation_id.to_owned()).or_insert_with(Instant::now);
+            first_seen.elapsed() < self.config.verify_interval
         };
         if fresh {
             return Ok(true);
@@ -455,10 +471,7 @@ impl CodeCache {
 
     fn insert(&self, activation_id: &str, version: i64, code: ActivationCode) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries
-            .iter()
-            .any(|(id, v, _)| id == activation_id && *v == version)
-        {
+        if entries.iter().any(|(id, v, _)| id == activation_id && *v == version) {
             return;
         }
         if entries.len() == Self::CAPACITY {

@@ -15,24 +15,10 @@ async fn a_vend_answers_the_contract_and_its_code_registers_with_ssm() {
         let answer = server.get(path).await;
         assert_eq!(answer.status, 200, "{path}: {}", answer.body);
         assert_eq!(answer.header("cache-control"), Some("no-store"));
-        assert!(answer
-            .header("content-type")
-            .unwrap()
-            .starts_with("application/json"));
+        assert!(answer.header("content-type").unwrap().starts_with("application/json"));
         let body = answer.json();
-        let fields: Vec<&str> = body
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        for field in [
-            "ActivationId",
-            "ActivationCode",
-            "Region",
-            "ExpirationDate",
-            "Pool",
-        ] {
+        let fields: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+        for field in ["ActivationId", "ActivationCode", "Region", "ExpirationDate", "Pool"] {
             assert!(fields.contains(&field), "{field} missing from {fields:?}");
         }
         assert_eq!(body["Region"], "us-east-1");
@@ -45,9 +31,7 @@ async fn a_vend_answers_the_contract_and_its_code_registers_with_ssm() {
         emulator.activation_ids().await.contains(&answer.id()),
         "SSM knows the vended ID"
     );
-    let instance = emulator
-        .register(&answer.id(), &answer.code(), "web-01")
-        .await;
+    let instance = emulator.register(&answer.id(), &answer.code(), "web-01").await;
     assert!(instance.unwrap().starts_with("mi-"));
 }
 
@@ -58,10 +42,7 @@ async fn health_answers_ok_in_plain_text() {
     let answer = server.get("/health").await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body, "OK");
-    assert!(answer
-        .header("content-type")
-        .unwrap()
-        .starts_with("text/plain"));
+    assert!(answer.header("content-type").unwrap().starts_with("text/plain"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -70,18 +51,8 @@ async fn every_error_is_a_json_error_with_the_right_status() {
     let server = emulator.serve(&[]);
     let cases = [
         (reqwest::Method::GET, "/nowhere", 404, "NotFound"),
-        (
-            reqwest::Method::GET,
-            "/activation?pool=nosuchpool",
-            404,
-            "PoolNotFound",
-        ),
-        (
-            reqwest::Method::POST,
-            "/activation",
-            405,
-            "MethodNotAllowed",
-        ),
+        (reqwest::Method::GET, "/activation?pool=nosuchpool", 404, "PoolNotFound"),
+        (reqwest::Method::POST, "/activation", 405, "MethodNotAllowed"),
         (reqwest::Method::DELETE, "/health", 405, "MethodNotAllowed"),
         (
             reqwest::Method::GET,
@@ -89,12 +60,7 @@ async fn every_error_is_a_json_error_with_the_right_status() {
             400,
             "InvalidParameter",
         ),
-        (
-            reqwest::Method::GET,
-            "/activation?pool=a/b",
-            400,
-            "InvalidParameter",
-        ),
+        (reqwest::Method::GET, "/activation?pool=a/b", 400, "InvalidParameter"),
         (
             reqwest::Method::GET,
             "/activation?pool=x&pool=y",
@@ -118,10 +84,7 @@ async fn every_error_is_a_json_error_with_the_right_status() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_named_server_gets_the_same_activation_again_without_using_a_slot() {
     let emulator = Emulator::start();
-    let server = emulator.serve(&[
-        ("VENDING_REGISTRATION_LIMIT", "2"),
-        ("VENDING_LOW_WATER_PERCENT", "0"),
-    ]);
+    let server = emulator.serve(&[("VENDING_REGISTRATION_LIMIT", "2"), ("VENDING_LOW_WATER_PERCENT", "0")]);
 
     let first = server.get("/activation?instance=web-01").await;
     assert_eq!(first.status, 200, "{}", first.body);
@@ -130,11 +93,7 @@ async fn a_named_server_gets_the_same_activation_again_without_using_a_slot() {
         assert_eq!((again.id(), again.code()), (first.id(), first.code()));
     }
     let by_header = server
-        .request(
-            reqwest::Method::GET,
-            "/activation",
-            &[("X-Instance-Name", "WEB-01")],
-        )
+        .request(reqwest::Method::GET, "/activation", &[("X-Instance-Name", "WEB-01")])
         .await;
     assert_eq!(
         by_header.id(),
@@ -157,22 +116,14 @@ async fn a_named_server_gets_the_same_activation_again_without_using_a_slot() {
 async fn the_hot_path_is_one_dynamodb_call_per_vend() {
     let emulator = Emulator::start();
     let server = emulator.serve(&[]);
-    assert_eq!(
-        server.get("/activation").await.status,
-        200,
-        "first vend rotates"
-    );
+    assert_eq!(server.get("/activation").await.status, 200, "first vend rotates");
     emulator.reset_calls().await;
     for _ in 0..20 {
         assert_eq!(server.get("/activation").await.status, 200);
     }
     let calls = emulator.calls().await;
     assert_eq!(calls.get("DynamoDB.UpdateItem"), Some(&20), "{calls:?}");
-    assert_eq!(
-        calls.values().sum::<u64>(),
-        20,
-        "nothing but the reserve: {calls:?}"
-    );
+    assert_eq!(calls.values().sum::<u64>(), 20, "nothing but the reserve: {calls:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

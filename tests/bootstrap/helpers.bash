@@ -1,12 +1,15 @@
 # shellcheck shell=bash
+# Variables set here are read by the suites that load this file:
+# shellcheck disable=SC2034
 # Shared by the bats suites in tests/bootstrap/.
 #
 # Each simulated server is a directory used as BOOTSTRAP_ROOT (its /etc/os-release,
 # /usr/bin, /var/lib/amazon/ssm, /run) and runs scripts/bootstrap-linux.sh with a
 # PATH made of, in order:
-#   tests/bootstrap/standins   systemctl, dnf, yum, apt-get, zypper
-#   $ROOT/usr/bin              what the stand-in package managers "installed"
-#                              (amazon-ssm-agent stand-in, jq)
+#   tests/bootstrap/standins/bin   systemctl, dnf, yum, apt-get, zypper
+#   $ROOT/usr/bin                  what the stand-ins "installed": the amazon-ssm-agent
+#                                  stand-in (put there by the ssm-setup-cli stand-in
+#                                  or a package manager), jq
 #   a toolbox                  symlinks to this machine's bash, curl, coreutils...
 #                              (with or without jq)
 # ssm-setup-cli is downloaded by the script itself from a file:// mirror laid out
@@ -16,7 +19,8 @@
 REPO_ROOT=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
 BOOTSTRAP_LINUX="$REPO_ROOT/scripts/bootstrap-linux.sh"
 BOOTSTRAP_WINDOWS="$REPO_ROOT/scripts/bootstrap-windows.ps1"
-STANDINS="$BATS_TEST_DIRNAME/standins"
+STANDINS="$BATS_TEST_DIRNAME/standins"        # all stand-ins
+STANDINS_BIN="$STANDINS/bin"                   # the ones on PATH from the start
 TEST_PYTHON=${BOOTSTRAP_TEST_PYTHON:-$REPO_ROOT/.venv/bin/python}
 [ -x "$TEST_PYTHON" ] || TEST_PYTHON=$(command -v python3)
 
@@ -41,6 +45,7 @@ make_mirror() { # DIR
 		for arch in amd64 arm64; do
 			sub="$dir/latest/${platform}_$arch"
 			mkdir -p "$sub"
+			# shellcheck disable=SC2016 # $STANDIN_DIR and $@ belong in the generated script
 			printf '#!/usr/bin/env bash\nexport STANDIN_BUCKET_DIR=%s\nexec "$STANDIN_DIR/ssm-setup-cli" "$@"\n' \
 				"${platform}_$arch" >"$sub/ssm-setup-cli"
 			printf 'stand-in package %s\n' "${platform}_$arch" >"$sub/amazon-ssm-agent.rpm"
@@ -84,9 +89,10 @@ require_service() {
 
 # Runs bootstrap-linux.sh on the server at SERVER_ROOT with a clean environment.
 # Extra environment: the array EXTRA_ENV (NAME=value ...). Toolbox: TOOLBOX.
+# STANDIN_BIN replaces the stand-in directory on PATH (e.g. one with yum but no dnf).
 bootstrap_env() {
 	local -a envs=(
-		"PATH=$STANDINS:$SERVER_ROOT/usr/bin:${TOOLBOX:?}"
+		"PATH=${STANDIN_BIN:-$STANDINS_BIN}:$SERVER_ROOT/usr/bin:${TOOLBOX:?}"
 		"HOME=$SERVER_ROOT/tmp"
 		"LANG=C"
 		"BOOTSTRAP_ROOT=$SERVER_ROOT"
@@ -104,6 +110,13 @@ bootstrap() {
 	timeout 300 env -i "${envs[@]}" "$BOOTSTRAP_LINUX" "$@"
 }
 
+# Same, piped into bash as the README's one-liner does (curl ... | bash -s -- ...).
+bootstrap_piped() {
+	local -a envs
+	mapfile -t envs < <(bootstrap_env)
+	cat "$BOOTSTRAP_LINUX" | timeout 300 env -i "${envs[@]}" "$(command -v bash)" -s -- "$@"
+}
+
 # Same, under `bash -x`.
 bootstrap_traced() {
 	local -a envs
@@ -118,6 +131,7 @@ fail() {
 	return 1
 }
 
+# shellcheck disable=SC2154 # status and output are set by bats' run
 show_run() {
 	printf 'exit status: %s\n--- output ---\n%s\n--------------\n' "$status" "$output" >&2
 	if [ -n "${SERVER_ROOT:-}" ] && [ -f "$SERVER_ROOT/.standin/calls.log" ]; then
@@ -214,19 +228,29 @@ emulator_calls() { # OPERATION -> count so far
 # ------------------------------------------------------------ the stub server
 
 # For the conditions the real service cannot produce on demand (a server that
-# never answers, a malformed body, an activation SSM refuses). Sets STUB_URL.
+# never answers, a malformed body, an activation SSM refuses, an unknown CA).
+# Sets STUB_URL (http) and STUB_TLS_URL (https with a certificate for 127.0.0.1
+# from a throwaway CA in DIR/ca.pem).
 start_stub() { # DIR
-	local dir=$1 i
+	local dir=$1
+	openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bats-test-ca \
+		-keyout "$dir/ca.key" -out "$dir/ca.pem" >/dev/null 2>&1
+	openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout "$dir/tls.key" -out "$dir/tls.csr" >/dev/null 2>&1
+	printf 'subjectAltName=IP:127.0.0.1\n' >"$dir/tls.ext"
+	openssl x509 -req -in "$dir/tls.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial -days 2 \
+		-extfile "$dir/tls.ext" -out "$dir/tls.pem" >/dev/null 2>&1
 	"$TEST_PYTHON" "$BATS_TEST_DIRNAME/stub_server.py" --port-file "$dir/stub.port" --log "$dir/stub.log" \
-		>"$dir/stub.out" 2>&1 &
+		--cert "$dir/tls.pem" --key "$dir/tls.key" --tls-port-file "$dir/stub-tls.port" >"$dir/stub.out" 2>&1 &
 	echo $! >"$dir/stub.pid"
-	for i in $(seq 1 100); do
-		[ -s "$dir/stub.port" ] && break
+	for _ in $(seq 1 100); do
+		[ -s "$dir/stub.port" ] && [ -s "$dir/stub-tls.port" ] && break
 		sleep 0.05
 	done
-	[ -s "$dir/stub.port" ] || fail "stub server did not start: $(cat "$dir/stub.out")"
+	[ -s "$dir/stub.port" ] && [ -s "$dir/stub-tls.port" ] || fail "stub server did not start: $(cat "$dir/stub.out")"
 	STUB_URL="http://127.0.0.1:$(cat "$dir/stub.port")"
-	export STUB_URL
+	STUB_TLS_URL="https://127.0.0.1:$(cat "$dir/stub-tls.port")"
+	STUB_CA="$dir/ca.pem"
+	export STUB_URL STUB_TLS_URL STUB_CA
 }
 
 stop_stub() { # DIR

@@ -9,7 +9,9 @@ The first path segment picks the behaviour (the script appends /activation):
                   (random ID and code), so registration is refused
   /echo/...       like /refused, and records the request line and headers
   /notfound/...   404 with the service's JSON error
-Every request is appended to --log as one JSON line.
+Every request is appended to --log as one JSON line. With --cert/--key it also
+serves HTTPS on a second port (written to --tls-port-file), to prove that the
+script verifies TLS.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import secrets
+import ssl
 import threading
 import time
 import uuid
@@ -74,18 +77,32 @@ class Handler(BaseHTTPRequestHandler):
         self.send(404, b'{"error":{"code":"NotFound","message":"unknown stub mode"}}')
 
 
+def listen(port_file: str, tls: ssl.SSLContext | None = None) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    with open(port_file + ".tmp", "w", encoding="utf-8") as f:
+        f.write(str(server.server_address[1]))
+    os.replace(port_file + ".tmp", port_file)
+    return server
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port-file", required=True)
     parser.add_argument("--log", required=True)
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    parser.add_argument("--tls-port-file")
     args = parser.parse_args()
     Handler.log_path = args.log
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    with open(args.port_file + ".tmp", "w", encoding="utf-8") as f:
-        f.write(str(server.server_address[1]))
-    os.replace(args.port_file + ".tmp", args.port_file)
-    server.serve_forever()
+    if args.cert and args.key and args.tls_port_file:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.cert, args.key)
+        tls_server = listen(args.tls_port_file, context)
+        threading.Thread(target=tls_server.serve_forever, daemon=True).start()
+    listen(args.port_file).serve_forever()
 
 
 if __name__ == "__main__":

@@ -32,12 +32,7 @@ impl ActivationService {
         }
     }
 
-    pub async fn create(
-        &self,
-        pool: &str,
-        limit: u32,
-        expires_at: EpochSecs,
-    ) -> Result<NewActivation, VendError> {
+    pub async fn create(&self, pool: &str, limit: u32, expires_at: EpochSecs) -> Result<NewActivation, VendError> {
         let tag = Tag::builder()
             .key(POOL_TAG)
             .value(pool)
@@ -97,14 +92,7 @@ impl ActivationService {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(DeleteActivationError::InvalidActivation(_))
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if matches!(e.as_service_error(), Some(DeleteActivationError::InvalidActivation(_))) => Ok(()),
             Err(e) => Err(classify("SSM.DeleteActivation", e, Echo::Message)),
         }
     }

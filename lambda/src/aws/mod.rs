@@ -33,11 +33,7 @@ pub(crate) enum Echo {
     Nothing,
 }
 
-pub(crate) fn classify<E>(
-    operation: &'static str,
-    err: SdkError<E, HttpResponse>,
-    echo: Echo,
-) -> VendError
+pub(crate) fn classify<E>(operation: &'static str, err: SdkError<E, HttpResponse>, echo: Echo) -> VendError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {

@@ -24,11 +24,7 @@ struct StoredActivation {
 }
 
 impl CodeVault {
-    pub fn new(
-        client: aws_sdk_ssm::Client,
-        prefix: impl Into<String>,
-        kms_key_id: impl Into<String>,
-    ) -> Self {
+    pub fn new(client: aws_sdk_ssm::Client, prefix: impl Into<String>, kms_key_id: impl Into<String>) -> Self {
         Self {
             client,
             prefix: prefix.into(),
@@ -41,26 +37,17 @@ impl CodeVault {
     }
 
     /// Stores a new activation; returns the parameter version that holds it.
-    pub async fn store(
-        &self,
-        pool: &str,
-        activation_id: &str,
-        code: &ActivationCode,
-    ) -> Result<i64, VendError> {
+    pub async fn store(&self, pool: &str, activation_id: &str, code: &ActivationCode) -> Result<i64, VendError> {
         let value = serde_json::to_string(&StoredActivation {
             activation_id: activation_id.to_owned(),
             activation_code: code.expose().to_owned(),
         })
-        .map_err(|_| {
-            VendError::Internal("could not encode the activation for Parameter Store".into())
-        })?;
+        .map_err(|_| VendError::Internal("could not encode the activation for Parameter Store".into()))?;
         let out = self
             .client
             .put_parameter()
             .name(self.parameter_name(pool))
-            .description(format!(
-                "Current hybrid activation of pool {pool} (activation-vending)"
-            ))
+            .description(format!("Current hybrid activation of pool {pool} (activation-vending)"))
             .value(value)
             .r#type(ParameterType::SecureString)
             .key_id(&self.kms_key_id)

@@ -70,10 +70,7 @@ fn pool_key(pool: &str) -> AttributeValue {
 
 fn instance_key(pool: &str, instance: &str) -> AttributeValue {
     // Host names are case-insensitive.
-    s(&format!(
-        "instance#{pool}#{}",
-        instance.to_ascii_lowercase()
-    ))
+    s(&format!("instance#{pool}#{}", instance.to_ascii_lowercase()))
 }
 
 fn pool_state(item: Option<&Item>) -> PoolState {
@@ -83,12 +80,8 @@ fn pool_state(item: Option<&Item>) -> PoolState {
     let activation = get_s(item, ACTIVATION_ID).map(|id| CurrentActivation {
         id: id.to_owned(),
         expires_at: get_n(item, EXPIRES_AT).unwrap_or(0),
-        limit: get_n(item, LIMIT)
-            .unwrap_or(0)
-            .clamp(0, i64::from(u32::MAX)) as u32,
-        reserved: get_n(item, RESERVED)
-            .unwrap_or(0)
-            .clamp(0, i64::from(u32::MAX)) as u32,
+        limit: get_n(item, LIMIT).unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
+        reserved: get_n(item, RESERVED).unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
         parameter_version: get_n(item, PARAMETER_VERSION).unwrap_or(0),
     });
     let lease = get_s(item, LEASE_OWNER).map(|owner| Lease {
@@ -107,12 +100,7 @@ fn instance_record(item: &Item) -> Option<InstanceRecord> {
 }
 
 fn names(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
-    Some(
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-    )
+    Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
 }
 
 impl PoolStore {
@@ -124,21 +112,14 @@ impl PoolStore {
     }
 
     /// The hot path: one conditional write takes a slot, or says why it can't.
-    pub async fn reserve_slot(
-        &self,
-        pool: &str,
-        now: EpochSecs,
-        margin_secs: i64,
-    ) -> Result<Reservation, VendError> {
+    pub async fn reserve_slot(&self, pool: &str, now: EpochSecs, margin_secs: i64) -> Result<Reservation, VendError> {
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(PK, pool_key(pool))
             .update_expression("ADD #reserved :one")
-            .condition_expression(
-                "attribute_exists(#id) AND #reserved < #limit AND #exp > :min_exp",
-            )
+            .condition_expression("attribute_exists(#id) AND #reserved < #limit AND #exp > :min_exp")
             .set_expression_attribute_names(names(&[
                 ("#id", ACTIVATION_ID),
                 ("#reserved", RESERVED),
@@ -182,10 +163,7 @@ impl PoolStore {
             .key(PK, pool_key(pool))
             .update_expression("SET #owner = :me, #until = :until")
             .condition_expression("attribute_not_exists(#owner) OR #until < :now")
-            .set_expression_attribute_names(names(&[
-                ("#owner", LEASE_OWNER),
-                ("#until", LEASE_UNTIL),
-            ]))
+            .set_expression_attribute_names(names(&[("#owner", LEASE_OWNER), ("#until", LEASE_UNTIL)]))
             .expression_attribute_values(":me", s(owner))
             .expression_attribute_values(":until", n(until))
             .expression_attribute_values(":now", n(now))
@@ -269,10 +247,7 @@ impl PoolStore {
             .key(PK, pool_key(pool))
             .update_expression("REMOVE #owner, #until")
             .condition_expression("#owner = :me")
-            .set_expression_attribute_names(names(&[
-                ("#owner", LEASE_OWNER),
-                ("#until", LEASE_UNTIL),
-            ]))
+            .set_expression_attribute_names(names(&[("#owner", LEASE_OWNER), ("#until", LEASE_UNTIL)]))
             .expression_attribute_values(":me", s(owner))
             .send()
             .await;
@@ -304,11 +279,7 @@ impl PoolStore {
         Ok(pool_state(out.item.as_ref()))
     }
 
-    pub async fn instance(
-        &self,
-        pool: &str,
-        instance: &str,
-    ) -> Result<Option<InstanceRecord>, VendError> {
+    pub async fn instance(&self, pool: &str, instance: &str) -> Result<Option<InstanceRecord>, VendError> {
         let out = self
             .client
             .get_item()
@@ -341,14 +312,8 @@ impl PoolStore {
             .item(PARAMETER_VERSION, n(record.parameter_version))
             .item(EXPIRES_AT, n(record.expires_at))
             .item(TTL, n(record.expires_at))
-            .condition_expression(
-                "attribute_not_exists(#pk) OR #exp <= :min_exp OR #id = :replacing",
-            )
-            .set_expression_attribute_names(names(&[
-                ("#pk", PK),
-                ("#exp", EXPIRES_AT),
-                ("#id", ACTIVATION_ID),
-            ]))
+            .condition_expression("attribute_not_exists(#pk) OR #exp <= :min_exp OR #id = :replacing")
+            .set_expression_attribute_names(names(&[("#pk", PK), ("#exp", EXPIRES_AT), ("#id", ACTIVATION_ID)]))
             .expression_attribute_values(":min_exp", n(min_expiry))
             .expression_attribute_values(":replacing", s(replacing.unwrap_or("")))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)

@@ -1,0 +1,216 @@
+//! When and how the pool gets a new activation, against real servers on the emulator.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::Emulator;
+
+/// No rotate-ahead, so each test sees only the rotation it provokes.
+const NO_ROTATE_AHEAD: (&str, &str) = ("VENDING_LOW_WATER_PERCENT", "0");
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_activation_is_replaced() {
+    let emulator = Emulator::start();
+    let server = emulator.serve(&[
+        ("VENDING_ACTIVATION_TTL", "3s"),
+        ("VENDING_EXPIRY_MARGIN", "1s"),
+        NO_ROTATE_AHEAD,
+    ]);
+    let first = server.get("/activation").await;
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    let second = server.get("/activation").await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_ne!(second.id(), first.id());
+    assert!(server.log_text().contains("reason=expired"), "{}", server.log_text());
+    assert!(emulator.register(&second.id(), &second.code(), "web-01").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_activation_inside_the_expiry_margin_is_no_longer_handed_out() {
+    let emulator = Emulator::start();
+    let server = emulator.serve(&[
+        ("VENDING_ACTIVATION_TTL", "6s"),
+        ("VENDING_EXPIRY_MARGIN", "2s"),
+        NO_ROTATE_AHEAD,
+    ]);
+    let first = server.get("/activation").await;
+    let expires = first.json()["ExpirationDate"].as_str().unwrap().to_owned();
+    assert_eq!(
+        server.get("/activation").await.id(),
+        first.id(),
+        "well before the margin: same activation"
+    );
+    // 7 s in: inside the 4 s margin, 3 s before expiry (room for a slow machine).
+    tokio::time::sleep(Duration::from_millis(7_000)).await;
+    let second = server.get("/activation").await;
+    assert_ne!(second.id(), first.id(), "inside the 4 s margin of {expires}");
+    assert!(
+        server.log_text().contains("reason=inside the expiry margin"),
+        "{}",
+        server.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn used_up_slots_bring_a_new_activation_and_every_code_registers() {
+    let emulator = Emulator::start();
+    let server = emulator.serve(&[("VENDING_REGISTRATION_LIMIT", "3"), NO_ROTATE_AHEAD]);
+    let mut answers = Vec::new();
+    for _ in 0..7 {
+        answers.push(server.get("/activation").await);
+    }
+    let ids: Vec<String> = answers.iter().map(|a| a.id()).collect();
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(ids[1], ids[2]);
+    assert_ne!(ids[2], ids[3], "the fourth vend needs a fourth slot");
+    assert_eq!(ids[3], ids[5]);
+    assert_ne!(ids[5], ids[6]);
+    for (i, a) in answers.iter().enumerate() {
+        let registered = emulator.register(&a.id(), &a.code(), &format!("web-{i}")).await;
+        assert!(registered.is_ok(), "vend {i}: {registered:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_activation_deleted_out_of_band_is_replaced() {
+    let emulator = Emulator::start();
+    let server = emulator.serve(&[("VENDING_VERIFY_INTERVAL", "0s")]);
+    let first = server.get("/activation").await;
+    emulator
+        .ssm()
+        .await
+        .delete_activation()
+        .activation_id(first.id())
+        .send()
+        .await
+        .unwrap();
+    let second = server.get("/activation").await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_ne!(second.id(), first.id());
+    assert!(emulator.register(&second.id(), &second.code(), "web-01").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_low_water_mark_rotates_ahead_while_the_old_slots_stay_good() {
+    let emulator = Emulator::start();
+    let server = emulator.serve(&[
+        ("VENDING_REGISTRATION_LIMIT", "10"),
+        ("VENDING_LOW_WATER_PERCENT", "20"),
+    ]);
+    let first = server.get("/activation").await;
+    let mut same = 1;
+    let mut next = None;
+    for _ in 0..10 {
+        let a = server.get("/activation").await;
+        if a.id() == first.id() {
+            same += 1;
+            assert!(emulator
+                .register(&a.id(), &a.code(), &format!("web-{same}"))
+                .await
+                .is_ok());
+        } else {
+            next = Some(a);
+            break;
+        }
+    }
+    assert_eq!(
+        same, 8,
+        "slot 8 of 10 rotated ahead; it was still served from the old activation"
+    );
+    let next = next.expect("a new activation after the low-water mark");
+    assert!(
+        server.log_text().contains("reason=low-water mark"),
+        "{}",
+        server.log_text()
+    );
+    assert!(emulator.register(&next.id(), &next.code(), "web-next").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_killed_while_holding_the_lease_blocks_rotation_no_longer_than_the_lease() {
+    let emulator = Emulator::start();
+    let lease = Duration::from_secs(3);
+    let settings = [("VENDING_LEASE", "3s"), ("VENDING_WAIT", "500ms")];
+    let mut doomed = emulator.serve(&settings);
+    let survivor = emulator.serve(&settings);
+
+    // The doomed server creates an activation, then stalls storing its code: it holds
+    // the lease when it dies, after CreateActivation and before its commit.
+    emulator
+        .inject(json!({"operation": "SSM.PutParameter", "delay_ms": 30_000, "count": 1}))
+        .await;
+    let doomed_url = doomed.url.clone();
+    let stuck = tokio::spawn(async move { reqwest::get(format!("{doomed_url}/activation")).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !emulator.calls().await.contains_key("SSM.PutParameter") {
+        assert!(
+            Instant::now() < deadline,
+            "the doomed rotation never reached PutParameter"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    doomed.kill();
+    let killed_at = Instant::now();
+    let _ = stuck.await;
+
+    let busy = survivor.get("/activation").await;
+    assert_eq!(busy.status, 503, "the lease still stands: {}", busy.body);
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    assert_eq!(busy.json()["error"]["code"], "NoActivationYet");
+
+    let answer = survivor.vend_with_retries("/activation", Duration::from_secs(15)).await;
+    let blocked_for = killed_at.elapsed();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(
+        blocked_for < lease + Duration::from_secs(2),
+        "rotation was blocked for {blocked_for:?}, lease is {lease:?}"
+    );
+    println!("rotation blocked for {blocked_for:?} after a SIGKILL under a {lease:?} lease");
+    assert!(emulator.register(&answer.id(), &answer.code(), "web-01").await.is_ok());
+    let known = emulator.activation_ids().await;
+    assert!(
+        known.len() <= 2,
+        "at most one orphan besides the live activation: {known:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_that_lost_its_lease_deletes_its_own_activation_and_commits_nothing() {
+    let emulator = Emulator::start();
+    let settings = [("VENDING_LEASE", "1s"), ("VENDING_WAIT", "10s")];
+    let slow = emulator.serve(&settings);
+    let fast = emulator.serve(&settings);
+
+    // The slow server's PutParameter takes 3 s: its 1 s lease runs out and the fast
+    // server takes over, rotates and commits first.
+    emulator
+        .inject(json!({"operation": "SSM.PutParameter", "delay_ms": 3_000, "count": 1}))
+        .await;
+    let slow_url = slow.url.clone();
+    let slow_vend = tokio::spawn(async move { reqwest::get(format!("{slow_url}/activation")).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !emulator.calls().await.contains_key("SSM.PutParameter") {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let fast_answer = fast.get("/activation").await;
+    assert_eq!(fast_answer.status, 200, "{}", fast_answer.body);
+
+    let slow_body: serde_json::Value = slow_vend.await.unwrap().unwrap().json().await.unwrap();
+    let slow_id = slow_body["ActivationId"].as_str().unwrap().to_owned();
+    emulator.saw_code(slow_body["ActivationCode"].as_str().unwrap());
+    assert_eq!(
+        slow_id,
+        fast_answer.id(),
+        "the fenced-out rotation adopts the winner's activation"
+    );
+    assert!(slow.log_text().contains("lost the lease"), "{}", slow.log_text());
+    assert_eq!(
+        emulator.activation_ids().await,
+        vec![fast_answer.id()],
+        "the loser deleted its own activation"
+    );
+}

@@ -1,0 +1,191 @@
+"""Static checks of PowerShell scripts with tree-sitter-powershell (PowerShell
+itself cannot run on our machines).
+
+  ps_check.py parse FILE...   syntax: fails on any ERROR or MISSING node, printing
+                              line:column and the offending text
+  ps_check.py lint FILE...    review rules for the boot script:
+                                - every function is Verb-Noun with an approved verb
+                                - no command that writes to the console, a stream,
+                                  a file or the transcript takes an argument that
+                                  mentions the activation code's variable
+                                - Windows PowerShell 5.1 syntax and parameters only
+                                  (no && / || chains, no 6+-only cmdlet parameters;
+                                  ?? and ?: already fail the 5.1-era grammar)
+                                - $ErrorActionPreference = 'Stop', TLS 1.2,
+                                  [CmdletBinding(SupportsShouldProcess)] and
+                                  comment-based help with .SYNOPSIS and a
+                                  .PARAMETER for every script parameter
+
+Exit status: 0 clean, 1 findings, 2 usage or unreadable file.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import tree_sitter_powershell
+from tree_sitter import Language, Node, Parser
+
+# Get-Verb on PowerShell 7.4 (the approved list; 5.1 has the same set minus Build/Deploy additions).
+APPROVED_VERBS = set(
+    """Add Clear Close Copy Enter Exit Find Format Get Hide Join Lock Move New Open Optimize Pop
+    Push Redo Remove Rename Reset Resize Search Select Set Show Skip Split Step Switch Undo Unlock
+    Watch Connect Disconnect Read Receive Send Write Backup Checkpoint Compare Compress Convert
+    ConvertFrom ConvertTo Dismount Edit Expand Export Group Import Initialize Limit Merge Mount Out
+    Publish Restore Save Sync Unpublish Update Debug Measure Ping Repair Resolve Test Trace Approve
+    Assert Build Complete Confirm Deny Deploy Disable Enable Install Invoke Register Request
+    Restart Resume Start Stop Submit Suspend Uninstall Unregister Wait Block Grant Protect Revoke
+    Unblock Unprotect Use""".split()
+)
+
+# Commands whose arguments end up on the console, in a stream, a log or the transcript.
+WRITERS = {
+    "write-host", "write-output", "write-verbose", "write-information", "write-warning",
+    "write-debug", "write-error", "write-progress", "out-host", "out-default", "out-file",
+    "out-string", "add-content", "set-content", "tee-object", "start-transcript", "write-bootstraplog",
+    "start-process", "write-eventlog", "throw",
+}
+
+# Names the script may use for the secret.
+SECRET_NAMES = re.compile(r"\$(script:)?(activationcode|code|secret)\b", re.IGNORECASE)
+
+# Cmdlet parameters that exist only in PowerShell 6+.
+PS7_ONLY_PARAMETERS = re.compile(
+    r"-(AsHashtable|SkipHttpErrorCheck|ResponseHeadersVariable|StatusCodeVariable|SkipCertificateCheck|"
+    r"SslProtocol|Parallel|ThrottleLimit|NoProxy|Resume|SkipHeaderValidation)\b",
+    re.IGNORECASE,
+)
+
+LANGUAGE = Language(tree_sitter_powershell.language())
+
+
+def parse(path: Path) -> Node:
+    parser = Parser(LANGUAGE)
+    return parser.parse(path.read_bytes()).root_node
+
+
+def walk(node: Node) -> Iterator[Node]:
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        stack.extend(reversed(current.children))
+
+
+def text(node: Node) -> str:
+    return node.text.decode("utf-8", "replace") if node.text is not None else ""
+
+
+def syntax_errors(path: Path) -> list[str]:
+    findings = []
+    for node in walk(parse(path)):
+        if node.is_error or node.is_missing:
+            line, col = node.start_point
+            kind = "missing" if node.is_missing else "syntax error"
+            snippet = text(node).splitlines()[0][:60] if text(node) else node.type
+            findings.append(f"{path}:{line + 1}:{col + 1}: {kind} near {snippet!r}")
+    return findings
+
+
+def lint(path: Path) -> list[str]:
+    findings: list[str] = []
+    source = path.read_text(encoding="utf-8")
+    root = parse(path)
+
+    for node in walk(root):
+        if node.type == "function_statement":
+            name_node = next((c for c in node.children if c.type == "function_name"), None)
+            name = text(name_node) if name_node is not None else "?"
+            verb = name.split("-", 1)[0] if "-" in name else ""
+            if verb not in APPROVED_VERBS:
+                line = node.start_point[0] + 1
+                findings.append(f"{path}:{line}: function {name} does not use an approved verb (Verb-Noun)")
+        if node.type == "pipeline_chain_tail":
+            findings.append(f"{path}:{node.start_point[0] + 1}: && / || pipeline chains need PowerShell 7")
+        if node.type == "command":
+            for match in PS7_ONLY_PARAMETERS.finditer(text(node)):
+                findings.append(f"{path}:{node.start_point[0] + 1}: -{match.group(1)} needs PowerShell 6+")
+        if node.type == "command":
+            name_node = node.child_by_field_name("command_name") or (node.children[0] if node.children else None)
+            name = text(name_node).lower() if name_node is not None else ""
+            if name in WRITERS:
+                args = text(node)[len(text(name_node)):] if name_node is not None else text(node)
+                if SECRET_NAMES.search(args):
+                    line = node.start_point[0] + 1
+                    findings.append(f"{path}:{line}: {name} is given the activation code: {text(node).strip()[:80]}")
+        if node.type == "throw_statement" or (node.type == "flow_control_statement" and text(node).lower().startswith("throw")):
+            if SECRET_NAMES.search(text(node)):
+                findings.append(f"{path}:{node.start_point[0] + 1}: throw mentions the activation code")
+
+    if not re.search(r"^\s*\$ErrorActionPreference\s*=\s*'Stop'", source, re.MULTILINE):
+        findings.append(f"{path}: does not set $ErrorActionPreference = 'Stop'")
+    if not re.search(r"SecurityProtocolType\]::Tls12", source):
+        findings.append(f"{path}: does not force TLS 1.2 ([Net.SecurityProtocolType]::Tls12)")
+    if not re.search(r"\[CmdletBinding\(SupportsShouldProcess\b", source):
+        findings.append(f"{path}: lacks [CmdletBinding(SupportsShouldProcess)]")
+    help_block = re.search(r"<#(.*?)#>", source, re.DOTALL)
+    if help_block is None or ".SYNOPSIS" not in help_block.group(1):
+        findings.append(f"{path}: lacks comment-based help with .SYNOPSIS")
+    else:
+        documented = {m.lower() for m in re.findall(r"^\s*\.PARAMETER\s+(\w+)", help_block.group(1), re.MULTILINE)}
+        script_params = script_parameters(root)
+        for name in script_params:
+            if name.lower() not in documented:
+                findings.append(f"{path}: parameter -{name} has no .PARAMETER help")
+        if not script_params:
+            findings.append(f"{path}: no script parameters found")
+    return findings
+
+
+def script_parameters(root: Node) -> list[str]:
+    """Names in the script-level param() block (not those of functions)."""
+    for node in walk(root):
+        if node.type == "function_statement":
+            continue
+        if node.type == "param_block":
+            inside_function = False
+            parent = node.parent
+            while parent is not None:
+                if parent.type == "function_statement":
+                    inside_function = True
+                    break
+                parent = parent.parent
+            if inside_function:
+                continue
+            names = []
+            for child in walk(node):
+                if child.type == "script_parameter":
+                    var = next((c for c in child.children if c.type == "variable"), None)
+                    if var is not None:
+                        names.append(text(var).lstrip("$"))
+            return names
+    return []
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[0] not in ("parse", "lint"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    check = syntax_errors if argv[0] == "parse" else lint
+    status = 0
+    for name in argv[1:]:
+        path = Path(name)
+        try:
+            findings = check(path)
+        except OSError as err:
+            print(f"{name}: {err}", file=sys.stderr)
+            return 2
+        for finding in findings:
+            print(finding)
+        if findings:
+            status = 1
+        else:
+            print(f"{path}: {argv[0]} ok")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

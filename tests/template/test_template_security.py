@@ -1,0 +1,748 @@
+"""Security properties of template.yaml that a later edit must not silently weaken.
+
+The template is read with its short-form intrinsics (!Ref, !Sub, !GetAtt, !If ...),
+expanded by the real SAM translator (the transform CloudFormation runs at deploy) and
+then resolved for one set of parameter values, so each check looks at what would
+actually be created: the PRIVATE REST API and its resource policy as SAM writes them,
+the Lambda permissions SAM adds, the resources a condition keeps or drops.
+
+Two deployments are checked: the default one, where the stack creates the VPC
+endpoint, the KMS key and the managed-instance role, and one that brings all three.
+Every check returns a list of problems; the mutation tests at the end apply one
+weakening edit each to a copy of the template and assert that its check objects,
+which proves the checks can fail.
+
+Run: .venv-tools/bin/python -m pytest tests/template/test_template_security.py
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from cfn_flip import load_yaml
+
+os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
+logging.getLogger("samtranslator").setLevel(logging.ERROR)
+
+from samtranslator.translator.transform import transform  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+
+# The only actions the function may hold on Resource "*": SSM activations have no
+# resource type in IAM, and CreateActivation with Tags needs AddTagsToResource.
+WILDCARD_RESOURCE_ACTIONS = {
+    "ssm:CreateActivation",
+    "ssm:DescribeActivations",
+    "ssm:DeleteActivation",
+    "ssm:AddTagsToResource",
+}
+# AWS-managed policies the template may attach, and to which role only.
+ALLOWED_MANAGED_POLICIES = {
+    "ManagedInstanceRole": {"AmazonSSMManagedInstanceCore"},
+    "ApiGatewayLogsRole": {"service-role/AmazonAPIGatewayPushToCloudWatchLogs"},
+}
+KMS_USE_ACTIONS = [
+    "kms:Encrypt",
+    "kms:Decrypt",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+    "kms:GenerateDataKey",
+    "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:GenerateDataKeyPair",
+    "kms:CreateGrant",
+]
+REQUIRED_ENV = {
+    "VENDING_TABLE",
+    "VENDING_PARAMETER_PREFIX",
+    "VENDING_KMS_KEY_ID",
+    "VENDING_INSTANCE_ROLE",
+    "VENDING_REGISTRATION_LIMIT",
+    "VENDING_ACTIVATION_TTL",
+    "VENDING_EXPIRY_MARGIN",
+    "VENDING_LEASE",
+    "AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH",
+}
+
+EXISTING_VPCE = "vpce-0aaaabbbbccccdddd"
+SCENARIOS = {
+    "creates-everything": {
+        "VpcId": "vpc-0123456789abcdef0",
+        "SubnetIds": "subnet-0123456789abcdef0,subnet-0fedcba9876543210",
+        "ClientCidr": "10.20.0.0/16",
+    },
+    "brings-endpoint-key-role": {
+        "ExistingVpcEndpointId": EXISTING_VPCE,
+        "ExistingKmsKeyArn": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        "ExistingInstanceRoleName": "OnPremServers",
+    },
+}
+
+NOVALUE = object()
+
+
+# ------------------------------------------------------------------ loading
+
+
+def load_source() -> dict:
+    """template.yaml as plain dicts, short-form intrinsics expanded to long form."""
+    return json.loads(json.dumps(load_yaml(TEMPLATE.read_text())))
+
+
+class _NoManagedPolicies:
+    """The function uses an explicit Role, so SAM never needs to look up a policy ARN."""
+
+    def load(self):
+        return {}
+
+
+def parameter_values(source: dict, overrides: dict) -> dict:
+    values = {name: str(p.get("Default", "")) for name, p in source.get("Parameters", {}).items()}
+    values.update(overrides)
+    return values
+
+
+def translate(source: dict, params: dict) -> dict:
+    """Runs the SAM transform, as CloudFormation would at deploy time."""
+    doc = copy.deepcopy(source)
+    for res in doc["Resources"].values():
+        if res.get("Type") == "AWS::Serverless::Function":
+            res["Properties"]["CodeUri"] = "s3://bucket/key"  # what `sam deploy` uploads
+    return transform(doc, dict(params), _NoManagedPolicies())
+
+
+def _condition(expr, params, conds, template):
+    if isinstance(expr, dict) and len(expr) == 1:
+        (fn, arg), = expr.items()
+        if fn == "Condition":
+            return _condition(template["Conditions"][arg], params, conds, template)
+        if fn == "Fn::Equals":
+            a, b = (resolve(x, params, conds, template) for x in arg)
+            return str(a) == str(b)
+        if fn == "Fn::Not":
+            return not _condition(arg[0], params, conds, template)
+        if fn == "Fn::And":
+            return all(_condition(x, params, conds, template) for x in arg)
+        if fn == "Fn::Or":
+            return any(_condition(x, params, conds, template) for x in arg)
+    raise ValueError(f"unsupported condition {expr!r}")
+
+
+def resolve(node, params, conds, template):
+    """Resolves Fn::If and Ref to parameters; leaves resource refs, !Sub and !GetAtt."""
+    if isinstance(node, dict):
+        if len(node) == 1:
+            (fn, arg), = node.items()
+            if fn == "Fn::If":
+                name, yes, no = arg
+                return resolve(yes if conds[name] else no, params, conds, template)
+            if fn == "Ref" and arg == "AWS::NoValue":
+                return NOVALUE
+            if fn == "Ref" and arg in params:
+                declared = template.get("Parameters", {}).get(arg, {})
+                if declared.get("Type") == "CommaDelimitedList":
+                    return params[arg].split(",")
+                return params[arg]
+        out = {}
+        for key, value in node.items():
+            value = resolve(value, params, conds, template)
+            if value is not NOVALUE:
+                out[key] = value
+        return out
+    if isinstance(node, list):
+        return [v for v in (resolve(x, params, conds, template) for x in node) if v is not NOVALUE]
+    return node
+
+
+def deployed(source: dict, overrides: dict) -> dict:
+    """The CloudFormation template that would be deployed with these parameters."""
+    params = parameter_values(source, overrides)
+    cfn = translate(source, params)
+    conds: dict = {}
+    for name, expr in cfn.get("Conditions", {}).items():
+        conds[name] = _condition(expr, params, conds, cfn)
+    kept = {
+        name: res
+        for name, res in cfn["Resources"].items()
+        if "Condition" not in res or conds[res["Condition"]]
+    }
+    cfn["Resources"] = resolve(kept, params, conds, cfn)
+    cfn["_params"] = params
+    return cfn
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def as_list(value):
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def of_type(cfn: dict, type_: str) -> dict:
+    return {n: r for n, r in cfn["Resources"].items() if r.get("Type") == type_}
+
+
+def props(res: dict) -> dict:
+    return res.get("Properties", {})
+
+
+def endpoint_ref(cfn: dict):
+    """What the API must be pinned to: the created endpoint, or the one given."""
+    if "VpcEndpoint" in cfn["Resources"]:
+        return {"Ref": "VpcEndpoint"}
+    return cfn["_params"]["ExistingVpcEndpointId"]
+
+
+def identity_statements(cfn: dict):
+    """(resource name, statement) for every statement of an identity-based policy."""
+    for name, res in cfn["Resources"].items():
+        p = props(res)
+        docs = []
+        if res["Type"] == "AWS::IAM::Role":
+            docs = [pol.get("PolicyDocument", {}) for pol in p.get("Policies", [])]
+        elif res["Type"] in ("AWS::IAM::Policy", "AWS::IAM::RolePolicy", "AWS::IAM::ManagedPolicy"):
+            docs = [p.get("PolicyDocument", {})]
+        for doc in docs:
+            for st in as_list(doc.get("Statement")):
+                yield name, st
+
+
+def api_policy(api: dict) -> dict:
+    p = props(api)
+    return p.get("Policy") or p.get("Body", {}).get("x-amazon-apigateway-policy") or {}
+
+
+def principal_is_everyone(principal) -> bool:
+    return principal == "*" or (isinstance(principal, dict) and "*" in as_list(principal.get("AWS")))
+
+
+# ------------------------------------------------------------------ checks
+
+
+def check_private_api(cfn: dict) -> list[str]:
+    problems = []
+    apis = of_type(cfn, "AWS::ApiGateway::RestApi")
+    if list(apis) != ["Api"]:
+        problems.append(f"expected exactly the one REST API `Api`, found {sorted(apis)} (an Api event without RestApiId adds a public implicit API)")
+    for other in ("AWS::ApiGatewayV2::Api", "AWS::Lambda::Url", "AWS::ElasticLoadBalancingV2::LoadBalancer"):
+        if of_type(cfn, other):
+            problems.append(f"{other} opens another way in")
+    for name, api in apis.items():
+        conf = props(api).get("EndpointConfiguration", {})
+        if conf.get("Types") != ["PRIVATE"]:
+            problems.append(f"{name}: endpoint type is {conf.get('Types')}, not PRIVATE")
+        if conf.get("VpcEndpointIds") != [endpoint_ref(cfn)]:
+            problems.append(f"{name}: VpcEndpointIds {conf.get('VpcEndpointIds')} is not the stack's endpoint")
+    for name, perm in of_type(cfn, "AWS::Lambda::Permission").items():
+        p = props(perm)
+        if p.get("Principal") == "apigateway.amazonaws.com" and '"Api"' not in json.dumps(p.get("SourceArn")):
+            problems.append(f"{name}: lets API Gateway invoke the function from an API other than `Api`")
+    return problems
+
+
+def check_resource_policy(cfn: dict) -> list[str]:
+    problems = []
+    api = cfn["Resources"].get("Api")
+    if api is None:
+        return ["no Api resource"]
+    statements = as_list(api_policy(api).get("Statement"))
+    want = {"StringNotEquals": {"aws:SourceVpce": endpoint_ref(cfn)}}
+    denies = [
+        st
+        for st in statements
+        if st.get("Effect") == "Deny"
+        and principal_is_everyone(st.get("Principal"))
+        and set(as_list(st.get("Action"))) & {"execute-api:Invoke", "execute-api:*", "*"}
+        and "execute-api:/*" in as_list(st.get("Resource"))
+        and st.get("Condition") == want
+    ]
+    if not denies:
+        problems.append(f"no statement denies execute-api:Invoke on execute-api:/* to every caller whose aws:SourceVpce is not {endpoint_ref(cfn)}")
+    if not any(st.get("Effect") == "Allow" for st in statements):
+        problems.append("the resource policy allows nothing: the API would refuse every caller")
+    for st in statements:
+        if "NotPrincipal" in st or "NotAction" in st or "NotResource" in st:
+            problems.append(f"statement {st.get('Sid')} uses a Not* element")
+    return problems
+
+
+def check_endpoint(cfn: dict) -> list[str]:
+    problems = []
+    res = cfn["Resources"]
+    if "VpcEndpoint" not in res:
+        return problems  # an existing endpoint is the operator's
+    ep = props(res["VpcEndpoint"])
+    if ep.get("VpcEndpointType") != "Interface" or "execute-api" not in json.dumps(ep.get("ServiceName")):
+        problems.append("VpcEndpoint is not an execute-api interface endpoint")
+    if str(ep.get("PrivateDnsEnabled")).lower() != "true":
+        problems.append("VpcEndpoint has private DNS off by default")
+    if ep.get("SecurityGroupIds") != [{"Ref": "EndpointSecurityGroup"}]:
+        problems.append("VpcEndpoint is not guarded by EndpointSecurityGroup")
+    sg = props(res.get("EndpointSecurityGroup", {}))
+    ingress = sg.get("SecurityGroupIngress", [])
+    want = {"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "CidrIp": cfn["_params"]["ClientCidr"]}
+    if [{k: r.get(k) for k in want} for r in ingress] != [want]:
+        problems.append(f"security group ingress is {ingress}, not TCP 443 from ClientCidr only")
+    for name, rule in of_type(cfn, "AWS::EC2::SecurityGroupIngress").items():
+        problems.append(f"{name}: extra ingress rule {props(rule)}")
+    for rule in ingress + sg.get("SecurityGroupEgress", []):
+        if rule.get("CidrIp") == "0.0.0.0/0" or rule.get("CidrIpv6") == "::/0":
+            problems.append(f"security group rule open to the world: {rule}")
+    return problems
+
+
+def check_client_cidr_rule(source: dict) -> list[str]:
+    for rule in source.get("Rules", {}).values():
+        for assertion in rule.get("Assertions", []):
+            if assertion.get("Assert") == {"Fn::Not": [{"Fn::Equals": [{"Ref": "ClientCidr"}, "0.0.0.0/0"]}]}:
+                return []
+    return ["no rule refuses ClientCidr 0.0.0.0/0"]
+
+
+def check_stage(cfn: dict) -> list[str]:
+    problems = []
+    stages = of_type(cfn, "AWS::ApiGateway::Stage")
+    if not stages:
+        return ["no API stage"]
+    for name, stage in stages.items():
+        p = props(stage)
+        settings = p.get("MethodSettings", [])
+        if not any(s.get("ThrottlingRateLimit") and s.get("ThrottlingBurstLimit") and s.get("ResourcePath") == "/*" for s in settings):
+            problems.append(f"{name}: no stage-wide throttling")
+        if any(s.get("DataTraceEnabled") not in (False, "false") for s in settings) or not settings:
+            problems.append(f"{name}: DataTraceEnabled is not explicitly false (it would log activation codes)")
+        if not p.get("AccessLogSetting", {}).get("DestinationArn"):
+            problems.append(f"{name}: no access logging")
+        if p.get("CacheClusterEnabled") in (True, "true"):
+            problems.append(f"{name}: caching would hand one activation to many servers")
+    for name, group in of_type(cfn, "AWS::Logs::LogGroup").items():
+        if not props(group).get("RetentionInDays"):
+            problems.append(f"{name}: log group without retention")
+    return problems
+
+
+def check_table(cfn: dict) -> list[str]:
+    problems = []
+    tables = of_type(cfn, "AWS::DynamoDB::Table")
+    if list(tables) != ["Table"]:
+        return [f"expected the one table `Table`, found {sorted(tables)}"]
+    p = props(tables["Table"])
+    if p.get("BillingMode") != "PAY_PER_REQUEST":
+        problems.append("table is not on-demand")
+    if p.get("PointInTimeRecoverySpecification", {}).get("PointInTimeRecoveryEnabled") not in (True, "true"):
+        problems.append("table has no point-in-time recovery")
+    if p.get("SSESpecification", {}).get("SSEEnabled") not in (True, "true"):
+        problems.append("table has no KMS server-side encryption")
+    ttl = p.get("TimeToLiveSpecification", {})
+    if ttl.get("AttributeName") != "ttl" or ttl.get("Enabled") not in (True, "true"):
+        problems.append("table has no TTL on `ttl`")
+    if p.get("KeySchema") != [{"AttributeName": "pk", "KeyType": "HASH"}]:
+        problems.append("table key is not `pk` alone")
+    return problems
+
+
+def check_key(cfn: dict) -> list[str]:
+    problems = []
+    res = cfn["Resources"]
+    if "Key" not in res:
+        return problems  # an existing key is the operator's
+    p = props(res["Key"])
+    if p.get("EnableKeyRotation") not in (True, "true"):
+        problems.append("KMS key rotation is off")
+    if not any(props(a).get("TargetKeyId") == {"Ref": "Key"} for a in of_type(cfn, "AWS::KMS::Alias").values()):
+        problems.append("KMS key has no alias")
+    for st in as_list(p.get("KeyPolicy", {}).get("Statement")):
+        if st.get("Effect") != "Allow":
+            continue
+        if principal_is_everyone(st.get("Principal")):
+            problems.append(f"key policy statement {st.get('Sid')} allows everyone")
+        actions = as_list(st.get("Action"))
+        uses = [a for a in KMS_USE_ACTIONS if any(fnmatch.fnmatchcase(a, pat) for pat in actions + as_list(st.get("NotAction")))]
+        if not uses:
+            continue
+        if st.get("Principal") != {"AWS": {"Fn::GetAtt": ["FunctionRole", "Arn"]}}:
+            problems.append(f"key policy statement {st.get('Sid')} lets {st.get('Principal')} use the key ({uses})")
+        via = st.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
+        if not via or not json.dumps(via).startswith('{"Fn::Sub": "ssm.'):
+            problems.append(f"key policy statement {st.get('Sid')} allows use outside Parameter Store")
+        if set(uses) - {"kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"}:
+            problems.append(f"key policy statement {st.get('Sid')} allows more than Encrypt/Decrypt/GenerateDataKey: {uses}")
+    return problems
+
+
+def check_instance_role(cfn: dict) -> list[str]:
+    problems = []
+    res = cfn["Resources"]
+    if "ManagedInstanceRole" not in res:
+        return problems
+    p = props(res["ManagedInstanceRole"])
+    managed = [json.dumps(a) for a in p.get("ManagedPolicyArns", [])]
+    if len(managed) != 1 or "policy/AmazonSSMManagedInstanceCore" not in managed[0]:
+        problems.append(f"managed-instance role policies are {managed}, not AmazonSSMManagedInstanceCore alone")
+    if p.get("Policies"):
+        problems.append("managed-instance role has inline policies")
+    trust = as_list(p.get("AssumeRolePolicyDocument", {}).get("Statement"))
+    if len(trust) != 1:
+        problems.append("managed-instance role trust must be one statement")
+    for st in trust:
+        if st.get("Principal") != {"Service": "ssm.amazonaws.com"}:
+            problems.append(f"managed-instance role is trusted by {st.get('Principal')}")
+        cond = st.get("Condition", {})
+        if cond.get("StringEquals", {}).get("aws:SourceAccount") != {"Ref": "AWS::AccountId"}:
+            problems.append("managed-instance role trust is not limited by aws:SourceAccount")
+        source_arn = cond.get("ArnLike", {}).get("aws:SourceArn") or cond.get("ArnEquals", {}).get("aws:SourceArn")
+        if "${AWS::AccountId}" not in json.dumps(source_arn):
+            problems.append("managed-instance role trust is not limited by aws:SourceArn to this account's SSM")
+    return problems
+
+
+def check_least_privilege(cfn: dict) -> list[str]:
+    problems = []
+    prefix = "parameter${ParameterPrefix}/pools"
+    for name, st in identity_statements(cfn):
+        if st.get("Effect") != "Allow":
+            continue
+        sid = f"{name}/{st.get('Sid', '?')}"
+        if "NotAction" in st or "NotResource" in st:
+            problems.append(f"{sid}: NotAction/NotResource grants everything else")
+            continue
+        actions = as_list(st.get("Action"))
+        resources = as_list(st.get("Resource"))
+        for action in actions:
+            if "*" in action:
+                problems.append(f"{sid}: wildcard action {action}")
+        if not resources:
+            problems.append(f"{sid}: no Resource")
+        if any(r == "*" or (isinstance(r, str) and r.startswith("arn:") and r.split(":")[2:5] == ["*"] * 3) for r in resources):
+            extra = set(actions) - WILDCARD_RESOURCE_ACTIONS
+            if extra:
+                problems.append(f"{sid}: {sorted(extra)} on Resource '*' (only {sorted(WILDCARD_RESOURCE_ACTIONS)} admit no resource)")
+        for action in actions:
+            if action.startswith("ssm:") and action not in WILDCARD_RESOURCE_ACTIONS:
+                if not resources or not all(prefix in json.dumps(r) for r in resources):
+                    problems.append(f"{sid}: {action} reaches beyond {prefix}")
+            if action.startswith("kms:"):
+                via = st.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
+                if not via or "ssm." not in json.dumps(via):
+                    problems.append(f"{sid}: {action} without kms:ViaService ssm")
+                if resources == ["*"]:
+                    problems.append(f"{sid}: {action} on every key")
+            if action.startswith("dynamodb:") and resources != [{"Fn::GetAtt": ["Table", "Arn"]}]:
+                problems.append(f"{sid}: {action} on {resources}, not the table")
+            if action == "iam:PassRole":
+                cond = st.get("Condition", {}).get("StringEquals", {})
+                if cond.get("iam:PassedToService") != "ssm.amazonaws.com":
+                    problems.append(f"{sid}: iam:PassRole without iam:PassedToService ssm.amazonaws.com")
+                want = (
+                    {"Fn::GetAtt": ["ManagedInstanceRole", "Arn"]}
+                    if "ManagedInstanceRole" in cfn["Resources"]
+                    else {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${ExistingInstanceRoleName}"}
+                )
+                if resources != [want]:
+                    problems.append(f"{sid}: iam:PassRole on {resources}, not the managed-instance role alone")
+    for name, role in of_type(cfn, "AWS::IAM::Role").items():
+        p = props(role)
+        for arn in p.get("ManagedPolicyArns", []):
+            text = json.dumps(arn)
+            allowed = ALLOWED_MANAGED_POLICIES.get(name, set())
+            if not any(f':policy/{a}"' in text for a in allowed):
+                problems.append(f"{name}: managed policy {text} is not allowed on this role")
+        for st in as_list(p.get("AssumeRolePolicyDocument", {}).get("Statement")):
+            principal = st.get("Principal", {})
+            if principal_is_everyone(principal) or not isinstance(principal, dict) or set(principal) != {"Service"}:
+                problems.append(f"{name}: trusted by {principal}, not one AWS service")
+    functions = of_type(cfn, "AWS::Lambda::Function")
+    for name, fn in functions.items():
+        if props(fn).get("Role") != {"Fn::GetAtt": ["FunctionRole", "Arn"]}:
+            problems.append(f"{name}: does not run as FunctionRole")
+    return problems
+
+
+def check_function(source: dict) -> list[str]:
+    problems = []
+    fns = {n: r for n, r in source["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
+    if list(fns) != ["Function"]:
+        return [f"expected the one function `Function`, found {sorted(fns)}"]
+    fn = fns["Function"]
+    p = props(fn)
+    if p.get("Runtime") != "provided.al2023":
+        problems.append("runtime is not provided.al2023")
+    arch = p.get("Architectures")
+    if arch != [{"Ref": "Architecture"}] or source["Parameters"]["Architecture"].get("Default") != "arm64":
+        problems.append(f"architecture {arch} does not default to arm64")
+    if fn.get("Metadata", {}).get("BuildMethod") != "rust-cargolambda":
+        problems.append("BuildMethod is not rust-cargolambda")
+    if "FunctionUrlConfig" in p or "Policies" in p:
+        problems.append("function has a Function URL or SAM Policies (use FunctionRole)")
+    missing = REQUIRED_ENV - set(p.get("Environment", {}).get("Variables", {}))
+    if missing:
+        problems.append(f"environment lacks {sorted(missing)}")
+    routes = set()
+    for ename, event in p.get("Events", {}).items():
+        ep = event.get("Properties", {})
+        if event["Type"] in ("HttpApi", "FunctionUrl"):
+            problems.append(f"event {ename}: {event['Type']} is not the private REST API")
+        if event["Type"] == "Api":
+            if ep.get("RestApiId") != {"Ref": "Api"}:
+                problems.append(f"event {ename}: Api event outside the private API (implicit public API)")
+            routes.add((ep.get("Method", "").lower(), ep.get("Path")))
+    for route in [("get", "/"), ("get", "/activation"), ("get", "/health")]:
+        if route not in routes:
+            problems.append(f"route {route[0].upper()} {route[1]} missing")
+    return problems
+
+
+def check_checkov_skips(source: dict) -> list[str]:
+    problems = []
+    for name, res in source["Resources"].items():
+        for skip in res.get("Metadata", {}).get("checkov", {}).get("skip", []):
+            if not skip.get("id") or len(str(skip.get("comment", "")).strip()) < 40:
+                problems.append(f"{name}: checkov skip {skip.get('id')} without a real justification")
+    return problems
+
+
+DEPLOYED_CHECKS = [
+    check_private_api,
+    check_resource_policy,
+    check_endpoint,
+    check_stage,
+    check_table,
+    check_key,
+    check_instance_role,
+    check_least_privilege,
+]
+SOURCE_CHECKS = [check_function, check_checkov_skips, check_client_cidr_rule]
+
+
+# ------------------------------------------------------------------ tests
+
+
+@pytest.fixture(scope="module")
+def source() -> dict:
+    return load_source()
+
+
+@pytest.fixture(scope="module", params=list(SCENARIOS))
+def cfn(request, source) -> dict:
+    return deployed(source, SCENARIOS[request.param])
+
+
+@pytest.mark.parametrize("check", DEPLOYED_CHECKS, ids=lambda c: c.__name__)
+def test_deployed_template_holds(check, cfn):
+    assert check(cfn) == []
+
+
+@pytest.mark.parametrize("check", SOURCE_CHECKS, ids=lambda c: c.__name__)
+def test_source_template_holds(check, source):
+    assert check(source) == []
+
+
+def test_default_deployment_creates_the_guarded_pieces(source):
+    res = deployed(source, SCENARIOS["creates-everything"])["Resources"]
+    for name in ("VpcEndpoint", "EndpointSecurityGroup", "Key", "KeyAlias", "ManagedInstanceRole"):
+        assert name in res, f"{name} is not created by default"
+
+
+def test_bringing_your_own_pins_the_api_to_that_endpoint(source):
+    cfn = deployed(source, SCENARIOS["brings-endpoint-key-role"])
+    for name in ("VpcEndpoint", "EndpointSecurityGroup", "Key", "ManagedInstanceRole"):
+        assert name not in cfn["Resources"]
+    assert EXISTING_VPCE in json.dumps(api_policy(cfn["Resources"]["Api"]))
+
+
+# ------------------------------------------------------------------ mutations
+# Each edit weakens one property; its check must object. `where` picks the
+# deployment ("source" checks look at template.yaml itself).
+
+
+def _res(t, name):
+    return t["Resources"][name]
+
+
+def _p(t, name):
+    return t["Resources"][name]["Properties"]
+
+
+def _custom(t):
+    return _p(t, "Api")["Auth"]["ResourcePolicy"]["CustomStatements"]
+
+
+def _role_statements(t):
+    return _p(t, "FunctionRole")["Policies"][0]["PolicyDocument"]["Statement"]
+
+
+def _stmt(statements, sid):
+    return next(s for s in statements if s.get("Sid") == sid)
+
+
+def m_drop_deny(t):
+    _p(t, "Api")["Auth"]["ResourcePolicy"]["CustomStatements"] = [s for s in _custom(t) if s["Effect"] != "Deny"]
+
+
+def m_deny_only_other_endpoint(t):
+    _stmt(_custom(t), "DenyAllButTheStackEndpoint")["Condition"] = {"StringEquals": {"aws:SourceVpce": "vpce-0badbadbadbadbad0"}}
+
+
+def m_deny_narrowed(t):
+    _stmt(_custom(t), "DenyAllButTheStackEndpoint")["Resource"] = "execute-api:/*/POST/*"
+
+
+def m_regional_api(t):
+    _p(t, "Api")["EndpointConfiguration"]["Type"] = "REGIONAL"
+
+
+def m_implicit_public_api(t):
+    _p(t, "Function")["Events"]["Public"] = {"Type": "Api", "Properties": {"Path": "/open", "Method": "get"}}
+
+
+def m_function_url(t):
+    _p(t, "Function")["FunctionUrlConfig"] = {"AuthType": "NONE"}
+
+
+def m_pitr_off(t):
+    _p(t, "Table")["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] = False
+
+
+def m_sse_off(t):
+    _p(t, "Table")["SSESpecification"]["SSEEnabled"] = False
+
+
+def m_ttl_off(t):
+    del _p(t, "Table")["TimeToLiveSpecification"]
+
+
+def m_rotation_off(t):
+    _p(t, "Key")["EnableKeyRotation"] = False
+
+
+def m_key_open_to_all(t):
+    _p(t, "Key")["KeyPolicy"]["Statement"].append(
+        {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "kms:Decrypt", "Resource": "*"}
+    )
+
+
+def m_key_admin_can_decrypt(t):
+    _p(t, "Key")["KeyPolicy"]["Statement"][0]["Action"] = "kms:*"
+
+
+def m_key_without_via_service(t):
+    del _stmt(_p(t, "Key")["KeyPolicy"]["Statement"], "FunctionUsesThroughParameterStoreOnly")["Condition"]
+
+
+def m_wildcard_s3(t):
+    _role_statements(t).append({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"})
+
+
+def m_ssm_star(t):
+    _stmt(_role_statements(t), "PoolParameters")["Action"] = "ssm:*"
+
+
+def m_parameters_everywhere(t):
+    _stmt(_role_statements(t), "PoolParameters")["Resource"] = {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/*"}
+
+
+def m_passrole_unconditioned(t):
+    del _stmt(_role_statements(t), "PassOnlyTheManagedInstanceRoleToSsm")["Condition"]
+
+
+def m_passrole_any_role(t):
+    _stmt(_role_statements(t), "PassOnlyTheManagedInstanceRoleToSsm")["Resource"] = "*"
+
+
+def m_admin_policy(t):
+    _p(t, "FunctionRole")["ManagedPolicyArns"] = ["arn:aws:iam::aws:policy/AdministratorAccess"]
+
+
+def m_trust_without_source_account(t):
+    del _p(t, "ManagedInstanceRole")["AssumeRolePolicyDocument"]["Statement"][0]["Condition"]
+
+
+def m_instance_role_extra_policy(t):
+    _p(t, "ManagedInstanceRole")["ManagedPolicyArns"].append("arn:aws:iam::aws:policy/AmazonS3FullAccess")
+
+
+def m_sg_world(t):
+    _p(t, "EndpointSecurityGroup")["SecurityGroupIngress"][0]["CidrIp"] = "0.0.0.0/0"
+
+
+def m_sg_extra_port(t):
+    _p(t, "EndpointSecurityGroup")["SecurityGroupIngress"].append(
+        {"Description": "ssh", "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "CidrIp": {"Ref": "ClientCidr"}}
+    )
+
+
+def m_drop_cidr_rule(t):
+    del t["Rules"]["ClientCidrIsNotTheWorld"]
+
+
+def m_data_trace(t):
+    _p(t, "Api")["MethodSettings"][0]["DataTraceEnabled"] = True
+
+
+def m_no_throttle(t):
+    for key in ("ThrottlingRateLimit", "ThrottlingBurstLimit"):
+        del _p(t, "Api")["MethodSettings"][0][key]
+
+
+def m_no_retention(t):
+    del _p(t, "FunctionLogGroup")["RetentionInDays"]
+
+
+def m_x86_default(t):
+    t["Parameters"]["Architecture"]["Default"] = "x86_64"
+
+
+def m_unjustified_skip(t):
+    _res(t, "Table")["Metadata"]["checkov"]["skip"].append({"id": "CKV_AWS_28"})
+
+
+MUTATIONS = [
+    ("drop the deny statement", m_drop_deny, check_resource_policy, "creates-everything"),
+    ("deny only another endpoint", m_deny_only_other_endpoint, check_resource_policy, "creates-everything"),
+    ("deny narrowed to POST", m_deny_narrowed, check_resource_policy, "brings-endpoint-key-role"),
+    ("regional API", m_regional_api, check_private_api, "creates-everything"),
+    ("Api event without RestApiId", m_implicit_public_api, check_private_api, "creates-everything"),
+    ("Api event without RestApiId (source)", m_implicit_public_api, check_function, "source"),
+    ("function URL", m_function_url, check_private_api, "creates-everything"),
+    ("PITR off", m_pitr_off, check_table, "creates-everything"),
+    ("SSE off", m_sse_off, check_table, "creates-everything"),
+    ("TTL removed", m_ttl_off, check_table, "creates-everything"),
+    ("key rotation off", m_rotation_off, check_key, "creates-everything"),
+    ("key open to everyone", m_key_open_to_all, check_key, "creates-everything"),
+    ("key admin may decrypt", m_key_admin_can_decrypt, check_key, "creates-everything"),
+    ("key use outside Parameter Store", m_key_without_via_service, check_key, "creates-everything"),
+    ("s3:GetObject on *", m_wildcard_s3, check_least_privilege, "creates-everything"),
+    ("ssm:* on the path", m_ssm_star, check_least_privilege, "creates-everything"),
+    ("every parameter", m_parameters_everywhere, check_least_privilege, "brings-endpoint-key-role"),
+    ("PassRole without PassedToService", m_passrole_unconditioned, check_least_privilege, "creates-everything"),
+    ("PassRole on any role", m_passrole_any_role, check_least_privilege, "brings-endpoint-key-role"),
+    ("AdministratorAccess on the function", m_admin_policy, check_least_privilege, "creates-everything"),
+    ("trust without source account", m_trust_without_source_account, check_instance_role, "creates-everything"),
+    ("S3 on the managed-instance role", m_instance_role_extra_policy, check_instance_role, "creates-everything"),
+    ("endpoint open to 0.0.0.0/0", m_sg_world, check_endpoint, "creates-everything"),
+    ("endpoint admits port 22", m_sg_extra_port, check_endpoint, "creates-everything"),
+    ("no rule against 0.0.0.0/0", m_drop_cidr_rule, check_client_cidr_rule, "source"),
+    ("data trace on", m_data_trace, check_stage, "creates-everything"),
+    ("no stage throttling", m_no_throttle, check_stage, "creates-everything"),
+    ("log group kept forever", m_no_retention, check_stage, "creates-everything"),
+    ("x86_64 by default", m_x86_default, check_function, "source"),
+    ("checkov skip without justification", m_unjustified_skip, check_checkov_skips, "source"),
+]
+
+
+@pytest.mark.parametrize("mutate,check,where", [m[1:] for m in MUTATIONS], ids=[m[0] for m in MUTATIONS])
+def test_weakening_is_caught(source, mutate, check, where):
+    weakened = copy.deepcopy(source)
+    mutate(weakened)
+    target = weakened if where == "source" else deployed(weakened, SCENARIOS[where])
+    original = source if where == "source" else deployed(source, SCENARIOS[where])
+    assert check(original) == [], "the unmodified template must pass this check"
+    assert check(target) != [], f"{check.__name__} did not notice the weakening"
