@@ -31,8 +31,8 @@ async fn an_expired_activation_is_replaced() {
 async fn an_activation_inside_the_expiry_margin_is_no_longer_handed_out() {
     let emulator = Emulator::start();
     let server = emulator.serve(&[
-        ("VENDING_ACTIVATION_TTL", "6s"),
-        ("VENDING_EXPIRY_MARGIN", "2s"),
+        ("VENDING_ACTIVATION_TTL", "10s"),
+        ("VENDING_EXPIRY_MARGIN", "4s"),
         NO_ROTATE_AHEAD,
     ]);
     let first = server.get("/activation").await;
