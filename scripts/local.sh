@@ -12,8 +12,9 @@
 #   scripts/local.sh status             say what is running
 #
 # Environment:
-#   LOCAL_EMULATOR_PORT  emulator port (default 45660)
-#   LOCAL_VENDING_PORT   first server's port; server i listens on base+i-1 (default 45680)
+#   LOCAL_EMULATOR_PORT  emulator port (default 24660; defaults sit below the kernel's
+#                        ephemeral range so outgoing connections never take them)
+#   LOCAL_VENDING_PORT   first server's port; server i listens on base+i-1 (default 24680)
 #   LOCAL_STATE_DIR      pid files, env file and logs (default .local in the repository)
 #   VENDING_BIN          the binary to run (default target/release/vending, built if needed)
 #   VENDING_*            passed through to every `vending serve` (e.g. VENDING_REGISTRATION_LIMIT)
@@ -24,8 +25,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-EMULATOR_PORT="${LOCAL_EMULATOR_PORT:-45660}"
-VENDING_PORT="${LOCAL_VENDING_PORT:-45680}"
+EMULATOR_PORT="${LOCAL_EMULATOR_PORT:-24660}"
+VENDING_PORT="${LOCAL_VENDING_PORT:-24680}"
 STATE_DIR="${LOCAL_STATE_DIR:-$ROOT/.local}"
 LOG_DIR="$STATE_DIR/logs"
 ENV_FILE="$STATE_DIR/env"

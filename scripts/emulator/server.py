@@ -427,7 +427,7 @@ class Emulator:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("LOCAL_EMULATOR_PORT", "45660")))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("LOCAL_EMULATOR_PORT", "24660")))
     args = parser.parse_args(argv)
     os.environ.setdefault("MOTO_PORT", str(args.port))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

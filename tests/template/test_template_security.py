@@ -43,6 +43,8 @@ WILDCARD_RESOURCE_ACTIONS = {
     "ssm:DeleteActivation",
     "ssm:AddTagsToResource",
 }
+# The one tag key the service puts on activations (POOL_TAG in lambda/src/aws/activations.rs).
+POOL_TAG_KEY = "activation-vending:pool"
 # AWS-managed policies the template may attach, and to which role only.
 ALLOWED_MANAGED_POLICIES = {
     "ManagedInstanceRole": {"AmazonSSMManagedInstanceCore"},
@@ -425,6 +427,9 @@ def check_least_privilege(cfn: dict) -> list[str]:
             extra = set(actions) - WILDCARD_RESOURCE_ACTIONS
             if extra:
                 problems.append(f"{sid}: {sorted(extra)} on Resource '*' (only {sorted(WILDCARD_RESOURCE_ACTIONS)} admit no resource)")
+            tag_keys = st.get("Condition", {}).get("ForAllValues:StringEquals", {}).get("aws:TagKeys")
+            if "ssm:AddTagsToResource" in actions and as_list(tag_keys) != [POOL_TAG_KEY]:
+                problems.append(f"{sid}: ssm:AddTagsToResource on '*' not limited to the tag key {POOL_TAG_KEY}")
         for action in actions:
             if action.startswith("ssm:") and action not in WILDCARD_RESOURCE_ACTIONS:
                 if not resources or not all(prefix in json.dumps(r) for r in resources):
@@ -558,6 +563,20 @@ def test_bringing_your_own_pins_the_api_to_that_endpoint(source):
     assert EXISTING_VPCE in json.dumps(api_policy(cfn["Resources"]["Api"]))
 
 
+def test_template_and_service_agree_on_names(source):
+    """The tag key the IAM condition allows and the VENDING_* settings the template sets
+    must be the ones the service uses, or the limit breaks vends in production."""
+    import re
+
+    activations = (ROOT / "lambda/src/aws/activations.rs").read_text()
+    assert re.search(r'POOL_TAG: &str = "([^"]+)"', activations).group(1) == POOL_TAG_KEY
+    config = (ROOT / "lambda/src/config.rs").read_text()
+    env = source["Resources"]["Function"]["Properties"]["Environment"]["Variables"]
+    for name in env:
+        if name.startswith("VENDING_"):
+            assert f'"{name}"' in config, f"template sets {name}, which lambda/src/config.rs never reads"
+
+
 # ------------------------------------------------------------------ mutations
 # Each edit weakens one property; its check must object. `where` picks the
 # deployment ("source" checks look at template.yaml itself).
@@ -657,6 +676,10 @@ def m_passrole_any_role(t):
     _stmt(_role_statements(t), "PassOnlyTheManagedInstanceRoleToSsm")["Resource"] = "*"
 
 
+def m_tagging_unlimited(t):
+    del _stmt(_role_statements(t), "TagActivationsWithThePoolOnly")["Condition"]
+
+
 def m_admin_policy(t):
     _p(t, "FunctionRole")["ManagedPolicyArns"] = ["arn:aws:iam::aws:policy/AdministratorAccess"]
 
@@ -724,6 +747,7 @@ MUTATIONS = [
     ("every parameter", m_parameters_everywhere, check_least_privilege, "brings-endpoint-key-role"),
     ("PassRole without PassedToService", m_passrole_unconditioned, check_least_privilege, "creates-everything"),
     ("PassRole on any role", m_passrole_any_role, check_least_privilege, "brings-endpoint-key-role"),
+    ("tagging any key on any SSM resource", m_tagging_unlimited, check_least_privilege, "creates-everything"),
     ("AdministratorAccess on the function", m_admin_policy, check_least_privilege, "creates-everything"),
     ("trust without source account", m_trust_without_source_account, check_instance_role, "creates-everything"),
     ("S3 on the managed-instance role", m_instance_role_extra_policy, check_instance_role, "creates-everything"),
