@@ -78,10 +78,14 @@ pub fn why_unusable(
     }
 }
 
+/// Below this limit, rotating ahead by slots would throw away a large share of every
+/// activation for little gain: small pools rotate when their slots are used up.
+pub const MIN_LIMIT_TO_ROTATE_AHEAD: u32 = 10;
+
 /// The slot whose holder starts the next rotation: `percent` of the limit (at least one
 /// slot) before the end. `None` when the limit is too small to rotate ahead by slots.
 pub fn low_water_slot(limit: u32, percent: u32) -> Option<u32> {
-    if percent == 0 {
+    if percent == 0 || limit < MIN_LIMIT_TO_ROTATE_AHEAD {
         return None;
     }
     let spare = (u64::from(limit) * u64::from(percent)).div_ceil(100).max(1) as u32;
@@ -193,7 +197,7 @@ mod tests {
     fn the_low_water_slot_leaves_a_share_of_slots_for_the_storm() {
         assert_eq!(low_water_slot(10, 20), Some(8));
         assert_eq!(low_water_slot(1000, 20), Some(800));
-        assert_eq!(low_water_slot(3, 20), Some(2));
+        assert_eq!(low_water_slot(3, 20), None, "small pools use every slot");
         assert_eq!(
             low_water_slot(1, 20),
             None,
