@@ -9,6 +9,13 @@ use serde_json::{json, Value};
 
 pub type Calls = BTreeMap<String, u64>;
 
+/// What the pool's DynamoDB item says about its current activation.
+pub struct PoolItem {
+    pub activation_id: String,
+    pub limit: u64,
+    pub reserved: u64,
+}
+
 pub struct Emulator {
     http: reqwest::Client,
     url: String,
@@ -16,7 +23,9 @@ pub struct Emulator {
 }
 
 fn auth(service: &str) -> String {
-    format!("AWS4-HMAC-SHA256 Credential=test/20250101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=00")
+    format!(
+        "AWS4-HMAC-SHA256 Credential=test/20250101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=00"
+    )
 }
 
 impl Emulator {
@@ -55,7 +64,9 @@ impl Emulator {
     }
 
     async fn control(&self, method: reqwest::Method, route: &str, body: Option<&Value>) -> Result<(), String> {
-        let mut request = self.http.request(method.clone(), format!("{}/_emulator/{route}", self.url));
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}/_emulator/{route}", self.url));
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -115,18 +126,21 @@ impl Emulator {
         Ok(out)
     }
 
-    /// The pool item as `(reg_limit, reserved)`, if it has an activation.
-    pub async fn pool_slots(&self, pool: &str) -> Result<Option<(u64, u64)>, String> {
+    /// The pool item's current activation, if it has one.
+    pub async fn pool_item(&self, pool: &str) -> Result<Option<PoolItem>, String> {
         let body = json!({
             "TableName": self.table,
             "Key": {"pk": {"S": format!("pool#{pool}")}},
             "ConsistentRead": true,
         });
-        let out = self
-            .aws("dynamodb", "DynamoDB_20120810.GetItem", "1.0", &body)
-            .await?;
-        let n = |name: &str| -> Option<u64> { out["Item"][name]["N"].as_str()?.parse().ok() };
-        Ok(n("reg_limit").zip(Some(n("reserved").unwrap_or(0))))
+        let out = self.aws("dynamodb", "DynamoDB_20120810.GetItem", "1.0", &body).await?;
+        let item = &out["Item"];
+        let n = |name: &str| -> Option<u64> { item[name]["N"].as_str()?.parse().ok() };
+        Ok(item["activation_id"]["S"].as_str().map(|id| PoolItem {
+            activation_id: id.to_owned(),
+            limit: n("reg_limit").unwrap_or(0),
+            reserved: n("reserved").unwrap_or(0),
+        }))
     }
 
     /// RegistrationLimit of every activation the emulator knows, by ID.
@@ -138,9 +152,7 @@ impl Emulator {
             if let Some(t) = &token {
                 body["NextToken"] = json!(t);
             }
-            let page = self
-                .aws("ssm", "AmazonSSM.DescribeActivations", "1.1", &body)
-                .await?;
+            let page = self.aws("ssm", "AmazonSSM.DescribeActivations", "1.1", &body).await?;
             for a in page["ActivationList"].as_array().into_iter().flatten() {
                 if let (Some(id), Some(limit)) = (a["ActivationId"].as_str(), a["RegistrationLimit"].as_u64()) {
                     limits.insert(id.to_owned(), limit);
@@ -153,15 +165,6 @@ impl Emulator {
         }
         Err("DescribeActivations: too many pages".into())
     }
-}
-
-/// Calls in `after` beyond those in `before`, by operation.
-pub fn diff(before: &Calls, after: &Calls) -> Calls {
-    after
-        .iter()
-        .map(|(op, n)| (op.clone(), n.saturating_sub(before.get(op).copied().unwrap_or(0))))
-        .filter(|(_, n)| *n > 0)
-        .collect()
 }
 
 pub fn total(calls: &Calls) -> u64 {

@@ -97,6 +97,7 @@ impl Local {
 pub struct ColdRun {
     pub health_ms: f64,
     pub first_vend_ms: f64,
+    pub activation_id: Option<String>,
 }
 
 /// Starts `bin serve` on `port` with `env`, times it, and kills it again.
@@ -105,6 +106,7 @@ pub async fn cold_start(
     env: &[(String, String)],
     port: u16,
     log: &Path,
+    pid_file: &Path,
 ) -> Result<ColdRun, String> {
     // No connection reuse: every poll is what a load balancer's probe would do.
     let http = reqwest::Client::builder()
@@ -123,6 +125,8 @@ pub async fn cold_start(
         .stderr(log_err);
     let started = Instant::now();
     let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
+    // Named like local.sh's own pid files, so `local.sh down` stops it if we are killed.
+    let _ = std::fs::write(pid_file, child.id().to_string());
     let outcome = async {
         let deadline = started + Duration::from_secs(30);
         let health_ms = loop {
@@ -139,11 +143,13 @@ pub async fn cold_start(
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
-        let first_vend_ms = loop {
+        let (first_vend_ms, activation_id) = loop {
             let resp = http.get(format!("{base}/activation")).send().await;
             if let Ok(resp) = resp {
                 if resp.status().is_success() {
-                    break started.elapsed().as_secs_f64() * 1000.0;
+                    let at = started.elapsed().as_secs_f64() * 1000.0;
+                    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                    break (at, body["ActivationId"].as_str().map(str::to_owned));
                 }
             }
             if Instant::now() >= deadline {
@@ -154,11 +160,13 @@ pub async fn cold_start(
         Ok(ColdRun {
             health_ms,
             first_vend_ms,
+            activation_id,
         })
     }
     .await;
     // Our own child, by its handle.
     let _ = child.kill();
     let _ = child.wait();
+    let _ = std::fs::remove_file(pid_file);
     outcome
 }

@@ -12,6 +12,7 @@ use crate::aws::parameters::CodeVault;
 use crate::aws::pool_store::PoolStore;
 use crate::config::Config;
 use crate::http::AppState;
+use crate::sweep::Sweeper;
 use crate::vend::Vendor;
 
 /// Shared SDK settings: the standard retry mode (exponential backoff with jitter,
@@ -47,4 +48,12 @@ pub fn build_state(config: Config, sdk: &SdkConfig) -> AppState {
     AppState {
         vendor: Arc::new(vendor),
     }
+}
+
+pub fn build_sweeper(config: &Config, sdk: &SdkConfig) -> Sweeper {
+    Sweeper::new(
+        PoolStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table.clone()),
+        ActivationService::new(aws_sdk_ssm::Client::new(sdk), config.instance_role.clone()),
+        config,
+    )
 }

@@ -27,6 +27,8 @@ pub struct Config {
     pub verify_interval: Duration,
     /// Rotate ahead once this share (percent) of the slots is left.
     pub low_water_percent: u32,
+    /// Age after which the sweep treats a never-committed activation as an orphan.
+    pub sweep_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -122,6 +124,16 @@ impl Config {
                 ),
             ));
         }
+        let sweep_grace = match lookup("VENDING_SWEEP_GRACE") {
+            Some(raw) => parse_duration(&raw).map_err(|e| problem("VENDING_SWEEP_GRACE", e))?,
+            None => lease + Duration::from_secs(300),
+        };
+        if sweep_grace <= lease {
+            return Err(problem(
+                "VENDING_SWEEP_GRACE",
+                "must be longer than VENDING_LEASE: a rotation may commit until its lease runs out",
+            ));
+        }
         if lease < Duration::from_secs(1) {
             return Err(problem(
                 "VENDING_LEASE",
@@ -142,6 +154,7 @@ impl Config {
             wait,
             verify_interval,
             low_water_percent,
+            sweep_grace,
         })
     }
 }

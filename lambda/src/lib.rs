@@ -6,6 +6,8 @@ pub mod config;
 pub mod duration;
 pub mod error;
 pub mod http;
+pub mod lambda_entry;
 pub mod pool;
 pub mod secret;
+pub mod sweep;
 pub mod vend;

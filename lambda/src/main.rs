@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
-use vending::app::{build_state, load_sdk_config};
+use vending::app::{build_state, build_sweeper, load_sdk_config};
 use vending::config::Config;
 use vending::http::router;
 
@@ -15,6 +15,7 @@ vending: hands on-prem servers an AWS Systems Manager hybrid activation at boot.
 Usage:
   vending                       under AWS Lambda (AWS_LAMBDA_RUNTIME_API set)
   vending serve [--listen ADDR] plain HTTP server (default 127.0.0.1:8080)
+  vending sweep                 delete orphan and spent activations once, print a JSON report
   vending --help
 
 Configuration comes from VENDING_* environment variables (see README).
@@ -23,6 +24,7 @@ Exit codes: 0 stopped cleanly, 1 runtime failure, 2 bad usage or configuration."
 enum Mode {
     Lambda,
     Serve(SocketAddr),
+    Sweep,
 }
 
 fn parse_args(args: &[String]) -> Result<Option<Mode>, String> {
@@ -30,6 +32,7 @@ fn parse_args(args: &[String]) -> Result<Option<Mode>, String> {
         None if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => Ok(Some(Mode::Lambda)),
         None => Err("no command given and AWS_LAMBDA_RUNTIME_API is not set".into()),
         Some("-h" | "--help" | "help") => Ok(None),
+        Some("sweep") if args.len() == 1 => Ok(Some(Mode::Sweep)),
         Some("serve") => {
             let mut listen = "127.0.0.1:8080".to_owned();
             let mut rest = args[1..].iter();
@@ -103,9 +106,15 @@ fn main() -> ExitCode {
 
 async fn run(mode: Mode, config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let sdk = load_sdk_config(&config).await;
+    let sweeper = build_sweeper(&config, &sdk);
     let app = router(build_state(config, &sdk));
     match mode {
-        Mode::Lambda => lambda_http::run(app).await,
+        Mode::Lambda => vending::lambda_entry::run(app, sweeper).await,
+        Mode::Sweep => {
+            let reports = sweeper.sweep_all(vending::vend::epoch_now()).await?;
+            println!("{}", serde_json::to_string_pretty(&reports)?);
+            Ok(())
+        }
         Mode::Serve(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             tracing::info!(listen = %listener.local_addr()?, "serving");

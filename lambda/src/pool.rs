@@ -157,6 +157,55 @@ pub struct InstanceRecord {
     pub expires_at: EpochSecs,
 }
 
+/// What SSM says about one of the pool's activations, for the sweep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivationInfo {
+    pub id: String,
+    pub expired: bool,
+    pub registrations: u32,
+    pub limit: u32,
+    pub created_at: EpochSecs,
+}
+
+/// What the sweep does with an activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepVerdict {
+    /// The pool's current activation.
+    KeepCurrent,
+    /// Handed out and still able to register servers: someone may be booting with it.
+    KeepRetired,
+    /// Possibly a rotation still in flight (younger than the lease plus slack).
+    KeepYoung,
+    /// Never committed and older than any lease: a crashed or fenced-out rotation's.
+    DeleteOrphan,
+    /// Handed out once, but expired or full: it can register nobody.
+    DeleteSpent,
+}
+
+/// The sweep's rule. `committed` says whether the activation was ever current;
+/// `grace_secs` must exceed the lease (a rotation cannot commit after its lease).
+pub fn sweep_verdict(
+    info: &ActivationInfo,
+    current: Option<&str>,
+    committed: bool,
+    now: EpochSecs,
+    grace_secs: i64,
+) -> SweepVerdict {
+    if current == Some(info.id.as_str()) {
+        SweepVerdict::KeepCurrent
+    } else if committed {
+        if info.expired || info.registrations >= info.limit {
+            SweepVerdict::DeleteSpent
+        } else {
+            SweepVerdict::KeepRetired
+        }
+    } else if now - info.created_at > grace_secs {
+        SweepVerdict::DeleteOrphan
+    } else {
+        SweepVerdict::KeepYoung
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,5 +334,58 @@ mod tests {
         ] {
             assert!(!valid_instance_name(bad), "{bad}");
         }
+    }
+
+    fn info(id: &str, expired: bool, registrations: u32, created_at: EpochSecs) -> ActivationInfo {
+        ActivationInfo {
+            id: id.into(),
+            expired,
+            registrations,
+            limit: 10,
+            created_at,
+        }
+    }
+
+    #[test]
+    fn the_sweep_never_deletes_the_current_activation() {
+        let current = info("cur", true, 10, 0);
+        assert_eq!(
+            sweep_verdict(&current, Some("cur"), true, 10_000, 60),
+            SweepVerdict::KeepCurrent
+        );
+        assert_eq!(
+            sweep_verdict(&current, Some("cur"), false, 10_000, 60),
+            SweepVerdict::KeepCurrent
+        );
+    }
+
+    #[test]
+    fn the_sweep_keeps_a_retired_activation_that_can_still_register_servers() {
+        let retired = info("old", false, 3, 0);
+        assert_eq!(
+            sweep_verdict(&retired, Some("cur"), true, 10_000, 60),
+            SweepVerdict::KeepRetired
+        );
+    }
+
+    #[test]
+    fn the_sweep_deletes_spent_activations_and_old_orphans_only() {
+        assert_eq!(
+            sweep_verdict(&info("a", true, 0, 0), Some("cur"), true, 10_000, 60),
+            SweepVerdict::DeleteSpent
+        );
+        assert_eq!(
+            sweep_verdict(&info("b", false, 10, 0), Some("cur"), true, 10_000, 60),
+            SweepVerdict::DeleteSpent
+        );
+        assert_eq!(
+            sweep_verdict(&info("c", false, 0, 0), Some("cur"), false, 10_000, 60),
+            SweepVerdict::DeleteOrphan
+        );
+        assert_eq!(
+            sweep_verdict(&info("d", false, 0, 9_990), Some("cur"), false, 10_000, 60),
+            SweepVerdict::KeepYoung,
+            "a rotation may still be committing it"
+        );
     }
 }

@@ -68,14 +68,14 @@ fn assert_error(answer: &Answer, name: &str, status: u16, code: &str) {
 
 #[test]
 fn every_sample_event_gets_the_contract_answer_from_the_real_router() {
-    // What template.yaml sets; without it lambda_http routes /v1/activation.
+    // What template.yaml sets; without it lambda_http routes /prod/activation.
     std::env::set_var("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a runtime");
     runtime.block_on(async {
-        // Every event is a private REST API (v1) event with the stage stripped.
+        // Every event is a private REST API (stage prod) event with the stage stripped.
         for name in [
             "vend",
             "vend-pool-instance",
@@ -88,13 +88,13 @@ fn every_sample_event_gets_the_contract_answer_from_the_real_router() {
         ] {
             let request = event(name);
             assert!(
-                !request.uri().path().starts_with("/v1"),
+                !request.uri().path().starts_with("/prod"),
                 "{name}: stage left in {}",
                 request.uri()
             );
             match request.request_context_ref() {
                 Some(RequestContext::ApiGatewayV1(context)) => {
-                    assert_eq!(context.stage.as_deref(), Some("v1"), "{name}");
+                    assert_eq!(context.stage.as_deref(), Some("prod"), "{name}");
                 }
                 other => panic!("{name}: not a REST API event: {other:?}"),
             }

@@ -6,11 +6,17 @@ use aws_smithy_types::DateTime;
 
 use super::{classify, Echo};
 use crate::error::VendError;
-use crate::pool::EpochSecs;
+use crate::pool::{ActivationInfo, EpochSecs};
 use crate::secret::ActivationCode;
 
 /// Tag key that marks activations this service made, with the pool as value.
 pub const POOL_TAG: &str = "activation-vending:pool";
+
+/// The name SSM gives servers registered with a pool's activations; also how the
+/// sweep finds the pool's activations without listing the whole account.
+pub fn default_instance_name(pool: &str) -> String {
+    format!("vending-{pool}")
+}
 
 #[derive(Clone)]
 pub struct ActivationService {
@@ -44,7 +50,7 @@ impl ActivationService {
             .iam_role(&self.instance_role)
             .registration_limit(limit as i32)
             .expiration_date(DateTime::from_secs(expires_at))
-            .default_instance_name(format!("vending-{pool}"))
+            .default_instance_name(default_instance_name(pool))
             .description(format!("Vended by activation-vending for pool {pool}"))
             .tags(tag)
             .send()
@@ -80,6 +86,43 @@ impl ActivationService {
                 && !a.expired()
                 && a.registrations_count().unwrap_or(0) < a.registration_limit().unwrap_or(i32::MAX)
         }))
+    }
+
+    /// Every activation this service made for `pool` (matched by its default instance
+    /// name and its pool tag), across all pages.
+    pub async fn list_for_pool(&self, pool: &str) -> Result<Vec<ActivationInfo>, VendError> {
+        let filter = DescribeActivationsFilter::builder()
+            .filter_key(DescribeActivationsFilterKeys::DefaultInstanceName)
+            .filter_values(default_instance_name(pool))
+            .build();
+        let mut found = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .client
+                .describe_activations()
+                .filters(filter.clone())
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| classify("SSM.DescribeActivations", e, Echo::Message))?;
+            for a in out.activation_list() {
+                let ours = a.tags().iter().any(|t| t.key() == POOL_TAG && t.value() == pool);
+                if let (true, Some(id)) = (ours, a.activation_id()) {
+                    found.push(ActivationInfo {
+                        id: id.to_owned(),
+                        expired: a.expired(),
+                        registrations: a.registrations_count().unwrap_or(0).max(0) as u32,
+                        limit: a.registration_limit().unwrap_or(0).max(0) as u32,
+                        created_at: a.created_date().map(|d| d.secs()).unwrap_or(0),
+                    });
+                }
+            }
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(found);
+            }
+        }
     }
 
     /// Deletes an activation; one that is already gone counts as deleted.

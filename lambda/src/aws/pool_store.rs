@@ -5,8 +5,11 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+};
 
 use super::{classify, Echo};
 use crate::error::VendError;
@@ -25,6 +28,11 @@ const LEASE_OWNER: &str = "lease_owner";
 const LEASE_UNTIL: &str = "lease_until";
 const ROTATED_AT: &str = "rotated_at";
 const TTL: &str = "ttl";
+const POOL: &str = "pool";
+const COMMITTED_AT: &str = "committed_at";
+
+/// Committed-activation records outlive their activation by a week, for audits.
+const RECORD_LINGER_SECS: i64 = 7 * 86_400;
 
 #[derive(Clone)]
 pub struct PoolStore {
@@ -66,6 +74,10 @@ fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
 
 fn pool_key(pool: &str) -> AttributeValue {
     s(&format!("pool#{pool}"))
+}
+
+fn committed_key(activation_id: &str) -> AttributeValue {
+    s(&format!("activation#{activation_id}"))
 }
 
 fn instance_key(pool: &str, instance: &str) -> AttributeValue {
@@ -182,9 +194,12 @@ impl PoolStore {
         }
     }
 
-    /// Installs a new activation and frees the lease, only if `owner` still holds it
-    /// (fencing: a rotation whose lease ran out and was taken over cannot commit).
-    /// Returns false when the lease was lost.
+    /// Installs a new activation and frees the lease, only if `owner` still holds an
+    /// unexpired lease (fencing: a rotation whose lease ran out cannot commit, so the
+    /// sweep may treat an uncommitted activation older than a lease as an orphan).
+    /// In the same transaction it records the activation as committed, which is how
+    /// the sweep tells handed-out activations from orphans. Returns false when the
+    /// lease was lost.
     pub async fn commit_rotation(
         &self,
         pool: &str,
@@ -192,16 +207,14 @@ impl PoolStore {
         next: &CurrentActivation,
         now: EpochSecs,
     ) -> Result<bool, VendError> {
-        let result = self
-            .client
-            .update_item()
+        let update = Update::builder()
             .table_name(&self.table)
             .key(PK, pool_key(pool))
             .update_expression(
                 "SET #id = :id, #exp = :exp, #limit = :limit, #reserved = :reserved, #pver = :pver, \
                  #rotated = :now, #gen = if_not_exists(#gen, :zero) + :one REMOVE #owner, #until",
             )
-            .condition_expression("#owner = :me")
+            .condition_expression("#owner = :me AND #until >= :now")
             .set_expression_attribute_names(names(&[
                 ("#id", ACTIVATION_ID),
                 ("#exp", EXPIRES_AT),
@@ -222,20 +235,66 @@ impl PoolStore {
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":me", s(owner))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(false)
+            .build()
+            .map_err(|e| VendError::Internal(format!("commit request: {e}")))?;
+        let record = Put::builder()
+            .table_name(&self.table)
+            .item(PK, committed_key(&next.id))
+            .item(POOL, s(pool))
+            .item(ACTIVATION_ID, s(&next.id))
+            .item(EXPIRES_AT, n(next.expires_at))
+            .item(COMMITTED_AT, n(now))
+            .item(TTL, n(next.expires_at + RECORD_LINGER_SECS))
+            .build()
+            .map_err(|e| VendError::Internal(format!("commit request: {e}")))?;
+        let mut conflicts = 0;
+        loop {
+            let result = self
+                .client
+                .transact_write_items()
+                .transact_items(TransactWriteItem::builder().update(update.clone()).build())
+                .transact_items(TransactWriteItem::builder().put(record.clone()).build())
+                // Same token on every retry: a commit that did land is not applied twice,
+                // and its retry answers success instead of "condition failed".
+                .client_request_token(owner)
+                .send()
+                .await;
+            let err = match result {
+                Ok(_) => return Ok(true),
+                Err(err) => err,
+            };
+            if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() {
+                let codes: Vec<&str> = cancelled
+                    .cancellation_reasons()
+                    .iter()
+                    .filter_map(|r| r.code())
+                    .collect();
+                if codes.contains(&"ConditionalCheckFailed") {
+                    return Ok(false);
+                }
+                // A reservation landed on the pool item mid-transaction: try again.
+                if codes.contains(&"TransactionConflict") && conflicts < 5 {
+                    conflicts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(10 << conflicts)).await;
+                    continue;
+                }
             }
-            Err(e) => Err(classify("DynamoDB.UpdateItem", e, Echo::Message)),
+            return Err(classify("DynamoDB.TransactWriteItems", err, Echo::Message));
         }
+    }
+
+    /// Whether `activation_id` was ever the current activation of a pool.
+    pub async fn was_committed(&self, activation_id: &str) -> Result<bool, VendError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, committed_key(activation_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify("DynamoDB.GetItem", e, Echo::Message))?;
+        Ok(out.item.is_some())
     }
 
     /// Gives the lease back early (a rotation that found nothing to do, or failed).
