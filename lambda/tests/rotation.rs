@@ -143,14 +143,7 @@ async fn a_server_killed_while_holding_the_lease_blocks_rotation_no_longer_than_
         .await;
     let doomed_url = doomed.url.clone();
     let stuck = tokio::spawn(async move { reqwest::get(format!("{doomed_url}/activation")).await });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !emulator.calls().await.contains_key("SSM.PutParameter") {
-        assert!(
-            Instant::now() < deadline,
-            "the doomed rotation never reached PutParameter"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    emulator.wait_for_call("SSM.PutParameter").await;
     doomed.kill();
     let killed_at = Instant::now();
     let _ = stuck.await;
@@ -190,11 +183,7 @@ async fn a_rotation_that_lost_its_lease_deletes_its_own_activation_and_commits_n
         .await;
     let slow_url = slow.url.clone();
     let slow_vend = tokio::spawn(async move { reqwest::get(format!("{slow_url}/activation")).await });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !emulator.calls().await.contains_key("SSM.PutParameter") {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    emulator.wait_for_call("SSM.PutParameter").await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let fast_answer = fast.get("/activation").await;
     assert_eq!(fast_answer.status, 200, "{}", fast_answer.body);

@@ -6,10 +6,12 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
 use aws_sdk_dynamodb::types::{
     AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
 
 use super::{classify, Echo};
 use crate::error::VendError;
@@ -111,6 +113,20 @@ fn instance_record(item: &Item) -> Option<InstanceRecord> {
     })
 }
 
+/// A conditional UpdateItem's outcome: `Ok(item after)` when the condition held,
+/// `Err(item before)` when it did not (both as asked for with ReturnValues).
+fn conditional_update(
+    result: Result<UpdateItemOutput, SdkError<UpdateItemError, HttpResponse>>,
+) -> Result<Result<Option<Item>, Option<Item>>, VendError> {
+    match result {
+        Ok(out) => Ok(Ok(out.attributes)),
+        Err(e) => match e.as_service_error() {
+            Some(UpdateItemError::ConditionalCheckFailedException(failed)) => Ok(Err(failed.item.clone())),
+            _ => Err(classify("DynamoDB.UpdateItem", e, Echo::Message)),
+        },
+    }
+}
+
 fn names(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
     Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
 }
@@ -144,19 +160,14 @@ impl PoolStore {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        match result {
-            Ok(out) => match pool_state(out.attributes.as_ref()).activation {
+        match conditional_update(result)? {
+            Ok(new) => match pool_state(new.as_ref()).activation {
                 Some(activation) => Ok(Reservation::Reserved(activation)),
                 None => Err(VendError::Internal(
                     "reserved a slot on a pool without an activation".into(),
                 )),
             },
-            Err(e) => match e.as_service_error() {
-                Some(UpdateItemError::ConditionalCheckFailedException(failed)) => {
-                    Ok(Reservation::Refused(pool_state(failed.item.as_ref())))
-                }
-                _ => Err(classify("DynamoDB.UpdateItem", e, Echo::Message)),
-            },
+            Err(old) => Ok(Reservation::Refused(pool_state(old.as_ref()))),
         }
     }
 
@@ -183,15 +194,10 @@ impl PoolStore {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        match result {
-            Ok(out) => Ok(LeaseAttempt::Taken(pool_state(out.attributes.as_ref()))),
-            Err(e) => match e.as_service_error() {
-                Some(UpdateItemError::ConditionalCheckFailedException(failed)) => {
-                    Ok(LeaseAttempt::Busy(pool_state(failed.item.as_ref())))
-                }
-                _ => Err(classify("DynamoDB.UpdateItem", e, Echo::Message)),
-            },
-        }
+        Ok(match conditional_update(result)? {
+            Ok(new) => LeaseAttempt::Taken(pool_state(new.as_ref())),
+            Err(old) => LeaseAttempt::Busy(pool_state(old.as_ref())),
+        })
     }
 
     /// Installs a new activation and frees the lease, only if `owner` still holds an
@@ -310,18 +316,8 @@ impl PoolStore {
             .expression_attribute_values(":me", s(owner))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(classify("DynamoDB.UpdateItem", e, Echo::Message)),
-        }
+        // Not ours any more (it ran out and was taken): nothing to give back.
+        conditional_update(result).map(|_| ())
     }
 
     /// The pool as it is now (strongly consistent); for the sweep and for operators.

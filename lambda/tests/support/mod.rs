@@ -198,6 +198,15 @@ impl Emulator {
             .unwrap()
     }
 
+    /// Waits (up to 10 s) until the emulator has seen `operation` at least once.
+    pub async fn wait_for_call(&self, operation: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.calls().await.contains_key(operation) {
+            assert!(Instant::now() < deadline, "{operation} was never called");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn reset_calls(&self) {
         self.client()
             .delete(format!("{}/_emulator/calls", self.url))
