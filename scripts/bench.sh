@@ -15,7 +15,7 @@
 #   After `--`, options go to vending-bench as they are (see `vending-bench --help`).
 #
 # Environment (flags win): BENCH_SCENARIO, BENCH_SERVERS, BENCH_CLIENTS, BENCH_VENDS,
-#   BENCH_LIMIT; BENCH_EMULATOR_PORT (default 47660), BENCH_VENDING_PORT (default 47680),
+#   BENCH_LIMIT; BENCH_EMULATOR_PORT (default 27660), BENCH_VENDING_PORT (default 27680),
 #   BENCH_STATE_DIR (default target/bench/local); other VENDING_* and RUST_LOG reach
 #   the servers as scripts/local.sh passes them.
 #
@@ -73,8 +73,8 @@ for pair in "servers:$servers" "clients:$clients" "vends:$vends" ${limit:+"limit
 done
 
 # Ports and state of the bench's own, so it never touches another `local.sh up`.
-export LOCAL_EMULATOR_PORT="${BENCH_EMULATOR_PORT:-47660}"
-export LOCAL_VENDING_PORT="${BENCH_VENDING_PORT:-47680}"
+export LOCAL_EMULATOR_PORT="${BENCH_EMULATOR_PORT:-27660}"
+export LOCAL_VENDING_PORT="${BENCH_VENDING_PORT:-27680}"
 export LOCAL_STATE_DIR="${BENCH_STATE_DIR:-$ROOT/target/bench/local}"
 export VENDING_BIN="$ROOT/target/release/vending"
 
@@ -85,11 +85,21 @@ cargo build --release --quiet --bin vending
 cargo build --release --quiet -p vending-bench
 
 mkdir -p "$LOCAL_STATE_DIR"
+bench_pid=
 cleanup() {
   "$ROOT/scripts/local.sh" down >/dev/null 2>&1 || true
 }
+# On INT/TERM: stop the load generator (it kills what it started itself), then
+# the EXIT trap stops the emulator and the servers.
+on_signal() {
+  if [[ -n "$bench_pid" ]]; then
+    kill -TERM "$bench_pid" 2>/dev/null || true
+    wait "$bench_pid" 2>/dev/null || true
+  fi
+  exit 130
+}
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap on_signal INT TERM
 
 read -r load1 _ </proc/loadavg
 if awk -v l="$load1" -v c="$(nproc)" 'BEGIN { exit !(l > c) }'; then
@@ -99,5 +109,7 @@ fi
 
 args=(--root "$ROOT" --scenario "$scenario" --servers "$servers" --clients "$clients" --vends "$vends")
 if [[ -n "$limit" ]]; then args+=(--limit "$limit"); fi
-"$ROOT/target/release/vending-bench" "${args[@]}" "${extra[@]}"
-echo "bench.sh: wrote target/bench/summary.json and target/bench/summary.txt" >&2
+# In the background, so that a signal reaches on_signal while we wait.
+"$ROOT/target/release/vending-bench" "${args[@]}" "${extra[@]}" &
+bench_pid=$!
+wait "$bench_pid" # its exit status is the script's (set -e)

@@ -19,6 +19,8 @@ pub struct LoadSpec {
     pub max_retry_after: u64,
     /// The whole phase stops issuing vends after this.
     pub deadline: Duration,
+    /// False for a calibration run against /health: any 200 counts, no activation.
+    pub vend: bool,
 }
 
 #[derive(Default, Debug)]
@@ -121,6 +123,7 @@ async fn attempt(
         return Outcome::Retry(backoff);
     };
     match status {
+        200 if !spec.vend => Outcome::Vended(String::new()),
         200 => serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v["ActivationId"].as_str().map(str::to_owned))
@@ -160,7 +163,9 @@ async fn client_loop(
             match attempt(&http, url, &spec, tries, &mut result, &mut jitter).await {
                 Outcome::Vended(id) => {
                     result.vend_ms.push(vend_started.elapsed().as_secs_f64() * 1000.0);
-                    *result.per_activation.entry(id).or_default() += 1;
+                    if spec.vend {
+                        *result.per_activation.entry(id).or_default() += 1;
+                    }
                     break;
                 }
                 Outcome::Retry(pause) if tries < spec.max_retries && Instant::now() + pause < stop_at => {

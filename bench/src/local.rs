@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::procfs;
@@ -18,20 +18,23 @@ pub struct Up {
 }
 
 impl Local {
-    fn script(&self) -> Command {
-        let mut cmd = Command::new(self.root.join("scripts/local.sh"));
-        cmd.env("LOCAL_STATE_DIR", &self.state_dir);
+    /// local.sh as a child that is killed if the bench stops waiting for it (an
+    /// interrupted run), so it cannot go on starting servers after the clean-up.
+    fn script(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(self.root.join("scripts/local.sh"));
+        cmd.env("LOCAL_STATE_DIR", &self.state_dir).kill_on_drop(true);
         cmd
     }
 
     /// `local.sh up --servers N` with this registration limit; other VENDING_* pass through.
-    pub fn up(&self, servers: usize, limit: u32) -> Result<Up, String> {
+    pub async fn up(&self, servers: usize, limit: u32) -> Result<Up, String> {
         let out = self
             .script()
             .args(["up", "--servers", &servers.to_string()])
             .env("VENDING_REGISTRATION_LIMIT", limit.to_string())
             .stderr(Stdio::inherit())
             .output()
+            .await
             .map_err(|e| format!("scripts/local.sh up: {e}"))?;
         if !out.status.success() {
             return Err(format!("scripts/local.sh up failed ({})", out.status));
@@ -50,12 +53,13 @@ impl Local {
         })
     }
 
-    pub fn down(&self) -> Result<(), String> {
+    pub async fn down(&self) -> Result<(), String> {
         let status = self
             .script()
             .arg("down")
             .stdout(Stdio::null())
             .status()
+            .await
             .map_err(|e| format!("scripts/local.sh down: {e}"))?;
         if status.success() {
             Ok(())
@@ -65,11 +69,12 @@ impl Local {
     }
 
     /// The provisioned settings (`export NAME=value` lines of `local.sh env`).
-    pub fn env(&self) -> Result<Vec<(String, String)>, String> {
+    pub async fn env(&self) -> Result<Vec<(String, String)>, String> {
         let out = self
             .script()
             .arg("env")
             .output()
+            .await
             .map_err(|e| format!("scripts/local.sh env: {e}"))?;
         if !out.status.success() {
             return Err(format!("scripts/local.sh env failed ({})", out.status));
@@ -92,6 +97,106 @@ impl Local {
     }
 }
 
+/// A `vending serve` this bench started itself; killed (by its handle) when dropped.
+pub struct Server {
+    child: Child,
+    pid_file: PathBuf,
+    pub base: String,
+    pub pid: u32,
+    started: Instant,
+    log: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
+/// Execs `bin serve` on `port` with `env` added to ours. The pid file is named like
+/// local.sh's own, so `local.sh down` stops the process should the bench be killed.
+pub fn spawn_server(
+    bin: &Path,
+    env: &[(String, String)],
+    port: u16,
+    log: &Path,
+    pid_file: &Path,
+) -> Result<Server, String> {
+    let log_file = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let log_err = log_file.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err);
+    let started = Instant::now();
+    let child = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
+    let pid = child.id();
+    let _ = std::fs::write(pid_file, pid.to_string());
+    Ok(Server {
+        child,
+        pid_file: pid_file.to_owned(),
+        base: format!("http://127.0.0.1:{port}"),
+        pid,
+        started,
+        log: log.to_owned(),
+    })
+}
+
+/// No connection reuse: every poll is what a load balancer's probe would do.
+pub fn probe_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(|e| format!("http client: {e}"))
+}
+
+impl Server {
+    /// Milliseconds from exec to the first `200` on /health (polled every millisecond).
+    pub async fn wait_healthy(&mut self, http: &reqwest::Client) -> Result<f64, String> {
+        let deadline = self.started + Duration::from_secs(30);
+        loop {
+            if let Ok(resp) = http.get(format!("{}/health", self.base)).send().await {
+                if resp.status().is_success() {
+                    return Ok(self.started.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "vending serve exited early ({status}); see {}",
+                    self.log.display()
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no 200 on {}/health within 30 s", self.base));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Milliseconds from exec to the first successful vend, and the activation it gave.
+    pub async fn first_vend(&self, http: &reqwest::Client) -> Result<(f64, Option<String>), String> {
+        let deadline = self.started + Duration::from_secs(30);
+        loop {
+            if let Ok(resp) = http.get(format!("{}/activation", self.base)).send().await {
+                if resp.status().is_success() {
+                    let at = self.started.elapsed().as_secs_f64() * 1000.0;
+                    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                    return Ok((at, body["ActivationId"].as_str().map(str::to_owned)));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no successful vend from {} within 30 s", self.base));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// One fresh process: exec to first `200` on /health, and to first successful vend.
 #[derive(Debug, Clone)]
 pub struct ColdRun {
@@ -108,65 +213,13 @@ pub async fn cold_start(
     log: &Path,
     pid_file: &Path,
 ) -> Result<ColdRun, String> {
-    // No connection reuse: every poll is what a load balancer's probe would do.
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(0)
-        .build()
-        .map_err(|e| format!("http client: {e}"))?;
-    let base = format!("http://127.0.0.1:{port}");
-    let log_file = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let log_err = log_file.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
-    let mut cmd = Command::new(bin);
-    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(log_file)
-        .stderr(log_err);
-    let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
-    // Named like local.sh's own pid files, so `local.sh down` stops it if we are killed.
-    let _ = std::fs::write(pid_file, child.id().to_string());
-    let outcome = async {
-        let deadline = started + Duration::from_secs(30);
-        let health_ms = loop {
-            if let Ok(resp) = http.get(format!("{base}/health")).send().await {
-                if resp.status().is_success() {
-                    break started.elapsed().as_secs_f64() * 1000.0;
-                }
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("vending serve exited early ({status}); see {}", log.display()));
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("no 200 on {base}/health within 30 s"));
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        };
-        let (first_vend_ms, activation_id) = loop {
-            let resp = http.get(format!("{base}/activation")).send().await;
-            if let Ok(resp) = resp {
-                if resp.status().is_success() {
-                    let at = started.elapsed().as_secs_f64() * 1000.0;
-                    let body: serde_json::Value = resp.json().await.unwrap_or_default();
-                    break (at, body["ActivationId"].as_str().map(str::to_owned));
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("no successful vend from {base} within 30 s"));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        Ok(ColdRun {
-            health_ms,
-            first_vend_ms,
-            activation_id,
-        })
-    }
-    .await;
-    // Our own child, by its handle.
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_file(pid_file);
-    outcome
+    let http = probe_client()?;
+    let mut server = spawn_server(bin, env, port, log, pid_file)?;
+    let health_ms = server.wait_healthy(&http).await?;
+    let (first_vend_ms, activation_id) = server.first_vend(&http).await?;
+    Ok(ColdRun {
+        health_ms,
+        first_vend_ms,
+        activation_id,
+    })
 }

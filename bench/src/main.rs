@@ -6,6 +6,7 @@ mod emulator;
 mod load;
 mod local;
 mod procfs;
+mod proxy;
 mod stats;
 
 use std::collections::{BTreeMap, HashMap};
@@ -35,6 +36,10 @@ Usage: vending-bench [options]      (normally run by scripts/bench.sh)
   --timeout SECS      a load phase stops issuing vends after this          (default 900)
   --root DIR          repository root                                      (default .)
   --out DIR           where summary.json and summary.txt go        (default ROOT/target/bench)
+
+       vending-bench load URL[,URL...] [--vends N] [--clients N] [--pids PID[,PID...]]
+                      only the load: GET each URL round-robin, print latencies and the
+                      user/system CPU the given processes used (for profiling by hand)
 
 Environment: LOCAL_STATE_DIR, LOCAL_EMULATOR_PORT, LOCAL_VENDING_PORT and VENDING_BIN as
 scripts/local.sh reads them (the bench reads pid files from LOCAL_STATE_DIR).
@@ -200,6 +205,41 @@ fn per_vend(calls: &Calls, vends: u64) -> Value {
     })
 }
 
+/// What the servers' logs say about the rotations they made (`rotated` lines):
+/// how many, why, and how long CreateActivation → PutParameter → commit took.
+fn rotations_logged(local: &Local, servers: usize) -> Value {
+    let text: String = (1..=servers)
+        .map(|i| std::fs::read_to_string(local.state_dir.join(format!("logs/vending-{i}.log"))).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (reasons, elapsed) = parse_rotations(&text);
+    json!({
+        "count": elapsed.len(),
+        "by_reason": reasons,
+        "create_to_commit_ms": latency_summary(&elapsed),
+    })
+}
+
+/// `rotated` log lines → (count by reason, elapsed_ms of each).
+fn parse_rotations(text: &str) -> (BTreeMap<String, u64>, Vec<f64>) {
+    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+    let mut elapsed = Vec::new();
+    for line in text.lines().filter(|l| l.contains(" rotated ")) {
+        if let Some(start) = line.find(" reason=") {
+            let rest = &line[start + " reason=".len()..];
+            let reason = rest.find(" limit=").map_or(rest, |end| &rest[..end]);
+            *reasons.entry(reason.trim_matches('"').to_owned()).or_default() += 1;
+        }
+        if let Some(start) = line.find(" elapsed_ms=") {
+            let rest = &line[start + " elapsed_ms=".len()..];
+            if let Ok(ms) = rest.split_whitespace().next().unwrap_or_default().parse::<f64>() {
+                elapsed.push(ms);
+            }
+        }
+    }
+    (reasons, elapsed)
+}
+
 fn add_counts(into: &mut HashMap<String, u64>, from: &HashMap<String, u64>) {
     for (id, n) in from {
         *into.entry(id.clone()).or_default() += n;
@@ -215,8 +255,8 @@ impl Context {
         let o = &self.opts;
         let low_water_slot = u64::from(STEADY_LIMIT * (100 - self.low_water_percent) / 100);
         let steady_vends = o.steady_vends.min(low_water_slot.saturating_sub(50) as usize).max(1);
-        let up = self.local.up(o.servers, STEADY_LIMIT)?;
-        let emu = Emulator::new(&up.emulator, &self.table()?)?;
+        let up = self.local.up(o.servers, STEADY_LIMIT).await?;
+        let emu = Emulator::new(&up.emulator, &self.table().await?)?;
         let urls: Vec<String> = up.urls.iter().map(|u| format!("{u}/activation")).collect();
         let http = load::http_client()?;
         let mut warm: Vec<bool> = vec![false; urls.len()];
@@ -267,12 +307,28 @@ impl Context {
             max_retries: o.max_retries,
             max_retry_after: 10,
             deadline: o.timeout,
+            vend: true,
         })
         .await?;
         let cpu1 = cpu_total(&pids, self.ticks)?;
         let calls = emu.calls().await?;
         add_counts(counts, &result.per_activation);
         let ok = result.ok();
+        // Calibration: the same servers answering /health, i.e. the inbound HTTP
+        // stack alone, with no AWS call.
+        let health_urls: Vec<String> = up.urls.iter().map(|u| format!("{u}/health")).collect();
+        let h0 = cpu_total(&pids, self.ticks)?;
+        let health = load::run(&load::LoadSpec {
+            urls: health_urls,
+            clients: o.clients,
+            vends: 10_000,
+            max_retries: 0,
+            max_retry_after: 1,
+            deadline: o.timeout,
+            vend: false,
+        })
+        .await?;
+        let h1 = cpu_total(&pids, self.ticks)?;
         Ok(json!({
             "registration_limit": STEADY_LIMIT,
             "warmup_vends": warmup_vends,
@@ -286,12 +342,87 @@ impl Context {
             "latency_ms": latency_summary(&result.vend_ms),
             "server_cpu_us_per_vend": round((cpu1 - cpu0) as f64 / ok.max(1) as f64, 1),
             "server_peak_rss_mb": round(peak_rss_mb(&pids), 1),
+            "health_requests": health.ok(),
+            "server_cpu_us_per_health_request": round((h1 - h0) as f64 / health.ok().max(1) as f64, 1),
         }))
     }
 
-    fn table(&self) -> Result<String, String> {
+    /// The hot path again, on fresh servers whose AWS endpoint is a keep-alive proxy in
+    /// front of the emulator: what a vend costs when the SDK can reuse connections, as it
+    /// does against AWS. Diagnostic only; the headline figures come from local.sh's servers.
+    async fn keepalive_phase(
+        &self,
+        emulator_url: &str,
+        env: &[(String, String)],
+        first_port: u16,
+        counts: &mut HashMap<String, u64>,
+    ) -> Result<Value, String> {
+        let o = &self.opts;
+        let proxy = proxy::start(emulator_url).await?;
+        let mut env = env.to_vec();
+        env.push(("AWS_ENDPOINT_URL".into(), proxy.url.clone()));
+        env.push(("VENDING_REGISTRATION_LIMIT".into(), STEADY_LIMIT.to_string()));
+        let probe = local::probe_client()?;
+        let mut servers = Vec::new();
+        for i in 0..o.servers {
+            let port = first_port + u16::try_from(i).map_err(|_| "too many servers")?;
+            let log = self.local.state_dir.join(format!("logs/keepalive-{}.log", i + 1));
+            let pid_file = self.local.state_dir.join(format!("vending-keepalive-{}.pid", i + 1));
+            let mut server = local::spawn_server(&self.bin, &env, port, &log, &pid_file)?;
+            server.wait_healthy(&probe).await?;
+            servers.push(server);
+        }
+        let urls: Vec<String> = servers.iter().map(|s| format!("{}/activation", s.base)).collect();
+        // Warm each server (connection, code cache) before measuring.
+        let warm = load::run(&load::LoadSpec {
+            urls: urls.clone(),
+            clients: o.servers,
+            vends: 4 * o.servers,
+            max_retries: o.max_retries,
+            max_retry_after: 10,
+            deadline: o.timeout,
+            vend: true,
+        })
+        .await?;
+        add_counts(counts, &warm.per_activation);
+        let pids: Vec<u32> = servers.iter().map(|s| s.pid).collect();
+        let emu = Emulator::new(emulator_url, &self.table().await?)?;
+        emu.reset_calls().await?;
+        let (conns0, reqs0) = proxy.counts();
+        let cpu0 = cpu_total(&pids, self.ticks)?;
+        let result = load::run(&load::LoadSpec {
+            urls,
+            clients: o.clients,
+            vends: o.steady_vends,
+            max_retries: o.max_retries,
+            max_retry_after: 10,
+            deadline: o.timeout,
+            vend: true,
+        })
+        .await?;
+        let cpu1 = cpu_total(&pids, self.ticks)?;
+        let calls = emu.calls().await?;
+        let (conns1, reqs1) = proxy.counts();
+        add_counts(counts, &result.per_activation);
+        let ok = result.ok();
+        drop(servers);
+        drop(proxy);
+        Ok(json!({
+            "vends": ok,
+            "failed_requests": result.failed + result.not_issued,
+            "calls": calls,
+            "aws_calls_per_vend": round(emulator::total(&calls) as f64 / ok.max(1) as f64, 4),
+            "latency_ms": latency_summary(&result.vend_ms),
+            "server_cpu_us_per_vend": round((cpu1 - cpu0) as f64 / ok.max(1) as f64, 1),
+            "connections_to_proxy": conns1 - conns0,
+            "requests_through_proxy": reqs1 - reqs0,
+        }))
+    }
+
+    async fn table(&self) -> Result<String, String> {
         self.local
-            .env()?
+            .env()
+            .await?
             .into_iter()
             .find(|(k, _)| k == "VENDING_TABLE")
             .map(|(_, v)| v)
@@ -310,10 +441,10 @@ impl Context {
         );
         let load_before = procfs::load_average();
         // A fresh emulator, so the pool starts empty and every activation is this run's.
-        self.local.down()?;
-        let up = self.local.up(o.servers, limit)?;
-        let env = self.local.env()?;
-        let emu = Emulator::new(&up.emulator, &self.table()?)?;
+        self.local.down().await?;
+        let up = self.local.up(o.servers, limit).await?;
+        let env = self.local.env().await?;
+        let emu = Emulator::new(&up.emulator, &self.table().await?)?;
 
         eprintln!("   timing {} bare UpdateItems against the emulator", o.probe_samples);
         let probe = emu.time_update_item(o.probe_samples).await?;
@@ -336,6 +467,7 @@ impl Context {
             max_retries: o.max_retries,
             max_retry_after: 10,
             deadline: o.timeout,
+            vend: true,
         })
         .await;
         let cpu1 = cpu_total(&pids, self.ticks);
@@ -347,6 +479,7 @@ impl Context {
         let rss_main = peak_rss_mb(&pids);
         let load_during = procfs::load_average();
         let created = emu.activation_limits().await?.len();
+        let rotations = rotations_logged(&self.local, o.servers);
         let mut counts = main.per_activation.clone();
 
         eprintln!("   cold starts ({} fresh processes)", o.cold_runs);
@@ -372,6 +505,8 @@ impl Context {
 
         eprintln!("   hot-path phase (limit {STEADY_LIMIT}, {} vends)", o.steady_vends);
         let steady = self.steady_phase(&mut counts).await?;
+        eprintln!("   hot path with a keep-alive proxy in front of the emulator");
+        let keepalive = self.keepalive_phase(&up.emulator, &env, port + 1, &mut counts).await?;
 
         // Every vend this run made, per activation, against each activation's own limit.
         let limits = emu.activation_limits().await?;
@@ -423,6 +558,7 @@ impl Context {
                 "transport_errors": main.transport_errors,
                 "attempt_latency_ms": latency_summary(&main.attempt_ms),
                 "activations_vended": main.per_activation.len(),
+                "rotations": rotations,
                 "activations_over_their_limit": over_limit,
                 "calls": calls,
                 "faults": faults,
@@ -431,6 +567,7 @@ impl Context {
                 "first_vend_runs_ms": cold_vend.iter().map(|v| round(*v, 1)).collect::<Vec<_>>(),
                 "server_peak_rss_mb_main_phase": round(rss_main, 1),
                 "hot_path_phase": steady,
+                "keepalive_upstream_phase": keepalive,
                 "load_average_1m": {"before": load_before, "main_phase_end": load_during, "end": procfs::load_average()},
             },
         }))
@@ -517,14 +654,19 @@ fn table(r: &Value) -> String {
         fmt(&r["machine"]["cores"]),
         fmt(&r["machine"]["cpu_model"]),
     );
-    out.push_str(&format!("{:<30} {:>12}  {:<9} {}\n", "figure", "value", "target", ""));
+    out.push_str(&format!("{:<36} {:>10}  {:<9} verdict\n", "figure", "value", "target"));
     for (name, value, target, verdict) in rows {
-        out.push_str(&format!("{name:<30} {value:>12}  {target:<9} {verdict}\n"));
-    }
-    let by_op = &r["aws_calls_per_vend_overall"]["by_operation"];
-    if let Some(ops) = by_op.as_object() {
-        for (op, v) in ops {
-            out.push_str(&format!("  {:<28} {:>12}\n", format!("{op}/vend"), fmt(v)));
+        let line = format!("{name:<36} {value:>10}  {target:<9} {verdict}");
+        out.push_str(line.trim_end());
+        out.push('\n');
+        if name == "aws_calls_per_vend_overall" {
+            for (op, v) in r["aws_calls_per_vend_overall"]["by_operation"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                out.push_str(&format!("  {:<34} {:>10}\n", format!("{op} per vend"), fmt(v)));
+            }
         }
     }
     let d = &r["details"];
@@ -536,6 +678,12 @@ fn table(r: &Value) -> String {
         fmt(&d["http_statuses"]),
         fmt(&d["hot_path_phase"]["vends"]),
         fmt(&d["hot_path_phase"]["duration_s"]),
+    ));
+    out.push_str(&format!(
+        "server CPU per request (us): hot-path vend {}, /health alone {}, vend with keep-alive to AWS {}\n",
+        fmt(&d["hot_path_phase"]["server_cpu_us_per_vend"]),
+        fmt(&d["hot_path_phase"]["server_cpu_us_per_health_request"]),
+        fmt(&d["keepalive_upstream_phase"]["server_cpu_us_per_vend"]),
     ));
     out
 }
@@ -600,8 +748,95 @@ fn write(path: &std::path::Path, text: &str) -> Result<(), String> {
     std::fs::write(path, format!("{text}\n")).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
+    }
+}
+
+/// `vending-bench load ...`: the load generator alone, for profiling by hand.
+async fn load_only(args: &[String]) -> Result<(), String> {
+    let mut it = args.iter();
+    let urls: Vec<String> = it
+        .next()
+        .ok_or("load needs URL[,URL...]")?
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let (mut vends, mut clients, mut pids) = (1000usize, 64usize, Vec::<u32>::new());
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let bad = || format!("{flag}: `{value}` is not valid");
+        match flag.as_str() {
+            "--vends" => vends = value.parse().map_err(|_| bad())?,
+            "--clients" => clients = value.parse().map_err(|_| bad())?,
+            "--pids" => {
+                pids = value
+                    .split(',')
+                    .map(|p| p.parse().map_err(|_| bad()))
+                    .collect::<Result<_, _>>()?
+            }
+            other => return Err(format!("unknown option `{other}`")),
+        }
+    }
+    let ticks = procfs::clock_ticks();
+    let split = |pids: &[u32]| -> (u64, u64) {
+        pids.iter()
+            .filter_map(|&p| procfs::cpu_split_us(p, ticks))
+            .fold((0, 0), |(u, s), (pu, ps)| (u + pu, s + ps))
+    };
+    let before = split(&pids);
+    let vend = urls.iter().all(|u| !u.ends_with("/health"));
+    let result = load::run(&load::LoadSpec {
+        urls,
+        clients,
+        vends,
+        max_retries: 10,
+        max_retry_after: 10,
+        deadline: Duration::from_secs(900),
+        vend,
+    })
+    .await?;
+    let after = split(&pids);
+    let ok = result.ok().max(1) as f64;
+    let out = json!({
+        "ok": result.ok(),
+        "failed": result.failed + result.not_issued,
+        "duration_s": round(result.elapsed.as_secs_f64(), 2),
+        "latency_ms": latency_summary(&result.vend_ms),
+        "cpu_us_per_request": {
+            "user": round((after.0 - before.0) as f64 / ok, 1),
+            "system": round((after.1 - before.1) as f64 / ok, 1),
+        },
+        "activations": result.per_activation.len(),
+    });
+    println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("load") {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("vending-bench: cannot start the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match runtime.block_on(load_only(&args[1..])) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vending-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let opts = match parse_args(&args) {
         Ok(Some(o)) => o,
         Ok(None) => {
@@ -621,7 +856,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(opts)) {
+    // On SIGINT/SIGTERM the run is dropped: local.sh children are killed, and so are
+    // the servers the bench started itself; scripts/bench.sh then runs `local.sh down`.
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            result = run(opts) => result,
+            signal = stop_signal() => Err(format!("stopped by {signal}")),
+        }
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vending-bench: {e}");
@@ -659,6 +902,18 @@ mod tests {
         assert!(parse_args(&args("--limit 0")).is_err());
         assert!(parse_args(&args("--limit 1001")).is_err());
         assert!(parse_args(&args("--help")).unwrap().is_none());
+    }
+
+    #[test]
+    fn rotation_lines_are_read_from_the_logs() {
+        let log = "\
+2026-11-26T23:55:42Z  INFO rotated pool=\"default\" activation_id=a reason=no activation limit=100 expires_at=1 parameter_version=1 elapsed_ms=73
+2026-11-26T23:55:43Z  INFO vended pool=default activation_id=a instance=\"-\" elapsed_ms=5
+2026-11-26T23:55:44Z  INFO rotated pool=\"default\" activation_id=b reason=low-water mark limit=100 expires_at=1 parameter_version=2 elapsed_ms=21";
+        let (reasons, elapsed) = parse_rotations(log);
+        assert_eq!(elapsed, vec![73.0, 21.0]);
+        assert_eq!(reasons.get("no activation"), Some(&1));
+        assert_eq!(reasons.get("low-water mark"), Some(&1));
     }
 
     #[test]

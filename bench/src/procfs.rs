@@ -17,6 +17,11 @@ pub fn clock_ticks() -> u64 {
 
 /// User + system CPU of a process (all its threads), in microseconds.
 pub fn cpu_us(pid: u32, ticks_per_sec: u64) -> Option<u64> {
+    cpu_split_us(pid, ticks_per_sec).map(|(user, sys)| user + sys)
+}
+
+/// (user, system) CPU of a process (all its threads), in microseconds.
+pub fn cpu_split_us(pid: u32, ticks_per_sec: u64) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces; the fields after its ')' are fixed.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -24,7 +29,7 @@ pub fn cpu_us(pid: u32, ticks_per_sec: u64) -> Option<u64> {
     // Field 3 (state) is rest[0], so utime (14) is rest[11] and stime (15) rest[12].
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) * 1_000_000 / ticks_per_sec)
+    Some((utime * 1_000_000 / ticks_per_sec, stime * 1_000_000 / ticks_per_sec))
 }
 
 /// Peak resident set size (VmHWM) in kB.
