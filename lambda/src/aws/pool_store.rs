@@ -289,18 +289,24 @@ impl PoolStore {
         }
     }
 
-    /// Whether `activation_id` was ever the current activation of a pool.
-    pub async fn was_committed(&self, activation_id: &str) -> Result<bool, VendError> {
+    /// One item by key, strongly consistent.
+    async fn get(&self, key: AttributeValue) -> Result<Option<Item>, VendError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key(PK, committed_key(activation_id))
+            .key(PK, key)
             .consistent_read(true)
             .send()
             .await
             .map_err(|e| classify("DynamoDB.GetItem", e, Echo::Message))?;
-        Ok(out.item.is_some())
+        Ok(out.item)
+    }
+
+    /// Whether `activation_id` was ever the current activation of a pool.
+    pub async fn was_committed(&self, activation_id: &str) -> Result<bool, VendError> {
+        let item = self.get(committed_key(activation_id)).await?;
+        Ok(item.is_some())
     }
 
     /// Gives the lease back early (a rotation that found nothing to do, or failed).
@@ -322,29 +328,13 @@ impl PoolStore {
 
     /// The pool as it is now (strongly consistent); for the sweep and for operators.
     pub async fn pool(&self, pool: &str) -> Result<PoolState, VendError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(PK, pool_key(pool))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify("DynamoDB.GetItem", e, Echo::Message))?;
-        Ok(pool_state(out.item.as_ref()))
+        let item = self.get(pool_key(pool)).await?;
+        Ok(pool_state(item.as_ref()))
     }
 
     pub async fn instance(&self, pool: &str, instance: &str) -> Result<Option<InstanceRecord>, VendError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(PK, instance_key(pool, instance))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify("DynamoDB.GetItem", e, Echo::Message))?;
-        Ok(out.item.as_ref().and_then(instance_record))
+        let item = self.get(instance_key(pool, instance)).await?;
+        Ok(item.as_ref().and_then(instance_record))
     }
 
     /// Remembers which activation `instance` was given. If a concurrent request with
