@@ -32,7 +32,7 @@ teardown() {
 }
 
 # One simulated server: fetch an activation, register like the SSM agent would.
-# Prints a table row; the code is masked, as the boot scripts do.
+# Prints a table row; the code is masked whole, as the boot scripts do.
 boot_server() {
   local name="$1" url="$2" emulator="$3" body id code registered
   body="$(curl -fsS --retry 5 --retry-delay 1 "$url/activation?instance=$name")" ||
@@ -42,8 +42,8 @@ boot_server() {
   registered="$(jq -n --arg id "$id" --arg code "$code" --arg name "$name" \
       '{ActivationId: $id, ActivationCode: $code, InstanceName: $name}' |
     curl -sS -X POST --data-binary @- "$emulator/_emulator/register")"
-  printf '  %-10s via %-22s activation %s  code %s****  -> %s\n' \
-    "$name" "${url#http://}" "$id" "${code:0:2}" "$(jq -r '.InstanceId // .error' <<<"$registered")"
+  printf '  %-10s via %-22s activation %s  code %s  -> %s\n' \
+    "$name" "${url#http://}" "$id" "<masked, ${#code} chars>" "$(jq -r '.InstanceId // .error' <<<"$registered")"
 }
 
 main() {
@@ -79,8 +79,8 @@ main() {
   curl -fsS "${servers[1]}/activation?instance=web-01" | jq '{ActivationId, Pool, ExpirationDate, ActivationCode: "<masked>"}'
 
   say "Errors are JSON with the right status"
-  curl -sS -o /dev/stdout -w '  (HTTP %{http_code})\n' "${servers[0]}/activation?pool=nosuch"
-  curl -sS -o /dev/stdout -w '  (HTTP %{http_code})\n' "${servers[0]}/activation?instance=not%20a%20host"
+  curl -sS -w '  (HTTP %{http_code})\n' "${servers[0]}/activation?pool=nosuch"
+  curl -sS -w '  (HTTP %{http_code})\n' "${servers[0]}/activation?instance=not%20a%20host"
 
   say "What the servers logged (no activation code anywhere)"
   grep -h 'rotated' "${LOCAL_STATE_DIR:-$ROOT/.local}"/logs/vending-*.log | sed 's/^/  /' | cut -c1-160
