@@ -93,13 +93,32 @@ pub fn low_water_slot(limit: u32, percent: u32) -> Option<u32> {
     (slot >= 1).then_some(slot)
 }
 
-/// Exactly one request reaches the low-water slot (reservations are atomic), so exactly
-/// one request rotates ahead by slots; time-based rotate-ahead starts one margin
-/// before the activation would enter its expiry margin.
-pub fn rotate_ahead_due(slot: u32, a: &CurrentActivation, now: EpochSecs, margin_secs: i64, percent: u32) -> bool {
-    let by_slots = low_water_slot(a.limit, percent) == Some(slot);
-    let by_time = percent > 0 && a.expires_at <= now + 2 * margin_secs;
-    by_slots || by_time
+/// What makes a rotation ahead of time due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AheadTrigger {
+    /// This request took the low-water slot. Reservations are atomic, so exactly one
+    /// request per activation sees this.
+    LowWaterSlot,
+    /// The activation is within one margin of entering its expiry margin. Every request
+    /// in that window sees this, so callers should throttle their attempts.
+    NearExpiry,
+}
+
+/// Whether the holder of `slot` should rotate ahead, and why.
+pub fn rotate_ahead_due(
+    slot: u32,
+    a: &CurrentActivation,
+    now: EpochSecs,
+    margin_secs: i64,
+    percent: u32,
+) -> Option<AheadTrigger> {
+    if low_water_slot(a.limit, percent) == Some(slot) {
+        Some(AheadTrigger::LowWaterSlot)
+    } else if percent > 0 && a.expires_at <= now + 2 * margin_secs {
+        Some(AheadTrigger::NearExpiry)
+    } else {
+        None
+    }
 }
 
 /// Whether a lease (if any) lets `now` take the pool.
@@ -258,15 +277,20 @@ mod tests {
     #[test]
     fn only_the_low_water_slot_rotates_ahead_by_slots() {
         let a = activation(0, 10, 1_000_000);
-        let due: Vec<u32> = (1..=10).filter(|s| rotate_ahead_due(*s, &a, 0, 900, 20)).collect();
+        let due: Vec<u32> = (1..=10)
+            .filter(|s| rotate_ahead_due(*s, &a, 0, 900, 20).is_some())
+            .collect();
         assert_eq!(due, vec![8]);
     }
 
     #[test]
     fn rotation_ahead_by_time_starts_one_margin_before_the_margin() {
         let a = activation(0, 1000, 10_000);
-        assert!(!rotate_ahead_due(1, &a, 10_000 - 1_801, 900, 20));
-        assert!(rotate_ahead_due(1, &a, 10_000 - 1_800, 900, 20));
+        assert_eq!(rotate_ahead_due(1, &a, 10_000 - 1_801, 900, 20), None);
+        assert_eq!(
+            rotate_ahead_due(1, &a, 10_000 - 1_800, 900, 20),
+            Some(AheadTrigger::NearExpiry)
+        );
     }
 
     #[test]

@@ -14,8 +14,8 @@ use crate::aws::pool_store::{LeaseAttempt, PoolStore, Reservation};
 use crate::config::Config;
 use crate::error::VendError;
 use crate::pool::{
-    self, rotate_ahead_due, still_needs_rotation, why_unusable, CurrentActivation, EpochSecs, InstanceRecord,
-    RotationReason, DEFAULT_POOL,
+    self, rotate_ahead_due, still_needs_rotation, why_unusable, AheadTrigger, CurrentActivation, EpochSecs,
+    InstanceRecord, RotationReason, DEFAULT_POOL,
 };
 use crate::secret::ActivationCode;
 
@@ -190,14 +190,14 @@ impl Vendor {
                             .await?;
                         continue;
                     }
-                    if rotate_ahead_due(
+                    let trigger = rotate_ahead_due(
                         activation.reserved,
                         &activation,
                         now,
                         self.margin(),
                         self.config.low_water_percent,
-                    ) && self.may_try_rotate_ahead(&activation)
-                    {
+                    );
+                    if trigger.is_some_and(|t| self.may_try_rotate_ahead(t)) {
                         // Our slot on the old activation stays good; failures here only
                         // mean the next crossing tries again.
                         if let Err(e) = self
@@ -292,11 +292,11 @@ impl Vendor {
         Ok(())
     }
 
-    fn may_try_rotate_ahead(&self, activation: &CurrentActivation) -> bool {
-        if pool::low_water_slot(activation.limit, self.config.low_water_percent) == Some(activation.reserved) {
+    fn may_try_rotate_ahead(&self, trigger: AheadTrigger) -> bool {
+        if trigger == AheadTrigger::LowWaterSlot {
             return true;
         }
-        // Time-based: every request in the window qualifies, so each process tries at
+        // Near expiry, every request in the window qualifies, so each process tries at
         // most once per lease length instead of once per request.
         let mut last = self.last_time_based_attempt.lock().unwrap_or_else(|p| p.into_inner());
         if last.is_some_and(|t| t.elapsed() < self.config.lease) {
@@ -414,10 +414,7 @@ impl Vendor {
     /// sight (it was just created), so a rotation costs no extra call per process.
     async fn still_works(&self, activation_id: &str) -> Result<bool, VendError> {
         let fresh = {
-            let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-            if verified.len() > 64 {
-                verified.clear();
-            }
+            let mut verified = self.verified();
             let first_seen = *verified.entry(activation_id.to_owned()).or_insert_with(Instant::now);
             first_seen.elapsed() < self.config.verify_interval
         };
@@ -436,19 +433,22 @@ impl Vendor {
         Ok(works)
     }
 
-    fn mark_verified(&self, activation_id: &str) {
+    /// The per-process record of when each activation was last checked, kept small:
+    /// only the current and a few retired activations ever matter.
+    fn verified(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
         let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
         if verified.len() > 64 {
             verified.clear();
         }
-        verified.insert(activation_id.to_owned(), Instant::now());
+        verified
+    }
+
+    fn mark_verified(&self, activation_id: &str) {
+        self.verified().insert(activation_id.to_owned(), Instant::now());
     }
 
     fn forget_verified(&self, activation_id: &str) {
-        self.verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(activation_id);
+        self.verified().remove(activation_id);
     }
 }
 
