@@ -179,6 +179,12 @@ struct Context {
     low_water_percent: u32,
 }
 
+struct Measured {
+    result: load::LoadResult,
+    calls: emulator::Calls,
+    cpu_us: u64,
+}
+
 fn cpu_total(pids: &[u32], ticks: u64) -> Result<u64, String> {
     pids.iter()
         .map(|&pid| procfs::cpu_us(pid, ticks).ok_or_else(|| format!("cannot read /proc/{pid}/stat")))
@@ -298,20 +304,7 @@ impl Context {
             return Err("the hot-path phase never reached a fresh limit-1000 activation".into());
         }
         let pids = self.local.server_pids(o.servers)?;
-        emu.reset_calls().await?;
-        let cpu0 = cpu_total(&pids, self.ticks)?;
-        let result = load::run(&load::LoadSpec {
-            urls,
-            clients: o.clients,
-            vends: steady_vends,
-            max_retries: o.max_retries,
-            max_retry_after: 10,
-            deadline: o.timeout,
-            vend: true,
-        })
-        .await?;
-        let cpu1 = cpu_total(&pids, self.ticks)?;
-        let calls = emu.calls().await?;
+        let Measured { result, calls, cpu_us } = self.measure_vends(&emu, &pids, urls, steady_vends).await?;
         add_counts(counts, &result.per_activation);
         let ok = result.ok();
         // Calibration: the same servers answering /health, i.e. the inbound HTTP
@@ -340,7 +333,7 @@ impl Context {
             "duration_s": round(result.elapsed.as_secs_f64(), 2),
             "vends_per_s": round(ok as f64 / result.elapsed.as_secs_f64().max(1e-9), 1),
             "latency_ms": latency_summary(&result.vend_ms),
-            "server_cpu_us_per_vend": round((cpu1 - cpu0) as f64 / ok.max(1) as f64, 1),
+            "server_cpu_us_per_vend": round(cpu_us as f64 / ok.max(1) as f64, 1),
             "server_peak_rss_mb": round(peak_rss_mb(&pids), 1),
             "health_requests": health.ok(),
             "server_cpu_us_per_health_request": round((h1 - h0) as f64 / health.ok().max(1) as f64, 1),
@@ -387,21 +380,8 @@ impl Context {
         add_counts(counts, &warm.per_activation);
         let pids: Vec<u32> = servers.iter().map(|s| s.pid).collect();
         let emu = Emulator::new(emulator_url, &self.table().await?)?;
-        emu.reset_calls().await?;
         let (conns0, reqs0) = proxy.counts();
-        let cpu0 = cpu_total(&pids, self.ticks)?;
-        let result = load::run(&load::LoadSpec {
-            urls,
-            clients: o.clients,
-            vends: o.steady_vends,
-            max_retries: o.max_retries,
-            max_retry_after: 10,
-            deadline: o.timeout,
-            vend: true,
-        })
-        .await?;
-        let cpu1 = cpu_total(&pids, self.ticks)?;
-        let calls = emu.calls().await?;
+        let Measured { result, calls, cpu_us } = self.measure_vends(&emu, &pids, urls, o.steady_vends).await?;
         let (conns1, reqs1) = proxy.counts();
         add_counts(counts, &result.per_activation);
         let ok = result.ok();
@@ -413,10 +393,41 @@ impl Context {
             "calls": calls,
             "aws_calls_per_vend": round(emulator::total(&calls) as f64 / ok.max(1) as f64, 4),
             "latency_ms": latency_summary(&result.vend_ms),
-            "server_cpu_us_per_vend": round((cpu1 - cpu0) as f64 / ok.max(1) as f64, 1),
+            "server_cpu_us_per_vend": round(cpu_us as f64 / ok.max(1) as f64, 1),
             "connections_to_proxy": conns1 - conns0,
             "requests_through_proxy": reqs1 - reqs0,
         }))
+    }
+
+    /// A measured window of vends: the emulator's calls (counted from a reset) and the
+    /// servers' CPU, over exactly that window.
+    async fn measure_vends(
+        &self,
+        emu: &Emulator,
+        pids: &[u32],
+        urls: Vec<String>,
+        vends: usize,
+    ) -> Result<Measured, String> {
+        let o = &self.opts;
+        emu.reset_calls().await?;
+        let cpu0 = cpu_total(pids, self.ticks)?;
+        let result = load::run(&load::LoadSpec {
+            urls,
+            clients: o.clients,
+            vends,
+            max_retries: o.max_retries,
+            max_retry_after: 10,
+            deadline: o.timeout,
+            vend: true,
+        })
+        .await?;
+        let cpu1 = cpu_total(pids, self.ticks)?;
+        let calls = emu.calls().await?;
+        Ok(Measured {
+            result,
+            calls,
+            cpu_us: cpu1 - cpu0,
+        })
     }
 
     async fn table(&self) -> Result<String, String> {
