@@ -69,8 +69,14 @@ REQUIRED_ENV = {
     "VENDING_ACTIVATION_TTL",
     "VENDING_EXPIRY_MARGIN",
     "VENDING_LEASE",
+    "VENDING_DEADLINE",
     "AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH",
 }
+# API Gateway gives up on an integration after 29 s and answers 504 (not JSON).
+API_GATEWAY_INTEGRATION_TIMEOUT_SECS = 29
+# Condition keys API Gateway is not documented to send when it assumes the account's
+# CloudWatch Logs role; a trust condition on them can fail the first deploy.
+UNSENT_TRUST_KEYS = ("aws:SourceAccount", "aws:SourceArn", "aws:SourceOrgID")
 
 EXISTING_VPCE = "vpce-0aaaabbbbccccdddd"
 SCENARIOS = {
@@ -284,8 +290,11 @@ def check_endpoint(cfn: dict) -> list[str]:
     ep = props(res["VpcEndpoint"])
     if ep.get("VpcEndpointType") != "Interface" or "execute-api" not in json.dumps(ep.get("ServiceName")):
         problems.append("VpcEndpoint is not an execute-api interface endpoint")
-    if str(ep.get("PrivateDnsEnabled")).lower() != "true":
-        problems.append("VpcEndpoint has private DNS off by default")
+    if str(ep.get("PrivateDnsEnabled")).lower() != "false":
+        problems.append(
+            "VpcEndpoint has private DNS on by default: it fails in VPCs without DNS hostnames and sends"
+            " every execute-api name in the VPC to this endpoint; the boot lines need no private DNS"
+        )
     if ep.get("SecurityGroupIds") != [{"Ref": "EndpointSecurityGroup"}]:
         problems.append("VpcEndpoint is not guarded by EndpointSecurityGroup")
     sg = props(res.get("EndpointSecurityGroup", {}))
@@ -406,6 +415,32 @@ def check_instance_role(cfn: dict) -> list[str]:
     return problems
 
 
+def check_api_logs_role(cfn: dict) -> list[str]:
+    """API Gateway's CloudWatch Logs role: trusted by apigateway.amazonaws.com as AWS's own
+    example has it, with no condition on keys API Gateway does not send."""
+    problems = []
+    res = cfn["Resources"]
+    if "ApiGatewayLogsRole" not in res:
+        return problems
+    p = props(res["ApiGatewayLogsRole"])
+    trust = as_list(p.get("AssumeRolePolicyDocument", {}).get("Statement"))
+    if len(trust) != 1:
+        problems.append("API Gateway logs role trust must be one statement")
+    for st in trust:
+        if st.get("Effect") != "Allow" or st.get("Principal") != {"Service": "apigateway.amazonaws.com"}:
+            problems.append(f"API Gateway logs role is trusted by {st.get('Principal')}")
+        if as_list(st.get("Action")) != ["sts:AssumeRole"]:
+            problems.append(f"API Gateway logs role trust allows {st.get('Action')}")
+        text = json.dumps(st.get("Condition", {}))
+        for key in UNSENT_TRUST_KEYS:
+            if f'"{key}"' in text:
+                problems.append(f"API Gateway logs role trust is conditioned on {key}, which API Gateway does not send")
+    managed = [json.dumps(a) for a in p.get("ManagedPolicyArns", [])]
+    if len(managed) != 1 or "AmazonAPIGatewayPushToCloudWatchLogs" not in managed[0]:
+        problems.append(f"API Gateway logs role policies are {managed}")
+    return problems
+
+
 def check_least_privilege(cfn: dict) -> list[str]:
     problems = []
     prefix = "parameter${ParameterPrefix}/pools"
@@ -505,6 +540,55 @@ def check_function(source: dict) -> list[str]:
     return problems
 
 
+def duration_secs(text) -> float:
+    """`20s`, `500ms`, `1m30s` (the service's duration syntax) in seconds."""
+    import re
+
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    raw = str(text).strip()
+    parts = re.findall(r"(\d+)(ms|s|m|h|d)", raw)
+    if not parts or "".join(n + u for n, u in parts) != raw:
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+def check_deadline_and_timeouts(source: dict) -> list[str]:
+    """VENDING_DEADLINE < function Timeout < API Gateway's 29 s, so a slow vend ends in
+    the service's JSON 503 and never in a Lambda timeout or an API Gateway 504."""
+    problems = []
+    p = props(source["Resources"]["Function"])
+    timeout = p.get("Timeout")
+    if not isinstance(timeout, (int, float)):
+        return [f"function Timeout {timeout!r} is not a literal number of seconds"]
+    if timeout >= API_GATEWAY_INTEGRATION_TIMEOUT_SECS:
+        problems.append(f"function Timeout {timeout}s is not below API Gateway's {API_GATEWAY_INTEGRATION_TIMEOUT_SECS}s")
+    deadline = p.get("Environment", {}).get("Variables", {}).get("VENDING_DEADLINE")
+    if deadline is None:
+        problems.append("VENDING_DEADLINE is not set (the service's default must not be left to chance)")
+        return problems
+    try:
+        secs = duration_secs(deadline)
+    except ValueError as err:
+        return problems + [f"VENDING_DEADLINE: {err}"]
+    if not secs < timeout:
+        problems.append(f"VENDING_DEADLINE {deadline} is not below the function Timeout {timeout}s")
+    return problems
+
+
+def check_logging(source: dict) -> list[str]:
+    """The service writes JSON lines in Lambda; the function's log format must say so."""
+    cfg = props(source["Resources"]["Function"]).get("LoggingConfig", {})
+    problems = []
+    if cfg.get("LogFormat") != "JSON":
+        problems.append(f"LogFormat is {cfg.get('LogFormat')!r} while the service writes JSON")
+    for key in ("ApplicationLogLevel", "SystemLogLevel"):
+        if key in cfg and cfg.get("LogFormat") != "JSON":
+            problems.append(f"{key} is set but only allowed with LogFormat JSON")
+    if cfg.get("LogGroup") != {"Ref": "FunctionLogGroup"}:
+        problems.append("the function does not log to FunctionLogGroup (retention)")
+    return problems
+
+
 def check_checkov_skips(source: dict) -> list[str]:
     problems = []
     for name, res in source["Resources"].items():
@@ -522,9 +606,10 @@ DEPLOYED_CHECKS = [
     check_table,
     check_key,
     check_instance_role,
+    check_api_logs_role,
     check_least_privilege,
 ]
-SOURCE_CHECKS = [check_function, check_checkov_skips, check_client_cidr_rule]
+SOURCE_CHECKS = [check_function, check_checkov_skips, check_client_cidr_rule, check_deadline_and_timeouts, check_logging]
 
 
 # ------------------------------------------------------------------ tests
@@ -723,6 +808,33 @@ def m_x86_default(t):
     t["Parameters"]["Architecture"]["Default"] = "x86_64"
 
 
+def m_private_dns_default_on(t):
+    t["Parameters"]["EndpointPrivateDns"]["Default"] = "true"
+
+
+def m_logs_role_source_account(t):
+    _p(t, "ApiGatewayLogsRole")["AssumeRolePolicyDocument"]["Statement"][0]["Condition"] = {
+        "StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    }
+
+
+def m_deadline_at_timeout(t):
+    _p(t, "Function")["Environment"]["Variables"]["VENDING_DEADLINE"] = "25s"
+
+
+def m_deadline_missing(t):
+    del _p(t, "Function")["Environment"]["Variables"]["VENDING_DEADLINE"]
+
+
+def m_timeout_past_api_gateway(t):
+    _p(t, "Function")["Timeout"] = 30
+    _p(t, "Function")["Environment"]["Variables"]["VENDING_DEADLINE"] = "20s"
+
+
+def m_text_logs(t):
+    _p(t, "Function")["LoggingConfig"]["LogFormat"] = "Text"
+
+
 def m_unjustified_skip(t):
     _res(t, "Table")["Metadata"]["checkov"]["skip"].append({"id": "CKV_AWS_28"})
 
@@ -759,7 +871,26 @@ MUTATIONS = [
     ("log group kept forever", m_no_retention, check_stage, "creates-everything"),
     ("x86_64 by default", m_x86_default, check_function, "source"),
     ("checkov skip without justification", m_unjustified_skip, check_checkov_skips, "source"),
+    ("private DNS on by default", m_private_dns_default_on, check_endpoint, "creates-everything"),
+    ("logs role trust on aws:SourceAccount", m_logs_role_source_account, check_api_logs_role, "creates-everything"),
+    ("deadline not below the timeout", m_deadline_at_timeout, check_deadline_and_timeouts, "source"),
+    ("no VENDING_DEADLINE", m_deadline_missing, check_deadline_and_timeouts, "source"),
+    ("timeout past API Gateway's 29 s", m_timeout_past_api_gateway, check_deadline_and_timeouts, "source"),
+    ("text logs while the code writes JSON", m_text_logs, check_logging, "source"),
 ]
+
+
+@pytest.mark.parametrize(
+    "text,secs", [("20s", 20), ("500ms", 0.5), ("1m30s", 90), ("2h", 7200)], ids=["20s", "500ms", "1m30s", "2h"]
+)
+def test_duration_parser_reads_the_service_syntax(text, secs):
+    assert duration_secs(text) == secs
+
+
+@pytest.mark.parametrize("text", ["20", "", "20 s", "s20", "1.5s"])
+def test_duration_parser_refuses_what_the_service_refuses(text):
+    with pytest.raises(ValueError):
+        duration_secs(text)
 
 
 @pytest.mark.parametrize("mutate,check,where", [m[1:] for m in MUTATIONS], ids=[m[0] for m in MUTATIONS])
