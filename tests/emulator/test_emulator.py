@@ -1,0 +1,679 @@
+"""Tests of the local AWS emulator itself (scripts/emulator/server.py).
+
+The emulator must never be kinder than AWS and must be able to fail in every way AWS
+does. These tests start it on a free port, provision the table with
+scripts/emulator/provision.py, and check each behaviour with boto3 over the wire:
+faults before and after the call is applied, dropped connections, DynamoDB's error
+shapes, network latency that overlaps, TransactWriteItems token idempotency and
+ReturnValuesOnConditionCheckFailure=ALL_OLD.
+
+Run with tests/emulator/run.sh (or .venv/bin/python -m pytest tests/emulator).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import boto3
+import botocore.exceptions
+import pytest
+import urllib3.exceptions
+from botocore.config import Config
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVER = ROOT / "scripts" / "emulator" / "server.py"
+PROVISION = ROOT / "scripts" / "emulator" / "provision.py"
+TABLE = "activation-vending"
+REGION = "us-east-1"
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"emulator exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_emulator/health", timeout=1) as resp:
+                if resp.read() == b"OK":
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("emulator did not become healthy")
+
+
+def start_emulator(port: int, log: Any, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, str(SERVER), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[str]:
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION=REGION)
+    fixed = os.environ.get("EMULATOR_TEST_PORT")
+    log = tempfile.NamedTemporaryFile(prefix="emulator-", suffix=".log", delete=False)
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        # A free port can be taken between our probe and the emulator's bind: try again.
+        for attempt in range(1 if fixed else 3):
+            port = int(fixed) if fixed else free_port()
+            url = f"http://127.0.0.1:{port}"
+            proc = start_emulator(port, log, env)
+            try:
+                wait_healthy(url, proc)
+                break
+            except RuntimeError:
+                stop(proc)
+                if fixed or attempt == 2:
+                    raise
+        subprocess.run(
+            [sys.executable, str(PROVISION), "--endpoint", url], check=True, env=env, capture_output=True, timeout=60
+        )
+        yield url
+    except BaseException:
+        log.flush()
+        sys.stderr.write(Path(log.name).read_text(errors="replace")[-4000:])
+        raise
+    finally:
+        if proc is not None:
+            stop(proc)
+        log.close()
+        os.unlink(log.name)
+
+
+@pytest.fixture(autouse=True)
+def clean(emulator: str) -> Iterator[None]:
+    control(emulator, "DELETE", "/_emulator/faults")
+    control(emulator, "DELETE", "/_emulator/latency")
+    yield
+    control(emulator, "DELETE", "/_emulator/faults")
+    control(emulator, "DELETE", "/_emulator/latency")
+
+
+def session() -> boto3.session.Session:
+    return boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name=REGION)
+
+
+def client(url: str, service: str = "dynamodb", attempts: int = 1) -> Any:
+    config = Config(
+        retries={"mode": "standard", "total_max_attempts": attempts},
+        connect_timeout=5,
+        read_timeout=20,
+    )
+    return session().client(service, endpoint_url=url, config=config)
+
+
+@pytest.fixture
+def ddb(emulator: str) -> Any:
+    return client(emulator)
+
+
+def control(url: str, method: str, path: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, method=method, data=data)
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def control_status(url: str, method: str, path: str, body: Any) -> int:
+    try:
+        control(url, method, path, body)
+        return 200
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def inject(url: str, spec: Any) -> Any:
+    return control(url, "POST", "/_emulator/faults", spec)
+
+
+def raw_call(url: str, target: str, body: dict[str, Any], content_type: str) -> tuple[int, dict[str, str], bytes]:
+    """One unsigned JSON-protocol call, to look at the answer's bytes."""
+    req = urllib.request.Request(
+        url + "/",
+        method="POST",
+        data=json.dumps(body).encode(),
+        headers={"X-Amz-Target": target, "Content-Type": content_type},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+
+
+def new_key() -> dict[str, Any]:
+    return {"pk": {"S": f"test-{uuid.uuid4()}"}}
+
+
+def put(ddb: Any, key: dict[str, Any], **attrs: Any) -> None:
+    ddb.put_item(TableName=TABLE, Item={**key, **attrs})
+
+
+def get(ddb: Any, key: dict[str, Any]) -> dict[str, Any] | None:
+    return ddb.get_item(TableName=TABLE, Key=key, ConsistentRead=True).get("Item")
+
+
+def set_v(ddb: Any, key: dict[str, Any], value: int) -> Any:
+    return ddb.update_item(
+        TableName=TABLE,
+        Key=key,
+        UpdateExpression="SET v = :v",
+        ExpressionAttributeValues={":v": {"N": str(value)}},
+    )
+
+
+def add_one(key: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "Update": {
+            "TableName": TABLE,
+            "Key": key,
+            "UpdateExpression": "ADD n :one",
+            "ExpressionAttributeValues": {":one": {"N": "1"}},
+        }
+    }
+
+
+# --------------------------------------------------------------------------- before / after
+
+
+def test_fault_before_does_not_apply_the_call(emulator: str, ddb: Any) -> None:
+    key = new_key()
+    put(ddb, key, v={"N": "0"})
+    inject(emulator, {"operation": "DynamoDB.UpdateItem", "error": "ThrottlingException", "count": 1})
+    with pytest.raises(ddb.exceptions.ThrottlingException):
+        set_v(ddb, key, 1)
+    assert get(ddb, key)["v"] == {"N": "0"}
+
+
+def test_fault_after_applies_the_call_and_replaces_its_answer(emulator: str, ddb: Any) -> None:
+    key = new_key()
+    put(ddb, key, v={"N": "0"})
+    inject(emulator, {"operation": "DynamoDB.UpdateItem", "error": "InternalServerError", "when": "after", "count": 1})
+    with pytest.raises(ddb.exceptions.InternalServerError) as err:
+        set_v(ddb, key, 1)
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+    assert get(ddb, key)["v"] == {"N": "1"}
+
+
+def test_when_defaults_to_before_and_is_shown(emulator: str) -> None:
+    shown = inject(
+        emulator,
+        [
+            {"operation": "SSM.*", "error": "ThrottlingException", "rate": 0.5},
+            {"operation": "DynamoDB.PutItem", "error": "ConnectionDropped", "when": "after", "count": 2},
+        ],
+    )
+    assert [f["when"] for f in shown] == ["before", "after"]
+    assert shown[1] == {
+        "operation": "DynamoDB.PutItem",
+        "error": "ConnectionDropped",
+        "when": "after",
+        "status": None,
+        "rate": 1.0,
+        "delay_ms": 0,
+        "count": 2,
+    }
+    assert control(emulator, "GET", "/_emulator/faults") == shown
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"operation": "*", "error": "ThrottlingException", "when": "later"},
+        {"operation": "*", "error": "ThrottlingException", "whenn": "after"},
+        {"operation": "*", "error": "ThrottlingException", "reasons": ["None"]},
+        {"operation": "*", "error": "TransactionCanceledException", "reasons": "TransactionConflict"},
+        {"operation": "*", "rate": 2},
+        {"error": "ThrottlingException"},
+    ],
+)
+def test_bad_fault_specs_are_refused_whole(emulator: str, spec: dict[str, Any]) -> None:
+    good = {"operation": "DynamoDB.GetItem", "error": "ThrottlingException"}
+    assert control_status(emulator, "POST", "/_emulator/faults", [good, spec]) == 400
+    assert control(emulator, "GET", "/_emulator/faults") == []
+
+
+def test_count_limits_faults(emulator: str, ddb: Any) -> None:
+    key = new_key()
+    put(ddb, key)
+    inject(emulator, {"operation": "DynamoDB.GetItem", "error": "ThrottlingException", "count": 2})
+    for _ in range(2):
+        with pytest.raises(ddb.exceptions.ThrottlingException):
+            get(ddb, key)
+    assert get(ddb, key) == key
+    assert control(emulator, "GET", "/_emulator/faults")[0]["count"] == 0
+
+
+def test_rate_zero_never_fires_and_wildcards_match(emulator: str, ddb: Any) -> None:
+    key = new_key()
+    inject(emulator, [{"operation": "*", "error": "ThrottlingException", "rate": 0.0}])
+    put(ddb, key)
+    inject(emulator, {"operation": "DynamoDB.*", "error": "ThrottlingException", "count": 1})
+    with pytest.raises(ddb.exceptions.ThrottlingException):
+        get(ddb, key)
+
+
+def test_after_delay_holds_the_answer_but_not_the_write(emulator: str, ddb: Any) -> None:
+    """An UpdateItem whose answer is slow has already landed, and holds no lock."""
+    key = new_key()
+    put(ddb, key, v={"N": "0"})
+    inject(emulator, {"operation": "DynamoDB.UpdateItem", "when": "after", "delay_ms": 1500, "count": 1})
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(set_v, client(emulator), key, 1)
+        time.sleep(0.5)
+        assert get(ddb, key)["v"] == {"N": "1"}
+        assert not pending.done()
+        pending.result()
+    assert time.monotonic() - started >= 1.5
+
+
+def test_before_delay_delays_the_write(emulator: str, ddb: Any) -> None:
+    key = new_key()
+    put(ddb, key, v={"N": "0"})
+    inject(emulator, {"operation": "DynamoDB.UpdateItem", "delay_ms": 1500, "count": 1})
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(set_v, client(emulator), key, 1)
+        time.sleep(0.5)
+        assert get(ddb, key)["v"] == {"N": "0"}
+        pending.result()
+    assert get(ddb, key)["v"] == {"N": "1"}
+
+
+# --------------------------------------------------------------------------- dropped connections
+
+
+@pytest.mark.parametrize("error", ["ConnectionDropped", "ConnectionReset"])
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_dropped_connection_is_a_network_error(emulator: str, ddb: Any, error: str, when: str) -> None:
+    key = new_key()
+    inject(emulator, {"operation": "DynamoDB.PutItem", "error": error, "when": when, "count": 1})
+    with pytest.raises(botocore.exceptions.ConnectionClosedError) as err:
+        put(ddb, key, v={"N": "7"})
+    # No HTTP status at all: urllib3 saw the connection end before a response began.
+    cause = err.value.kwargs["error"]
+    assert isinstance(cause, urllib3.exceptions.ProtocolError)
+    expected = http.client.RemoteDisconnected if error == "ConnectionDropped" else ConnectionResetError
+    assert isinstance(cause.args[1], expected)
+    landed = get(ddb, key)
+    if when == "after":
+        assert landed == {**key, "v": {"N": "7"}}
+    else:
+        assert landed is None
+
+
+@pytest.mark.parametrize(("error", "seen"), [("ConnectionDropped", "eof"), ("ConnectionReset", "reset")])
+def test_dropped_connection_sends_no_http_response(emulator: str, error: str, seen: str) -> None:
+    inject(emulator, {"operation": "DynamoDB.ListTables", "error": error, "count": 1})
+    port = int(emulator.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nHost: localhost\r\nX-Amz-Target: DynamoDB_20120810.ListTables\r\n"
+            b"Content-Type: application/x-amz-json-1.0\r\nContent-Length: 2\r\n\r\n{}"
+        )
+        try:
+            got = sock.recv(65536)
+        except ConnectionResetError:
+            got = None
+    assert got == (b"" if seen == "eof" else None)
+
+
+def test_sdk_retry_after_a_lost_commit_answer_applies_it_once(emulator: str) -> None:
+    """The answer to a committed transaction is lost; the SDK retries it with the same token."""
+    retrying = client(emulator, attempts=3)
+    key = new_key()
+    inject(emulator, {"operation": "DynamoDB.TransactWriteItems", "error": "ConnectionDropped", "when": "after", "count": 1})
+    out = retrying.transact_write_items(TransactItems=[add_one(key)])
+    assert out["ResponseMetadata"]["RetryAttempts"] == 1
+    assert get(retrying, key)["n"] == {"N": "1"}
+
+
+def test_sdk_retries_throttling_and_5xx(emulator: str) -> None:
+    retrying = client(emulator, attempts=4)
+    key = new_key()
+    put(retrying, key)
+    inject(
+        emulator,
+        [
+            {"operation": "DynamoDB.GetItem", "error": "ThrottlingException", "count": 1},
+            {"operation": "DynamoDB.GetItem", "error": "ProvisionedThroughputExceededException", "count": 1},
+            {"operation": "DynamoDB.GetItem", "error": "InternalServerError", "count": 1},
+        ],
+    )
+    out = retrying.get_item(TableName=TABLE, Key=key)
+    assert out["ResponseMetadata"]["RetryAttempts"] == 3
+    assert control(emulator, "GET", "/_emulator/faults")[2]["count"] == 0
+
+
+# --------------------------------------------------------------------------- error shapes
+
+
+def test_transaction_conflict_is_dynamodb_shaped(emulator: str, ddb: Any) -> None:
+    key = new_key()
+    put(ddb, key, v={"N": "0"})
+    inject(emulator, {"operation": "DynamoDB.UpdateItem", "error": "TransactionConflictException", "count": 2})
+    with pytest.raises(ddb.exceptions.TransactionConflictException) as err:
+        set_v(ddb, key, 1)
+    assert err.value.response["Error"]["Code"] == "TransactionConflictException"
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+    status, headers, body = raw_call(
+        emulator,
+        "DynamoDB_20120810.UpdateItem",
+        {"TableName": TABLE, "Key": key, "UpdateExpression": "SET v = :v", "ExpressionAttributeValues": {":v": {"N": "2"}}},
+        "application/x-amz-json-1.0",
+    )
+    assert status == 400
+    assert headers["content-type"] == "application/x-amz-json-1.0"
+    assert headers["x-amzn-errortype"] == "TransactionConflictException"
+    assert headers["x-amzn-requestid"]
+    assert int(headers["x-amz-crc32"]) == zlib.crc32(body)
+    assert json.loads(body) == {
+        "__type": "com.amazonaws.dynamodb.v20120810#TransactionConflictException",
+        "message": "Transaction is ongoing for the item",
+    }
+    assert get(ddb, key)["v"] == {"N": "0"}
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "type_"),
+    [
+        ("ThrottlingException", 400, "com.amazon.coral.availability#ThrottlingException"),
+        ("ProvisionedThroughputExceededException", 400, "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException"),
+        ("InternalServerError", 500, "com.amazonaws.dynamodb.v20120810#InternalServerError"),
+        ("RequestLimitExceeded", 400, "com.amazonaws.dynamodb.v20120810#RequestLimitExceeded"),
+        ("TransactionInProgressException", 400, "com.amazonaws.dynamodb.v20120810#TransactionInProgressException"),
+    ],
+)
+def test_dynamodb_errors_parse_as_modeled(emulator: str, ddb: Any, error: str, status: int, type_: str) -> None:
+    inject(emulator, {"operation": "DynamoDB.GetItem", "error": error, "count": 2})
+    with pytest.raises(getattr(ddb.exceptions, error)) as err:
+        get(ddb, new_key())
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
+    got_status, headers, body = raw_call(
+        emulator, "DynamoDB_20120810.GetItem", {"TableName": TABLE, "Key": new_key()}, "application/x-amz-json-1.0"
+    )
+    assert (got_status, headers["content-type"], json.loads(body)["__type"]) == (status, "application/x-amz-json-1.0", type_)
+
+
+def test_transaction_canceled_default_reasons_one_per_item(emulator: str, ddb: Any) -> None:
+    keys = [new_key() for _ in range(3)]
+    inject(emulator, {"operation": "DynamoDB.TransactWriteItems", "error": "TransactionCanceledException", "count": 1})
+    with pytest.raises(ddb.exceptions.TransactionCanceledException) as err:
+        ddb.transact_write_items(TransactItems=[add_one(k) for k in keys])
+    reasons = err.value.response["CancellationReasons"]
+    assert reasons == [
+        {"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"},
+        {"Code": "None"},
+        {"Code": "None"},
+    ]
+    assert err.value.response["Error"]["Message"] == (
+        "Transaction cancelled, please refer cancellation reasons for specific reasons [TransactionConflict, None, None]"
+    )
+    assert all(get(ddb, k) is None for k in keys)
+
+
+@pytest.mark.parametrize(
+    ("given", "items", "expected"),
+    [
+        (["None", "ConditionalCheckFailed"], 2, ["None", "ConditionalCheckFailed"]),
+        (["ThrottlingError"], 3, ["ThrottlingError", "None", "None"]),
+        (["TransactionConflict", "TransactionConflict", "TransactionConflict"], 2, ["TransactionConflict", "TransactionConflict"]),
+    ],
+)
+def test_transaction_canceled_given_reasons(emulator: str, ddb: Any, given: list[str], items: int, expected: list[str]) -> None:
+    inject(
+        emulator,
+        {"operation": "DynamoDB.TransactWriteItems", "error": "TransactionCanceledException", "reasons": given, "count": 1},
+    )
+    with pytest.raises(ddb.exceptions.TransactionCanceledException) as err:
+        ddb.transact_write_items(TransactItems=[add_one(new_key()) for _ in range(items)])
+    reasons = err.value.response["CancellationReasons"]
+    assert [r["Code"] for r in reasons] == expected
+    assert all(("Message" in r) == (r["Code"] != "None") for r in reasons)
+
+
+def test_transaction_canceled_after_still_commits(emulator: str, ddb: Any) -> None:
+    key = new_key()
+    inject(
+        emulator,
+        {"operation": "DynamoDB.TransactWriteItems", "error": "TransactionCanceledException", "when": "after", "count": 1},
+    )
+    with pytest.raises(ddb.exceptions.TransactionCanceledException):
+        ddb.transact_write_items(TransactItems=[add_one(key)])
+    assert get(ddb, key)["n"] == {"N": "1"}
+
+
+def test_ssm_errors_stay_json_1_1(emulator: str) -> None:
+    ssm = client(emulator, "ssm")
+    inject(emulator, {"operation": "SSM.GetParameter", "error": "ThrottlingException", "count": 2})
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        ssm.get_parameter(Name="/nope")
+    assert err.value.response["Error"]["Code"] == "ThrottlingException"
+    status, headers, body = raw_call(emulator, "AmazonSSM.GetParameter", {"Name": "/nope"}, "application/x-amz-json-1.1")
+    assert status == 400
+    assert headers["content-type"] == "application/x-amz-json-1.1"
+    assert json.loads(body) == {"__type": "ThrottlingException", "message": "Injected fault: ThrottlingException"}
+    # And moto's own SSM errors still parse into modeled errors.
+    with pytest.raises(ssm.exceptions.ParameterNotFound):
+        ssm.get_parameter(Name="/nope")
+
+
+def test_query_protocol_errors_are_xml(emulator: str) -> None:
+    iam = client(emulator, "iam")
+    inject(emulator, {"operation": "IAM.GetRole", "error": "Throttling", "message": "Rate exceeded", "count": 1})
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        iam.get_role(RoleName="activation-vending-managed-instance")
+    assert err.value.response["Error"] == {"Type": "Sender", "Code": "Throttling", "Message": "Rate exceeded"}
+    assert iam.get_role(RoleName="activation-vending-managed-instance")["Role"]
+
+
+# --------------------------------------------------------------------------- latency
+
+
+def test_latency_control(emulator: str) -> None:
+    assert control(emulator, "GET", "/_emulator/latency") == {"ms": 0, "jitter_ms": 0}
+    assert control(emulator, "POST", "/_emulator/latency", {"ms": 50, "jitter_ms": 10}) == {"ms": 50, "jitter_ms": 10}
+    assert control(emulator, "GET", "/_emulator/latency") == {"ms": 50, "jitter_ms": 10}
+    assert control_status(emulator, "POST", "/_emulator/latency", {"ms": -1}) == 400
+    assert control_status(emulator, "POST", "/_emulator/latency", {"millis": 5}) == 400
+    assert control(emulator, "DELETE", "/_emulator/latency") == {"ms": 0, "jitter_ms": 0}
+
+
+def test_latency_is_added_and_overlaps(emulator: str, ddb: Any) -> None:
+    key = new_key()
+    put(ddb, key)
+    clients = [client(emulator) for _ in range(10)]
+    for c in clients:  # warm each client's endpoint resolution and connection pool
+        c.get_item(TableName=TABLE, Key=key)
+    control(emulator, "POST", "/_emulator/latency", {"ms": 200})
+
+    started = time.monotonic()
+    get(ddb, key)
+    single = time.monotonic() - started
+    assert single >= 0.2
+
+    barrier = threading.Barrier(len(clients))
+
+    def one(c: Any) -> None:
+        barrier.wait()
+        c.get_item(TableName=TABLE, Key=key)
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
+        list(pool.map(one, clients))
+    elapsed = time.monotonic() - started
+    assert 0.2 <= elapsed < 1.0, f"10 concurrent calls at 200 ms took {elapsed:.2f}s"
+
+
+def test_conditional_writes_stay_atomic_under_latency(emulator: str) -> None:
+    key = new_key()
+    ddb = client(emulator)
+    put(ddb, key, reserved={"N": "0"})
+    control(emulator, "POST", "/_emulator/latency", {"ms": 100, "jitter_ms": 50})
+
+    def reserve(_: int) -> bool:
+        try:
+            client(emulator).update_item(
+                TableName=TABLE,
+                Key=key,
+                UpdateExpression="ADD reserved :one",
+                ConditionExpression="reserved < :limit",
+                ExpressionAttributeValues={":one": {"N": "1"}, ":limit": {"N": "5"}},
+            )
+            return True
+        except botocore.exceptions.ClientError as err:
+            assert err.response["Error"]["Code"] == "ConditionalCheckFailedException"
+            return False
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        won = sum(pool.map(reserve, range(20)))
+    assert won == 5
+    assert get(ddb, key)["reserved"] == {"N": "5"}
+
+
+# --------------------------------------------------------------------------- TransactWriteItems tokens
+
+
+def test_client_request_token_is_idempotent(emulator: str, ddb: Any) -> None:
+    key = new_key()
+    token = str(uuid.uuid4())
+    ddb.transact_write_items(TransactItems=[add_one(key)], ClientRequestToken=token)
+    assert get(ddb, key)["n"] == {"N": "1"}
+    again = ddb.transact_write_items(TransactItems=[add_one(key)], ClientRequestToken=token)
+    assert again["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert get(ddb, key)["n"] == {"N": "1"}
+
+    other = new_key()
+    with pytest.raises(ddb.exceptions.IdempotentParameterMismatchException) as err:
+        ddb.transact_write_items(TransactItems=[add_one(key), add_one(other)], ClientRequestToken=token)
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert get(ddb, other) is None
+
+    ddb.transact_write_items(TransactItems=[add_one(key)], ClientRequestToken=str(uuid.uuid4()))
+    ddb.transact_write_items(TransactItems=[add_one(key)])  # botocore fills in a fresh token
+    assert get(ddb, key)["n"] == {"N": "3"}
+
+
+def test_cancelled_transaction_token_runs_again(emulator: str, ddb: Any) -> None:
+    key = new_key()
+    put(ddb, key, v={"N": "0"})
+    token = str(uuid.uuid4())
+    items = [
+        {
+            "Update": {
+                "TableName": TABLE,
+                "Key": key,
+                "UpdateExpression": "SET v = :new",
+                "ConditionExpression": "v = :old",
+                "ExpressionAttributeValues": {":old": {"N": "1"}, ":new": {"N": "2"}},
+            }
+        }
+    ]
+    with pytest.raises(ddb.exceptions.TransactionCanceledException):
+        ddb.transact_write_items(TransactItems=items, ClientRequestToken=token)
+    set_v(ddb, key, 1)
+    ddb.transact_write_items(TransactItems=items, ClientRequestToken=token)
+    assert get(ddb, key)["v"] == {"N": "2"}
+    with pytest.raises(ddb.exceptions.IdempotentParameterMismatchException):
+        ddb.transact_write_items(TransactItems=[add_one(key)], ClientRequestToken=token)
+
+
+# --------------------------------------------------------------------------- ALL_OLD on failed conditions
+
+
+def test_all_old_on_failed_update_and_put(emulator: str, ddb: Any) -> None:
+    key = new_key()
+    put(ddb, key, v={"N": "3"})
+    with pytest.raises(ddb.exceptions.ConditionalCheckFailedException) as err:
+        ddb.update_item(
+            TableName=TABLE,
+            Key=key,
+            UpdateExpression="SET v = :v",
+            ConditionExpression="attribute_not_exists(pk)",
+            ExpressionAttributeValues={":v": {"N": "4"}},
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
+    assert err.value.response["Item"] == {**key, "v": {"N": "3"}}
+
+    with pytest.raises(ddb.exceptions.ConditionalCheckFailedException) as err:
+        ddb.put_item(
+            TableName=TABLE,
+            Item={**key, "v": {"N": "9"}},
+            ConditionExpression="attribute_not_exists(pk)",
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
+    assert err.value.response["Item"] == {**key, "v": {"N": "3"}}
+
+    with pytest.raises(ddb.exceptions.ConditionalCheckFailedException) as err:
+        ddb.put_item(TableName=TABLE, Item={**key, "v": {"N": "9"}}, ConditionExpression="attribute_not_exists(pk)")
+    assert "Item" not in err.value.response
+
+
+def test_all_old_in_transaction_cancellation_reasons(emulator: str, ddb: Any) -> None:
+    held, free = new_key(), new_key()
+    put(ddb, held, v={"N": "1"})
+    condition = {
+        "TableName": TABLE,
+        "UpdateExpression": "SET v = :v",
+        "ConditionExpression": "attribute_not_exists(pk)",
+        "ExpressionAttributeValues": {":v": {"N": "2"}},
+    }
+    with pytest.raises(ddb.exceptions.TransactionCanceledException) as err:
+        ddb.transact_write_items(
+            TransactItems=[
+                add_one(free),
+                {"Update": {**condition, "Key": held, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}},
+            ]
+        )
+    reasons = err.value.response["CancellationReasons"]
+    assert reasons == [
+        {"Code": "None"},
+        {"Code": "ConditionalCheckFailed", "Message": "The conditional request failed", "Item": {**held, "v": {"N": "1"}}},
+    ]
+    assert get(ddb, free) is None
+
+    with pytest.raises(ddb.exceptions.TransactionCanceledException) as err:
+        ddb.transact_write_items(TransactItems=[{"Update": {**condition, "Key": held}}])
+    assert "Item" not in err.value.response["CancellationReasons"][0]
+
+
+def test_calls_are_counted(emulator: str, ddb: Any) -> None:
+    control(emulator, "DELETE", "/_emulator/calls")
+    inject(emulator, {"operation": "DynamoDB.GetItem", "error": "ConnectionDropped", "count": 1})
+    with pytest.raises(botocore.exceptions.ConnectionClosedError):
+        get(ddb, new_key())
+    get(ddb, new_key())
+    assert control(emulator, "GET", "/_emulator/calls") == {"DynamoDB.GetItem": 2}
