@@ -23,6 +23,9 @@ pub struct Config {
     pub lease: Duration,
     /// How long a request polls for another request's rotation before answering 503.
     pub wait: Duration,
+    /// The most a whole vend may take; past it the answer is a JSON 503. Must stay
+    /// below the function timeout (and API Gateway's 29 s).
+    pub deadline: Duration,
     /// How often each process checks with SSM that the current activation still exists.
     pub verify_interval: Duration,
     /// Rotate ahead once this share (percent) of the slots is left.
@@ -109,6 +112,7 @@ impl Config {
         let expiry_margin = duration("VENDING_EXPIRY_MARGIN", "15m")?;
         let lease = duration("VENDING_LEASE", "30s")?;
         let wait = duration("VENDING_WAIT", "5s")?;
+        let deadline = duration("VENDING_DEADLINE", "20s")?;
         let verify_interval = duration("VENDING_VERIFY_INTERVAL", "60s")?;
         let low_water_percent = number("VENDING_LOW_WATER_PERCENT", 20, 0..=90)?;
 
@@ -134,6 +138,12 @@ impl Config {
                 "must be longer than VENDING_LEASE: a rotation may commit until its lease runs out",
             ));
         }
+        if deadline < Duration::from_secs(1) {
+            return Err(problem(
+                "VENDING_DEADLINE",
+                "must be at least 1s: a vend takes at least one AWS call",
+            ));
+        }
         if lease < Duration::from_secs(1) {
             return Err(problem(
                 "VENDING_LEASE",
@@ -152,6 +162,7 @@ impl Config {
             expiry_margin,
             lease,
             wait,
+            deadline,
             verify_interval,
             low_water_percent,
             sweep_grace,
@@ -184,6 +195,7 @@ mod tests {
         assert_eq!(config.registration_limit, 100);
         assert_eq!(config.activation_ttl, Duration::from_secs(86_400));
         assert_eq!(config.expiry_margin, Duration::from_secs(900));
+        assert_eq!(config.deadline, Duration::from_secs(20));
     }
 
     #[test]
@@ -213,6 +225,8 @@ mod tests {
             ("VENDING_ACTIVATION_TTL", "20m"),
             ("VENDING_EXPIRY_MARGIN", "soon"),
             ("VENDING_LEASE", "100ms"),
+            ("VENDING_DEADLINE", "500ms"),
+            ("VENDING_DEADLINE", "soon"),
             ("VENDING_INSTANCE_ROLE", "arn:aws:iam::123456789012:role/x"),
             ("VENDING_PARAMETER_PREFIX", "no-leading-slash"),
             ("VENDING_PARAMETER_PREFIX", "/trailing/"),

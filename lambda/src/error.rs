@@ -19,6 +19,9 @@ pub enum VendError {
     NoActivationYet,
     #[error("AWS is throttling {operation}")]
     Throttled { operation: &'static str },
+    /// DynamoDB refused a write because a transaction on the same item was in flight.
+    #[error("{operation} kept conflicting with a concurrent transaction")]
+    Contended { operation: &'static str },
     #[error("AWS {operation} is unavailable: {detail}")]
     Unavailable { operation: &'static str, detail: String },
     #[error("AWS {operation} failed: {code}: {detail}")]
@@ -37,7 +40,7 @@ impl VendError {
             Self::PoolNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
-            Self::NoActivationYet | Self::Throttled { .. } | Self::Unavailable { .. } => {
+            Self::NoActivationYet | Self::Throttled { .. } | Self::Contended { .. } | Self::Unavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Aws { .. } | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -52,6 +55,7 @@ impl VendError {
             Self::InvalidParameter { .. } => "InvalidParameter",
             Self::NoActivationYet => "NoActivationYet",
             Self::Throttled { .. } => "Throttled",
+            Self::Contended { .. } => "Contended",
             Self::Unavailable { .. } => "ServiceUnavailable",
             Self::Aws { .. } | Self::Internal(_) => "InternalError",
         }
@@ -60,7 +64,7 @@ impl VendError {
     /// Seconds a caller should wait before trying again, for the 503s.
     pub fn retry_after(&self) -> Option<u32> {
         match self {
-            Self::NoActivationYet => Some(1),
+            Self::NoActivationYet | Self::Contended { .. } => Some(1),
             Self::Throttled { .. } | Self::Unavailable { .. } => Some(2),
             _ => None,
         }
@@ -71,6 +75,7 @@ impl VendError {
         match self {
             Self::Aws { .. } | Self::Internal(_) => "the service failed to vend an activation; see its logs".into(),
             Self::Unavailable { .. } => "an AWS dependency is unavailable; retry later".into(),
+            Self::Contended { .. } => "the pool is busy with concurrent writes; retry shortly".into(),
             other => other.to_string(),
         }
     }
@@ -105,6 +110,9 @@ mod tests {
         for e in [
             VendError::NoActivationYet,
             VendError::Throttled {
+                operation: "DynamoDB.UpdateItem",
+            },
+            VendError::Contended {
                 operation: "DynamoDB.UpdateItem",
             },
             VendError::Unavailable {

@@ -11,10 +11,16 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use crate::error::VendError;
-use crate::pool::{valid_instance_name, valid_pool_name, DEFAULT_POOL};
+use crate::pool::{parse_machine_id, valid_instance_name, valid_pool_name, DEFAULT_POOL};
 use crate::vend::Vendor;
 
 pub const INSTANCE_HEADER: &str = "x-instance-name";
+pub const MACHINE_HEADER: &str = "x-machine-id";
+
+/// Methods the vend routes answer. HEAD is not one: it would take a slot and throw
+/// the code away (uptime monitors send HEAD all day).
+const VEND_METHODS: &str = "GET";
+const HEALTH_METHODS: &str = "GET, HEAD";
 
 #[derive(Clone)]
 pub struct AppState {
@@ -23,9 +29,19 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(vend).fallback(method_not_allowed))
-        .route("/activation", get(vend).fallback(method_not_allowed))
-        .route("/health", get(health).fallback(method_not_allowed))
+        .route(
+            "/",
+            get(vend)
+                .head(vend_method_not_allowed)
+                .fallback(vend_method_not_allowed),
+        )
+        .route(
+            "/activation",
+            get(vend)
+                .head(vend_method_not_allowed)
+                .fallback(vend_method_not_allowed),
+        )
+        .route("/health", get(health).fallback(health_method_not_allowed))
         .fallback(not_found)
         .with_state(state)
 }
@@ -49,42 +65,81 @@ struct ActivationBody<'a> {
 pub struct VendRequest {
     pub pool: String,
     pub instance: Option<String>,
+    /// SHA-256 hex digest of the machine's own ID, lowercase.
+    pub machine_id: Option<String>,
 }
 
-/// Reads `pool` and `instance` from the query and `X-Instance-Name`, strictly:
-/// a malformed value is a 400, not a silent default.
+/// One value given as a query parameter and/or a header: at most once each, and the
+/// two must agree (as `same` decides).
+fn query_or_header(
+    from_query: Option<String>,
+    headers: &HeaderMap,
+    header: &'static str,
+    names: (&'static str, &'static str),
+    same: fn(&str, &str) -> bool,
+) -> Result<Option<String>, VendError> {
+    let (parameter, header_name) = names;
+    let mut values = headers.get_all(header).iter();
+    let Some(value) = values.next() else {
+        return Ok(from_query);
+    };
+    if values.next().is_some() {
+        return Err(VendError::InvalidParameter {
+            parameter: header_name,
+            problem: "given more than once".into(),
+        });
+    }
+    let from_header = value.to_str().map_err(|_| VendError::InvalidParameter {
+        parameter: header_name,
+        problem: "is not valid text".into(),
+    })?;
+    match from_query {
+        Some(q) if !same(&q, from_header) => Err(VendError::InvalidParameter {
+            parameter,
+            problem: format!("the query parameter and the {header_name} header disagree"),
+        }),
+        _ => Ok(Some(from_header.to_owned())),
+    }
+}
+
+/// Reads `pool`, `instance` and `machine` from the query, and `X-Instance-Name` and
+/// `X-Machine-Id`, strictly: a malformed value is a 400, not a silent default.
 pub fn parse_vend_request(query: Option<&str>, headers: &HeaderMap) -> Result<VendRequest, VendError> {
     let mut pool = None;
     let mut instance = None;
+    let mut machine = None;
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        let slot = match key.as_ref() {
-            "pool" => &mut pool,
-            "instance" => &mut instance,
+        let (slot, parameter) = match key.as_ref() {
+            "pool" => (&mut pool, "pool"),
+            "instance" => (&mut instance, "instance"),
+            "machine" => (&mut machine, "machine"),
             _ => continue,
         };
         if slot.is_some() {
             return Err(VendError::InvalidParameter {
-                parameter: if key == "pool" { "pool" } else { "instance" },
+                parameter,
                 problem: "given more than once".into(),
             });
         }
         *slot = Some(value.into_owned());
     }
-    if let Some(value) = headers.get(INSTANCE_HEADER) {
-        let from_header = value.to_str().map_err(|_| VendError::InvalidParameter {
-            parameter: "X-Instance-Name",
-            problem: "is not valid text".into(),
-        })?;
-        match &instance {
-            Some(from_query) if !from_query.eq_ignore_ascii_case(from_header) => {
-                return Err(VendError::InvalidParameter {
-                    parameter: "instance",
-                    problem: "the query parameter and the X-Instance-Name header disagree".into(),
-                })
-            }
-            _ => instance = Some(from_header.to_owned()),
-        }
-    }
+    let instance = query_or_header(
+        instance,
+        headers,
+        INSTANCE_HEADER,
+        ("instance", "X-Instance-Name"),
+        |a, b| a.eq_ignore_ascii_case(b),
+    )?;
+    let machine = query_or_header(machine, headers, MACHINE_HEADER, ("machine", "X-Machine-Id"), |a, b| {
+        a.eq_ignore_ascii_case(b)
+    })?;
+    let machine_id = match machine {
+        None => None,
+        Some(text) => Some(parse_machine_id(&text).ok_or_else(|| VendError::InvalidParameter {
+            parameter: "machine",
+            problem: "must be the SHA-256 hex digest (64 hex digits) of the machine's ID, not the ID itself".into(),
+        })?),
+    };
     let pool = pool.unwrap_or_else(|| DEFAULT_POOL.to_owned());
     if !valid_pool_name(&pool) {
         return Err(VendError::InvalidParameter {
@@ -102,7 +157,11 @@ pub fn parse_vend_request(query: Option<&str>, headers: &HeaderMap) -> Result<Ve
             });
         }
     }
-    Ok(VendRequest { pool, instance })
+    Ok(VendRequest {
+        pool,
+        instance,
+        machine_id,
+    })
 }
 
 async fn vend(
@@ -112,11 +171,19 @@ async fn vend(
 ) -> Result<Response, VendError> {
     let started = Instant::now();
     let request = parse_vend_request(query.as_deref(), &headers)?;
-    let vended = state.vendor.vend(&request.pool, request.instance.as_deref()).await?;
+    let vended = state
+        .vendor
+        .vend(
+            &request.pool,
+            request.instance.as_deref(),
+            request.machine_id.as_deref(),
+        )
+        .await?;
     tracing::info!(
         pool = %vended.pool,
         activation_id = %vended.activation_id,
         instance = request.instance.as_deref().unwrap_or("-"),
+        machine_id = request.machine_id.as_deref().unwrap_or("-"),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "vended"
     );
@@ -140,10 +207,17 @@ async fn health() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "OK")
 }
 
-async fn method_not_allowed(method: Method) -> VendError {
+async fn vend_method_not_allowed(method: Method) -> VendError {
     VendError::MethodNotAllowed {
         method: method.to_string(),
-        allow: "GET, HEAD",
+        allow: VEND_METHODS,
+    }
+}
+
+async fn health_method_not_allowed(method: Method) -> VendError {
+    VendError::MethodNotAllowed {
+        method: method.to_string(),
+        allow: HEALTH_METHODS,
     }
 }
 
@@ -165,7 +239,8 @@ mod tests {
             parse_vend_request(None, &HeaderMap::new()).unwrap(),
             VendRequest {
                 pool: "default".into(),
-                instance: None
+                instance: None,
+                machine_id: None,
             }
         );
     }
@@ -191,6 +266,47 @@ mod tests {
             "instance=web%2001",
             "instance=..",
             "pool=a&pool=b",
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_header_is_a_bad_request_like_a_repeated_query_parameter() {
+        for header in [INSTANCE_HEADER, MACHINE_HEADER] {
+            let mut headers = HeaderMap::new();
+            let value = if header == MACHINE_HEADER {
+                "a".repeat(64)
+            } else {
+                "web-01".into()
+            };
+            headers.append(header, HeaderValue::from_str(&value).unwrap());
+            headers.append(header, HeaderValue::from_str(&value).unwrap());
+            let err = parse_vend_request(None, &headers).unwrap_err();
+            assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST, "{header}");
+        }
+    }
+
+    #[test]
+    fn the_machine_id_comes_from_the_query_or_the_header_as_a_digest() {
+        let digest = "0123456789abcdef".repeat(4);
+        assert_eq!(
+            parse(&format!("machine={}", digest.to_uppercase())).unwrap().machine_id,
+            Some(digest.clone())
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(MACHINE_HEADER, HeaderValue::from_str(&digest).unwrap());
+        assert_eq!(
+            parse_vend_request(None, &headers).unwrap().machine_id,
+            Some(digest.clone())
+        );
+        let other = "f".repeat(64);
+        assert!(parse_vend_request(Some(&format!("machine={other}")), &headers).is_err());
+        for bad in [
+            "machine=",
+            "machine=4c4c4544-0042-3510-8051-b7c04f4d3832",
+            "machine=xyz",
         ] {
             let err = parse(bad).unwrap_err();
             assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST, "{bad}");

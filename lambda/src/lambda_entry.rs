@@ -3,6 +3,7 @@
 //! `{"sweep": true}` event runs the sweep. One function, one binary, one build.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use lambda_http::request::LambdaRequest;
@@ -21,7 +22,9 @@ pub fn is_sweep_event(payload: &Value) -> bool {
 pub async fn handle_event(app: Router, sweeper: Arc<Sweeper>, event: LambdaEvent<Value>) -> Result<Value, BoxError> {
     let LambdaEvent { payload, context } = event;
     if is_sweep_event(&payload) {
-        let reports = sweeper.sweep_all(epoch_now()).await?;
+        let reports = sweeper
+            .sweep_all(epoch_now(), Some(sweep_budget(context.deadline)))
+            .await?;
         return Ok(serde_json::to_value(reports)?);
     }
     let request: LambdaRequest =
@@ -29,6 +32,18 @@ pub async fn handle_event(app: Router, sweeper: Arc<Sweeper>, event: LambdaEvent
     let mut adapter = Adapter::from(app);
     let response = adapter.call(LambdaEvent::new(request, context)).await?;
     Ok(serde_json::to_value(response)?)
+}
+
+/// When the sweep stops starting new work: a few seconds before Lambda's deadline
+/// (`deadline_ms` since the epoch), so its report is always returned.
+fn sweep_budget(deadline_ms: u64) -> Instant {
+    const REPORT_MARGIN: Duration = Duration::from_secs(3);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    Instant::now() + left.saturating_sub(REPORT_MARGIN)
 }
 
 pub async fn run(app: Router, sweeper: Sweeper) -> Result<(), BoxError> {

@@ -2,12 +2,16 @@
 
 pub mod app;
 pub mod aws;
+pub mod codes;
 pub mod config;
 pub mod duration;
 pub mod error;
 pub mod http;
 pub mod lambda_entry;
+pub mod logging;
 pub mod pool;
+pub mod rotation;
 pub mod secret;
 pub mod sweep;
 pub mod vend;
+pub mod verify;

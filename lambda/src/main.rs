@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use tracing_subscriber::EnvFilter;
 use vending::app::{build_state, build_sweeper, load_sdk_config};
 use vending::config::Config;
 use vending::http::router;
@@ -57,16 +56,6 @@ fn parse_args(args: &[String]) -> Result<Option<Mode>, String> {
     }
 }
 
-fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    if json {
-        builder.json().flatten_event(true).without_time().init();
-    } else {
-        builder.with_ansi(false).init();
-    }
-}
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = match parse_args(&args) {
@@ -87,7 +76,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(matches!(mode, Mode::Lambda) || std::env::var("VENDING_LOG_FORMAT").is_ok_and(|f| f == "json"));
+    vending::logging::init(
+        matches!(mode, Mode::Lambda) || std::env::var("VENDING_LOG_FORMAT").is_ok_and(|f| f == "json"),
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -111,7 +102,7 @@ async fn run(mode: Mode, config: Config) -> Result<(), Box<dyn std::error::Error
     match mode {
         Mode::Lambda => vending::lambda_entry::run(app, sweeper).await,
         Mode::Sweep => {
-            let reports = sweeper.sweep_all(vending::vend::epoch_now()).await?;
+            let reports = sweeper.sweep_all(vending::vend::epoch_now(), None).await?;
             println!("{}", serde_json::to_string_pretty(&reports)?);
             Ok(())
         }

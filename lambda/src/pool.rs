@@ -24,6 +24,9 @@ pub struct CurrentActivation {
     pub reserved: u32,
     /// The Parameter Store version that holds this activation's ID and code.
     pub parameter_version: i64,
+    /// When the rotation that installed it committed (0 when unknown): an activation
+    /// committed less than a verify interval ago needs no check with SSM yet.
+    pub committed_at: EpochSecs,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +43,12 @@ pub enum RotationReason {
     InsideExpiryMargin,
     SlotsUsedUp,
     DeletedOutOfBand,
+    /// The Parameter Store version that holds the code is gone.
+    CodeMissing,
     /// Not needed yet, but soon: rotate while others use the last slots.
     LowWater,
+    /// Not needed yet, but the activation nears its expiry margin.
+    AheadOfExpiry,
 }
 
 impl fmt::Display for RotationReason {
@@ -52,7 +59,9 @@ impl fmt::Display for RotationReason {
             Self::InsideExpiryMargin => "inside the expiry margin",
             Self::SlotsUsedUp => "slots used up",
             Self::DeletedOutOfBand => "deleted out of band",
+            Self::CodeMissing => "code parameter missing",
             Self::LowWater => "low-water mark",
+            Self::AheadOfExpiry => "ahead of expiry",
         })
     }
 }
@@ -104,6 +113,15 @@ pub enum AheadTrigger {
     NearExpiry,
 }
 
+impl AheadTrigger {
+    pub fn reason(self) -> RotationReason {
+        match self {
+            Self::LowWaterSlot => RotationReason::LowWater,
+            Self::NearExpiry => RotationReason::AheadOfExpiry,
+        }
+    }
+}
+
 /// Whether the holder of `slot` should rotate ahead, and why.
 pub fn rotate_ahead_due(
     slot: u32,
@@ -138,7 +156,11 @@ pub fn still_needs_rotation(
     let current = state.activation.as_ref();
     let same_activation = current.map(|a| a.id.as_str()) == seen_activation;
     match reason {
-        RotationReason::DeletedOutOfBand | RotationReason::LowWater => same_activation,
+        // Reasons only the finder can see: if the pool moved on, someone dealt with it.
+        RotationReason::DeletedOutOfBand
+        | RotationReason::CodeMissing
+        | RotationReason::LowWater
+        | RotationReason::AheadOfExpiry => same_activation,
         _ => why_unusable(current, now, margin_secs).is_some(),
     }
 }
@@ -168,12 +190,58 @@ pub fn valid_pool_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Host names that many machines share (fresh installs, golden images, cloud
+/// defaults): keying records by them would hand one machine's slot to another.
+pub fn shared_default_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    let first = name.split('.').next().unwrap_or_default();
+    matches!(first, "localhost" | "localhost4" | "localhost6")
+        || name.ends_with(".localdomain")
+        || first
+            .strip_prefix("ip-")
+            .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit() || b == b'-'))
+}
+
+/// A machine identity as the boot scripts send it: the SHA-256 hex digest of the
+/// machine's own ID (never the raw value). Returns it in lowercase.
+pub fn parse_machine_id(text: &str) -> Option<String> {
+    (text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())).then(|| text.to_ascii_lowercase())
+}
+
+/// Who is asking, as far as reuse goes: a record is keyed only by a distinctive
+/// name together with a machine identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller<'a> {
+    pub name: &'a str,
+    pub machine_id: &'a str,
+}
+
+impl<'a> Caller<'a> {
+    /// `None` when the request cannot be told apart from another machine's.
+    pub fn keyed(name: Option<&'a str>, machine_id: Option<&'a str>) -> Option<Self> {
+        match (name, machine_id) {
+            (Some(name), Some(machine_id)) if !shared_default_name(name) => Some(Self { name, machine_id }),
+            _ => None,
+        }
+    }
+}
+
 /// What a named instance was given, so a retry gets the same activation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceRecord {
     pub activation_id: String,
     pub parameter_version: i64,
     pub expires_at: EpochSecs,
+    /// The machine that was given it; `None` for records written before machine ids.
+    pub machine_id: Option<String>,
+}
+
+impl InstanceRecord {
+    /// Whether `caller` may be handed this record's activation again (if SSM still
+    /// honours it): the same machine, and the activation outlives the margin.
+    pub fn reusable_by(&self, caller: &Caller<'_>, now: EpochSecs, margin_secs: i64) -> bool {
+        self.machine_id.as_deref() == Some(caller.machine_id) && self.expires_at > now + margin_secs
+    }
 }
 
 /// What SSM says about one of the pool's activations, for the sweep.
@@ -236,6 +304,7 @@ mod tests {
             limit,
             reserved,
             parameter_version: 1,
+            committed_at: 0,
         }
     }
 
@@ -357,6 +426,67 @@ mod tests {
             "é",
         ] {
             assert!(!valid_instance_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_many_machines_share_are_never_keyed() {
+        for shared in [
+            "localhost",
+            "LOCALHOST",
+            "localhost.localdomain",
+            "localhost6.localdomain6",
+            "ip-10-0-1-17",
+            "ip-10-0-1-17.ec2.internal",
+            "ip-172-31-5-9.eu-west-1.compute.internal",
+        ] {
+            assert!(shared_default_name(shared), "{shared}");
+            assert_eq!(Caller::keyed(Some(shared), Some("ab")), None, "{shared}");
+        }
+        for own in ["web-01", "ip-camera-7", "db01.corp.example.com", "WIN-4J8KQ2"] {
+            assert!(!shared_default_name(own), "{own}");
+        }
+    }
+
+    #[test]
+    fn a_record_is_reused_only_by_the_same_name_and_machine() {
+        let digest = "a".repeat(64);
+        let other = "b".repeat(64);
+        assert_eq!(Caller::keyed(Some("web-01"), None), None, "a name alone is never keyed");
+        let record = InstanceRecord {
+            activation_id: "a-1".into(),
+            parameter_version: 1,
+            expires_at: 10_000,
+            machine_id: Some(digest.clone()),
+        };
+        let same = Caller::keyed(Some("web-01"), Some(&digest)).unwrap();
+        let clone = Caller::keyed(Some("web-01"), Some(&other)).unwrap();
+        assert!(record.reusable_by(&same, 1_000, 900));
+        assert!(
+            !record.reusable_by(&clone, 1_000, 900),
+            "another machine with the same name"
+        );
+        assert!(!record.reusable_by(&same, 9_500, 900), "inside the expiry margin");
+        let legacy = InstanceRecord {
+            machine_id: None,
+            ..record
+        };
+        assert!(!legacy.reusable_by(&same, 1_000, 900), "a record without a machine id");
+    }
+
+    #[test]
+    fn machine_ids_are_sha256_hex_digests() {
+        let upper = "ABCDEF0123456789".repeat(4);
+        assert_eq!(parse_machine_id(&upper), Some(upper.to_ascii_lowercase()));
+        for bad in [
+            "",
+            "abc",
+            &"g".repeat(64),
+            &"a".repeat(63),
+            &"a".repeat(65),
+            "4c4c4544-0042-3510-8051-b7c04f4d3832",
+        ] {
+            assert_eq!(parse_machine_id(bad), None, "{bad}");
         }
     }
 

@@ -1,15 +1,28 @@
 //! The scheduled sweep: deletes the activations no server can or should use any more,
 //! i.e. orphans of crashed or fenced-out rotations and handed-out activations that are
 //! expired or full. It never touches a pool's current activation, nor a retired one
-//! that may still register a server that is booting right now.
+//! that may still register a server that is booting right now, nor an activation a
+//! late commit made current (a tombstone makes the commit and the deletion exclusive).
+//!
+//! It goes page by page, asks DynamoDB about a whole page at once, deletes with
+//! bounded concurrency, carries on past a failed activation (reported in `failed`,
+//! tried again next time) and stops starting work when its time budget runs out
+//! (`complete: false`; the next sweep carries on).
 
+use std::time::Instant;
+
+use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 
 use crate::aws::activations::ActivationService;
-use crate::aws::pool_store::PoolStore;
+use crate::aws::pool_store::{PoolStore, Tombstone};
 use crate::config::Config;
 use crate::error::VendError;
-use crate::pool::{sweep_verdict, EpochSecs, SweepVerdict, DEFAULT_POOL};
+use crate::pool::{sweep_verdict, ActivationInfo, EpochSecs, SweepVerdict, DEFAULT_POOL};
+
+/// Deletions in flight at once: enough to finish thousands within a Lambda timeout,
+/// few enough to stay inside SSM's request rate with the SDK's retries.
+const CONCURRENCY: usize = 8;
 
 pub struct Sweeper {
     store: PoolStore,
@@ -25,8 +38,17 @@ pub struct SweepReport {
     pub deleted_orphans: Vec<String>,
     pub deleted_spent: Vec<String>,
     pub kept: usize,
-    /// Deletions that failed; the next sweep tries again.
+    /// Activations whose handling failed; the next sweep tries again.
     pub failed: Vec<String>,
+    /// False when listing failed or the time budget ran out before the last page.
+    pub complete: bool,
+}
+
+/// What became of one activation.
+enum Outcome {
+    Kept,
+    Deleted(SweepVerdict),
+    Failed,
 }
 
 impl Sweeper {
@@ -38,37 +60,36 @@ impl Sweeper {
         }
     }
 
-    pub async fn sweep_all(&self, now: EpochSecs) -> Result<Vec<SweepReport>, VendError> {
-        Ok(vec![self.sweep(DEFAULT_POOL, now).await?])
+    /// Sweeps every pool; no new work starts after `until` (when given).
+    pub async fn sweep_all(&self, now: EpochSecs, until: Option<Instant>) -> Result<Vec<SweepReport>, VendError> {
+        Ok(vec![self.sweep(DEFAULT_POOL, now, until).await?])
     }
 
-    pub async fn sweep(&self, pool: &str, now: EpochSecs) -> Result<SweepReport, VendError> {
+    pub async fn sweep(&self, pool: &str, now: EpochSecs, until: Option<Instant>) -> Result<SweepReport, VendError> {
         let current = self.store.pool(pool).await?.activation.map(|a| a.id);
         let mut report = SweepReport {
             pool: pool.to_owned(),
             current: current.clone(),
             ..SweepReport::default()
         };
-        for info in self.activations.list_for_pool(pool).await? {
-            report.examined += 1;
-            let committed = current.as_deref() == Some(info.id.as_str()) || self.store.was_committed(&info.id).await?;
-            let verdict = sweep_verdict(&info, current.as_deref(), committed, now, self.grace_secs);
-            let deleted = match verdict {
-                SweepVerdict::DeleteOrphan => &mut report.deleted_orphans,
-                SweepVerdict::DeleteSpent => &mut report.deleted_spent,
-                SweepVerdict::KeepCurrent | SweepVerdict::KeepRetired | SweepVerdict::KeepYoung => {
-                    report.kept += 1;
-                    continue;
+        let mut token = None;
+        report.complete = loop {
+            if until.is_some_and(|t| Instant::now() >= t) {
+                break false;
+            }
+            let (page, next) = match self.activations.list_page(pool, token).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(pool, error = %e, "the sweep could not list activations; stopping here");
+                    break false;
                 }
             };
-            match self.activations.delete(&info.id).await {
-                Ok(()) => deleted.push(info.id),
-                Err(e) => {
-                    tracing::warn!(pool, activation_id = %info.id, error = %e, "sweep could not delete an activation");
-                    report.failed.push(info.id);
-                }
+            self.sweep_page(pool, current.as_deref(), page, now, &mut report).await;
+            token = next;
+            if token.is_none() {
+                break true;
             }
-        }
+        };
         tracing::info!(
             pool,
             examined = report.examined,
@@ -76,8 +97,81 @@ impl Sweeper {
             deleted_spent = report.deleted_spent.len(),
             kept = report.kept,
             failed = report.failed.len(),
+            complete = report.complete,
             "swept"
         );
         Ok(report)
+    }
+
+    async fn sweep_page(
+        &self,
+        pool: &str,
+        current: Option<&str>,
+        page: Vec<ActivationInfo>,
+        now: EpochSecs,
+        report: &mut SweepReport,
+    ) {
+        report.examined += page.len();
+        let ids: Vec<String> = page.iter().map(|info| info.id.clone()).collect();
+        let committed = match self.store.committed_among(&ids).await {
+            Ok(committed) => committed,
+            Err(e) => {
+                tracing::warn!(pool, error = %e, "the sweep could not read commit records; skipping a page");
+                report.failed.extend(ids);
+                return;
+            }
+        };
+        let outcomes: Vec<(String, Outcome)> = stream::iter(page)
+            .map(|info| {
+                let committed = current == Some(info.id.as_str()) || committed.contains(&info.id);
+                async move {
+                    let outcome = self.settle(pool, current, &info, committed, now).await;
+                    (info.id, outcome)
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (id, outcome) in outcomes {
+            match outcome {
+                Outcome::Kept => report.kept += 1,
+                Outcome::Deleted(SweepVerdict::DeleteOrphan) => report.deleted_orphans.push(id),
+                Outcome::Deleted(_) => report.deleted_spent.push(id),
+                Outcome::Failed => report.failed.push(id),
+            }
+        }
+    }
+
+    /// Decides about one activation and acts on it.
+    async fn settle(
+        &self,
+        pool: &str,
+        current: Option<&str>,
+        info: &ActivationInfo,
+        committed: bool,
+        now: EpochSecs,
+    ) -> Outcome {
+        let mut verdict = sweep_verdict(info, current, committed, now, self.grace_secs);
+        if verdict == SweepVerdict::DeleteOrphan {
+            // Claim it first: a rotation paused past the grace can no longer commit it.
+            match self.store.lay_tombstone(&info.id, now).await {
+                Ok(Tombstone::Laid) => {}
+                Ok(Tombstone::Committed) => verdict = sweep_verdict(info, current, true, now, self.grace_secs),
+                Err(e) => {
+                    tracing::warn!(pool, activation_id = %info.id, error = %e, "sweep could not claim an orphan");
+                    return Outcome::Failed;
+                }
+            }
+        }
+        if !matches!(verdict, SweepVerdict::DeleteOrphan | SweepVerdict::DeleteSpent) {
+            return Outcome::Kept;
+        }
+        match self.activations.delete(&info.id).await {
+            Ok(()) => Outcome::Deleted(verdict),
+            Err(e) => {
+                tracing::warn!(pool, activation_id = %info.id, error = %e, "sweep could not delete an activation");
+                Outcome::Failed
+            }
+        }
     }
 }

@@ -1,23 +1,25 @@
-//! The vend: reserve a slot on the hot path, rotate under a lease when the pool
-//! needs it, and pair every ID with exactly the code stored beside it.
+//! The vend: reserve a slot on the hot path, have the pool rotated when it needs it,
+//! pair every ID with exactly the code stored beside it, and remember what a named
+//! machine was given. All of it within one deadline.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 
 use crate::aws::activations::ActivationService;
 use crate::aws::parameters::CodeVault;
-use crate::aws::pool_store::{LeaseAttempt, PoolStore, Reservation};
+use crate::aws::pool_store::{PoolStore, Reservation};
+use crate::codes::Codes;
 use crate::config::Config;
 use crate::error::VendError;
 use crate::pool::{
-    self, rotate_ahead_due, still_needs_rotation, why_unusable, AheadTrigger, CurrentActivation, EpochSecs,
-    InstanceRecord, RotationReason, DEFAULT_POOL,
+    lease_is_free, rotate_ahead_due, why_unusable, AheadTrigger, Caller, CurrentActivation, EpochSecs, InstanceRecord,
+    RotationReason, DEFAULT_POOL,
 };
+use crate::rotation::{Rotation, Rotator};
 use crate::secret::ActivationCode;
+use crate::verify::ActivationChecks;
 
 /// What a caller leaves with.
 #[derive(Debug)]
@@ -28,28 +30,14 @@ pub struct Vended {
     pub pool: String,
 }
 
-/// How a rotation attempt ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Rotation {
-    /// We installed a new activation.
-    Rotated,
-    /// Someone else already had, or lost the race to commit: just reserve again.
-    NotNeeded,
-    /// Another request holds the lease.
-    Busy,
-}
-
 pub struct Vendor {
     store: PoolStore,
-    vault: CodeVault,
-    activations: ActivationService,
+    codes: Arc<Codes>,
+    checks: ActivationChecks,
+    rotator: Arc<Rotator>,
     config: Config,
-    codes: CodeCache,
-    verified: Mutex<HashMap<String, Instant>>,
     /// Last time this process tried to rotate ahead by time; one try per lease length.
     last_time_based_attempt: Mutex<Option<Instant>>,
-    process_token: String,
-    rotations: AtomicU64,
     /// One request per process deals with an unusable pool at a time.
     pool_gate: tokio::sync::Mutex<()>,
 }
@@ -61,23 +49,22 @@ pub fn epoch_now() -> EpochSecs {
         .unwrap_or(0)
 }
 
-fn secs(d: Duration) -> i64 {
+pub(crate) fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 impl Vendor {
     pub fn new(store: PoolStore, vault: CodeVault, activations: ActivationService, config: Config) -> Self {
-        let process_token = format!("{:016x}", rand::rng().random::<u64>());
+        let codes = Arc::new(Codes::new(vault));
+        let checks = ActivationChecks::new(activations.clone(), config.verify_interval);
+        let rotator = Arc::new(Rotator::new(store.clone(), codes.clone(), activations, config.clone()));
         Self {
             store,
-            vault,
-            activations,
+            codes,
+            checks,
+            rotator,
             config,
-            codes: CodeCache::default(),
-            verified: Mutex::new(HashMap::new()),
             last_time_based_attempt: Mutex::new(None),
-            process_token,
-            rotations: AtomicU64::new(0),
             pool_gate: tokio::sync::Mutex::new(()),
         }
     }
@@ -99,11 +86,39 @@ impl Vendor {
         }
     }
 
-    pub async fn vend(&self, pool: &str, instance: Option<&str>) -> Result<Vended, VendError> {
+    /// Vends within `VENDING_DEADLINE`, so the caller gets a JSON 503 rather than the
+    /// platform's timeout. A rotation the deadline cuts off goes on in the background
+    /// and commits or is fenced out by its lease, like any other.
+    pub async fn vend(
+        &self,
+        pool: &str,
+        instance: Option<&str>,
+        machine_id: Option<&str>,
+    ) -> Result<Vended, VendError> {
         self.check_pool(pool)?;
+        match tokio::time::timeout(self.config.deadline, self.vend_unbounded(pool, instance, machine_id)).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    pool,
+                    deadline_ms = self.config.deadline.as_millis() as u64,
+                    "the vend ran out of time"
+                );
+                Err(VendError::NoActivationYet)
+            }
+        }
+    }
+
+    async fn vend_unbounded(
+        &self,
+        pool: &str,
+        instance: Option<&str>,
+        machine_id: Option<&str>,
+    ) -> Result<Vended, VendError> {
+        let caller = Caller::keyed(instance, machine_id);
         let mut replacing = None;
-        if let Some(name) = instance {
-            match self.vend_again(pool, name).await? {
+        if let Some(caller) = &caller {
+            match self.vend_again(pool, caller).await? {
                 Ok(vended) => return Ok(vended),
                 Err(stale) => replacing = stale,
             }
@@ -115,49 +130,57 @@ impl Vendor {
             expires_at: activation.expires_at,
             pool: pool.to_owned(),
         };
-        let Some(name) = instance else {
+        let Some(caller) = caller else {
             return Ok(vended);
         };
         let record = InstanceRecord {
             activation_id: activation.id,
             parameter_version: activation.parameter_version,
             expires_at: activation.expires_at,
+            machine_id: Some(caller.machine_id.to_owned()),
         };
-        let min_expiry = epoch_now() + self.margin();
-        match self
+        let now = epoch_now();
+        let winner = self
             .store
-            .remember_instance(pool, name, &record, replacing.as_deref(), min_expiry)
-            .await?
-        {
-            None => Ok(vended),
-            // A concurrent request with the same name won; hand out its activation so
+            .remember_instance(pool, caller.name, &record, replacing.as_deref(), now + self.margin())
+            .await?;
+        match winner {
+            // A concurrent request from the same machine won; hand out its activation so
             // both callers agree. Our slot goes unused, which is safe.
-            Some(winner) => match self
-                .code_for(pool, &winner.activation_id, winner.parameter_version)
-                .await?
-            {
-                Some(code) => Ok(Vended {
-                    activation_id: winner.activation_id,
-                    code,
-                    expires_at: winner.expires_at,
-                    pool: pool.to_owned(),
-                }),
-                None => Ok(vended),
-            },
+            Some(winner) if winner.reusable_by(&caller, now, self.margin()) => {
+                match self
+                    .codes
+                    .code_for(pool, &winner.activation_id, winner.parameter_version)
+                    .await?
+                {
+                    Some(code) => Ok(Vended {
+                        activation_id: winner.activation_id,
+                        code,
+                        expires_at: winner.expires_at,
+                        pool: pool.to_owned(),
+                    }),
+                    None => Ok(vended),
+                }
+            }
+            _ => Ok(vended),
         }
     }
 
-    /// A named caller's earlier activation, if it is still good. `Err(Some(id))` means
-    /// the record exists but is stale and may be replaced.
-    async fn vend_again(&self, pool: &str, name: &str) -> Result<Result<Vended, Option<String>>, VendError> {
-        let Some(record) = self.store.instance(pool, name).await? else {
+    /// A named machine's earlier activation, if it is still good. `Err(Some(id))`
+    /// means the record exists but may not be reused and may be replaced.
+    async fn vend_again(&self, pool: &str, caller: &Caller<'_>) -> Result<Result<Vended, Option<String>>, VendError> {
+        let Some(record) = self.store.instance(pool, caller.name).await? else {
             return Ok(Err(None));
         };
         let stale = Err(Some(record.activation_id.clone()));
-        if record.expires_at <= epoch_now() + self.margin() || !self.still_works(&record.activation_id).await? {
+        let now = epoch_now();
+        if !record.reusable_by(caller, now, self.margin())
+            || self.checks.usable(&record.activation_id, 0, now).await.is_err()
+        {
             return Ok(stale);
         }
         match self
+            .codes
             .code_for(pool, &record.activation_id, record.parameter_version)
             .await?
         {
@@ -183,10 +206,8 @@ impl Vendor {
             let now = epoch_now();
             match self.store.reserve_slot(pool, now, self.margin()).await? {
                 Reservation::Reserved(activation) => {
-                    if !self.still_works(&activation.id).await? {
-                        self.forget_verified(&activation.id);
-                        let seen = Some(activation.id.as_str());
-                        self.rotate_or_wait(pool, RotationReason::DeletedOutOfBand, seen, deadline, &mut waits)
+                    if let Err(reason) = self.checks.usable(&activation.id, activation.committed_at, now).await {
+                        self.rotate_or_wait(pool, reason, Some(&activation.id), deadline, &mut waits)
                             .await?;
                         continue;
                     }
@@ -197,26 +218,30 @@ impl Vendor {
                         self.margin(),
                         self.config.low_water_percent,
                     );
-                    if trigger.is_some_and(|t| self.may_try_rotate_ahead(t)) {
+                    if let Some(trigger) = trigger.filter(|t| self.may_try_rotate_ahead(*t)) {
                         // Our slot on the old activation stays good; failures here only
                         // mean the next crossing tries again.
-                        if let Err(e) = self
-                            .rotate_under_lease(pool, RotationReason::LowWater, Some(&activation.id))
-                            .await
-                        {
+                        if let Err(e) = self.rotate(pool, trigger.reason(), Some(&activation.id)).await {
                             tracing::warn!(pool, error = %e, "rotating ahead failed; the pool keeps its current activation");
                         }
                     }
                     match self
+                        .codes
                         .code_for(pool, &activation.id, activation.parameter_version)
                         .await?
                     {
                         Some(code) => return Ok((activation, code)),
                         None => {
-                            return Err(VendError::Internal(format!(
-                                "Parameter Store has no code for activation {} at version {}",
-                                activation.id, activation.parameter_version
-                            )))
+                            tracing::warn!(
+                                pool,
+                                activation_id = %activation.id,
+                                parameter_version = activation.parameter_version,
+                                "Parameter Store no longer holds this activation's code; rotating"
+                            );
+                            self.checks.condemn(&activation.id, RotationReason::CodeMissing).await;
+                            let seen = Some(activation.id.as_str());
+                            self.rotate_or_wait(pool, RotationReason::CodeMissing, seen, deadline, &mut waits)
+                                .await?;
                         }
                     }
                 }
@@ -246,7 +271,7 @@ impl Vendor {
                     }
                     let reason = why_unusable(state.activation.as_ref(), now, self.margin())
                         .unwrap_or(RotationReason::SlotsUsedUp);
-                    if pool::lease_is_free(state.lease.as_ref(), now) {
+                    if lease_is_free(state.lease.as_ref(), now) {
                         self.rotate_or_wait(pool, reason, seen.as_deref(), deadline, &mut waits)
                             .await?;
                     } else {
@@ -268,13 +293,23 @@ impl Vendor {
         deadline: Instant,
         waits: &mut u32,
     ) -> Result<(), VendError> {
-        match self.rotate_under_lease(pool, reason, seen).await? {
+        match self.rotate(pool, reason, seen).await? {
             Rotation::Rotated => Ok(()),
             // Someone else changed the pool: reserve again at once, within the deadline.
             Rotation::NotNeeded if Instant::now() < deadline => Ok(()),
             Rotation::NotNeeded => Err(VendError::NoActivationYet),
             Rotation::Busy => self.wait_for_rotation(deadline, waits).await,
         }
+    }
+
+    /// Runs a rotation as a task of its own: when the request's deadline cuts the
+    /// request off, the rotation is not dropped halfway with its lease held.
+    async fn rotate(&self, pool: &str, reason: RotationReason, seen: Option<&str>) -> Result<Rotation, VendError> {
+        let rotator = self.rotator.clone();
+        let (pool, seen) = (pool.to_owned(), seen.map(str::to_owned));
+        tokio::spawn(async move { rotator.rotate_under_lease(&pool, reason, seen.as_deref()).await })
+            .await
+            .map_err(|e| VendError::Internal(format!("the rotation task failed: {e}")))?
     }
 
     /// Sleeps before looking again, backing off (with jitter) so that waiters do not
@@ -304,203 +339,5 @@ impl Vendor {
         }
         *last = Some(Instant::now());
         true
-    }
-
-    /// Take the lease, re-check, create, store, commit under the lease (fencing).
-    /// A crash anywhere leaves at most one orphan activation and a lease that runs out.
-    async fn rotate_under_lease(
-        &self,
-        pool: &str,
-        reason: RotationReason,
-        seen: Option<&str>,
-    ) -> Result<Rotation, VendError> {
-        let owner = format!(
-            "{}-{}",
-            self.process_token,
-            self.rotations.fetch_add(1, Ordering::Relaxed)
-        );
-        let now = epoch_now();
-        let state = match self
-            .store
-            .take_lease(pool, &owner, now, now + secs(self.config.lease))
-            .await?
-        {
-            LeaseAttempt::Busy(_) => return Ok(Rotation::Busy),
-            LeaseAttempt::Taken(state) => state,
-        };
-        if !still_needs_rotation(&state, seen, reason, now, self.margin()) {
-            self.store.release_lease(pool, &owner).await?;
-            return Ok(Rotation::NotNeeded);
-        }
-        match self.install_new_activation(pool, &owner, reason).await {
-            Ok(rotation) => Ok(rotation),
-            Err(e) => {
-                if let Err(release) = self.store.release_lease(pool, &owner).await {
-                    tracing::warn!(pool, error = %release, "could not release the lease; it runs out by itself");
-                }
-                Err(e)
-            }
-        }
-    }
-
-    async fn install_new_activation(
-        &self,
-        pool: &str,
-        owner: &str,
-        reason: RotationReason,
-    ) -> Result<Rotation, VendError> {
-        let started = Instant::now();
-        let expires_at = epoch_now() + secs(self.config.activation_ttl);
-        let limit = self.config.registration_limit;
-        let created = self.activations.create(pool, limit, expires_at).await?;
-        let version = match self.vault.store(pool, &created.id, &created.code).await {
-            Ok(version) => version,
-            Err(e) => {
-                self.delete_orphan(&created.id).await;
-                return Err(e);
-            }
-        };
-        let next = CurrentActivation {
-            id: created.id.clone(),
-            expires_at,
-            limit,
-            reserved: 0,
-            parameter_version: version,
-        };
-        if !self.store.commit_rotation(pool, owner, &next, epoch_now()).await? {
-            tracing::warn!(pool, activation_id = %created.id, "lost the lease before committing; deleting the new activation");
-            self.delete_orphan(&created.id).await;
-            return Ok(Rotation::NotNeeded);
-        }
-        self.codes.insert(&created.id, version, created.code);
-        self.mark_verified(&created.id);
-        tracing::info!(
-            pool,
-            activation_id = %created.id,
-            %reason,
-            limit,
-            expires_at,
-            parameter_version = version,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "rotated"
-        );
-        Ok(Rotation::Rotated)
-    }
-
-    async fn delete_orphan(&self, activation_id: &str) {
-        if let Err(e) = self.activations.delete(activation_id).await {
-            tracing::warn!(activation_id, error = %e, "could not delete an unused activation; the sweep will");
-        }
-    }
-
-    async fn code_for(
-        &self,
-        pool: &str,
-        activation_id: &str,
-        version: i64,
-    ) -> Result<Option<ActivationCode>, VendError> {
-        if let Some(code) = self.codes.get(activation_id, version) {
-            return Ok(Some(code));
-        }
-        let code = self.vault.fetch(pool, activation_id, version).await?;
-        if let Some(code) = &code {
-            self.codes.insert(activation_id, version, code.clone());
-        }
-        Ok(code)
-    }
-
-    /// Whether SSM still honours the activation, asked at most once per verify interval.
-    /// An activation this process has not seen before counts as checked on first
-    /// sight (it was just created), so a rotation costs no extra call per process.
-    async fn still_works(&self, activation_id: &str) -> Result<bool, VendError> {
-        let fresh = {
-            let mut verified = self.verified();
-            let first_seen = *verified.entry(activation_id.to_owned()).or_insert_with(Instant::now);
-            first_seen.elapsed() < self.config.verify_interval
-        };
-        if fresh {
-            return Ok(true);
-        }
-        let works = self.activations.still_works(activation_id).await?;
-        if works {
-            self.mark_verified(activation_id);
-        } else {
-            tracing::warn!(
-                activation_id,
-                "SSM no longer honours this activation (deleted, expired or full); rotating"
-            );
-        }
-        Ok(works)
-    }
-
-    /// The per-process record of when each activation was last checked, kept small:
-    /// only the current and a few retired activations ever matter.
-    fn verified(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        if verified.len() > 64 {
-            verified.clear();
-        }
-        verified
-    }
-
-    fn mark_verified(&self, activation_id: &str) {
-        self.verified().insert(activation_id.to_owned(), Instant::now());
-    }
-
-    fn forget_verified(&self, activation_id: &str) {
-        self.verified().remove(activation_id);
-    }
-}
-
-/// Codes of the last few activations, keyed by ID and parameter version.
-#[derive(Default)]
-struct CodeCache {
-    entries: Mutex<VecDeque<(String, i64, ActivationCode)>>,
-}
-
-impl CodeCache {
-    const CAPACITY: usize = 8;
-
-    fn get(&self, activation_id: &str, version: i64) -> Option<ActivationCode> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
-            .iter()
-            .find(|(id, v, _)| id == activation_id && *v == version)
-            .map(|(_, _, code)| code.clone())
-    }
-
-    fn insert(&self, activation_id: &str, version: i64, code: ActivationCode) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.iter().any(|(id, v, _)| id == activation_id && *v == version) {
-            return;
-        }
-        if entries.len() == Self::CAPACITY {
-            entries.pop_front();
-        }
-        entries.push_back((activation_id.to_owned(), version, code));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_code_cache_pairs_ids_with_their_own_version_only() {
-        let cache = CodeCache::default();
-        cache.insert("a", 1, ActivationCode::new("code-a1"));
-        assert_eq!(cache.get("a", 1), Some(ActivationCode::new("code-a1")));
-        assert_eq!(cache.get("a", 2), None);
-        assert_eq!(cache.get("b", 1), None);
-    }
-
-    #[test]
-    fn the_code_cache_forgets_the_oldest_first() {
-        let cache = CodeCache::default();
-        for v in 0..=CodeCache::CAPACITY as i64 {
-            cache.insert("a", v, ActivationCode::new(format!("c{v}")));
-        }
-        assert_eq!(cache.get("a", 0), None);
-        assert!(cache.get("a", CodeCache::CAPACITY as i64).is_some());
     }
 }

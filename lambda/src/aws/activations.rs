@@ -88,41 +88,41 @@ impl ActivationService {
         }))
     }
 
-    /// Every activation this service made for `pool` (matched by its default instance
-    /// name and its pool tag), across all pages.
-    pub async fn list_for_pool(&self, pool: &str) -> Result<Vec<ActivationInfo>, VendError> {
+    /// One page (up to 50) of the activations this service made for `pool` (matched
+    /// by its default instance name and its pool tag), and the token of the next page.
+    pub async fn list_page(
+        &self,
+        pool: &str,
+        token: Option<String>,
+    ) -> Result<(Vec<ActivationInfo>, Option<String>), VendError> {
         let filter = DescribeActivationsFilter::builder()
             .filter_key(DescribeActivationsFilterKeys::DefaultInstanceName)
             .filter_values(default_instance_name(pool))
             .build();
-        let mut found = Vec::new();
-        let mut token = None;
-        loop {
-            let out = self
-                .client
-                .describe_activations()
-                .filters(filter.clone())
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(|e| classify("SSM.DescribeActivations", e, Echo::Message))?;
-            for a in out.activation_list() {
-                let ours = a.tags().iter().any(|t| t.key() == POOL_TAG && t.value() == pool);
-                if let (true, Some(id)) = (ours, a.activation_id()) {
-                    found.push(ActivationInfo {
-                        id: id.to_owned(),
-                        expired: a.expired(),
-                        registrations: a.registrations_count().unwrap_or(0).max(0) as u32,
-                        limit: a.registration_limit().unwrap_or(0).max(0) as u32,
-                        created_at: a.created_date().map(|d| d.secs()).unwrap_or(0),
-                    });
-                }
-            }
-            token = out.next_token().map(str::to_owned);
-            if token.is_none() {
-                return Ok(found);
-            }
-        }
+        let out = self
+            .client
+            .describe_activations()
+            .filters(filter)
+            .max_results(50)
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(|e| classify("SSM.DescribeActivations", e, Echo::Message))?;
+        let found = out
+            .activation_list()
+            .iter()
+            .filter(|a| a.tags().iter().any(|t| t.key() == POOL_TAG && t.value() == pool))
+            .filter_map(|a| {
+                Some(ActivationInfo {
+                    id: a.activation_id()?.to_owned(),
+                    expired: a.expired(),
+                    registrations: a.registrations_count().unwrap_or(0).max(0) as u32,
+                    limit: a.registration_limit().unwrap_or(0).max(0) as u32,
+                    created_at: a.created_date().map(|d| d.secs()).unwrap_or(0),
+                })
+            })
+            .collect();
+        Ok((found, out.next_token().map(str::to_owned)))
     }
 
     /// Deletes an activation; one that is already gone counts as deleted.

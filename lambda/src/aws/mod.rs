@@ -54,6 +54,7 @@ where
             }
         }
         _ if THROTTLING_CODES.contains(&code.as_str()) => VendError::Throttled { operation },
+        _ if code == "TransactionConflictException" => VendError::Contended { operation },
         _ if status.is_some_and(|s| s >= 500) => VendError::Unavailable {
             operation,
             detail: code,

@@ -1,17 +1,21 @@
-//! DynamoDB: one item per pool (current activation, slots, lease) and one per named
-//! instance (the activation it was given). Every write is conditional; the
-//! conditions are what make a slot impossible to hand out twice.
+//! DynamoDB: one item per pool (current activation, slots, lease), one per named
+//! instance (the activation it was given) and one per committed activation. Every
+//! write is conditional; the conditions are what make a slot impossible to hand out
+//! twice, and what keep a late commit and the sweep from both winning.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::time::Duration;
 
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
 use aws_sdk_dynamodb::types::{
-    AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+    AttributeValue, KeysAndAttributes, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
+use rand::Rng;
 
 use super::{classify, Echo};
 use crate::error::VendError;
@@ -25,16 +29,22 @@ const EXPIRES_AT: &str = "expires_at";
 const LIMIT: &str = "reg_limit";
 const RESERVED: &str = "reserved";
 const PARAMETER_VERSION: &str = "param_version";
-const GENERATION: &str = "generation";
 const LEASE_OWNER: &str = "lease_owner";
 const LEASE_UNTIL: &str = "lease_until";
 const ROTATED_AT: &str = "rotated_at";
 const TTL: &str = "ttl";
 const POOL: &str = "pool";
 const COMMITTED_AT: &str = "committed_at";
+const COMMITTED_BY: &str = "committed_by";
+const TOMBSTONED_AT: &str = "tombstoned_at";
+const MACHINE_ID: &str = "machine_id";
 
-/// Committed-activation records outlive their activation by a week, for audits.
+/// Committed-activation records and tombstones outlive their activation by a week.
 const RECORD_LINGER_SECS: i64 = 7 * 86_400;
+
+/// Attempts at a write that meets a concurrent transaction on its item. DynamoDB
+/// answers `TransactionConflictException`, which the SDK does not retry.
+const CONFLICT_ATTEMPTS: u32 = 8;
 
 #[derive(Clone)]
 pub struct PoolStore {
@@ -58,6 +68,24 @@ pub enum LeaseAttempt {
     Busy(PoolState),
 }
 
+/// What the table says about an activation the service created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActivationRecord {
+    /// It became a pool's current activation, by the rotation `by`.
+    Committed { by: String },
+    /// The sweep condemned it: no commit can land any more.
+    Tombstoned,
+}
+
+/// The sweep's claim on an uncommitted activation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tombstone {
+    /// Laid now or by an earlier sweep: the activation may be deleted.
+    Laid,
+    /// A commit got there first: the activation is in use.
+    Committed,
+}
+
 fn n(value: i64) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
@@ -78,7 +106,7 @@ fn pool_key(pool: &str) -> AttributeValue {
     s(&format!("pool#{pool}"))
 }
 
-fn committed_key(activation_id: &str) -> AttributeValue {
+fn record_key(activation_id: &str) -> AttributeValue {
     s(&format!("activation#{activation_id}"))
 }
 
@@ -97,6 +125,7 @@ fn pool_state(item: Option<&Item>) -> PoolState {
         limit: get_n(item, LIMIT).unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
         reserved: get_n(item, RESERVED).unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
         parameter_version: get_n(item, PARAMETER_VERSION).unwrap_or(0),
+        committed_at: get_n(item, ROTATED_AT).unwrap_or(0),
     });
     let lease = get_s(item, LEASE_OWNER).map(|owner| Lease {
         owner: owner.to_owned(),
@@ -110,7 +139,20 @@ fn instance_record(item: &Item) -> Option<InstanceRecord> {
         activation_id: get_s(item, ACTIVATION_ID)?.to_owned(),
         parameter_version: get_n(item, PARAMETER_VERSION)?,
         expires_at: get_n(item, EXPIRES_AT)?,
+        machine_id: get_s(item, MACHINE_ID).map(str::to_owned),
     })
+}
+
+fn activation_record(item: &Item) -> Option<ActivationRecord> {
+    if item.contains_key(TOMBSTONED_AT) {
+        Some(ActivationRecord::Tombstoned)
+    } else if item.contains_key(COMMITTED_AT) {
+        Some(ActivationRecord::Committed {
+            by: get_s(item, COMMITTED_BY).unwrap_or_default().to_owned(),
+        })
+    } else {
+        None
+    }
 }
 
 /// A conditional UpdateItem's outcome: `Ok(item after)` when the condition held,
@@ -131,6 +173,47 @@ fn names(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
     Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
 }
 
+/// Runs a write again while it meets concurrent transactions, backing off with full
+/// jitter; past the last attempt the caller gets `Contended` (a 503).
+async fn retrying_conflicts<T, F, Fut>(mut attempt: F) -> Result<T, VendError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, VendError>>,
+{
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(VendError::Contended { .. }) if tries < CONFLICT_ATTEMPTS => {
+                let ceiling_ms = (10u64 << tries.min(5)).min(250);
+                let pause = rand::rng().random_range(1..=ceiling_ms);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A cancelled commit: which reason cancelled it, in DynamoDB's words.
+fn commit_failure(err: SdkError<TransactWriteItemsError, HttpResponse>) -> Result<bool, VendError> {
+    if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() {
+        let codes: Vec<&str> = cancelled
+            .cancellation_reasons()
+            .iter()
+            .filter_map(|r| r.code())
+            .collect();
+        if codes.contains(&"ConditionalCheckFailed") {
+            return Ok(false);
+        }
+        if codes.contains(&"TransactionConflict") {
+            return Err(VendError::Contended {
+                operation: "DynamoDB.TransactWriteItems",
+            });
+        }
+    }
+    Err(classify("DynamoDB.TransactWriteItems", err, Echo::Message))
+}
+
 impl PoolStore {
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
         Self {
@@ -141,6 +224,10 @@ impl PoolStore {
 
     /// The hot path: one conditional write takes a slot, or says why it can't.
     pub async fn reserve_slot(&self, pool: &str, now: EpochSecs, margin_secs: i64) -> Result<Reservation, VendError> {
+        retrying_conflicts(|| self.reserve_slot_once(pool, now, margin_secs)).await
+    }
+
+    async fn reserve_slot_once(&self, pool: &str, now: EpochSecs, margin_secs: i64) -> Result<Reservation, VendError> {
         let result = self
             .client
             .update_item()
@@ -171,8 +258,19 @@ impl PoolStore {
         }
     }
 
-    /// Takes the pool's lease if it is free or has run out.
+    /// Takes the pool's lease if it is free or has run out. A retry of a take whose
+    /// answer was lost finds the lease already ours, and counts it as taken.
     pub async fn take_lease(
+        &self,
+        pool: &str,
+        owner: &str,
+        now: EpochSecs,
+        until: EpochSecs,
+    ) -> Result<LeaseAttempt, VendError> {
+        retrying_conflicts(|| self.take_lease_once(pool, owner, now, until)).await
+    }
+
+    async fn take_lease_once(
         &self,
         pool: &str,
         owner: &str,
@@ -196,16 +294,24 @@ impl PoolStore {
             .await;
         Ok(match conditional_update(result)? {
             Ok(new) => LeaseAttempt::Taken(pool_state(new.as_ref())),
-            Err(old) => LeaseAttempt::Busy(pool_state(old.as_ref())),
+            Err(old) => {
+                let state = pool_state(old.as_ref());
+                if state.lease.as_ref().is_some_and(|l| l.owner == owner) {
+                    LeaseAttempt::Taken(state)
+                } else {
+                    LeaseAttempt::Busy(state)
+                }
+            }
         })
     }
 
     /// Installs a new activation and frees the lease, only if `owner` still holds an
     /// unexpired lease (fencing: a rotation whose lease ran out cannot commit, so the
     /// sweep may treat an uncommitted activation older than a lease as an orphan).
-    /// In the same transaction it records the activation as committed, which is how
-    /// the sweep tells handed-out activations from orphans. Returns false when the
-    /// lease was lost.
+    /// In the same transaction it records the activation as committed, unless the
+    /// sweep has condemned it already. Returns false when a condition failed: the
+    /// lease was lost, or this very commit landed on an earlier attempt whose answer
+    /// was lost (tell them apart with `activation_record`).
     pub async fn commit_rotation(
         &self,
         pool: &str,
@@ -218,7 +324,7 @@ impl PoolStore {
             .key(PK, pool_key(pool))
             .update_expression(
                 "SET #id = :id, #exp = :exp, #limit = :limit, #reserved = :reserved, #pver = :pver, \
-                 #rotated = :now, #gen = if_not_exists(#gen, :zero) + :one REMOVE #owner, #until",
+                 #rotated = :now REMOVE #owner, #until",
             )
             .condition_expression("#owner = :me AND #until >= :now")
             .set_expression_attribute_names(names(&[
@@ -228,7 +334,6 @@ impl PoolStore {
                 ("#reserved", RESERVED),
                 ("#pver", PARAMETER_VERSION),
                 ("#rotated", ROTATED_AT),
-                ("#gen", GENERATION),
                 ("#owner", LEASE_OWNER),
                 ("#until", LEASE_UNTIL),
             ]))
@@ -238,23 +343,23 @@ impl PoolStore {
             .expression_attribute_values(":reserved", n(i64::from(next.reserved)))
             .expression_attribute_values(":pver", n(next.parameter_version))
             .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":me", s(owner))
             .build()
             .map_err(|e| VendError::Internal(format!("commit request: {e}")))?;
         let record = Put::builder()
             .table_name(&self.table)
-            .item(PK, committed_key(&next.id))
+            .item(PK, record_key(&next.id))
             .item(POOL, s(pool))
             .item(ACTIVATION_ID, s(&next.id))
             .item(EXPIRES_AT, n(next.expires_at))
             .item(COMMITTED_AT, n(now))
+            .item(COMMITTED_BY, s(owner))
             .item(TTL, n(next.expires_at + RECORD_LINGER_SECS))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
             .build()
             .map_err(|e| VendError::Internal(format!("commit request: {e}")))?;
-        let mut conflicts = 0;
-        loop {
+        retrying_conflicts(|| async {
             let result = self
                 .client
                 .transact_write_items()
@@ -265,28 +370,50 @@ impl PoolStore {
                 .client_request_token(owner)
                 .send()
                 .await;
-            let err = match result {
-                Ok(_) => return Ok(true),
-                Err(err) => err,
-            };
-            if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() {
-                let codes: Vec<&str> = cancelled
-                    .cancellation_reasons()
-                    .iter()
-                    .filter_map(|r| r.code())
-                    .collect();
-                if codes.contains(&"ConditionalCheckFailed") {
-                    return Ok(false);
-                }
-                // A reservation landed on the pool item mid-transaction: try again.
-                if codes.contains(&"TransactionConflict") && conflicts < 5 {
-                    conflicts += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(10 << conflicts)).await;
-                    continue;
-                }
+            match result {
+                Ok(_) => Ok(true),
+                Err(err) => commit_failure(err),
             }
-            return Err(classify("DynamoDB.TransactWriteItems", err, Echo::Message));
-        }
+        })
+        .await
+    }
+
+    /// The sweep's claim on an activation no rotation committed: once laid, the
+    /// commit's condition on the record fails, so the two can never both win.
+    pub async fn lay_tombstone(&self, activation_id: &str, now: EpochSecs) -> Result<Tombstone, VendError> {
+        let result = retrying_conflicts(|| async {
+            let result = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item(PK, record_key(activation_id))
+                .item(ACTIVATION_ID, s(activation_id))
+                .item(TOMBSTONED_AT, n(now))
+                .item(TTL, n(now + RECORD_LINGER_SECS))
+                .condition_expression("attribute_not_exists(#pk)")
+                .expression_attribute_names("#pk", PK)
+                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                .send()
+                .await;
+            match result {
+                Ok(_) => Ok(None),
+                Err(e) => match e.as_service_error() {
+                    Some(PutItemError::ConditionalCheckFailedException(failed)) => Ok(Some(failed.item.clone())),
+                    _ => Err(classify("DynamoDB.PutItem", e, Echo::Message)),
+                },
+            }
+        })
+        .await?;
+        let existing = match result {
+            None => return Ok(Tombstone::Laid),
+            Some(Some(item)) => activation_record(&item),
+            // No old item came back: look it up.
+            Some(None) => self.activation_record(activation_id).await?,
+        };
+        Ok(match existing {
+            Some(ActivationRecord::Committed { .. }) => Tombstone::Committed,
+            Some(ActivationRecord::Tombstoned) | None => Tombstone::Laid,
+        })
     }
 
     /// One item by key, strongly consistent.
@@ -303,27 +430,84 @@ impl PoolStore {
         Ok(out.item)
     }
 
-    /// Whether `activation_id` was ever the current activation of a pool.
-    pub async fn was_committed(&self, activation_id: &str) -> Result<bool, VendError> {
-        let item = self.get(committed_key(activation_id)).await?;
-        Ok(item.is_some())
+    /// Whether `activation_id` was committed (and by whom) or condemned by the sweep.
+    pub async fn activation_record(&self, activation_id: &str) -> Result<Option<ActivationRecord>, VendError> {
+        let item = self.get(record_key(activation_id)).await?;
+        Ok(item.as_ref().and_then(activation_record))
+    }
+
+    /// Which of `activation_ids` were ever a pool's current activation, in batches of
+    /// 100 keys (BatchGetItem's limit), strongly consistent.
+    pub async fn committed_among(&self, activation_ids: &[String]) -> Result<HashSet<String>, VendError> {
+        let mut committed = HashSet::new();
+        for chunk in activation_ids.chunks(100) {
+            let keys: Vec<Item> = chunk
+                .iter()
+                .map(|id| HashMap::from([(PK.to_owned(), record_key(id))]))
+                .collect();
+            let mut request = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| VendError::Internal(format!("batch request: {e}")))?,
+            );
+            let mut rounds = 0;
+            while let Some(keys) = request.take() {
+                rounds += 1;
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, keys)
+                    .send()
+                    .await
+                    .map_err(|e| classify("DynamoDB.BatchGetItem", e, Echo::Message))?;
+                for item in out.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
+                    if let (Some(ActivationRecord::Committed { .. }), Some(id)) =
+                        (activation_record(item), get_s(item, ACTIVATION_ID))
+                    {
+                        committed.insert(id.to_owned());
+                    }
+                }
+                // Throttled keys come back unprocessed: ask again, a few times, backing off.
+                request = out
+                    .unprocessed_keys()
+                    .and_then(|u| u.get(&self.table))
+                    .filter(|k| !k.keys().is_empty())
+                    .cloned();
+                if request.is_some() {
+                    if rounds >= 6 {
+                        return Err(VendError::Throttled {
+                            operation: "DynamoDB.BatchGetItem",
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(50 << rounds)).await;
+                }
+            }
+        }
+        Ok(committed)
     }
 
     /// Gives the lease back early (a rotation that found nothing to do, or failed).
-    pub async fn release_lease(&self, pool: &str, owner: &str) -> Result<(), VendError> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(PK, pool_key(pool))
-            .update_expression("REMOVE #owner, #until")
-            .condition_expression("#owner = :me")
-            .set_expression_attribute_names(names(&[("#owner", LEASE_OWNER), ("#until", LEASE_UNTIL)]))
-            .expression_attribute_values(":me", s(owner))
-            .send()
-            .await;
-        // Not ours any more (it ran out and was taken): nothing to give back.
-        conditional_update(result).map(|_| ())
+    /// Returns whether it was still ours to give.
+    pub async fn release_lease(&self, pool: &str, owner: &str) -> Result<bool, VendError> {
+        retrying_conflicts(|| async {
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(PK, pool_key(pool))
+                .update_expression("REMOVE #owner, #until")
+                .condition_expression("#owner = :me")
+                .set_expression_attribute_names(names(&[("#owner", LEASE_OWNER), ("#until", LEASE_UNTIL)]))
+                .expression_attribute_values(":me", s(owner))
+                .send()
+                .await;
+            // Not ours any more (it ran out and was taken, or a retry of this release
+            // finds it already given back): nothing to give back.
+            conditional_update(result).map(|outcome| outcome.is_ok())
+        })
+        .await
     }
 
     /// The pool as it is now (strongly consistent); for the sweep and for operators.
@@ -337,9 +521,10 @@ impl PoolStore {
         Ok(item.as_ref().and_then(instance_record))
     }
 
-    /// Remembers which activation `instance` was given. If a concurrent request with
-    /// the same name got there first (and its record is still good), returns that
-    /// record instead, so both callers leave with the same activation.
+    /// Remembers which activation `instance` (on the machine the record names) was
+    /// given. If a concurrent request from the same name and machine got there first
+    /// (and its record is still good), returns that record instead, so both callers
+    /// leave with the same activation. A record of another machine is replaced.
     pub async fn remember_instance(
         &self,
         pool: &str,
@@ -348,6 +533,18 @@ impl PoolStore {
         replacing: Option<&str>,
         min_expiry: EpochSecs,
     ) -> Result<Option<InstanceRecord>, VendError> {
+        retrying_conflicts(|| self.remember_instance_once(pool, instance, record, replacing, min_expiry)).await
+    }
+
+    async fn remember_instance_once(
+        &self,
+        pool: &str,
+        instance: &str,
+        record: &InstanceRecord,
+        replacing: Option<&str>,
+        min_expiry: EpochSecs,
+    ) -> Result<Option<InstanceRecord>, VendError> {
+        let machine = record.machine_id.as_deref().unwrap_or_default();
         let result = self
             .client
             .put_item()
@@ -356,11 +553,21 @@ impl PoolStore {
             .item(ACTIVATION_ID, s(&record.activation_id))
             .item(PARAMETER_VERSION, n(record.parameter_version))
             .item(EXPIRES_AT, n(record.expires_at))
+            .item(MACHINE_ID, s(machine))
             .item(TTL, n(record.expires_at))
-            .condition_expression("attribute_not_exists(#pk) OR #exp <= :min_exp OR #id = :replacing")
-            .set_expression_attribute_names(names(&[("#pk", PK), ("#exp", EXPIRES_AT), ("#id", ACTIVATION_ID)]))
+            .condition_expression(
+                "attribute_not_exists(#pk) OR #exp <= :min_exp OR #id = :replacing \
+                 OR attribute_not_exists(#machine) OR #machine <> :machine",
+            )
+            .set_expression_attribute_names(names(&[
+                ("#pk", PK),
+                ("#exp", EXPIRES_AT),
+                ("#id", ACTIVATION_ID),
+                ("#machine", MACHINE_ID),
+            ]))
             .expression_attribute_values(":min_exp", n(min_expiry))
             .expression_attribute_values(":replacing", s(replacing.unwrap_or("")))
+            .expression_attribute_values(":machine", s(machine))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;

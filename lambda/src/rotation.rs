@@ -1,0 +1,179 @@
+//! Rotation under a lease: take the lease, re-check, create, store, commit under the
+//! lease (fencing). A crash anywhere leaves at most one orphan activation and a
+//! lease that runs out; a commit whose answer was lost is recognised, not undone.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::Rng;
+
+use crate::aws::activations::ActivationService;
+use crate::aws::pool_store::{ActivationRecord, LeaseAttempt, PoolStore};
+use crate::codes::Codes;
+use crate::config::Config;
+use crate::error::VendError;
+use crate::pool::{still_needs_rotation, CurrentActivation, RotationReason};
+use crate::vend::{epoch_now, secs};
+
+/// How a rotation attempt ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rotation {
+    /// We installed a new activation.
+    Rotated,
+    /// Someone else already had, or we lost the race to commit: just reserve again.
+    NotNeeded,
+    /// Another request holds the lease.
+    Busy,
+}
+
+pub struct Rotator {
+    store: PoolStore,
+    codes: Arc<Codes>,
+    activations: ActivationService,
+    config: Config,
+    process_token: String,
+    rotations: AtomicU64,
+}
+
+impl Rotator {
+    pub fn new(store: PoolStore, codes: Arc<Codes>, activations: ActivationService, config: Config) -> Self {
+        Self {
+            store,
+            codes,
+            activations,
+            config,
+            process_token: format!("{:016x}", rand::rng().random::<u64>()),
+            rotations: AtomicU64::new(0),
+        }
+    }
+
+    /// Rotates `pool` for `reason` if no one else is or has. `seen` is the activation
+    /// the caller found unusable, so a rotation someone finished meanwhile is not
+    /// repeated.
+    pub async fn rotate_under_lease(
+        &self,
+        pool: &str,
+        reason: RotationReason,
+        seen: Option<&str>,
+    ) -> Result<Rotation, VendError> {
+        let owner = format!(
+            "{}-{}",
+            self.process_token,
+            self.rotations.fetch_add(1, Ordering::Relaxed)
+        );
+        let now = epoch_now();
+        let state = match self
+            .store
+            .take_lease(pool, &owner, now, now + secs(self.config.lease))
+            .await?
+        {
+            LeaseAttempt::Busy(_) => return Ok(Rotation::Busy),
+            LeaseAttempt::Taken(state) => state,
+        };
+        if !still_needs_rotation(&state, seen, reason, now, secs(self.config.expiry_margin)) {
+            self.store.release_lease(pool, &owner).await?;
+            return Ok(Rotation::NotNeeded);
+        }
+        match self.install_new_activation(pool, &owner, reason).await {
+            Ok(rotation) => Ok(rotation),
+            Err(e) => {
+                if let Err(release) = self.store.release_lease(pool, &owner).await {
+                    tracing::warn!(pool, error = %release, "could not release the lease; it runs out by itself");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn install_new_activation(
+        &self,
+        pool: &str,
+        owner: &str,
+        reason: RotationReason,
+    ) -> Result<Rotation, VendError> {
+        let started = Instant::now();
+        let expires_at = epoch_now() + secs(self.config.activation_ttl);
+        let limit = self.config.registration_limit;
+        let created = self.activations.create(pool, limit, expires_at).await?;
+        let version = match self.codes.store(pool, &created.id, &created.code).await {
+            Ok(version) => version,
+            Err(e) => {
+                self.delete_unused(&created.id).await;
+                return Err(e);
+            }
+        };
+        let next = CurrentActivation {
+            id: created.id.clone(),
+            expires_at,
+            limit,
+            reserved: 0,
+            parameter_version: version,
+            committed_at: 0,
+        };
+        let committed = self.store.commit_rotation(pool, owner, &next, epoch_now()).await;
+        if !self.settle_commit(pool, owner, &created.id, committed).await? {
+            return Ok(Rotation::NotNeeded);
+        }
+        tracing::info!(
+            pool,
+            activation_id = %created.id,
+            %reason,
+            limit,
+            expires_at,
+            parameter_version = version,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rotated"
+        );
+        Ok(Rotation::Rotated)
+    }
+
+    /// Decides whether a commit landed when its answer was not a plain success: a
+    /// failed condition may be our own earlier attempt whose answer was lost, and an
+    /// error may hide a write that landed. Fences first (gives the lease back, so no
+    /// late attempt can land afterwards), then reads the commit record. Only an
+    /// activation that certainly never became current is deleted.
+    async fn settle_commit(
+        &self,
+        pool: &str,
+        owner: &str,
+        activation_id: &str,
+        committed: Result<bool, VendError>,
+    ) -> Result<bool, VendError> {
+        let failure = match committed {
+            Ok(true) => return Ok(true),
+            Ok(false) => None,
+            Err(e) => Some(e),
+        };
+        let fenced = self.store.release_lease(pool, owner).await.is_ok();
+        match self.store.activation_record(activation_id).await {
+            Ok(Some(ActivationRecord::Committed { by })) if by == owner => {
+                tracing::info!(pool, activation_id, "the commit had landed; its answer was lost");
+                Ok(true)
+            }
+            Ok(record) if fenced || record == Some(ActivationRecord::Tombstoned) => {
+                tracing::warn!(
+                    pool,
+                    activation_id,
+                    "lost the lease before committing; deleting the new activation"
+                );
+                self.delete_unused(activation_id).await;
+                failure.map_or(Ok(false), Err)
+            }
+            _ => {
+                tracing::warn!(
+                    pool,
+                    activation_id,
+                    "cannot tell whether the commit landed; leaving the activation to the sweep"
+                );
+                failure.map_or(Ok(false), Err)
+            }
+        }
+    }
+
+    async fn delete_unused(&self, activation_id: &str) {
+        if let Err(e) = self.activations.delete(activation_id).await {
+            tracing::warn!(activation_id, error = %e, "could not delete an unused activation; the sweep will");
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Whether SSM still honours an activation, asked at most once per verify interval
+//! per process, with concurrent checks of one activation collapsed into one call.
+//!
+//! Three rules (DESIGN.md, "Trusting an activation"):
+//! * a bad verdict is remembered for as long as the process lives: a pool that has
+//!   moved on never asks about that activation again, and one that has not yet
+//!   (lease busy, CreateActivation failing) must not hand it out meanwhile;
+//! * an activation committed less than an interval ago counts as checked at its
+//!   commit, so a storm of cold processes right after a rotation costs no calls;
+//!   an older one is checked before this process first hands it out;
+//! * the check is advisory: when SSM cannot answer (throttled, unavailable), the
+//!   vend goes ahead and the check is tried again after a short pause.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::aws::activations::ActivationService;
+use crate::pool::{EpochSecs, RotationReason};
+
+/// How long a failed check is not repeated (at most the verify interval).
+const FAILED_CHECK_PAUSE: Duration = Duration::from_secs(5);
+
+/// Activations a process keeps verdicts on; only the current one and a few retired
+/// ones ever matter.
+const CAPACITY: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Good { until: Instant },
+    Dead(RotationReason),
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Verdict>>>;
+
+pub struct ActivationChecks {
+    activations: ActivationService,
+    interval: Duration,
+    verdicts: Mutex<HashMap<String, Slot>>,
+    failed_checks: AtomicU64,
+}
+
+/// How long an activation committed at `committed_at` may go unchecked from `now`:
+/// the rest of one interval after its commit, or nothing for an older (or unknown)
+/// commit.
+pub fn trusted_for(committed_at: EpochSecs, now: EpochSecs, interval: Duration) -> Duration {
+    if committed_at <= 0 || committed_at > now {
+        return Duration::ZERO;
+    }
+    let age = Duration::from_secs(u64::try_from(now - committed_at).unwrap_or(u64::MAX));
+    interval.saturating_sub(age)
+}
+
+impl ActivationChecks {
+    pub fn new(activations: ActivationService, interval: Duration) -> Self {
+        Self {
+            activations,
+            interval,
+            verdicts: Mutex::new(HashMap::new()),
+            failed_checks: AtomicU64::new(0),
+        }
+    }
+
+    /// `Ok` when the activation may be handed out, else why the pool must rotate.
+    pub async fn usable(
+        &self,
+        activation_id: &str,
+        committed_at: EpochSecs,
+        now: EpochSecs,
+    ) -> Result<(), RotationReason> {
+        let slot = self.slot(activation_id);
+        // Held across the call to SSM: a concurrent check of the same activation waits
+        // here and then reads the verdict this one wrote.
+        let mut verdict = slot.lock().await;
+        let at = Instant::now();
+        match *verdict {
+            Some(Verdict::Dead(reason)) => return Err(reason),
+            Some(Verdict::Good { until }) if at < until => return Ok(()),
+            None => {
+                let trust = trusted_for(committed_at, now, self.interval);
+                if !trust.is_zero() {
+                    *verdict = Some(Verdict::Good { until: at + trust });
+                    return Ok(());
+                }
+            }
+            Some(Verdict::Good { .. }) => {}
+        }
+        match self.activations.still_works(activation_id).await {
+            Ok(true) => {
+                *verdict = Some(Verdict::Good {
+                    until: at + self.interval,
+                });
+                Ok(())
+            }
+            Ok(false) => {
+                tracing::warn!(
+                    activation_id,
+                    "SSM no longer honours this activation (deleted, expired or full); rotating"
+                );
+                *verdict = Some(Verdict::Dead(RotationReason::DeletedOutOfBand));
+                Err(RotationReason::DeletedOutOfBand)
+            }
+            Err(e) => {
+                let failed_checks = self.failed_checks.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(
+                    activation_id,
+                    error = %e,
+                    failed_checks,
+                    "could not check the activation with SSM; vending it anyway"
+                );
+                *verdict = Some(Verdict::Good {
+                    until: at + self.interval.min(FAILED_CHECK_PAUSE),
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Records that the activation cannot be handed out, for `reason`.
+    pub async fn condemn(&self, activation_id: &str, reason: RotationReason) {
+        *self.slot(activation_id).lock().await = Some(Verdict::Dead(reason));
+    }
+
+    /// Checks that failed (SSM throttled or unavailable) since the process started.
+    pub fn failed_checks(&self) -> u64 {
+        self.failed_checks.load(Ordering::Relaxed)
+    }
+
+    fn slot(&self, activation_id: &str) -> Slot {
+        let mut verdicts = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = verdicts.get(activation_id) {
+            return slot.clone();
+        }
+        if verdicts.len() >= CAPACITY {
+            // Forget good verdicts first (they cost one call to learn again); bad ones
+            // are what keeps a dead activation from being handed out.
+            verdicts.retain(|_, slot| !matches!(slot.try_lock().map(|v| *v), Ok(Some(Verdict::Good { .. }))));
+            if verdicts.len() >= CAPACITY {
+                verdicts.clear();
+            }
+        }
+        verdicts.entry(activation_id.to_owned()).or_default().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_fresh_commit_is_trusted_for_the_rest_of_one_interval() {
+        assert_eq!(trusted_for(1_000, 1_000, MINUTE), MINUTE);
+        assert_eq!(trusted_for(1_000, 1_045, MINUTE), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn an_old_or_unknown_commit_is_checked_before_first_use() {
+        assert_eq!(trusted_for(1_000, 1_060, MINUTE), Duration::ZERO);
+        assert_eq!(trusted_for(1_000, 9_000, MINUTE), Duration::ZERO);
+        assert_eq!(
+            trusted_for(0, 1_000, MINUTE),
+            Duration::ZERO,
+            "written before commits were timed"
+        );
+        assert_eq!(
+            trusted_for(2_000, 1_000, MINUTE),
+            Duration::ZERO,
+            "a clock in the future"
+        );
+        assert_eq!(trusted_for(1_000, 1_000, Duration::ZERO), Duration::ZERO);
+    }
+}
