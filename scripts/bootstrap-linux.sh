@@ -17,60 +17,104 @@
 # accept the code only as a command-line flag (no stdin or environment option),
 # so local users who can list processes could see it for those seconds.
 #
-# Supported: Amazon Linux 2/2023, RHEL, CentOS, Fedora, Rocky, Alma, Oracle
-# Linux, Debian, Ubuntu, SLES/openSUSE; x86_64 and aarch64; bash >= 4.2.
+# Needs only bash >= 4.2, coreutils and curl (installed if missing); gpg to
+# verify what it downloads. Supported: Amazon Linux 2/2023, RHEL, CentOS, Fedora,
+# Rocky, Alma, Oracle Linux, Debian, Ubuntu, SLES/openSUSE; x86_64 and aarch64.
 set -euo pipefail
 umask 077
 
 readonly PROG=bootstrap-linux
 readonly EXIT_OK=0 EXIT_USAGE=2 EXIT_FETCH=3 EXIT_INSTALL=4 EXIT_REGISTER=5 EXIT_PLATFORM=6
 readonly MASK='********'
-readonly SERVICE=amazon-ssm-agent
+readonly DEB_SERVICE=amazon-ssm-agent
+readonly SNAP_SERVICE=snap.amazon-ssm-agent.amazon-ssm-agent
+# The instance metadata address never goes through a proxy (AWS's proxy guidance for the agent).
+readonly IMDS_NO_PROXY=169.254.169.254
+readonly DEFAULT_SIGNING_KEY=/etc/activation-vending/ssm-agent-signing-key.asc
 
 usage() {
 	cat <<'EOF'
 Usage: bootstrap-linux.sh --url URL [options]
+       bootstrap-linux.sh --prepare-image
 
-Fetches an SSM hybrid activation from the activation-vending service, installs
-the SSM Agent with ssm-setup-cli from the regional AWS download location (the
-distribution's package manager is the fallback), registers this server, starts
-and enables the agent, and checks that the agent reports registered.
+Fetches an SSM hybrid activation from the activation-vending service, registers
+this server with the SSM Agent (the installed agent if there is one, else
+ssm-setup-cli from the regional AWS download location, else the agent package),
+starts and enables the agent, and waits until the agent reports itself
+registered and connected. Every download it runs is verified against AWS's
+published signature first.
 
 Options (each has an environment variable twin; the flag wins):
-  --url URL            VENDING_URL        Service base URL (required). https://, or
-                                          http:// to a loopback address for local tests.
-  --pool NAME          VENDING_POOL       Activation pool (default: the service's "default").
-  --instance NAME      VENDING_INSTANCE   Name this server registers under; also makes
-                                          retries reuse the same activation
-                                          (default: the host name).
-  --region REGION      VENDING_REGION     Override the region the service returns.
-  --api-id ID          VENDING_API_ID     Send "x-apigw-api-id: ID", needed when --url is a
-                                          VPC endpoint's own DNS name
-                                          (https://vpce-....execute-api.REGION.vpce.amazonaws.com/STAGE).
-  --ca-bundle FILE     VENDING_CA_BUNDLE  PEM bundle to verify the service's certificate.
-  --max-wait SECONDS   VENDING_MAX_WAIT   Give up fetching after this long (default 120).
-  --force              VENDING_FORCE=1    Re-register even if this server is registered.
-  --dry-run            VENDING_DRY_RUN=1  Fetch an activation to prove connectivity, print
-                                          every step with the code masked, change nothing.
-  -h, --help                              Show this help.
+  --url URL             VENDING_URL        Service base URL (required). https://, or
+                                           http:// to a loopback address for local tests.
+  --pool NAME           VENDING_POOL       Activation pool (default: the service's "default"):
+                                           1-64 of A-Z a-z 0-9 _ -.
+  --instance NAME       VENDING_INSTANCE   The name the vending service knows this server by,
+                                           so that a retry gets the same activation back
+                                           instead of a new slot (default: the host name). It
+                                           is not the server's name in SSM. A host name: dot-
+                                           separated labels of A-Z a-z 0-9 _ -, 1-63 each, not
+                                           starting or ending with -, 253 in all.
+  --region REGION       VENDING_REGION     Override the region the service returns.
+  --api-id ID           VENDING_API_ID     Send "x-apigw-api-id: ID", needed when --url is a
+                                           VPC endpoint's own DNS name
+                                           (https://vpce-....execute-api.REGION.vpce.amazonaws.com/STAGE).
+  --ca-bundle FILE      VENDING_CA_BUNDLE  PEM bundle to verify the service's certificate.
+  --proxy URL           VENDING_PROXY      HTTP(S) proxy for the fetch, the downloads and the
+                                           agent (written to a systemd drop-in for the agent's
+                                           unit). Default: https_proxy / HTTPS_PROXY when set.
+                                           Loopback addresses are never proxied.
+  --no-proxy LIST       VENDING_NO_PROXY   Comma-separated hosts/domains not to proxy (default:
+                                           no_proxy / NO_PROXY); the agent gets
+                                           no_proxy=169.254.169.254,LIST.
+  --max-wait SECONDS    VENDING_MAX_WAIT   Give up a network step (the fetch, each download,
+                                           installing curl) after this long (default 120).
+  --online-wait SECONDS VENDING_ONLINE_WAIT
+                                           After starting the agent, wait this long for it to
+                                           report itself registered and connected (default 90).
+  --signing-key FILE    VENDING_SIGNING_KEY
+                                           AWS's SSM Agent public key (armored), to verify
+                                           ssm-setup-cli and the agent package
+                                           (default /etc/activation-vending/ssm-agent-signing-key.asc).
+  --allow-unverified    VENDING_ALLOW_UNVERIFIED=1
+                                           Run ssm-setup-cli / install the package even when
+                                           its signature cannot be checked (no gpg, no key,
+                                           no .sig). A signature that fails is never accepted.
+  --force               VENDING_FORCE=1    Re-register even if this server is registered.
+  --prepare-image       VENDING_PREPARE_IMAGE=1
+                                           Make this machine ready to be captured as an image:
+                                           stop the agent and clear its registration, so every
+                                           clone registers as itself. Needs no --url.
+  --dry-run             VENDING_DRY_RUN=1  Fetch an activation to prove connectivity, print
+                                           every step with the code masked, change nothing.
+  -h, --help                               Show this help.
+
+Each vend request carries "X-Machine-Id: <SHA-256 of /etc/machine-id, else of
+/sys/class/dmi/id/product_uuid>" (never the raw value). The same digest is kept in
+/var/lib/amazon/ssm/activation-vending.machine beside the agent's registration: a
+registered server whose machine id changed (a clone of a registered image, a
+re-image) clears the old registration and registers afresh.
 
 Advanced (environment only):
   BOOTSTRAP_DOWNLOAD_BASE  Mirror of the regional bucket (https:// or file://) laid out
-                           as .../latest/{linux,debian}_{amd64,arm64}/...
+                           as .../latest/{linux,debian}_{amd64,arm64}/... with AWS's .sig
+                           files beside the downloads
                            (default https://amazon-ssm-REGION.s3.REGION.amazonaws.com).
   BOOTSTRAP_MANIFEST_URL   Passed to ssm-setup-cli as -manifest-url.
-  BOOTSTRAP_ROOT           Prefix for system paths (/etc/os-release, /var/lib/amazon/ssm,
-                           /run); for tests only. Skips the root check.
+  BOOTSTRAP_ROOT           Prefix for system paths (/etc, /var, /run, /snap, /sys); for
+                           tests only. Skips the root check.
 
 Exit codes:
-  0  registered (or already registered and --force not given; or dry run done)
+  0  registered and online (or already registered and --force not given; or dry run
+     or --prepare-image done)
   1  unexpected internal error
   2  usage error (unknown flag, missing --url, invalid value)
-  3  fetch failed (service unreachable, gave up after --max-wait, HTTP error,
-     malformed response)
-  4  install failed (jq/curl, ssm-setup-cli download, agent package)
-  5  registration failed (SSM refused the activation, agent not registered
-     afterwards, agent service not running)
+  3  fetch failed (service unreachable, gave up after --max-wait, HTTP error such as
+     400 for a name or pool the service refuses, malformed response)
+  4  install failed (curl, a download, a signature that cannot be verified or does
+     not match, the agent package)
+  5  registration failed (SSM refused the activation, the agent is not registered
+     afterwards, or it was not seen running and connected within --online-wait)
   6  unsupported platform (distribution, architecture) or not run as root
 EOF
 }
@@ -106,6 +150,13 @@ mask_stream() {
 	done
 }
 
+# A URL for the log: user:password@ replaced.
+redact_url() {
+	local url=$1
+	if [[ $url =~ ^([a-z]+://)[^/@]*@(.*)$ ]]; then url="${BASH_REMATCH[1]}${MASK}@${BASH_REMATCH[2]}"; fi
+	printf '%s' "$url"
+}
+
 # ---------------------------------------------------------------------- input
 
 truthy() {
@@ -121,12 +172,20 @@ INSTANCE=${VENDING_INSTANCE:-}
 REGION=${VENDING_REGION:-}
 API_ID=${VENDING_API_ID:-}
 CA_BUNDLE=${VENDING_CA_BUNDLE:-}
+PROXY=${VENDING_PROXY:-${https_proxy:-${HTTPS_PROXY:-}}}
+NO_PROXY_LIST=${VENDING_NO_PROXY:-${no_proxy:-${NO_PROXY:-}}}
 MAX_WAIT=${VENDING_MAX_WAIT:-120}
+ONLINE_WAIT=${VENDING_ONLINE_WAIT:-90}
+ROOT=${BOOTSTRAP_ROOT:-}
+SIGNING_KEY=${VENDING_SIGNING_KEY:-}
 FORCE=0
 DRY_RUN=0
+PREPARE_IMAGE=0
+ALLOW_UNVERIFIED=0
 if truthy "${VENDING_FORCE:-}"; then FORCE=1; fi
 if truthy "${VENDING_DRY_RUN:-}"; then DRY_RUN=1; fi
-ROOT=${BOOTSTRAP_ROOT:-}
+if truthy "${VENDING_PREPARE_IMAGE:-}"; then PREPARE_IMAGE=1; fi
+if truthy "${VENDING_ALLOW_UNVERIFIED:-}"; then ALLOW_UNVERIFIED=1; fi
 DOWNLOAD_BASE=${BOOTSTRAP_DOWNLOAD_BASE:-}
 MANIFEST_URL=${BOOTSTRAP_MANIFEST_URL:-}
 
@@ -154,7 +213,10 @@ parse_args() {
 			;;
 		--force) FORCE=1 ;;
 		--dry-run) DRY_RUN=1 ;;
-		--url | --pool | --instance | --region | --api-id | --ca-bundle | --max-wait)
+		--prepare-image) PREPARE_IMAGE=1 ;;
+		--allow-unverified) ALLOW_UNVERIFIED=1 ;;
+		--url | --pool | --instance | --region | --api-id | --ca-bundle | --max-wait | --online-wait | \
+			--proxy | --no-proxy | --signing-key)
 			if [ -z "$val" ] && [[ $1 != *=* ]]; then
 				[ $# -ge 2 ] || usage_error "$opt needs a value"
 				val=$2
@@ -168,6 +230,10 @@ parse_args() {
 			--api-id) API_ID=$val ;;
 			--ca-bundle) CA_BUNDLE=$val ;;
 			--max-wait) MAX_WAIT=$val ;;
+			--online-wait) ONLINE_WAIT=$val ;;
+			--proxy) PROXY=$val ;;
+			--no-proxy) NO_PROXY_LIST=$val ;;
+			--signing-key) SIGNING_KEY=$val ;;
 			esac
 			;;
 		*) usage_error "unknown argument: $opt" ;;
@@ -195,7 +261,24 @@ url_host() {
 	printf '%s' "$rest"
 }
 
-validate_inputs() {
+# The service's rules (lambda/src/pool.rs): a host name of DNS labels (plus `_`).
+valid_instance_name() {
+	local name=$1 label
+	[ -n "$name" ] && [ "${#name}" -le 253 ] || return 1
+	[[ $name != *. ]] || return 1
+	local -a labels
+	IFS=. read -r -a labels <<<"$name"
+	for label in "${labels[@]}"; do
+		[[ $label =~ ^[A-Za-z0-9_-]{1,63}$ ]] || return 1
+		[[ $label != -* && $label != *- ]] || return 1
+	done
+}
+
+valid_pool_name() { [[ $1 =~ ^[A-Za-z0-9_-]{1,64}$ ]]; }
+
+valid_region() { [[ $1 =~ ^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$ ]]; }
+
+validate_url() {
 	[ -n "$URL" ] || usage_error "--url (or VENDING_URL) is required"
 	case "$URL" in
 	https://?*) ;;
@@ -208,23 +291,49 @@ validate_inputs() {
 	case "$URL" in
 	*'?'* | *'#'* | *[[:space:]]*) usage_error "--url must not contain a query, fragment or spaces (use --pool/--instance)" ;;
 	esac
-	if ! [[ $MAX_WAIT =~ ^[0-9]{1,5}$ ]] || [ "$MAX_WAIT" -lt 1 ] || [ "$MAX_WAIT" -gt 86400 ]; then
-		usage_error "--max-wait must be a whole number of seconds between 1 and 86400"
+}
+
+validate_seconds() { # NAME VALUE MIN MAX
+	if ! [[ $2 =~ ^[0-9]{1,5}$ ]] || [ "$((10#$2))" -lt "$3" ] || [ "$((10#$2))" -gt "$4" ]; then
+		usage_error "$1 must be a whole number of seconds between $3 and $4"
 	fi
-	if [ -z "$INSTANCE" ]; then INSTANCE=${HOSTNAME:-$(uname -n)}; fi
-	[[ $INSTANCE =~ ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$ ]] ||
-		usage_error "--instance must be 1-128 characters of A-Z a-z 0-9 . _ : - (got '$INSTANCE')"
-	if [ -n "$POOL" ]; then
-		[[ $POOL =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ ]] ||
-			usage_error "--pool must be 1-64 characters of A-Z a-z 0-9 . _ -"
+}
+
+validate_names() {
+	if [ -n "$INSTANCE" ] && ! valid_instance_name "$INSTANCE"; then
+		usage_error "--instance '$INSTANCE' is not a host name the service accepts: dot-separated labels of 1-63 A-Z a-z 0-9 _ -, not starting or ending with -, 253 characters in all"
 	fi
-	if [ -n "$REGION" ]; then valid_region "$REGION" || usage_error "--region '$REGION' is not a region name"; fi
+	if [ -z "$INSTANCE" ]; then
+		INSTANCE=${HOSTNAME:-$(uname -n)}
+		if ! valid_instance_name "$INSTANCE"; then
+			log "warning: the host name '$INSTANCE' is not a name the service accepts; asking without one (pass --instance)"
+			INSTANCE=
+		fi
+	fi
+	if [ -n "$POOL" ] && ! valid_pool_name "$POOL"; then
+		usage_error "--pool '$POOL' is not a pool name: 1-64 characters of A-Z a-z 0-9 _ -"
+	fi
+}
+
+validate_network_options() {
 	if [ -n "$API_ID" ]; then
 		[[ $API_ID =~ ^[a-z0-9]{1,32}$ ]] || usage_error "--api-id must be the API's id (lower-case letters and digits)"
 	fi
 	if [ -n "$CA_BUNDLE" ]; then
 		[ -r "$CA_BUNDLE" ] || usage_error "--ca-bundle '$CA_BUNDLE' is not a readable file"
 	fi
+	if [ -n "$PROXY" ]; then
+		[[ $PROXY =~ ^https?://[^[:space:]\"\'\\]+$ ]] ||
+			usage_error "--proxy must be an http:// or https:// URL (got '$(redact_url "$PROXY")')"
+	fi
+	local list_re='^[][A-Za-z0-9.,:_*/-]+$'
+	if [ -n "$NO_PROXY_LIST" ]; then
+		[[ $NO_PROXY_LIST =~ $list_re ]] ||
+			usage_error "--no-proxy must be a comma-separated list of hosts, domains or addresses"
+	fi
+}
+
+validate_downloads() {
 	if [ -n "$DOWNLOAD_BASE" ]; then
 		case "$DOWNLOAD_BASE" in
 		https://?* | file:///*) ;;
@@ -237,9 +346,23 @@ validate_inputs() {
 		*) usage_error "BOOTSTRAP_MANIFEST_URL must be https://" ;;
 		esac
 	fi
+	if [ -n "$SIGNING_KEY" ] && [ ! -r "$SIGNING_KEY" ]; then
+		usage_error "--signing-key '$SIGNING_KEY' is not a readable file"
+	fi
 }
 
-valid_region() { [[ $1 =~ ^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$ ]]; }
+validate_inputs() {
+	validate_seconds --max-wait "$MAX_WAIT" 1 86400
+	validate_seconds --online-wait "$ONLINE_WAIT" 0 3600
+	MAX_WAIT=$((10#$MAX_WAIT))
+	ONLINE_WAIT=$((10#$ONLINE_WAIT))
+	[ "$PREPARE_IMAGE" = 1 ] && return 0
+	validate_url
+	validate_names
+	if [ -n "$REGION" ]; then valid_region "$REGION" || usage_error "--region '$REGION' is not a region name"; fi
+	validate_network_options
+	validate_downloads
+}
 
 # ------------------------------------------------------------------- platform
 
@@ -332,24 +455,72 @@ pkg_install() { # packages or local package files
 	return "$rc"
 }
 
-ensure_tool() { # TOOL PACKAGE
-	local tool=$1 package=$2
-	command -v "$tool" >/dev/null 2>&1 && return 0
-	if [ "$DRY_RUN" = 1 ]; then
-		plan "install $tool: $(pkg_install_cmd "$package")"
-		return 1
-	fi
-	log "$tool is not installed; installing it: $(pkg_install_cmd "$package")"
-	if pkg_install "$package" && command -v "$tool" >/dev/null 2>&1; then
-		log "installed $tool"
-		return 0
-	fi
-	die "$EXIT_INSTALL" "$tool is required and could not be installed; install it with '$(pkg_install_cmd "$package")' and run again"
+# Exponential backoff with equal jitter: half fixed, half random; doubling up to 16 s.
+BACKOFF_MS=1000
+backoff_reset() { BACKOFF_MS=1000; }
+backoff_next_ms() { # -> prints the next wait in ms, capped by DEADLINE
+	local wait_ms remaining
+	wait_ms=$((BACKOFF_MS / 2 + RANDOM * (BACKOFF_MS / 2) / 32768))
+	BACKOFF_MS=$((BACKOFF_MS < 16000 ? BACKOFF_MS * 2 : 16000))
+	remaining=$((DEADLINE - SECONDS))
+	if [ $((wait_ms / 1000)) -ge "$remaining" ]; then wait_ms=$((remaining > 0 ? remaining * 1000 : 0)); fi
+	printf '%d' "$wait_ms"
 }
 
-# --------------------------------------------------------------- registration
+# Sleep for $1 milliseconds.
+sleep_ms() { sleep "$(($1 / 1000)).$(printf '%03d' $(($1 % 1000)))"; }
+
+# curl, when it is missing, is installed with the package manager. At boot the
+# network may not be up yet, so the install is retried until --max-wait.
+ensure_curl() {
+	command -v curl >/dev/null 2>&1 && return 0
+	# Nothing can be fetched without curl (not even in a dry run).
+	[ "$DRY_RUN" = 0 ] || die "$EXIT_INSTALL" "curl is not installed; install it with '$(pkg_install_cmd curl)'"
+	local attempt=0 wait_ms
+	DEADLINE=$((SECONDS + MAX_WAIT))
+	backoff_reset
+	log "curl is not installed; installing it: $(pkg_install_cmd curl)"
+	while :; do
+		attempt=$((attempt + 1))
+		if pkg_install curl && command -v curl >/dev/null 2>&1; then
+			log "installed curl"
+			return 0
+		fi
+		[ "$SECONDS" -lt "$DEADLINE" ] ||
+			die "$EXIT_INSTALL" "curl is required and could not be installed in ${MAX_WAIT}s ($attempt attempts); install it with '$(pkg_install_cmd curl)' and run again"
+		wait_ms=$(backoff_next_ms)
+		log "installing curl failed (attempt $attempt); retrying in $((wait_ms / 1000))s"
+		sleep_ms "$wait_ms"
+	done
+}
+
+# ------------------------------------------------------------ the SSM Agent
+
+# The agent as installed: the deb/rpm package, or the snap (Ubuntu), which has its
+# own unit and binary path. Set by detect_agent.
+SERVICE=$DEB_SERVICE
+AGENT_BIN=
+SSM_CLI=
+detect_agent() {
+	local snap_dir="$ROOT/snap/amazon-ssm-agent/current"
+	if [ -x "$snap_dir/amazon-ssm-agent" ]; then
+		SERVICE=$SNAP_SERVICE
+		AGENT_BIN="$snap_dir/amazon-ssm-agent"
+		SSM_CLI="$snap_dir/ssm-cli"
+	elif command -v amazon-ssm-agent >/dev/null 2>&1; then
+		SERVICE=$DEB_SERVICE
+		AGENT_BIN=$(command -v amazon-ssm-agent)
+		SSM_CLI=$(command -v ssm-cli 2>/dev/null || true)
+	else
+		SERVICE=$DEB_SERVICE
+		AGENT_BIN=
+		SSM_CLI=
+	fi
+}
 
 REG_FILE=
+IDENTITY_FILE=
+AGENT_LOG=
 registered_instance_id() {
 	local content
 	[ -s "$REG_FILE" ] || return 1
@@ -368,8 +539,17 @@ service_active() {
 	fi
 }
 
+stop_service() {
+	if have_systemctl; then
+		systemctl stop "$SERVICE" </dev/null 2>&1 | mask_stream || true
+	elif command -v service >/dev/null 2>&1; then
+		service "$SERVICE" stop </dev/null 2>&1 | mask_stream || true
+	fi
+}
+
 enable_and_start_service() {
 	if have_systemctl; then
+		systemctl daemon-reload </dev/null 2>&1 | mask_stream || true
 		systemctl enable "$SERVICE" </dev/null 2>&1 | mask_stream || return 1
 		systemctl restart "$SERVICE" </dev/null 2>&1 | mask_stream || return 1
 	elif command -v service >/dev/null 2>&1; then
@@ -378,6 +558,110 @@ enable_and_start_service() {
 		log "neither systemctl nor service found; start $SERVICE by hand"
 		return 1
 	fi
+}
+
+# ---------------------------------------------------- the agent's proxy drop-in
+
+proxy_dropin_path() { printf '%s/etc/systemd/system/%s.service.d/activation-vending-proxy.conf' "$ROOT" "$SERVICE"; }
+
+agent_no_proxy() { printf '%s%s' "$IMDS_NO_PROXY" "${NO_PROXY_LIST:+,$NO_PROXY_LIST}"; }
+
+# systemd expands % specifiers in Environment=; a literal % is %%.
+systemd_escape() { printf '%s' "${1//%/%%}"; }
+
+proxy_dropin_text() {
+	local proxy no_proxy
+	proxy=$(systemd_escape "$PROXY")
+	no_proxy=$(systemd_escape "$(agent_no_proxy)")
+	printf '# Written by bootstrap-linux.sh (activation vending): the SSM Agent reaches AWS\n'
+	printf '# through this proxy. The instance metadata address never goes through it.\n'
+	printf '[Service]\n'
+	printf 'Environment="https_proxy=%s"\n' "$proxy"
+	printf 'Environment="http_proxy=%s"\n' "$proxy"
+	printf 'Environment="no_proxy=%s"\n' "$no_proxy"
+}
+
+# Writes the drop-in when --proxy is in effect; returns 0 when the file changed.
+write_proxy_dropin() {
+	[ -n "$PROXY" ] || return 1
+	local file text
+	file=$(proxy_dropin_path)
+	text=$(proxy_dropin_text)
+	if [ -f "$file" ] && [ "$(<"$file")" = "$text" ]; then return 1; fi
+	mkdir -p "$(dirname "$file")"
+	# Readable by root only: a proxy URL may carry a password.
+	printf '%s\n' "$text" >"$file"
+	chmod 0600 "$file"
+	log "agent proxy: $(redact_url "$PROXY") (no_proxy=$(agent_no_proxy)) in $file"
+	return 0
+}
+
+# ---------------------------------------------------------- machine identity
+
+# SHA-256 hex of /etc/machine-id, else of the DMI product UUID; nothing when
+# neither is readable or holds a placeholder. The raw value is never sent or logged.
+MACHINE_ID=
+machine_id_digest() {
+	local file value
+	for file in "$ROOT/etc/machine-id" "$ROOT/sys/class/dmi/id/product_uuid"; do
+		[ -r "$file" ] || continue
+		value=$(<"$file") || continue
+		value=${value#"${value%%[![:space:]]*}"}
+		value=${value%"${value##*[![:space:]]}"}
+		case "${value,,}" in
+		'' | uninitialized | *[!0-9a-f-]* | 00000000-0000-0000-0000-000000000000 | ffffffff-ffff-ffff-ffff-ffffffffffff) continue ;;
+		esac
+		command -v sha256sum >/dev/null 2>&1 || return 0
+		value=$(printf '%s' "$value" | sha256sum)
+		printf '%s' "${value%% *}"
+		return 0
+	done
+}
+
+# What this script recorded beside a registration: the machine it was made on
+# (machine=), its managed instance ID (instance=) and whether the agent was seen
+# online (online=1).
+recorded_value() { # KEY
+	local line
+	[ -r "$IDENTITY_FILE" ] || return 1
+	while IFS= read -r line || [ -n "$line" ]; do
+		case "$line" in "$1="*) printf '%s' "${line#"$1"=}" && return 0 ;; esac
+	done <"$IDENTITY_FILE"
+	return 1
+}
+
+record_machine() { # INSTANCE_ID ONLINE(0|1)
+	mkdir -p "$(dirname "$IDENTITY_FILE")"
+	printf 'machine=%s\ninstance=%s\nonline=%s\n' "$MACHINE_ID" "$1" "$2" >"$IDENTITY_FILE"
+}
+
+# Removes the registration so this machine can register as itself: the agent's
+# -register -clear (its vault keys and hardware fingerprint), the registration
+# file, and our record. The agent is stopped first.
+clear_registration() {
+	stop_service
+	if [ -n "$AGENT_BIN" ]; then
+		"$AGENT_BIN" -register -clear </dev/null 2>&1 | mask_stream || log "warning: $SERVICE -register -clear failed"
+	else
+		rm -f -- "$ROOT/var/lib/amazon/ssm/Vault/Store/RegistrationKey" "$ROOT/var/lib/amazon/ssm/Vault/Store/InstanceFingerprint"
+	fi
+	rm -f -- "$REG_FILE" "$IDENTITY_FILE"
+}
+
+prepare_image() {
+	detect_agent
+	if [ "$DRY_RUN" = 1 ]; then
+		plan "stop $SERVICE; ${AGENT_BIN:-amazon-ssm-agent} -register -clear; remove $REG_FILE and $IDENTITY_FILE"
+		printf 'dry run complete: nothing was changed\n'
+		exit "$EXIT_OK"
+	fi
+	local existing
+	existing=$(registered_instance_id) || existing=
+	clear_registration
+	log "prepared for imaging: $SERVICE stopped, ${existing:-no} registration cleared${existing:+ (deregister $existing in SSM if it is not coming back)}"
+	log "before capturing: empty /etc/machine-id (systemd regenerates it on the clone's first boot)"
+	printf 'image prepared: the agent is stopped and unregistered\n'
+	exit "$EXIT_OK"
 }
 
 # ------------------------------------------------------------------ the fetch
@@ -409,7 +693,7 @@ activation_url() {
 	*/activation) ;;
 	*) base+=/activation ;;
 	esac
-	if [ "$FRESH_SLOT" = 0 ]; then query="instance=$(urlencode "$INSTANCE")"; fi
+	if [ "$FRESH_SLOT" = 0 ] && [ -n "$INSTANCE" ]; then query="instance=$(urlencode "$INSTANCE")"; fi
 	if [ -n "$POOL" ]; then query="pool=$(urlencode "$POOL")${query:+&$query}"; fi
 	printf '%s%s' "$base" "${query:+?$query}"
 }
@@ -429,8 +713,126 @@ retry_after_seconds() { # header file -> integer seconds or nothing
 	if [[ $value =~ ^[0-9]{1,5}$ ]]; then printf '%d' "$((10#$value))"; fi
 }
 
-# Sleep for $1 milliseconds.
-sleep_ms() { sleep "$(($1 / 1000)).$(printf '%03d' $(($1 % 1000)))"; }
+# curl's proxy options: the given proxy (or none, whatever the environment says),
+# never for loopback and the --no-proxy list.
+curl_proxy_args() { # URL -> one option per line
+	local host
+	host=$(url_host "$1")
+	if [ -z "$PROXY" ] || is_loopback_host "$host"; then
+		printf '%s\n' --proxy ''
+	else
+		printf '%s\n' --proxy "$PROXY" --noproxy "127.0.0.1,localhost,::1${NO_PROXY_LIST:+,$NO_PROXY_LIST}"
+	fi
+}
+
+# ---------------------------------------------------------------- JSON parsing
+
+# The service's answer is a flat JSON object of strings. This reads it without jq
+# (not on every image): the string members go into JSON_FIELDS, anything else is
+# skipped; returns 1 unless the whole text is one well-formed object.
+declare -A JSON_FIELDS=()
+JSON_REST=
+json_skip_ws() { JSON_REST=${JSON_REST#"${JSON_REST%%[![:space:]]*}"}; }
+
+JSON_STRING=
+json_take_string() { # JSON_REST starts with a string -> JSON_STRING (unescaped), rest consumed
+	local re='^"(([^"\\]|\\.)*)"' raw out='' c hex
+	[[ $JSON_REST =~ $re ]] || return 1
+	raw=${BASH_REMATCH[1]}
+	JSON_REST=${JSON_REST:${#BASH_REMATCH[0]}}
+	while [ -n "$raw" ]; do
+		c=${raw%%\\*}
+		out+=$c
+		raw=${raw:${#c}}
+		[ -n "$raw" ] || break
+		c=${raw:1:1}
+		case "$c" in
+		'"' | \\ | /) out+=$c && raw=${raw:2} ;;
+		b | f | n | r | t) out+=' ' && raw=${raw:2} ;;
+		u)
+			hex=${raw:2:4}
+			[[ $hex =~ ^[0-9A-Fa-f]{4}$ ]] || return 1
+			if [ "$((16#$hex))" -lt 128 ] && [ "$((16#$hex))" -ge 32 ]; then
+				printf -v c '%b' "\\x${hex:2:2}"
+				out+=$c
+			else
+				out+='?'
+			fi
+			raw=${raw:6}
+			;;
+		*) return 1 ;;
+		esac
+	done
+	JSON_STRING=$out
+}
+
+json_skip_value() { # a number, true/false/null, or a nested object/array
+	local re='^(-?[0-9][0-9.eE+-]*|true|false|null)' depth=0 c
+	if [[ $JSON_REST =~ $re ]]; then
+		JSON_REST=${JSON_REST:${#BASH_REMATCH[0]}}
+		return 0
+	fi
+	while [ -n "$JSON_REST" ]; do
+		c=${JSON_REST:0:1}
+		case "$c" in
+		'"')
+			json_take_string || return 1
+			continue
+			;;
+		'{' | '[') depth=$((depth + 1)) ;;
+		'}' | ']') depth=$((depth - 1)) ;;
+		esac
+		JSON_REST=${JSON_REST:1}
+		[ "$depth" -gt 0 ] || return $((depth == 0 ? 0 : 1))
+	done
+	return 1
+}
+
+json_parse_object() { # TEXT
+	local key
+	JSON_FIELDS=()
+	JSON_REST=$1
+	json_skip_ws
+	[ "${JSON_REST:0:1}" = '{' ] || return 1
+	JSON_REST=${JSON_REST:1}
+	json_skip_ws
+	if [ "${JSON_REST:0:1}" = '}' ]; then
+		JSON_REST=${JSON_REST:1}
+	else
+		while :; do
+			json_skip_ws
+			json_take_string || return 1
+			key=$JSON_STRING
+			json_skip_ws
+			[ "${JSON_REST:0:1}" = : ] || return 1
+			JSON_REST=${JSON_REST:1}
+			json_skip_ws
+			if [ "${JSON_REST:0:1}" = '"' ]; then
+				json_take_string || return 1
+				if [[ $key =~ ^[A-Za-z0-9_]{1,64}$ ]]; then JSON_FIELDS[$key]=$JSON_STRING; fi
+			else
+				json_skip_value || return 1
+			fi
+			json_skip_ws
+			case "${JSON_REST:0:1}" in
+			,) JSON_REST=${JSON_REST:1} ;;
+			'}')
+				JSON_REST=${JSON_REST:1}
+				break
+				;;
+			*) return 1 ;;
+			esac
+		done
+	fi
+	json_skip_ws
+	[ -z "$JSON_REST" ]
+}
+
+# The message of the service's JSON error ({"error":{"code":..,"message":..}}), for the log.
+error_message() { # BODY
+	local re='"message"[[:space:]]*:[[:space:]]*"(([^"\\]|\\.)*)"'
+	[[ $1 =~ $re ]] && printf '%s' "${BASH_REMATCH[1]:0:200}"
+}
 
 # Outputs of the fetch (ACT_CODE is the secret).
 ACT_ID=
@@ -439,28 +841,59 @@ ACT_REGION=
 ACT_EXPIRES=
 ACT_POOL=
 
-# GET the activation with retries: exponential backoff with jitter on
-# connection failures and 5xx, the server's Retry-After on 503/429, and a hard
-# deadline of --max-wait seconds.
+# Takes the activation out of a 200 body; dies with exit 3 on anything else.
+read_activation() { # BODY
+	local size=${#1}
+	if [ "$size" -gt 65536 ] || ! json_parse_object "$1"; then
+		JSON_FIELDS=()
+		JSON_REST=
+		xtrace_restore
+		die "$EXIT_FETCH" "malformed response from the service (HTTP 200, $size bytes, not an activation JSON object with ActivationId and ActivationCode)"
+	fi
+	ACT_ID=${JSON_FIELDS[ActivationId]:-}
+	ACT_CODE=${JSON_FIELDS[ActivationCode]:-}
+	ACT_REGION=${JSON_FIELDS[Region]:-}
+	ACT_EXPIRES=${JSON_FIELDS[ExpirationDate]:-}
+	ACT_POOL=${JSON_FIELDS[Pool]:-}
+	JSON_FIELDS=()
+	JSON_STRING=
+	if ! [[ $ACT_ID =~ ^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$ ]] ||
+		! [[ $ACT_CODE =~ ^[A-Za-z0-9+/=_-]{1,256}$ ]]; then
+		ACT_CODE=
+		xtrace_restore
+		die "$EXIT_FETCH" "malformed response from the service (ActivationId or ActivationCode missing or of an unexpected format)"
+	fi
+	[[ $ACT_REGION =~ ^[a-z0-9-]{0,32}$ ]] || ACT_REGION=
+	[[ $ACT_EXPIRES =~ ^[0-9A-Za-z:.+-]{0,40}$ ]] || ACT_EXPIRES=
+	[[ $ACT_POOL =~ ^[A-Za-z0-9_-]{0,64}$ ]] || ACT_POOL=
+}
+
+# GET the activation with retries: exponential backoff with jitter on connection
+# failures (including TLS errors from a clock not yet synced) and 5xx, the
+# server's Retry-After on 503/429, and a hard deadline of --max-wait seconds.
+# A 4xx is final: the same request would get the same answer.
 fetch_activation() {
 	{ xtrace_off; } 2>/dev/null
-	local url body resp status rc attempt=0 backoff_ms=1000 wait_ms ra remaining per_try last_error='' hdr err
-	local -a curl_args
+	local url body resp status rc attempt=0 wait_ms ra remaining per_try last_error='' hdr err msg
+	local -a curl_args proxy_args
 	url=$(activation_url)
 	hdr="$WORK/headers"
 	err="$WORK/curl.err"
-	curl_args=(--silent --show-error --fail --proto '=https,http' --user-agent "$PROG/1"
-		-H 'Accept: application/json' --dump-header "$hdr" --write-out '\n%{http_code}')
+	mapfile -t proxy_args < <(curl_proxy_args "$URL")
+	curl_args=(--silent --show-error --proto '=https,http' --user-agent "$PROG/2"
+		-H 'Accept: application/json' --dump-header "$hdr" --write-out '\n%{http_code}' "${proxy_args[@]}")
 	[ -z "$API_ID" ] || curl_args+=(-H "x-apigw-api-id: $API_ID")
+	[ -z "$MACHINE_ID" ] || curl_args+=(-H "X-Machine-Id: $MACHINE_ID")
 	[ -z "$CA_BUNDLE" ] || curl_args+=(--cacert "$CA_BUNDLE")
 
-	log "fetching activation: GET $url${API_ID:+ (x-apigw-api-id: $API_ID)}"
-	local deadline=$((SECONDS + MAX_WAIT))
+	log "fetching activation: GET $url${API_ID:+ (x-apigw-api-id: $API_ID)}${MACHINE_ID:+ (X-Machine-Id: ${MACHINE_ID:0:12}...)}${PROXY:+ via proxy $(redact_url "$PROXY")}"
+	DEADLINE=$((SECONDS + MAX_WAIT))
+	backoff_reset
 	while :; do
-		remaining=$((deadline - SECONDS))
+		remaining=$((DEADLINE - SECONDS))
 		if [ "$remaining" -le 0 ]; then
 			xtrace_restore
-			die "$EXIT_FETCH" "gave up fetching an activation after ${MAX_WAIT}s and $attempt attempt(s) (--max-wait $MAX_WAIT); last error: ${last_error:-none}"
+			die "$EXIT_FETCH" "gave up fetching an activation after ${MAX_WAIT}s and $attempt attempt(s) (--max-wait $MAX_WAIT); last error: ${last_error:-none}$(tls_hint "$last_error")"
 		fi
 		attempt=$((attempt + 1))
 		per_try=$((remaining < 30 ? remaining : 30))
@@ -474,23 +907,26 @@ fetch_activation() {
 		if [ "$rc" = 0 ] && [ "$status" = 200 ]; then break; fi
 
 		ra=
-		if [ "$rc" = 22 ] || { [ "$rc" = 0 ] && [ -n "$status" ]; }; then
+		if [ "$rc" = 0 ] && [[ $status =~ ^[1-9][0-9][0-9]$ ]]; then
 			last_error="HTTP $status"
+			msg=$(error_message "$body") || msg=
+			body=
 			case "$status" in
 			429 | 503)
 				ra=$(retry_after_seconds "$hdr")
 				last_error+=" (Retry-After: ${ra:-none})"
 				;;
 			500 | 502 | 504) ;;
-			400) xtrace_restore && die "$EXIT_FETCH" "the service rejected the request (HTTP 400): check --pool and --instance" ;;
+			400) xtrace_restore && die "$EXIT_FETCH" "the service rejected the request (HTTP 400${msg:+: $msg}): check --pool and --instance; not retried" ;;
 			401 | 403) xtrace_restore && die "$EXIT_FETCH" "access denied (HTTP $status): a private API is reachable only through its VPC endpoint; with the endpoint's own DNS name pass --api-id" ;;
-			404) xtrace_restore && die "$EXIT_FETCH" "not found (HTTP 404): unknown pool '${POOL:-default}' or wrong --url" ;;
-			*) xtrace_restore && die "$EXIT_FETCH" "unexpected answer from the service: HTTP $status" ;;
+			404) xtrace_restore && die "$EXIT_FETCH" "not found (HTTP 404${msg:+: $msg}): unknown pool '${POOL:-default}' or wrong --url" ;;
+			*) xtrace_restore && die "$EXIT_FETCH" "unexpected answer from the service: HTTP $status${msg:+ ($msg)}" ;;
 			esac
 		else
+			body=
 			last_error="curl exit $rc: $(head -c 300 "$err" 2>/dev/null | tr '\n' ' ')"
 			case "$rc" in
-			1 | 2 | 3 | 27 | 43 | 58 | 59 | 60 | 77 | 80 | 83 | 90 | 91)
+			1 | 2 | 3 | 27 | 43 | 58 | 59 | 77 | 80 | 83 | 90 | 91)
 				xtrace_restore
 				die "$EXIT_FETCH" "cannot fetch from $URL: $last_error${CA_BUNDLE:+ (CA bundle $CA_BUNDLE)}; TLS problems: pass --ca-bundle with your CA"
 				;;
@@ -500,53 +936,29 @@ fetch_activation() {
 		if [ -n "$ra" ]; then
 			# Honour the server, plus up to 1 s of jitter so waiters do not return in lockstep.
 			wait_ms=$((ra * 1000 + RANDOM % 1000))
+			remaining=$((DEADLINE - SECONDS))
+			if [ $((wait_ms / 1000)) -ge "$remaining" ]; then wait_ms=$((remaining > 0 ? remaining * 1000 : 0)); fi
 		else
-			# Equal jitter: half the backoff fixed, half random; doubling up to 16 s.
-			wait_ms=$((backoff_ms / 2 + RANDOM * (backoff_ms / 2) / 32768))
-			backoff_ms=$((backoff_ms < 16000 ? backoff_ms * 2 : 16000))
+			wait_ms=$(backoff_next_ms)
 		fi
-		remaining=$((deadline - SECONDS))
-		if [ $((wait_ms / 1000)) -ge "$remaining" ]; then wait_ms=$((remaining > 0 ? remaining * 1000 : 0)); fi
 		log "attempt $attempt failed ($last_error); retrying in $((wait_ms / 1000)).$(printf '%03d' $((wait_ms % 1000)))s"
 		sleep_ms "$wait_ms"
 	done
 
-	if ! command -v jq >/dev/null 2>&1; then
-		# Dry run only: jq is installed before the fetch otherwise.
-		plan "fetched an activation (HTTP 200, ${#body} bytes) in $attempt attempt(s); not parsed: jq is not installed"
-		body=
-		xtrace_restore
-		return 0
-	fi
-	if ! printf '%s' "$body" | jq -e 'type == "object"
-		and (.ActivationId | type == "string" and test("^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$"))
-		and (.ActivationCode | type == "string" and test("^[A-Za-z0-9+/=_-]{1,256}$"))' >/dev/null 2>&1; then
-		local size=${#body}
-		body=
-		xtrace_restore
-		die "$EXIT_FETCH" "malformed response from the service (HTTP 200, $size bytes, not an activation JSON object with ActivationId and ActivationCode)"
-	fi
-	# One jq for all fields; a pipe, never a here-string (older bash puts those in a temp file).
-	local -a fields
-	mapfile -t fields < <(printf '%s' "$body" | jq -r '.ActivationId, .ActivationCode,
-		(.Region | if type == "string" then . else "" end),
-		(.ExpirationDate | if . == null then "" else tostring end),
-		(.Pool | if type == "string" then . else "" end) | gsub("[\\n\\r]"; " ")')
-	ACT_ID=${fields[0]:-}
-	ACT_CODE=${fields[1]:-}
-	ACT_REGION=${fields[2]:-}
-	ACT_EXPIRES=${fields[3]:-}
-	ACT_POOL=${fields[4]:-}
-	fields=()
+	read_activation "$body"
 	body=
-	if ! [[ $ACT_ID =~ ^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$ ]] ||
-		! [[ $ACT_CODE =~ ^[A-Za-z0-9+/=_-]{1,256}$ ]]; then
-		ACT_CODE=
-		xtrace_restore
-		die "$EXIT_FETCH" "malformed response from the service (ActivationId or ActivationCode has an unexpected format)"
-	fi
 	xtrace_restore
 	log "got activation $ACT_ID (pool ${ACT_POOL:-?}, region ${ACT_REGION:-?}, expires ${ACT_EXPIRES:-?}) after $attempt attempt(s); code $MASK"
+}
+
+# curl 35 (TLS handshake) and 60 (certificate not trusted, or not valid yet) are
+# retried: at boot the clock may not be synced yet. Say so when giving up.
+tls_hint() { # LAST_ERROR
+	case "$1" in
+	'curl exit 35:'* | 'curl exit 60:'*)
+		printf '; TLS: check the clock (now %(%Y-%m-%dT%H:%M:%SZ)T; start after time-sync.target) and the CA (--ca-bundle)' -1
+		;;
+	esac
 }
 
 # ------------------------------------------------------------------- install
@@ -561,25 +973,103 @@ download_base() {
 	printf 'https://amazon-ssm-%s.s3.%s.%s' "$REGION" "$REGION" "$suffix"
 }
 
-download() { # URL DEST: https (or a file:// mirror) only; 3 tries unless the file is not there
-	local url=$1 dest=$2 try rc code
-	for try in 1 2 3; do
+# URL DEST: https (or a file:// mirror) only. Retried with backoff until
+# --max-wait, unless the file is not there (returns 2 then; 1 when giving up).
+download() {
+	local url=$1 dest=$2 attempt=0 rc code wait_ms
+	local -a proxy_args
+	mapfile -t proxy_args < <(curl_proxy_args "$url")
+	DEADLINE=$((SECONDS + MAX_WAIT))
+	backoff_reset
+	while :; do
+		attempt=$((attempt + 1))
 		rc=0
 		code=$(curl --silent --show-error --fail --location --proto '=https,file' --proto-redir '=https' \
-			--connect-timeout 15 --max-time 600 --write-out '%{http_code}' -o "$dest" "$url" 2>"$WORK/download.err") || rc=$?
+			"${proxy_args[@]}" --connect-timeout 15 --max-time 600 --write-out '%{http_code}' \
+			-o "$dest" "$url" 2>"$WORK/download.err") || rc=$?
 		if [ "$rc" = 0 ] && [ -s "$dest" ]; then return 0; fi
-		mask_stream <"$WORK/download.err"
 		rm -f "$dest"
 		# Not there (S3 answers 403 for a missing key, a mirror 404 or "no such file"): no retry.
-		case "$code:$rc" in 403:* | 404:* | *:37) return 1 ;; esac
-		log "download of $url failed (try $try of 3)"
-		[ "$try" = 3 ] || sleep "$try"
+		case "$code:$rc" in 403:* | 404:* | *:37) return 2 ;; esac
+		mask_stream <"$WORK/download.err"
+		[ "$SECONDS" -lt "$DEADLINE" ] || return 1
+		wait_ms=$(backoff_next_ms)
+		log "download of $url failed (attempt $attempt); retrying in $((wait_ms / 1000))s"
+		sleep_ms "$wait_ms"
 	done
-	return 1
 }
+
+# ------------------------------------------------------ signature verification
+
+GPG=
+find_gpg() {
+	GPG=$(command -v gpg 2>/dev/null || command -v gpg2 2>/dev/null || true)
+	[ -n "$GPG" ]
+}
+
+signing_key_file() {
+	if [ -n "$SIGNING_KEY" ]; then
+		printf '%s' "$SIGNING_KEY"
+	elif [ -r "$ROOT$DEFAULT_SIGNING_KEY" ]; then
+		printf '%s' "$ROOT$DEFAULT_SIGNING_KEY"
+	fi
+}
+
+# What stands in the way of checking a signature, or nothing (after find_gpg).
+verification_blocker() {
+	if [ -z "$GPG" ]; then
+		printf 'gpg is not installed (install it: %s)' "$(pkg_install_cmd "$([ "$FAMILY" = deb ] && echo gpg || echo gnupg2)")"
+	elif [ -z "$(signing_key_file)" ]; then
+		printf "no SSM Agent signing key: put AWS's current public key (\"Verifying the signature of SSM Agent\" in the Systems Manager user guide) at %s or pass --signing-key" "$DEFAULT_SIGNING_KEY"
+	fi
+}
+
+unverified_or_die() { # WHAT REASON: allowed only with --allow-unverified
+	if [ "$ALLOW_UNVERIFIED" = 1 ]; then
+		log "WARNING: running $1 UNVERIFIED (--allow-unverified): $2"
+		return 0
+	fi
+	die "$EXIT_INSTALL" "cannot verify $1: $2; refusing to run it (--allow-unverified accepts the risk)"
+}
+
+# FILE URL: downloads URL.sig and checks FILE against AWS's key with gpg. A
+# signature that does not match is fatal even with --allow-unverified; one that
+# cannot be checked (no gpg, no key, no .sig) is fatal without it.
+verify_download() {
+	local file=$1 url=$2 what blocker rc=0 home status
+	what=$(basename "$file")
+	find_gpg || true
+	blocker=$(verification_blocker)
+	if [ -n "$blocker" ]; then
+		unverified_or_die "$what" "$blocker"
+		return 0
+	fi
+	download "$url.sig" "$file.sig" || rc=$?
+	if [ "$rc" != 0 ]; then
+		unverified_or_die "$what" "no signature at $url.sig"
+		return 0
+	fi
+	home="$WORK/gnupg"
+	mkdir -p "$home"
+	if ! "$GPG" --homedir "$home" --batch --quiet --import "$(signing_key_file)" </dev/null >/dev/null 2>"$WORK/gpg.err"; then
+		mask_stream <"$WORK/gpg.err"
+		die "$EXIT_INSTALL" "could not read the signing key $(signing_key_file)"
+	fi
+	status=$("$GPG" --homedir "$home" --batch --status-fd 1 --verify "$file.sig" "$file" </dev/null 2>"$WORK/gpg.err") || rc=$?
+	if [ "$rc" = 0 ] && [[ $status == *'[GNUPG:] VALIDSIG '* ]]; then
+		log "verified $what against $(signing_key_file)"
+		return 0
+	fi
+	mask_stream <"$WORK/gpg.err"
+	rm -f -- "$file"
+	die "$EXIT_INSTALL" "$what from $url does NOT match its signature (or is signed by a key other than $(signing_key_file)); not running it"
+}
+
+# ------------------------------------------------------------- registration
 
 SETUP_CLI=
 AGENT_VIA=
+OVERRIDE=0
 
 # ssm-setup-cli downloads the agent, verifies its signature (left on: we never
 # pass -skip-signature-validation), installs, registers and starts it.
@@ -589,9 +1079,9 @@ register_with_setup_cli() {
 	local -a args
 	# The code is passed as a flag because ssm-setup-cli has no other way to take it.
 	args=(-register "-activation-code=$ACT_CODE" "-activation-id=$ACT_ID" "-region=$REGION")
-	[ "$FORCE" = 0 ] || args+=(-override)
+	[ "$OVERRIDE" = 0 ] || args+=(-override)
 	[ -z "$MANIFEST_URL" ] || args+=("-manifest-url=$MANIFEST_URL")
-	log "running: ssm-setup-cli -register -activation-code=$MASK -activation-id=$ACT_ID -region=$REGION${MANIFEST_URL:+ -manifest-url=$MANIFEST_URL}$([ "$FORCE" = 0 ] || printf ' -override')"
+	log "running: ssm-setup-cli -register -activation-code=$MASK -activation-id=$ACT_ID -region=$REGION${MANIFEST_URL:+ -manifest-url=$MANIFEST_URL}$([ "$OVERRIDE" = 0 ] || printf ' -override')"
 	if command -v timeout >/dev/null 2>&1; then
 		timeout 900 "$SETUP_CLI" "${args[@]}" </dev/null 2>&1 | mask_stream || rc=$?
 	else
@@ -602,92 +1092,242 @@ register_with_setup_cli() {
 	return "$rc"
 }
 
-# Fallback: the agent package from the same regional bucket, installed with the
-# distribution's package manager, then `amazon-ssm-agent -register ... -y`
+# The installed agent registers itself: `amazon-ssm-agent -register ... -y`
 # (-y answers the "already registered, override?" prompt, so nothing waits on stdin).
-register_with_package() {
-	local ext file url agent
-	case "$FAMILY" in deb) ext=deb ;; *) ext=rpm ;; esac
-	if command -v "$SERVICE" >/dev/null 2>&1; then
-		log "fallback: $SERVICE is already installed"
-	else
-		url="$(download_base)/latest/$BUCKET_DIR/amazon-ssm-agent.$ext"
-		file="$WORK/amazon-ssm-agent.$ext"
-		log "fallback: installing the agent package from $url with $PKG"
-		download "$url" "$file" || die "$EXIT_INSTALL" "could not download $url"
-		chmod 0644 "$file"
-		pkg_install "$file" || die "$EXIT_INSTALL" "could not install the agent package: $(pkg_install_cmd "$file") failed"
-		command -v "$SERVICE" >/dev/null 2>&1 || die "$EXIT_INSTALL" "$SERVICE is not on PATH after installing the package"
-	fi
-	agent=$(command -v "$SERVICE")
-	if have_systemctl; then systemctl stop "$SERVICE" </dev/null 2>&1 | mask_stream || true; fi
-
+register_with_agent() {
+	stop_service
 	{ xtrace_off; } 2>/dev/null
 	local rc=0
-	log "running: $SERVICE -register -code=$MASK -id=$ACT_ID -region=$REGION -y"
+	log "running: $AGENT_BIN -register -code=$MASK -id=$ACT_ID -region=$REGION -y"
 	# The code is passed as a flag because the agent has no other way to take it.
-	"$agent" -register "-code=$ACT_CODE" "-id=$ACT_ID" "-region=$REGION" -y </dev/null 2>&1 | mask_stream || rc=$?
+	"$AGENT_BIN" -register "-code=$ACT_CODE" "-id=$ACT_ID" "-region=$REGION" -y </dev/null 2>&1 | mask_stream || rc=$?
 	xtrace_restore
 	return "$rc"
 }
 
-install_and_register() {
-	local url
+# Fallback: the agent package from the same regional bucket, verified, installed
+# with the distribution's package manager.
+install_agent_package() {
+	local ext file url rc=0
+	case "$FAMILY" in deb) ext=deb ;; *) ext=rpm ;; esac
+	url="$(download_base)/latest/$BUCKET_DIR/amazon-ssm-agent.$ext"
+	file="$WORK/amazon-ssm-agent.$ext"
+	log "fallback: installing the agent package from $url with $PKG"
+	download "$url" "$file" || rc=$?
+	[ "$rc" = 0 ] || die "$EXIT_INSTALL" "could not download $url"
+	verify_download "$file" "$url"
+	chmod 0644 "$file"
+	pkg_install "$file" || die "$EXIT_INSTALL" "could not install the agent package: $(pkg_install_cmd "$file") failed"
+	detect_agent
+	[ -n "$AGENT_BIN" ] || die "$EXIT_INSTALL" "amazon-ssm-agent is not on PATH after installing the package"
+}
+
+# Returns 0 registered, 1 when ssm-setup-cli failed before installing the agent
+# (the caller falls back to the package), dies otherwise.
+try_setup_cli() {
+	local url rc=0
 	url="$(download_base)/latest/$BUCKET_DIR/ssm-setup-cli"
 	SETUP_CLI="$WORK/ssm-setup-cli"
 	log "downloading ssm-setup-cli from $url"
-	if download "$url" "$SETUP_CLI"; then
-		chmod 0700 "$SETUP_CLI"
-		if register_with_setup_cli; then
-			AGENT_VIA=ssm-setup-cli
-			return 0
-		fi
-		if command -v "$SERVICE" >/dev/null 2>&1; then
-			die "$EXIT_REGISTER" "ssm-setup-cli could not register this server with activation $ACT_ID (see its output above)"
-		fi
-		log "ssm-setup-cli failed before the agent was installed; falling back to the $PKG package"
-	else
+	download "$url" "$SETUP_CLI" || rc=$?
+	case "$rc" in
+	0) ;;
+	2)
 		log "ssm-setup-cli is not available; falling back to the $PKG package"
+		return 1
+		;;
+	*) die "$EXIT_INSTALL" "could not download $url within --max-wait $MAX_WAIT" ;;
+	esac
+	verify_download "$SETUP_CLI" "$url"
+	chmod 0700 "$SETUP_CLI"
+	if register_with_setup_cli; then
+		AGENT_VIA=ssm-setup-cli
+		detect_agent
+		return 0
 	fi
-	register_with_package || die "$EXIT_REGISTER" "$SERVICE -register failed for activation $ACT_ID (see its output above)"
+	detect_agent
+	[ -z "$AGENT_BIN" ] ||
+		die "$EXIT_REGISTER" "ssm-setup-cli could not register this server with activation $ACT_ID (see its output above)"
+	log "ssm-setup-cli failed before the agent was installed; falling back to the $PKG package"
+	return 1
+}
+
+install_and_register() {
+	detect_agent
+	if [ -n "$AGENT_BIN" ]; then
+		# Amazon Linux, the Ubuntu snap, images with the agent: register it directly
+		# rather than have ssm-setup-cli reinstall (and self-update) it.
+		log "the agent is installed ($AGENT_BIN, unit $SERVICE); registering it directly"
+		register_with_agent || die "$EXIT_REGISTER" "$SERVICE -register failed for activation $ACT_ID (see its output above)"
+		AGENT_VIA="installed agent"
+		return 0
+	fi
+	try_setup_cli && return 0
+	install_agent_package
+	register_with_agent || die "$EXIT_REGISTER" "$SERVICE -register failed for activation $ACT_ID (see its output above)"
 	AGENT_VIA="$PKG package"
 }
 
+# --------------------------------------------------------------- online check
+
+log_size() { [ -f "$AGENT_LOG" ] && wc -c <"$AGENT_LOG" || printf '0'; }
+
+# The agent's log since it was (re)started at byte offset $1 (from 0 after rotation).
+agent_log_since() { # OFFSET
+	[ -f "$AGENT_LOG" ] || return 0
+	local size
+	size=$(wc -c <"$AGENT_LOG")
+	if [ "$size" -lt "$1" ]; then cat -- "$AGENT_LOG"; else tail -c "+$(($1 + 1))" -- "$AGENT_LOG"; fi
+}
+
+# The agent is online when its own log says it got credentials from SSM
+# ("Credentials ready"), which needs a registration SSM accepts and a way out (proxy).
+# Only where the agent keeps no log file, ssm-cli naming the same instance is accepted.
+agent_reports_online() { # OFFSET INSTANCE_ID
+	if [ -f "$AGENT_LOG" ]; then
+		agent_log_since "$1" | grep -q 'Credentials ready'
+		return
+	fi
+	[ -n "$SSM_CLI" ] && [ -x "$SSM_CLI" ] || return 1
+	"$SSM_CLI" get-instance-information </dev/null 2>/dev/null | grep -q "\"$2\""
+}
+
+agent_hibernating() { # OFFSET -> prints the agent's hibernation line
+	[ -f "$AGENT_LOG" ] || return 1
+	agent_log_since "$1" | grep -m1 'Entering SSM Agent hibernate'
+}
+
+# Waits up to --online-wait for: a managed instance ID in the registration file,
+# the service running, and the agent online. Dies with exit 5 and the reason.
+INSTANCE_ID=
+wait_until_online() { # LOG_OFFSET
+	local offset=$1 deadline=$((SECONDS + ONLINE_WAIT)) reason line
+	while :; do
+		if ! INSTANCE_ID=$(registered_instance_id); then
+			reason="the agent does not report a registration ($REG_FILE has no managed instance ID)"
+		elif ! service_active; then
+			reason="registered as $INSTANCE_ID but $SERVICE is not running"
+		elif line=$(agent_hibernating "$offset"); then
+			die "$EXIT_REGISTER" "registered as $INSTANCE_ID but the agent cannot reach Systems Manager and hibernates: ${line:0:300} (proxy: --proxy; network: HTTPS to ssm, ssmmessages, ec2messages in $REGION)"
+		elif agent_reports_online "$offset" "$INSTANCE_ID"; then
+			return 0
+		else
+			reason="registered as $INSTANCE_ID and $SERVICE is running, but the agent has not reported connecting to Systems Manager (no 'Credentials ready' in $AGENT_LOG)"
+		fi
+		[ "$SECONDS" -lt "$deadline" ] || die "$EXIT_REGISTER" "not online after --online-wait ${ONLINE_WAIT}s: $reason"
+		sleep 1
+	done
+}
+
 # ---------------------------------------------------------------------- main
+
+acquire_lock() {
+	[ "$DRY_RUN" = 0 ] && command -v flock >/dev/null 2>&1 || return 0
+	local lockdir="$ROOT/run"
+	[ -d "$lockdir" ] || lockdir="$ROOT/tmp"
+	[ -d "$lockdir" ] || return 0
+	exec 9>"$lockdir/ssm-bootstrap.lock"
+	flock -w "$((MAX_WAIT + 900))" 9 || die "$EXIT_INSTALL" "another bootstrap is still running"
+}
+
+# A registered server exits early, unless it is not the machine it was registered
+# on (a clone of a registered image, a re-image): then the old registration is
+# cleared. Returns 0 to go on registering.
+check_existing_registration() {
+	local existing recorded
+	existing=$(registered_instance_id) || return 0
+	if [ "$FORCE" = 1 ]; then
+		log "registered as $existing; --force given, registering again with a fresh activation slot"
+		FRESH_SLOT=1
+		OVERRIDE=1
+		return 0
+	fi
+	recorded=$(recorded_value machine) || recorded=
+	if [ -n "$MACHINE_ID" ] && [ -n "$recorded" ] && [ "$recorded" != "$MACHINE_ID" ]; then
+		log "registered as $existing, but on another machine (machine id ${recorded:0:12}..., this is ${MACHINE_ID:0:12}...): a clone or a re-image; clearing that registration and registering afresh"
+		OVERRIDE=1
+		if [ "$DRY_RUN" = 1 ]; then
+			plan "stop $SERVICE; ${AGENT_BIN:-amazon-ssm-agent} -register -clear; remove $REG_FILE"
+		else
+			clear_registration
+		fi
+		return 0
+	fi
+	if [ -z "$recorded" ] && [ "$DRY_RUN" = 0 ]; then
+		# Registered before this script kept a record (or by hand): adopt it.
+		record_machine "$existing" 1
+	fi
+	if [ "$(recorded_value online || true)" = 0 ] && [ "$DRY_RUN" = 0 ]; then
+		confirm_online_after_restart "registered as $existing, but the agent was not seen online yet"
+	fi
+	log "already registered as $existing; nothing to do (--force re-registers)"
+	if [ "$DRY_RUN" = 0 ] && ! service_active 2>/dev/null; then
+		log "$SERVICE is not running; starting it"
+		write_proxy_dropin || true
+		enable_and_start_service || log "warning: could not start $SERVICE"
+	fi
+	printf 'already registered: %s\n' "$existing"
+	exit "$EXIT_OK"
+}
+
+# A registration made by an earlier run that gave up waiting for the agent: start
+# the agent again and wait for it (no new activation), exit 0 or 5.
+confirm_online_after_restart() { # WHY
+	local offset
+	log "$1; starting $SERVICE and waiting up to ${ONLINE_WAIT}s"
+	write_proxy_dropin || true
+	offset=$(log_size)
+	enable_and_start_service || die "$EXIT_REGISTER" "could not enable and start $SERVICE"
+	wait_until_online "$offset"
+	record_machine "$INSTANCE_ID" 1
+	log "registered as $INSTANCE_ID; $SERVICE is enabled, running and connected"
+	printf 'registered: %s\n' "$INSTANCE_ID"
+	exit "$EXIT_OK"
+}
+
+print_plan() {
+	local id=${ACT_ID:-<activation-id>} region=${REGION:-<region>} ext=rpm override=''
+	[ "$FAMILY" != deb ] || ext=deb
+	[ "$OVERRIDE" = 0 ] || override=' -override'
+	REGION=$region
+	plan "activation $id for instance '${INSTANCE:-(none)}' (pool ${ACT_POOL:-${POOL:-default}}, region $region, expires ${ACT_EXPIRES:-?}); code $MASK"
+	if [ -n "$AGENT_BIN" ]; then
+		plan "the agent is installed ($AGENT_BIN): run $AGENT_BIN -register -code=$MASK -id=$id -region=$region -y"
+	else
+		plan "download $(download_base)/latest/$BUCKET_DIR/ssm-setup-cli and .sig to a private temporary directory; verify with gpg against ${SIGNING_KEY:-$DEFAULT_SIGNING_KEY}$([ "$ALLOW_UNVERIFIED" = 0 ] || printf ' (or run unverified: --allow-unverified)')"
+		plan "run: ssm-setup-cli -register -activation-code=$MASK -activation-id=$id -region=$region${MANIFEST_URL:+ -manifest-url=$MANIFEST_URL}$override"
+		plan "if ssm-setup-cli is unavailable: verify and $(pkg_install_cmd "amazon-ssm-agent.$ext") from $(download_base)/latest/$BUCKET_DIR/, then amazon-ssm-agent -register -code=$MASK -id=$id -region=$region -y"
+	fi
+	[ -z "$PROXY" ] || plan "write $(proxy_dropin_path): https_proxy/http_proxy=$(redact_url "$PROXY"), no_proxy=$(agent_no_proxy)"
+	plan "systemctl enable $SERVICE && systemctl restart $SERVICE"
+	plan "wait up to ${ONLINE_WAIT}s until $REG_FILE names a managed instance (mi-...), $SERVICE is active and $AGENT_LOG says 'Credentials ready'"
+	plan "record the machine id digest in $IDENTITY_FILE"
+}
 
 main() {
 	parse_args "$@"
 	validate_inputs
 	REG_FILE="$ROOT/var/lib/amazon/ssm/registration"
+	IDENTITY_FILE="$ROOT/var/lib/amazon/ssm/activation-vending.machine"
+	AGENT_LOG="$ROOT/var/log/amazon/ssm/amazon-ssm-agent.log"
 
 	if [ "$DRY_RUN" = 0 ] && [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then
 		die "$EXIT_PLATFORM" "must run as root (it installs and registers the SSM Agent); try sudo, or --dry-run"
 	fi
-
 	# One bootstrap at a time on this host.
-	if [ "$DRY_RUN" = 0 ] && command -v flock >/dev/null 2>&1; then
-		local lockdir="$ROOT/run"
-		[ -d "$lockdir" ] || lockdir="$ROOT/tmp"
-		if [ -d "$lockdir" ]; then
-			exec 9>"$lockdir/ssm-bootstrap.lock"
-			flock -w "$((MAX_WAIT + 900))" 9 || die "$EXIT_INSTALL" "another bootstrap is still running"
-		fi
-	fi
+	acquire_lock
+	[ "$PREPARE_IMAGE" = 0 ] || prepare_image
 
-	local existing
-	if existing=$(registered_instance_id); then
-		if [ "$FORCE" = 0 ]; then
-			log "already registered as $existing; nothing to do (--force re-registers)"
-			if [ "$DRY_RUN" = 0 ] && ! service_active 2>/dev/null; then
-				log "$SERVICE is not running; starting it"
-				enable_and_start_service || log "warning: could not start $SERVICE"
-			fi
-			printf 'already registered: %s\n' "$existing"
-			exit "$EXIT_OK"
-		fi
-		log "registered as $existing; --force given, registering again with a fresh activation slot"
-		FRESH_SLOT=1
+	if [ -n "$PROXY" ]; then
+		# For every tool run from here (package managers, ssm-setup-cli's own downloads).
+		local bypass
+		bypass="127.0.0.1,localhost,::1,$(agent_no_proxy)"
+		export https_proxy=$PROXY http_proxy=$PROXY HTTPS_PROXY=$PROXY HTTP_PROXY=$PROXY no_proxy=$bypass NO_PROXY=$bypass
 	fi
+	MACHINE_ID=$(machine_id_digest)
+	[ "$FORCE" = 0 ] || OVERRIDE=1
+	detect_agent
+	check_existing_registration
 
 	detect_platform
 	trap cleanup EXIT
@@ -697,33 +1337,15 @@ main() {
 	# must allow exec: /var/lib rather than /tmp, which hardened hosts mount noexec.
 	WORK=$(mktemp -d "${TMPDIR:-$ROOT/var/lib}/ssm-bootstrap.XXXXXX")
 
-	local have_jq=1
-	if ! command -v curl >/dev/null 2>&1; then
-		# Nothing can be fetched without curl (not even in a dry run).
-		[ "$DRY_RUN" = 0 ] || die "$EXIT_INSTALL" "curl is not installed; install it with '$(pkg_install_cmd curl)'"
-		ensure_tool curl curl
-	fi
-	ensure_tool jq jq || have_jq=0
-
+	ensure_curl
 	fetch_activation
 
 	if [ -z "$REGION" ]; then REGION=$ACT_REGION; fi
-	if [ "$have_jq" = 1 ]; then
-		[ -n "$REGION" ] || die "$EXIT_FETCH" "the service returned no Region; pass --region"
-		valid_region "$REGION" || die "$EXIT_FETCH" "the service returned an invalid Region '$REGION'; pass --region"
-	fi
+	[ -n "$REGION" ] || die "$EXIT_FETCH" "the service returned no Region; pass --region"
+	valid_region "$REGION" || die "$EXIT_FETCH" "the service returned an invalid Region '$REGION'; pass --region"
 
 	if [ "$DRY_RUN" = 1 ]; then
-		local id=${ACT_ID:-<activation-id>} region=${REGION:-<region>}
-		plan "activation $id for instance '$INSTANCE' (pool ${ACT_POOL:-${POOL:-default}}, region $region, expires ${ACT_EXPIRES:-?}); code $MASK"
-		REGION=$region
-		plan "download $(download_base)/latest/$BUCKET_DIR/ssm-setup-cli to a private temporary directory"
-		plan "run: ssm-setup-cli -register -activation-code=$MASK -activation-id=$id -region=$region${MANIFEST_URL:+ -manifest-url=$MANIFEST_URL}$([ "$FORCE" = 0 ] || printf ' -override')"
-		local ext=rpm
-		[ "$FAMILY" != deb ] || ext=deb
-		plan "if ssm-setup-cli is unavailable: $(pkg_install_cmd "amazon-ssm-agent.$ext") from $(download_base)/latest/$BUCKET_DIR/, then $SERVICE -register -code=$MASK -id=$id -region=$region -y"
-		plan "systemctl enable $SERVICE && systemctl restart $SERVICE"
-		plan "check that $REG_FILE names a managed instance (mi-...) and that $SERVICE is active"
+		print_plan
 		ACT_CODE=
 		printf 'dry run complete: nothing was changed\n'
 		exit "$EXIT_OK"
@@ -734,21 +1356,17 @@ main() {
 	ACT_CODE=
 	xtrace_restore
 
+	write_proxy_dropin || true
+	local offset
+	offset=$(log_size)
+	# Recorded before the wait: if the agent is not seen online now, the next run
+	# checks again instead of taking this registration for a working one.
+	if INSTANCE_ID=$(registered_instance_id); then record_machine "$INSTANCE_ID" 0; fi
 	enable_and_start_service || die "$EXIT_REGISTER" "could not enable and start $SERVICE"
-	local instance_id tries=0
-	until instance_id=$(registered_instance_id); do
-		tries=$((tries + 1))
-		[ "$tries" -lt 10 ] || die "$EXIT_REGISTER" "the agent does not report a registration ($REG_FILE has no managed instance ID)"
-		sleep 1
-	done
-	tries=0
-	until service_active; do
-		tries=$((tries + 1))
-		[ "$tries" -lt 10 ] || die "$EXIT_REGISTER" "registered as $instance_id but $SERVICE is not running"
-		sleep 1
-	done
-	log "registered as $instance_id in $REGION via $AGENT_VIA (activation $ACT_ID); $SERVICE is enabled and running"
-	printf 'registered: %s\n' "$instance_id"
+	wait_until_online "$offset"
+	record_machine "$INSTANCE_ID" 1
+	log "registered as $INSTANCE_ID in $REGION via $AGENT_VIA (activation $ACT_ID); $SERVICE is enabled, running and connected"
+	printf 'registered: %s\n' "$INSTANCE_ID"
 }
 
 main "$@"

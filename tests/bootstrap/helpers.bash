@@ -9,12 +9,15 @@
 #   tests/bootstrap/standins/bin   systemctl, dnf, yum, apt-get, zypper
 #   $ROOT/usr/bin                  what the stand-ins "installed": the amazon-ssm-agent
 #                                  stand-in (put there by the ssm-setup-cli stand-in
-#                                  or a package manager), jq
-#   a toolbox                  symlinks to this machine's bash, curl, coreutils...
-#                              (with or without jq)
+#                                  or a package manager), curl
+#   a toolbox                  symlinks to this machine's bash, curl, coreutils, gpg...
+#                              never jq (the script must not need it); tools can be
+#                              left out (make_toolbox DIR curl gpg)
 # ssm-setup-cli is downloaded by the script itself from a file:// mirror laid out
-# like the regional bucket. The service is the real one, started by run.sh with
-# scripts/local.sh; the stand-in agent registers through the emulator.
+# like the regional bucket, each file with a detached .sig made with a throwaway
+# key that stands for AWS's SSM Agent key (VENDING_SIGNING_KEY points at it). The
+# service is the real one, started by run.sh with scripts/local.sh; the stand-in
+# agent registers through the emulator. Each server has its own /etc/machine-id.
 
 REPO_ROOT=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
 BOOTSTRAP_LINUX="$REPO_ROOT/scripts/bootstrap-linux.sh"
@@ -25,22 +28,42 @@ TEST_PYTHON=${BOOTSTRAP_TEST_PYTHON:-$REPO_ROOT/.venv/bin/python}
 [ -x "$TEST_PYTHON" ] || TEST_PYTHON=$(command -v python3)
 
 # Tools the script (and `env bash`) may find on a bare server.
-TOOLBOX_TOOLS=(bash sh env cat date uname id mktemp rm chmod sleep head tr timeout flock curl
-	readlink dirname basename mkdir ln ls grep sed)
+TOOLBOX_TOOLS=(bash sh env cat date uname id mktemp rm chmod sleep head tail tr wc timeout flock curl
+	readlink dirname basename mkdir ln ls grep sed sha256sum gpg)
 
-make_toolbox() { # DIR [with-jq|without-jq]
-	local dir=$1 jq=${2:-with-jq} tool path
+make_toolbox() { # DIR [TOOL_TO_LEAVE_OUT...]
+	local dir=$1 tool path
+	shift
 	mkdir -p "$dir"
 	for tool in "${TOOLBOX_TOOLS[@]}"; do
+		[[ " $* " != *" $tool "* ]] || continue
 		path=$(command -v "$tool") || continue
 		ln -sf "$path" "$dir/$tool"
 	done
-	if [ "$jq" = with-jq ]; then ln -sf "$(command -v jq)" "$dir/jq"; fi
+}
+
+# A throwaway OpenPGP key standing in for AWS's SSM Agent signing key: the private
+# half signs the mirror, DIR/signing-key.asc is what the script trusts.
+make_signing_key() { # DIR
+	local dir=$1
+	mkdir -p "$dir/gnupg"
+	chmod 700 "$dir/gnupg"
+	gpg --homedir "$dir/gnupg" --batch --quiet --passphrase '' \
+		--quick-gen-key 'SSM Agent stand-in <ssm-agent-signer@example.invalid>' ed25519 sign never 2>/dev/null
+	gpg --homedir "$dir/gnupg" --batch --armor --export >"$dir/signing-key.asc"
+	SIGNING_HOME="$dir/gnupg"
+	SIGNING_KEY_FILE="$dir/signing-key.asc"
+	export SIGNING_HOME SIGNING_KEY_FILE
+}
+
+sign_file() { # FILE: FILE.sig, a detached signature as AWS publishes beside each download
+	rm -f "$1.sig"
+	gpg --homedir "${SIGNING_HOME:?make_signing_key first}" --batch --quiet --detach-sign -o "$1.sig" "$1"
 }
 
 # A file:// mirror of https://amazon-ssm-REGION.s3.REGION.amazonaws.com/latest/...
 make_mirror() { # DIR
-	local dir=$1 platform arch sub
+	local dir=$1 platform arch sub file
 	for platform in linux debian; do
 		for arch in amd64 arm64; do
 			sub="$dir/latest/${platform}_$arch"
@@ -50,6 +73,9 @@ make_mirror() { # DIR
 				"${platform}_$arch" >"$sub/ssm-setup-cli"
 			printf 'stand-in package %s\n' "${platform}_$arch" >"$sub/amazon-ssm-agent.rpm"
 			printf 'stand-in package %s\n' "${platform}_$arch" >"$sub/amazon-ssm-agent.deb"
+			for file in "$sub/ssm-setup-cli" "$sub/amazon-ssm-agent.rpm" "$sub/amazon-ssm-agent.deb"; do
+				sign_file "$file"
+			done
 		done
 	done
 }
@@ -72,11 +98,26 @@ os_release() { # DISTRO -> /etc/os-release text
 	esac
 }
 
-# Creates a simulated server; sets SERVER_ROOT.
+# Creates a simulated server with a machine id of its own; sets SERVER_ROOT.
 new_server() { # DIR [DISTRO]
 	SERVER_ROOT=$1
 	mkdir -p "$SERVER_ROOT"/{etc,usr/bin,var/lib,var/log,run,tmp}
 	os_release "${2:-rocky9}" >"$SERVER_ROOT/etc/os-release"
+	new_machine_id "$SERVER_ROOT"
+}
+
+new_machine_id() { # ROOT: a fresh /etc/machine-id, as systemd writes it on first boot
+	od -An -tx1 -N16 /dev/urandom | tr -d ' \n' >"$1/etc/machine-id"
+	printf '\n' >>"$1/etc/machine-id"
+}
+
+sha256_of() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
+
+# What the script must send as X-Machine-Id for the server at ROOT.
+machine_digest() { # ROOT
+	local v
+	v=$(tr -d '[:space:]' <"$1/etc/machine-id")
+	sha256_of "$v"
 }
 
 # Where the service and emulator are (exported by run.sh).
@@ -101,6 +142,7 @@ bootstrap_env() {
 		"STANDIN_REAL_PATH=$PATH"
 		"STANDIN_EMULATOR_URL=${BOOTSTRAP_TEST_EMULATOR_URL:-http://127.0.0.1:9}"
 	)
+	if [ -n "${SIGNING_KEY_FILE:-}" ] && [ "${USE_SIGNING_KEY:-1}" = 1 ]; then envs+=("VENDING_SIGNING_KEY=$SIGNING_KEY_FILE"); fi
 	printf '%s\n' "${envs[@]}" ${EXTRA_ENV[@]+"${EXTRA_ENV[@]}"}
 }
 
@@ -181,15 +223,18 @@ registered_id() { # prints the mi- id from the server's registration file
 	[ -s "$f" ] && jq -r .ManagedInstanceID "$f"
 }
 
-assert_registered() {
-	local id
+assert_registered() { # [UNIT]
+	local id unit=${1:-amazon-ssm-agent}
 	id=$(registered_id) || {
 		show_run
 		fail "no registration file on the server"
 	}
 	[[ $id == mi-* ]] || fail "registration file has no managed instance ID: $id"
-	[ -e "$SERVER_ROOT/.standin/systemd/amazon-ssm-agent.active" ] || fail "agent service not started"
-	[ -e "$SERVER_ROOT/.standin/systemd/amazon-ssm-agent.enabled" ] || fail "agent service not enabled"
+	[ -e "$SERVER_ROOT/.standin/systemd/$unit.active" ] || fail "agent service $unit not started"
+	[ -e "$SERVER_ROOT/.standin/systemd/$unit.enabled" ] || fail "agent service $unit not enabled"
+	grep -q 'Credentials ready' "$SERVER_ROOT/var/log/amazon/ssm/amazon-ssm-agent.log" || fail "the agent never connected"
+	grep -qx "machine=$(machine_digest "$SERVER_ROOT")" "$SERVER_ROOT/var/lib/amazon/ssm/activation-vending.machine" ||
+		fail "the machine identity is not recorded beside the registration"
 }
 
 # The activation code(s) the stand-in agent received must appear in no output and
@@ -229,28 +274,32 @@ emulator_calls() { # OPERATION -> count so far
 
 # For the conditions the real service cannot produce on demand (a server that
 # never answers, a malformed body, an activation SSM refuses, an unknown CA).
-# Sets STUB_URL (http) and STUB_TLS_URL (https with a certificate for 127.0.0.1
-# from a throwaway CA in DIR/ca.pem).
+# Sets STUB_URL (http), STUB_TLS_URL (https with a certificate for 127.0.0.1 and
+# vending.test from a throwaway CA in DIR/ca.pem) and STUB_PROXY (an HTTP proxy
+# whose CONNECT, to any host, reaches the https stub).
 start_stub() { # DIR
 	local dir=$1
 	openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bats-test-ca \
 		-keyout "$dir/ca.key" -out "$dir/ca.pem" >/dev/null 2>&1
 	openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout "$dir/tls.key" -out "$dir/tls.csr" >/dev/null 2>&1
-	printf 'subjectAltName=IP:127.0.0.1\n' >"$dir/tls.ext"
+	printf 'subjectAltName=IP:127.0.0.1,DNS:vending.test\n' >"$dir/tls.ext"
 	openssl x509 -req -in "$dir/tls.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial -days 2 \
 		-extfile "$dir/tls.ext" -out "$dir/tls.pem" >/dev/null 2>&1
 	"$TEST_PYTHON" "$BATS_TEST_DIRNAME/stub_server.py" --port-file "$dir/stub.port" --log "$dir/stub.log" \
-		--cert "$dir/tls.pem" --key "$dir/tls.key" --tls-port-file "$dir/stub-tls.port" >"$dir/stub.out" 2>&1 &
+		--cert "$dir/tls.pem" --key "$dir/tls.key" --tls-port-file "$dir/stub-tls.port" \
+		--proxy-port-file "$dir/stub-proxy.port" >"$dir/stub.out" 2>&1 &
 	echo $! >"$dir/stub.pid"
 	for _ in $(seq 1 100); do
-		[ -s "$dir/stub.port" ] && [ -s "$dir/stub-tls.port" ] && break
+		[ -s "$dir/stub.port" ] && [ -s "$dir/stub-tls.port" ] && [ -s "$dir/stub-proxy.port" ] && break
 		sleep 0.05
 	done
-	[ -s "$dir/stub.port" ] && [ -s "$dir/stub-tls.port" ] || fail "stub server did not start: $(cat "$dir/stub.out")"
+	[ -s "$dir/stub.port" ] && [ -s "$dir/stub-tls.port" ] && [ -s "$dir/stub-proxy.port" ] ||
+		fail "stub server did not start: $(cat "$dir/stub.out")"
 	STUB_URL="http://127.0.0.1:$(cat "$dir/stub.port")"
 	STUB_TLS_URL="https://127.0.0.1:$(cat "$dir/stub-tls.port")"
 	STUB_CA="$dir/ca.pem"
-	export STUB_URL STUB_TLS_URL STUB_CA
+	STUB_PROXY="http://127.0.0.1:$(cat "$dir/stub-proxy.port")"
+	export STUB_URL STUB_TLS_URL STUB_CA STUB_PROXY
 }
 
 stop_stub() { # DIR

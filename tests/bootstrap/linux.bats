@@ -7,8 +7,8 @@
 # and recording the request headers.
 
 # EXTRA_ENV, TOOLBOX, MIRROR and STANDIN_BIN are read by helpers.bash; the uname
-# stand-ins are single-quoted on purpose:
-# shellcheck disable=SC2034,SC2016,SC2153
+# stand-ins are single-quoted on purpose; each test changes MIRROR or TOOLBOX for itself:
+# shellcheck disable=SC2034,SC2016,SC2153,SC2030,SC2031
 
 bats_require_minimum_version 1.5.0
 
@@ -16,9 +16,12 @@ load helpers
 
 setup_file() {
 	require_service
-	export TOOLBOX="$BATS_FILE_TMPDIR/toolbox" TOOLBOX_NOJQ="$BATS_FILE_TMPDIR/toolbox-nojq" MIRROR="$BATS_FILE_TMPDIR/mirror"
-	make_toolbox "$TOOLBOX" with-jq
-	make_toolbox "$TOOLBOX_NOJQ" without-jq
+	export TOOLBOX="$BATS_FILE_TMPDIR/toolbox" TOOLBOX_NOCURL="$BATS_FILE_TMPDIR/toolbox-nocurl" \
+		TOOLBOX_NOGPG="$BATS_FILE_TMPDIR/toolbox-nogpg" MIRROR="$BATS_FILE_TMPDIR/mirror"
+	make_toolbox "$TOOLBOX"
+	make_toolbox "$TOOLBOX_NOCURL" curl
+	make_toolbox "$TOOLBOX_NOGPG" gpg
+	make_signing_key "$BATS_FILE_TMPDIR"
 	make_mirror "$MIRROR"
 	start_stub "$BATS_FILE_TMPDIR"
 	export STUB_LOG="$BATS_FILE_TMPDIR/stub.log"
@@ -46,11 +49,13 @@ stub_requests() { grep -c . "$STUB_LOG" || true; }
 @test "--help documents every flag, its environment twin and the exit codes" {
 	run bootstrap --help
 	assert_status 0
-	for flag in --url --pool --instance --region --api-id --ca-bundle --max-wait --force --dry-run --help; do
+	for flag in --url --pool --instance --region --api-id --ca-bundle --max-wait --force --dry-run --help \
+		--proxy --no-proxy --online-wait --signing-key --allow-unverified --prepare-image; do
 		assert_output_has "$flag"
 	done
 	for twin in VENDING_URL VENDING_POOL VENDING_INSTANCE VENDING_REGION VENDING_API_ID VENDING_CA_BUNDLE \
-		VENDING_MAX_WAIT VENDING_FORCE VENDING_DRY_RUN x-apigw-api-id; do
+		VENDING_MAX_WAIT VENDING_FORCE VENDING_DRY_RUN x-apigw-api-id VENDING_PROXY VENDING_NO_PROXY \
+		VENDING_ONLINE_WAIT VENDING_SIGNING_KEY VENDING_ALLOW_UNVERIFIED VENDING_PREPARE_IMAGE X-Machine-Id; do
 		assert_output_has "$twin"
 	done
 	for code in "2  usage" "3  fetch failed" "4  install failed" "5  registration failed" "6  unsupported platform"; do
@@ -171,7 +176,7 @@ stub_requests() { grep -c . "$STUB_LOG" || true; }
 	[ "$(stub_requests)" -eq 0 ]
 }
 
-@test "--force (and VENDING_FORCE=1) re-register with -override and a fresh activation slot" {
+@test "--force (and VENDING_FORCE=1) re-register a fresh activation slot with the installed agent (-register -y overrides)" {
 	run bootstrap --url "$URL" --instance "$INSTANCE"
 	assert_status 0
 	local first
@@ -180,7 +185,8 @@ stub_requests() { grep -c . "$STUB_LOG" || true; }
 	assert_status 0
 	assert_output_has "--force given, registering again with a fresh activation slot"
 	refute_output_has "instance=$INSTANCE"
-	assert_calls_have "-override=1"
+	assert_output_has "the agent is installed"
+	assert_calls_have "amazon-ssm-agent -register=1 -id=$(sed -n 's/.*got activation \([0-9a-f-]*\) .*/\1/p' <<<"$output") -region=us-east-1 -y=1"
 	local second
 	second=$(registered_id)
 	[ "$second" != "$first" ]
@@ -246,24 +252,36 @@ stub_requests() { grep -c . "$STUB_LOG" || true; }
 	refute_calls_have "install"
 }
 
-@test "missing jq: installs it with the distribution's package manager, then registers" {
+@test "early boot: no jq on the server and none installed; the answer is read by the script itself" {
 	new_server "$BATS_TEST_TMPDIR/debian" debian12
-	TOOLBOX=$TOOLBOX_NOJQ
+	[ ! -e "$TOOLBOX/jq" ]
 	run bootstrap --url "$URL" --instance "$INSTANCE"
 	assert_status 0
-	assert_output_has "jq is not installed; installing it: apt-get install -y jq"
-	assert_calls_have "apt-get -q -y -o DPkg::Lock::Timeout=120 install jq"
+	refute_output_has "jq"
+	refute_calls_have "install jq"
 	assert_registered
 	assert_code_not_leaked
 }
 
-@test "missing jq that cannot be installed: exit 4 with how to install it, no code fetched" {
+@test "early boot: curl missing and the package manager failing at first (no network yet): retried, then registers" {
+	new_server "$BATS_TEST_TMPDIR/debian" debian12
+	TOOLBOX=$TOOLBOX_NOCURL
+	EXTRA_ENV=("STANDIN_PKG_FLAKY=2")
+	run bootstrap --url "$URL" --instance "$INSTANCE" --max-wait 30
+	assert_status 0
+	assert_output_has "curl is not installed; installing it: apt-get install -y curl"
+	assert_output_has "installing curl failed (attempt 2); retrying in"
+	assert_output_has "installed curl"
+	assert_registered
+}
+
+@test "curl missing and not installable within --max-wait: exit 4 with how to install it, no code fetched" {
 	new_server "$BATS_TEST_TMPDIR/sles" sles15
-	TOOLBOX=$TOOLBOX_NOJQ
-	EXTRA_ENV=("STANDIN_PKG_FAIL=jq")
-	run bootstrap --url "$STUB_URL/echo" --instance "$INSTANCE"
+	TOOLBOX=$TOOLBOX_NOCURL
+	EXTRA_ENV=("STANDIN_PKG_FAIL=curl")
+	run bootstrap --url "$STUB_URL/echo" --instance "$INSTANCE" --max-wait 2
 	assert_status 4
-	assert_output_has "install it with 'zypper --non-interactive install jq'"
+	assert_output_has "install it with 'zypper --non-interactive install curl'"
 	[ "$(stub_requests)" -eq 0 ]
 }
 
@@ -337,10 +355,13 @@ stub_requests() { grep -c . "$STUB_LOG" || true; }
 		'.path == $p and .headers["x-apigw-api-id"] == "abc123def4"' "$STUB_LOG"
 }
 
-@test "TLS is verified: an unknown CA fails with exit 3; --ca-bundle (or VENDING_CA_BUNDLE) with that CA succeeds" {
-	run bootstrap --url "$STUB_TLS_URL/echo" --instance "$INSTANCE" --dry-run
+@test "TLS is verified: an unknown CA fails with exit 3 (retried: curl 60 is also a clock not yet synced); --ca-bundle (or VENDING_CA_BUNDLE) with that CA succeeds" {
+	run bootstrap --url "$STUB_TLS_URL/echo" --instance "$INSTANCE" --dry-run --max-wait 3
 	assert_status 3
-	assert_output_has "pass --ca-bundle"
+	assert_output_has "curl exit 60"
+	assert_output_has "retrying in"
+	assert_output_has "check the clock"
+	assert_output_has "(--ca-bundle)"
 	[ "$(stub_requests)" -eq 0 ]
 	run bootstrap --url "$STUB_TLS_URL/echo" --instance "$INSTANCE" --ca-bundle "$STUB_CA" --dry-run
 	assert_status 0
@@ -364,4 +385,258 @@ stub_requests() { grep -c . "$STUB_LOG" || true; }
 	run setpriv --reuid 65534 --regid 65534 --clear-groups env -i PATH=/usr/bin:/bin "$BOOTSTRAP_LINUX" --url "$URL"
 	assert_status 6
 	assert_output_has "must run as root"
+}
+
+# ------------------------------------------------------- issue 8: identity, names
+
+@test "X-Machine-Id: the SHA-256 of /etc/machine-id on every vend request, never the raw value" {
+	local raw want
+	raw=$(tr -d '[:space:]' <"$SERVER_ROOT/etc/machine-id")
+	want=$(machine_digest "$SERVER_ROOT")
+	[[ $want =~ ^[0-9a-f]{64}$ ]]
+	run bootstrap --url "$STUB_URL/echo" --instance "$INSTANCE" --dry-run
+	assert_status 0
+	jq -e --arg m "$want" '.headers["x-machine-id"] == $m' "$STUB_LOG"
+	refute_output_has "$raw"
+	run ! grep -q "$raw" "$STUB_LOG"
+}
+
+@test "X-Machine-Id falls back to the DMI product UUID, and is left out when neither is readable" {
+	local uuid=4C4C4544-0042-3510-8051-B7C04F4E3233
+	rm "$SERVER_ROOT/etc/machine-id"
+	mkdir -p "$SERVER_ROOT/sys/class/dmi/id"
+	printf '%s\n' "$uuid" >"$SERVER_ROOT/sys/class/dmi/id/product_uuid"
+	run bootstrap --url "$STUB_URL/echo" --instance "$INSTANCE" --dry-run
+	assert_status 0
+	jq -e --arg m "$(sha256_of "$uuid")" '.headers["x-machine-id"] == $m' "$STUB_LOG"
+	refute_output_has "$uuid"
+	rm "$SERVER_ROOT/sys/class/dmi/id/product_uuid"
+	: >"$STUB_LOG"
+	run bootstrap --url "$STUB_URL/echo" --instance "$INSTANCE" --dry-run
+	assert_status 0
+	jq -e '.headers | has("x-machine-id") | not' "$STUB_LOG"
+}
+
+@test "--instance and --pool are checked as the service checks them: exit 2, nothing asked" {
+	local bad long63 long64
+	long63=$(printf 'b%.0s' {1..63})
+	long64=$(printf 'b%.0s' {1..64})
+	for bad in 'web:01' 'a..b' '-web' 'web-' 'web.' 'a b' "$long64" "$long63.$long63.$long63.$long63.x"; do
+		run bootstrap --url "$STUB_URL/echo" --instance "$bad"
+		assert_status 2
+		assert_output_has "is not a host name the service accepts"
+	done
+	for bad in 'web.prod' 'a/b' "$long64-x"; do
+		run bootstrap --url "$STUB_URL/echo" --pool "$bad" --instance "$INSTANCE"
+		assert_status 2
+		assert_output_has "is not a pool name"
+	done
+	EXTRA_ENV=("VENDING_INSTANCE=db:1")
+	run bootstrap --url "$STUB_URL/echo"
+	assert_status 2
+	[ "$(stub_requests)" -eq 0 ]
+	# What the service accepts passes: underscores, 63-character labels, a pool starting with _.
+	EXTRA_ENV=()
+	run bootstrap --url "$STUB_URL/echo" --pool _web-01 --instance "WIN_SRV-01.$long63.example" --dry-run
+	assert_status 0
+}
+
+@test "a 400 from the service is final: exit 3 at once with its message, never retried" {
+	local started=$SECONDS
+	run bootstrap --url "$STUB_URL/badrequest" --instance "$INSTANCE" --max-wait 60
+	assert_status 3
+	assert_output_has "HTTP 400"
+	assert_output_has "is not a valid instance name"
+	refute_output_has "retrying in"
+	[ "$(stub_requests)" -eq 1 ]
+	[ $((SECONDS - started)) -le 10 ]
+}
+
+# ------------------------------------------------------- issue 9: real networks
+
+@test "--help: --instance is the name the vending service knows the server by, not its name in SSM" {
+	run bootstrap --help
+	assert_status 0
+	assert_output_has "The name the vending service knows this server by"
+	assert_output_has "It"$'\n'
+	assert_output_has "is not the server's name in SSM"
+}
+
+@test "--proxy: the fetch goes through it (loopback never does), also from https_proxy; the agent gets a systemd drop-in and connects through it" {
+	local dropin="$SERVER_ROOT/etc/systemd/system/amazon-ssm-agent.service.d/activation-vending-proxy.conf"
+	run bootstrap --url https://vending.test/echo --ca-bundle "$STUB_CA" --proxy "$STUB_PROXY" --instance "$INSTANCE" --dry-run --max-wait 10
+	assert_status 0
+	jq -se 'map(select(.mode == "proxy-connect")) | length == 1 and .[0].path == "vending.test:443"' "$STUB_LOG"
+	assert_output_has "[dry-run] write $dropin"
+	: >"$STUB_LOG"
+	EXTRA_ENV=("https_proxy=$STUB_PROXY")
+	run bootstrap --url https://vending.test/echo --ca-bundle "$STUB_CA" --instance "$INSTANCE" --dry-run --max-wait 10
+	assert_status 0
+	jq -se 'map(select(.mode == "proxy-connect")) | length == 1' "$STUB_LOG"
+	# The real service is on loopback: not proxied even with --proxy. The agent reaches
+	# SSM only through the proxy, so it connects only once the drop-in is there.
+	EXTRA_ENV=("STANDIN_AGENT_NETWORK=proxy=http://proxy.example.internal:3128")
+	run bootstrap --url "$URL" --instance "$INSTANCE" --proxy http://proxy.example.internal:3128 --no-proxy .corp.example
+	assert_status 0
+	grep -qx 'Environment="https_proxy=http://proxy.example.internal:3128"' "$dropin"
+	grep -qx 'Environment="http_proxy=http://proxy.example.internal:3128"' "$dropin"
+	grep -qx 'Environment="no_proxy=169.254.169.254,.corp.example"' "$dropin"
+	assert_calls_have "systemctl daemon-reload"
+	assert_output_has "registered: mi-"
+	assert_registered
+	assert_code_not_leaked
+}
+
+@test "success means online: an agent that cannot reach SSM (it needs a proxy nobody gave it) exits 5, never 'registered:'" {
+	EXTRA_ENV=("STANDIN_AGENT_NETWORK=proxy=http://proxy.example.internal:3128")
+	run bootstrap --url "$URL" --instance "$INSTANCE" --online-wait 5
+	assert_status 5
+	assert_output_has "cannot reach Systems Manager and hibernates"
+	assert_output_has "--proxy"
+	refute_output_has "registered: mi-"
+}
+
+@test "success means online: registered and running but never connecting exits 5 after --online-wait; the next boot checks again" {
+	EXTRA_ENV=("STANDIN_AGENT_NETWORK=silent")
+	run bootstrap --url "$URL" --instance "$INSTANCE" --online-wait 2
+	assert_status 5
+	assert_output_has "not online after --online-wait 2s"
+	assert_output_has "Credentials ready"
+	refute_output_has "registered: mi-"
+	# Next boot, the network is fine: no new activation, the agent is started and seen online.
+	EXTRA_ENV=()
+	run bootstrap --url "$STUB_URL/echo" --instance "$INSTANCE"
+	assert_status 0
+	assert_output_has "the agent was not seen online yet"
+	assert_output_has "registered: mi-"
+	[ "$(stub_requests)" -eq 0 ]
+	assert_registered
+}
+
+@test "golden image: a clone (new machine id) clears the old registration and registers afresh with -override; the original exits early" {
+	run bootstrap --url "$URL" --instance "$INSTANCE"
+	assert_status 0
+	local first
+	first=$(registered_id)
+	run bootstrap --url "$STUB_URL/echo" --instance "$INSTANCE"
+	assert_status 0
+	assert_output_has "already registered: $first"
+	[ "$(stub_requests)" -eq 0 ]
+	# The image is cloned: the same files, a new /etc/machine-id.
+	new_machine_id "$SERVER_ROOT"
+	: >"$SERVER_ROOT/.standin/calls.log"
+	run bootstrap --url "$URL" --instance "$INSTANCE"
+	assert_status 0
+	assert_output_has "but on another machine"
+	assert_calls_have "amazon-ssm-agent -register -clear"
+	assert_calls_have "-y=1"
+	assert_output_has "registered: mi-"
+	[ "$(registered_id)" != "$first" ]
+	assert_registered
+	[ ! -s "$SERVER_ROOT/.standin/register-errors" ]
+	assert_code_not_leaked
+}
+
+@test "--prepare-image stops the agent and clears the registration (no --url needed); the next boot registers afresh" {
+	run bootstrap --url "$URL" --instance "$INSTANCE"
+	assert_status 0
+	local first
+	first=$(registered_id)
+	run bootstrap --prepare-image
+	assert_status 0
+	assert_output_has "image prepared"
+	assert_calls_have "systemctl stop amazon-ssm-agent"
+	assert_calls_have "amazon-ssm-agent -register -clear"
+	[ ! -e "$SERVER_ROOT/var/lib/amazon/ssm/registration" ]
+	[ ! -e "$SERVER_ROOT/var/lib/amazon/ssm/activation-vending.machine" ]
+	[ ! -e "$SERVER_ROOT/.standin/systemd/amazon-ssm-agent.active" ]
+	new_machine_id "$SERVER_ROOT"
+	run bootstrap --url "$URL" --instance "$INSTANCE-clone"
+	assert_status 0
+	[ "$(registered_id)" != "$first" ]
+	assert_registered
+}
+
+@test "verified installs: an ssm-setup-cli that does not match its signature is never run, not even with --allow-unverified" {
+	cp -r "$MIRROR" "$BATS_TEST_TMPDIR/mirror"
+	MIRROR="$BATS_TEST_TMPDIR/mirror"
+	printf '\n# tampered\n' >>"$MIRROR/latest/linux_amd64/ssm-setup-cli"
+	run bootstrap --url "$URL" --instance "$INSTANCE" --allow-unverified
+	assert_status 4
+	assert_output_has "ssm-setup-cli from file://$MIRROR/latest/linux_amd64/ssm-setup-cli does NOT match its signature"
+	refute_calls_have "ssm-setup-cli"
+	refute_calls_have "install"
+}
+
+@test "verified installs: no gpg, or no key, is exit 4 saying why; --allow-unverified (or VENDING_ALLOW_UNVERIFIED=1) runs it" {
+	TOOLBOX=$TOOLBOX_NOGPG
+	run bootstrap --url "$URL" --instance "$INSTANCE"
+	assert_status 4
+	assert_output_has "cannot verify ssm-setup-cli: gpg is not installed (install it: dnf install -y gnupg2)"
+	assert_output_has "--allow-unverified"
+	refute_calls_have "ssm-setup-cli"
+	TOOLBOX="$BATS_FILE_TMPDIR/toolbox"
+	USE_SIGNING_KEY=0
+	run bootstrap --url "$URL" --instance "$INSTANCE"
+	assert_status 4
+	assert_output_has "no SSM Agent signing key"
+	refute_calls_have "ssm-setup-cli"
+	EXTRA_ENV=("VENDING_ALLOW_UNVERIFIED=1")
+	run bootstrap --url "$URL" --instance "$INSTANCE"
+	assert_status 0
+	assert_output_has "running ssm-setup-cli UNVERIFIED"
+	assert_registered
+}
+
+@test "verified installs: a file:// mirror without .sig files needs --allow-unverified; the key's default location works" {
+	cp -r "$MIRROR" "$BATS_TEST_TMPDIR/mirror"
+	find "$BATS_TEST_TMPDIR/mirror" -name '*.sig' -delete
+	local signed=$MIRROR
+	MIRROR="$BATS_TEST_TMPDIR/mirror"
+	run bootstrap --url "$URL" --instance "$INSTANCE"
+	assert_status 4
+	assert_output_has "no signature at file://$MIRROR/latest/linux_amd64/ssm-setup-cli.sig"
+	refute_calls_have "ssm-setup-cli"
+	MIRROR=$signed
+	USE_SIGNING_KEY=0
+	mkdir -p "$SERVER_ROOT/etc/activation-vending"
+	cp "$SIGNING_KEY_FILE" "$SERVER_ROOT/etc/activation-vending/ssm-agent-signing-key.asc"
+	run bootstrap --url "$URL" --instance "$INSTANCE"
+	assert_status 0
+	assert_output_has "verified ssm-setup-cli against $SERVER_ROOT/etc/activation-vending/ssm-agent-signing-key.asc"
+	assert_registered
+}
+
+@test "agent already installed (Amazon Linux, images with the agent): registered with amazon-ssm-agent -register -y, no ssm-setup-cli" {
+	new_server "$BATS_TEST_TMPDIR/al2023" amzn2023
+	ln -s "$STANDINS/amazon-ssm-agent" "$SERVER_ROOT/usr/bin/amazon-ssm-agent"
+	mkdir -p "$SERVER_ROOT/usr/lib/systemd/system"
+	: >"$SERVER_ROOT/usr/lib/systemd/system/amazon-ssm-agent.service"
+	run bootstrap --url "$URL" --instance "$INSTANCE"
+	assert_status 0
+	assert_output_has "the agent is installed"
+	assert_calls_have "amazon-ssm-agent -register=1"
+	assert_calls_have "-y=1"
+	refute_calls_have "ssm-setup-cli"
+	refute_output_has "downloading ssm-setup-cli"
+	assert_output_has "via installed agent"
+	assert_registered
+	assert_code_not_leaked
+}
+
+@test "Ubuntu snap: the snap's agent, its unit snap.amazon-ssm-agent.amazon-ssm-agent and that unit's drop-in are used" {
+	new_server "$BATS_TEST_TMPDIR/ubuntu" ubuntu2204
+	local unit=snap.amazon-ssm-agent.amazon-ssm-agent
+	mkdir -p "$SERVER_ROOT/snap/amazon-ssm-agent/current" "$SERVER_ROOT/etc/systemd/system"
+	ln -s "$STANDINS/amazon-ssm-agent" "$SERVER_ROOT/snap/amazon-ssm-agent/current/amazon-ssm-agent"
+	: >"$SERVER_ROOT/etc/systemd/system/$unit.service"
+	EXTRA_ENV=("STANDIN_AGENT_NETWORK=proxy=http://proxy.example.internal:3128")
+	run bootstrap --url "$URL" --instance "$INSTANCE" --proxy http://proxy.example.internal:3128
+	assert_status 0
+	assert_calls_have "systemctl enable $unit"
+	assert_calls_have "systemctl restart $unit"
+	[ -s "$SERVER_ROOT/etc/systemd/system/$unit.service.d/activation-vending-proxy.conf" ]
+	refute_calls_have "ssm-setup-cli"
+	assert_registered "$unit"
+	assert_code_not_leaked
 }

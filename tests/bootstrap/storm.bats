@@ -17,7 +17,8 @@ load helpers
 setup_file() {
 	require_service
 	export TOOLBOX="$BATS_FILE_TMPDIR/toolbox" MIRROR="$BATS_FILE_TMPDIR/mirror"
-	make_toolbox "$TOOLBOX" with-jq
+	make_toolbox "$TOOLBOX"
+	make_signing_key "$BATS_FILE_TMPDIR"
 	make_mirror "$MIRROR"
 }
 

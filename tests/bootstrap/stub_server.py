@@ -9,9 +9,12 @@ The first path segment picks the behaviour (the script appends /activation):
                   (random ID and code), so registration is refused
   /echo/...       like /refused, and records the request line and headers
   /notfound/...   404 with the service's JSON error
+  /badrequest/... 400 with the service's JSON error (InvalidParameter)
 Every request is appended to --log as one JSON line. With --cert/--key it also
 serves HTTPS on a second port (written to --tls-port-file), to prove that the
-script verifies TLS.
+script verifies TLS. With --proxy-port-file it also runs an HTTP proxy that
+answers CONNECT to any host by tunnelling to that HTTPS port (logged as mode
+"proxy-connect" with the target), to prove that the fetch goes through --proxy.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import secrets
+import socket
 import ssl
 import threading
 import time
@@ -71,14 +75,61 @@ class Handler(BaseHTTPRequestHandler):
             }
             self.send(200, json.dumps(body).encode())
             return
+        if mode == "badrequest":
+            self.send(400, b'{"error":{"code":"InvalidParameter","message":"`a:b` is not a valid instance name"}}')
+            return
         if mode == "notfound":
             self.send(404, b'{"error":{"code":"PoolNotFound","message":"no such pool"}}')
             return
         self.send(404, b'{"error":{"code":"NotFound","message":"unknown stub mode"}}')
 
 
-def listen(port_file: str, tls: ssl.SSLContext | None = None) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+class ProxyHandler(BaseHTTPRequestHandler):
+    """CONNECT host:port -> a tunnel to the stub's HTTPS port, whatever the host."""
+
+    protocol_version = "HTTP/1.1"
+    log_path = ""
+    tls_port = 0
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+    def do_CONNECT(self) -> None:  # noqa: N802
+        entry = {"mode": "proxy-connect", "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}
+        with LOG_LOCK, open(self.log_path, "a", encoding="utf-8") as log:
+            log.write(json.dumps(entry) + "\n")
+        upstream = socket.create_connection(("127.0.0.1", self.tls_port))
+        self.send_response(200, "Connection established")
+        self.end_headers()
+        self.close_connection = True
+        pipe(self.connection, upstream)
+
+
+def pipe(a: socket.socket, b: socket.socket) -> None:
+    def copy(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    other = threading.Thread(target=copy, args=(b, a), daemon=True)
+    other.start()
+    copy(a, b)
+    other.join(timeout=130)
+    b.close()
+
+
+def listen(port_file: str, tls: ssl.SSLContext | None = None, handler=Handler) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)
@@ -95,13 +146,19 @@ def main() -> None:
     parser.add_argument("--cert")
     parser.add_argument("--key")
     parser.add_argument("--tls-port-file")
+    parser.add_argument("--proxy-port-file")
     args = parser.parse_args()
     Handler.log_path = args.log
+    ProxyHandler.log_path = args.log
     if args.cert and args.key and args.tls_port_file:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(args.cert, args.key)
         tls_server = listen(args.tls_port_file, context)
+        ProxyHandler.tls_port = tls_server.server_address[1]
         threading.Thread(target=tls_server.serve_forever, daemon=True).start()
+        if args.proxy_port_file:
+            proxy_server = listen(args.proxy_port_file, handler=ProxyHandler)
+            threading.Thread(target=proxy_server.serve_forever, daemon=True).start()
     listen(args.port_file).serve_forever()
 
 
