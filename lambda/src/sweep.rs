@@ -4,8 +4,8 @@
 //! that may still register a server that is booting right now, nor an activation a
 //! late commit made current (a tombstone makes the commit and the deletion exclusive).
 //!
-//! It goes page by page, asks DynamoDB about a whole page at once, deletes with
-//! bounded concurrency, carries on past a failed activation (reported in `failed`,
+//! It lists every page first, asks DynamoDB about 100 activations at once, deletes
+//! with bounded concurrency, carries on past a failed activation (reported in `failed`,
 //! tried again next time) and stops starting work when its time budget runs out
 //! (`complete: false`; the next sweep carries on).
 
@@ -72,24 +72,16 @@ impl Sweeper {
             current: current.clone(),
             ..SweepReport::default()
         };
-        let mut token = None;
-        report.complete = loop {
+        // Everything first, then act: deleting while paging would move the pages.
+        let (found, listed_all) = self.list(pool, until).await;
+        report.complete = listed_all;
+        for chunk in found.chunks(100) {
             if until.is_some_and(|t| Instant::now() >= t) {
-                break false;
+                report.complete = false;
+                break;
             }
-            let (page, next) = match self.activations.list_page(pool, token).await {
-                Ok(page) => page,
-                Err(e) => {
-                    tracing::warn!(pool, error = %e, "the sweep could not list activations; stopping here");
-                    break false;
-                }
-            };
-            self.sweep_page(pool, current.as_deref(), page, now, &mut report).await;
-            token = next;
-            if token.is_none() {
-                break true;
-            }
-        };
+            self.sweep_chunk(pool, current.as_deref(), chunk, now, &mut report).await;
+        }
         tracing::info!(
             pool,
             examined = report.examined,
@@ -103,30 +95,54 @@ impl Sweeper {
         Ok(report)
     }
 
-    async fn sweep_page(
+    /// Every activation of the pool, page by page; false when listing stopped early.
+    async fn list(&self, pool: &str, until: Option<Instant>) -> (Vec<ActivationInfo>, bool) {
+        let mut found = Vec::new();
+        let mut token = None;
+        loop {
+            if until.is_some_and(|t| Instant::now() >= t) {
+                return (found, false);
+            }
+            match self.activations.list_page(pool, token).await {
+                Ok((page, next)) => {
+                    found.extend(page);
+                    token = next;
+                    if token.is_none() {
+                        return (found, true);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(pool, error = %e, "the sweep could not list every activation; sweeping those it has");
+                    return (found, false);
+                }
+            }
+        }
+    }
+
+    async fn sweep_chunk(
         &self,
         pool: &str,
         current: Option<&str>,
-        page: Vec<ActivationInfo>,
+        chunk: &[ActivationInfo],
         now: EpochSecs,
         report: &mut SweepReport,
     ) {
-        report.examined += page.len();
-        let ids: Vec<String> = page.iter().map(|info| info.id.clone()).collect();
+        report.examined += chunk.len();
+        let ids: Vec<String> = chunk.iter().map(|info| info.id.clone()).collect();
         let committed = match self.store.committed_among(&ids).await {
             Ok(committed) => committed,
             Err(e) => {
-                tracing::warn!(pool, error = %e, "the sweep could not read commit records; skipping a page");
+                tracing::warn!(pool, error = %e, "the sweep could not read commit records; skipping these");
                 report.failed.extend(ids);
                 return;
             }
         };
-        let outcomes: Vec<(String, Outcome)> = stream::iter(page)
+        let outcomes: Vec<(String, Outcome)> = stream::iter(chunk)
             .map(|info| {
                 let committed = current == Some(info.id.as_str()) || committed.contains(&info.id);
                 async move {
-                    let outcome = self.settle(pool, current, &info, committed, now).await;
-                    (info.id, outcome)
+                    let outcome = self.settle(pool, current, info, committed, now).await;
+                    (info.id.clone(), outcome)
                 }
             })
             .buffer_unordered(CONCURRENCY)

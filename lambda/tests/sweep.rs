@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use aws_sdk_ssm::types::Tag;
@@ -21,19 +20,7 @@ const SETTINGS: [(&str, &str); 4] = [
 ];
 
 fn run_sweep(emulator: &Emulator) -> Value {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_vending"));
-    command.arg("sweep").env_clear().env("RUST_LOG", "warn");
-    for (k, v) in emulator
-        .env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .chain(SETTINGS)
-    {
-        command.env(k, v);
-    }
-    let out = command.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("a JSON report")
+    emulator.sweep(&SETTINGS)
 }
 
 fn ids(value: &Value) -> Vec<String> {

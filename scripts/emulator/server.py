@@ -50,7 +50,8 @@ Control endpoints (not AWS calls: no latency, not counted, no faults):
        "rate":      1.0,                  chance that a matching call is hit
        "delay_ms":  0,                    extra time before the call (before) or after it
                                           is applied (after); outside the AWS lock
-       "count":     null}                 how many calls it may still hit; null: no limit
+       "count":     null,                 how many calls it may still hit; null: no limit
+       "skip":      0}                    matching calls to let through untouched first
       Faults are tried in order for each call; delays add up and the first fault whose
       error fires is the call's only error.
       ConnectionDropped: the emulator reads the whole request, then closes the TCP
@@ -472,7 +473,7 @@ CANCELLATION_MESSAGES = {
     "ThrottlingError": "Throughput exceeds the current capacity of your table or index.",
     "ValidationError": "One or more parameter values were invalid",
 }
-FAULT_FIELDS = {"operation", "error", "when", "status", "message", "reasons", "rate", "delay_ms", "count"}
+FAULT_FIELDS = {"operation", "error", "when", "status", "message", "reasons", "rate", "delay_ms", "count", "skip"}
 
 
 class Fault:
@@ -510,6 +511,10 @@ class Fault:
                 raise ValueError('reasons must be a list of codes or {"Code": ...} objects')
         # How many matching calls it may still hit; None means no limit.
         self.remaining = None if spec.get("count") is None else int(spec["count"])
+        # How many matching calls still pass untouched before it may fire.
+        self.skip = int(spec.get("skip", 0))
+        if self.skip < 0:
+            raise ValueError("skip must not be negative")
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError("rate must be between 0 and 1")
         if self.delay_ms < 0:
@@ -526,6 +531,9 @@ class Fault:
         """Rolls the dice for one call (under the state lock)."""
         if self.remaining is not None and self.remaining <= 0:
             return False
+        if self.skip > 0:
+            self.skip -= 1
+            return False
         if random.random() >= self.rate:
             return False
         if self.remaining is not None:
@@ -541,6 +549,7 @@ class Fault:
             "rate": self.rate,
             "delay_ms": self.delay_ms,
             "count": self.remaining,
+            "skip": self.skip,
         }
         if self.message is not None:
             out["message"] = self.message

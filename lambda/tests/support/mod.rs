@@ -226,6 +226,19 @@ impl Emulator {
         assert!(resp.status().is_success());
     }
 
+    /// Network time added to every AWS call, outside the emulator's lock, so that
+    /// in-flight requests interleave as they do against AWS.
+    pub async fn set_latency(&self, ms: u64) {
+        let resp = self
+            .client()
+            .post(format!("{}/_emulator/latency", self.url))
+            .json(&serde_json::json!({ "ms": ms }))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+    }
+
     pub async fn clear_faults(&self) {
         self.client()
             .delete(format!("{}/_emulator/faults", self.url))
@@ -284,6 +297,18 @@ impl Emulator {
             .iter()
             .filter_map(|a| a.activation_id().map(str::to_owned))
             .collect()
+    }
+
+    /// Runs `vending sweep` with the provisioned settings plus `overrides`; its JSON report.
+    pub fn sweep(&self, overrides: &[(&str, &str)]) -> Value {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vending"));
+        command.arg("sweep").env_clear().env("RUST_LOG", "warn");
+        for (k, v) in self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(overrides.iter().copied()) {
+            command.env(k, v);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("a JSON report")
     }
 
     /// Remember a code seen by a test, to prove later it never reached a log.
