@@ -6,14 +6,26 @@ vended by the activation-vending service.
 .DESCRIPTION
 Fetches an activation (ID, code, region) from the activation-vending service with
 Invoke-RestMethod, retrying with exponential backoff and jitter and honouring
-Retry-After on 503/429, for at most -MaxWait seconds. Then downloads ssm-setup-cli.exe
+Retry-After on 503/429, for at most -MaxWait seconds; a 4xx answer is final. If the SSM
+Agent is installed it registers it directly; otherwise it downloads ssm-setup-cli.exe
 from the regional AWS download location, checks its Authenticode signature, and lets
 it install the SSM Agent and register this server; the regional agent installer
-(AmazonSSMAgentSetup.exe) is the fallback. Finally sets the AmazonSSMAgent service to
-start automatically, starts it and checks that the agent reports a registration.
+(AmazonSSMAgentSetup.exe, also signature-checked) is the fallback. With -Proxy the
+agent service gets the proxy in its registry Environment value, as AWS documents.
+Finally sets the AmazonSSMAgent service to start automatically, starts it and waits
+(-OnlineWait) until the agent reports itself registered and connected.
+
+Each vend request carries "X-Machine-Id: <SHA-256 of Win32_ComputerSystemProduct.UUID,
+else of the MachineGuid registry value>" (never the raw value). The digest is kept
+beside the agent's registration (InstanceData\activation-vending.machine).
 
 Idempotent: a server that is already registered exits 0 without fetching a code
-unless -Force is given.
+unless -Force is given, or unless it is not the machine it was registered on (a clone
+of a registered image, a re-image): then the old registration is cleared and the
+server registers afresh. -PrepareImage readies a machine for capture.
+
+Everything the script prints also goes to %ProgramData%\ActivationVending\bootstrap.log
+(not to a transcript), and the code never does.
 
 The activation code is never written to the console, a stream, the transcript or a
 file: it is passed to the AWS tool through System.Diagnostics.Process (not a cmdlet,
@@ -26,7 +38,9 @@ Works in Windows PowerShell 5.1 and PowerShell 7. This script was checked by par
 
 Every parameter has an environment variable twin (VENDING_URL, VENDING_POOL,
 VENDING_INSTANCE, VENDING_REGION, VENDING_API_ID, VENDING_CA_BUNDLE, VENDING_MAX_WAIT,
-VENDING_FORCE=1, VENDING_DRY_RUN=1); a parameter given on the command line wins.
+VENDING_PROXY, VENDING_NO_PROXY, VENDING_ONLINE_WAIT, VENDING_FORCE=1, VENDING_DRY_RUN=1,
+VENDING_ALLOW_UNVERIFIED=1, VENDING_PREPARE_IMAGE=1); a parameter given on the command
+line wins.
 
 .PARAMETER Url
 Base URL of the activation-vending service (required): https://, or http:// to a
@@ -34,11 +48,14 @@ loopback address for local tests. With a VPC endpoint's own DNS name
 (https://vpce-....execute-api.REGION.vpce.amazonaws.com/STAGE) also pass -ApiId.
 
 .PARAMETER Pool
-Activation pool to draw from (default: the service's "default" pool).
+Activation pool to draw from (default: the service's "default" pool): 1-64 of
+A-Z a-z 0-9 _ -.
 
 .PARAMETER Instance
-Name this server registers under; retries reuse the same activation (default: the
-computer name).
+The name the vending service knows this server by, so that a retry gets the same
+activation back instead of a new slot (default: the computer name). It is not the
+server's name in SSM. A host name: dot-separated labels of A-Z a-z 0-9 _ -, 1-63 each,
+not starting or ending with -, 253 characters in all.
 
 .PARAMETER Region
 Overrides the region the service returns.
@@ -53,7 +70,30 @@ a CA not in the machine's trust store. Windows PowerShell 5.1 only; with PowerSh
 put the CA into Cert:\LocalMachine\Root instead.
 
 .PARAMETER MaxWait
-Gives up fetching an activation after this many seconds (default 120).
+Gives up a network step (the fetch, each download) after this many seconds
+(default 120).
+
+.PARAMETER Proxy
+HTTP(S) proxy for the fetch, the downloads and the agent (default: the https_proxy or
+HTTPS_PROXY environment variable). Loopback addresses are never proxied. The agent
+service gets https_proxy, http_proxy and no_proxy=169.254.169.254,<NoProxy> in
+HKLM:\SYSTEM\CurrentControlSet\Services\AmazonSSMAgent, value Environment.
+
+.PARAMETER NoProxy
+Comma-separated hosts or domains not to proxy (default: no_proxy / NO_PROXY).
+
+.PARAMETER OnlineWait
+After starting the agent, waits this many seconds for it to report itself registered
+and connected ("Credentials ready" in its log) before failing with exit 5 (default 90).
+
+.PARAMETER AllowUnverified
+Runs ssm-setup-cli.exe or the agent installer even when its Authenticode signature
+cannot be checked (status UnknownError). A signature that is missing, not Amazon's or
+does not match is never accepted.
+
+.PARAMETER PrepareImage
+Readies this machine to be captured as an image: stops the agent and clears its
+registration, so that every clone registers as itself. Needs no -Url.
 
 .PARAMETER Force
 Re-registers a server that is already registered.
@@ -71,15 +111,20 @@ code masked, and changes nothing. (-WhatIf also changes nothing, and does not fe
 .EXAMPLE
 powershell.exe -NoProfile -ExecutionPolicy Bypass -File C:\bootstrap\bootstrap-windows.ps1 -Url https://... -DryRun
 
+.EXAMPLE
+.\bootstrap-windows.ps1 -Url https://... -Proxy http://proxy.example.internal:3128 -NoProxy .corp.example
+
 .NOTES
 Exit codes (the same as bootstrap-linux.sh):
-  0  registered (or already registered and -Force not given; or dry run done)
+  0  registered and online (or already registered and -Force not given; or dry run or
+     -PrepareImage done)
   1  unexpected internal error
   2  usage error (missing -Url, invalid value)
-  3  fetch failed (service unreachable, gave up after -MaxWait, HTTP error, malformed response)
+  3  fetch failed (service unreachable, gave up after -MaxWait, HTTP error such as 400
+     for a name or pool the service refuses, malformed response)
   4  install failed (download, signature check, agent installer)
   5  registration failed (SSM refused the activation, agent not registered afterwards,
-     service not running)
+     or not seen running and connected within -OnlineWait)
   6  unsupported platform (architecture) or not run as Administrator
 #>
 [CmdletBinding(SupportsShouldProcess)]
@@ -89,11 +134,11 @@ param(
     [string]$Url,
 
     [Parameter()]
-    [ValidatePattern('^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$')]
+    [ValidatePattern('^[A-Za-z0-9_-]{1,64}$')]
     [string]$Pool,
 
     [Parameter()]
-    [ValidatePattern('^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$')]
+    [ValidatePattern('^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$')]
     [string]$Instance,
 
     [Parameter()]
@@ -111,6 +156,24 @@ param(
     [Parameter()]
     [ValidateRange(1, 86400)]
     [int]$MaxWait = 120,
+
+    [Parameter()]
+    [ValidatePattern('^https?://[^\s"''\\]+$')]
+    [string]$Proxy,
+
+    [Parameter()]
+    [ValidatePattern('^[A-Za-z0-9.,:_*/\[\]-]+$')]
+    [string]$NoProxy,
+
+    [Parameter()]
+    [ValidateRange(0, 3600)]
+    [int]$OnlineWait = 90,
+
+    [Parameter()]
+    [switch]$AllowUnverified,
+
+    [Parameter()]
+    [switch]$PrepareImage,
 
     [Parameter()]
     [switch]$Force,
@@ -132,7 +195,25 @@ $script:ExitPlatform = 6
 $script:Mask = '********'
 $script:ServiceName = 'AmazonSSMAgent'
 $script:RegistrationFile = Join-Path $env:ProgramData 'Amazon\SSM\InstanceData\registration'
-$script:AgentExe = Join-Path $env:ProgramFiles 'Amazon\SSM\amazon-ssm-agent.exe'
+$script:IdentityFile = Join-Path $env:ProgramData 'Amazon\SSM\InstanceData\activation-vending.machine'
+$script:AgentLog = Join-Path $env:ProgramData 'Amazon\SSM\Logs\amazon-ssm-agent.log'
+$script:ServiceKey = 'HKLM:\SYSTEM\CurrentControlSet\Services\AmazonSSMAgent'
+# The agent is 64-bit: a 32-bit PowerShell sees the 32-bit folder in ProgramFiles.
+$script:ProgramFilesDirectory = if ($env:ProgramW6432) { $env:ProgramW6432 } else { $env:ProgramFiles }
+$script:AgentExe = Join-Path $script:ProgramFilesDirectory 'Amazon\SSM\amazon-ssm-agent.exe'
+# Our own log, never a transcript: it holds what the console shows, with the code masked.
+$script:LogFile = Join-Path $env:ProgramData 'ActivationVending\bootstrap.log'
+$script:LogToFile = $false
+# The instance metadata address never goes through a proxy (AWS's proxy guidance for the agent).
+$script:ImdsNoProxy = '169.254.169.254'
+$script:InstancePattern = '^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$'
+$script:PoolPattern = '^[A-Za-z0-9_-]{1,64}$'
+$script:ProxyPattern = '^https?://[^\s"''\\]+$'
+$script:NoProxyPattern = '^[A-Za-z0-9.,:_*/\[\]-]+$'
+$script:MachineId = ''
+$script:ProxyUrl = ''
+$script:NoProxyList = ''
+$script:AllowUnverifiedRun = $false
 # The secret; only ever used through Invoke-MaskedProcess and cleared after use.
 $script:ActivationCode = $null
 $script:WorkDir = $null
@@ -146,7 +227,43 @@ function Write-BootstrapLog {
         [string]$Message
     )
     $stamp = [DateTime]::UtcNow.ToString('yyyy-MM-ddTHH:mm:ssZ')
-    Write-Information -MessageData ('{0} bootstrap-windows: {1}' -f $stamp, $Message) -InformationAction Continue
+    $line = '{0} bootstrap-windows: {1}' -f $stamp, (ConvertTo-MaskedText -Text $Message)
+    Write-Information -MessageData $line -InformationAction Continue
+    Add-BootstrapLogLine -Line $line
+}
+
+function Add-BootstrapLogLine {
+    # Appends to %ProgramData%\ActivationVending\bootstrap.log once Initialize-BootstrapLog
+    # enabled it. Callers pass masked text only.
+    [CmdletBinding()]
+    param(
+        [Parameter(Mandatory = $true)]
+        [AllowEmptyString()]
+        [string]$Line
+    )
+    if (-not $script:LogToFile) {
+        return
+    }
+    try {
+        [IO.File]::AppendAllText($script:LogFile, $Line + [Environment]::NewLine)
+    } catch {
+        $script:LogToFile = $false
+        Write-Information -MessageData ('warning: cannot write {0}: {1}' -f $script:LogFile, $_.Exception.Message) -InformationAction Continue
+    }
+}
+
+function Initialize-BootstrapLog {
+    [CmdletBinding(SupportsShouldProcess)]
+    param()
+    if (-not $PSCmdlet.ShouldProcess($script:LogFile, 'Append this run to the log')) {
+        return
+    }
+    try {
+        $null = New-Item -ItemType Directory -Path (Split-Path -Parent $script:LogFile) -Force
+        $script:LogToFile = $true
+    } catch {
+        Write-Information -MessageData ('warning: cannot create {0}: {1}' -f $script:LogFile, $_.Exception.Message) -InformationAction Continue
+    }
 }
 
 function Write-PlanStep {
@@ -155,7 +272,7 @@ function Write-PlanStep {
         [Parameter(Mandatory = $true)]
         [string]$Step
     )
-    Write-Information -MessageData ('[dry-run] {0}' -f $Step) -InformationAction Continue
+    Write-Information -MessageData ('[dry-run] {0}' -f (ConvertTo-MaskedText -Text $Step)) -InformationAction Continue
 }
 
 function Stop-Bootstrap {
@@ -177,6 +294,17 @@ function Clear-Secret {
     [CmdletBinding()]
     param()
     $script:ActivationCode = $null
+}
+
+function ConvertTo-RedactedUrl {
+    # A URL for the log: user:password@ replaced.
+    [CmdletBinding()]
+    param(
+        [Parameter()]
+        [AllowEmptyString()]
+        [string]$Address
+    )
+    return ($Address -replace '^([a-z]+://)[^/@]*@', ('$1' + $script:Mask + '@'))
 }
 
 function ConvertTo-MaskedText {
@@ -248,6 +376,46 @@ function Test-LoopbackUrl {
     )
     $uri = [Uri]$Address
     return ($uri.IsLoopback -or $uri.Host -eq 'localhost')
+}
+
+function Test-InstanceName {
+    # The service's rules (lambda/src/pool.rs): a host name of DNS labels (plus _).
+    [CmdletBinding()]
+    param(
+        [Parameter()]
+        [AllowEmptyString()]
+        [string]$Name
+    )
+    return ($Name -match $script:InstancePattern)
+}
+
+function Resolve-SecondsSetting {
+    # -MaxWait / -OnlineWait: the parameter if given, else the environment twin.
+    [CmdletBinding()]
+    param(
+        [Parameter(Mandatory = $true)]
+        [string]$Name,
+
+        [Parameter(Mandatory = $true)]
+        [int]$Value,
+
+        [Parameter(Mandatory = $true)]
+        [string]$EnvName,
+
+        [Parameter(Mandatory = $true)]
+        [int]$Minimum,
+
+        [Parameter(Mandatory = $true)]
+        [int]$Maximum
+    )
+    $fromEnv = [Environment]::GetEnvironmentVariable($EnvName)
+    if ($script:BoundParameters.ContainsKey($Name) -or [string]::IsNullOrEmpty($fromEnv)) {
+        return $Value
+    }
+    if ($fromEnv -notmatch '^[0-9]{1,5}$' -or [int]$fromEnv -lt $Minimum -or [int]$fromEnv -gt $Maximum) {
+        Stop-Bootstrap -ExitCode $script:ExitUsage -Message ('{0} must be a whole number of seconds from {1} to {2}: {3}' -f $EnvName, $Minimum, $Maximum, $fromEnv)
+    }
+    return [int]$fromEnv
 }
 
 function Test-RegionName {
@@ -325,6 +493,182 @@ function Get-RegisteredInstanceId {
         return [string]$property.Value
     }
     return ''
+}
+
+function Get-MachineIdDigest {
+    # SHA-256 (lowercase hex) of the SMBIOS UUID, else of the MachineGuid registry value;
+    # '' when neither is readable or holds a placeholder. The raw value is never sent or logged.
+    [CmdletBinding()]
+    param()
+    $candidates = @()
+    try {
+        $product = Get-CimInstance -ClassName Win32_ComputerSystemProduct -ErrorAction Stop
+        $candidates += [string]$product.UUID
+    } catch {
+        Write-BootstrapLog -Message 'no Win32_ComputerSystemProduct UUID; trying MachineGuid'
+    }
+    try {
+        $candidates += [string](Get-ItemProperty -LiteralPath 'HKLM:\SOFTWARE\Microsoft\Cryptography' -Name MachineGuid -ErrorAction Stop).MachineGuid
+    } catch {
+        Write-BootstrapLog -Message 'no MachineGuid in HKLM:\SOFTWARE\Microsoft\Cryptography'
+    }
+    foreach ($candidate in $candidates) {
+        $value = ([string]$candidate).Trim()
+        if (-not $value -or $value -match '^[0-]+$' -or $value -match '^[fF-]+$') {
+            continue
+        }
+        $sha = [System.Security.Cryptography.SHA256]::Create()
+        try {
+            $bytes = $sha.ComputeHash([Text.Encoding]::UTF8.GetBytes($value))
+        } finally {
+            $sha.Dispose()
+        }
+        return (($bytes | ForEach-Object { $_.ToString('x2') }) -join '')
+    }
+    return ''
+}
+
+function Get-RecordedIdentity {
+    # What this script recorded beside a registration: machine=, instance=, online=.
+    [CmdletBinding()]
+    param()
+    $recorded = @{ machine = ''; instance = ''; online = '' }
+    if (-not (Test-Path -LiteralPath $script:IdentityFile -PathType Leaf)) {
+        return $recorded
+    }
+    foreach ($line in (Get-Content -LiteralPath $script:IdentityFile)) {
+        if ($line -match '^(machine|instance|online)=(.*)$') {
+            $recorded[$Matches[1]] = $Matches[2]
+        }
+    }
+    return $recorded
+}
+
+function Save-RecordedIdentity {
+    [CmdletBinding(SupportsShouldProcess)]
+    param(
+        [Parameter(Mandatory = $true)]
+        [string]$InstanceId,
+
+        [Parameter(Mandatory = $true)]
+        [ValidateSet('0', '1')]
+        [string]$Online
+    )
+    if (-not $PSCmdlet.ShouldProcess($script:IdentityFile, 'Record the machine id digest')) {
+        return
+    }
+    $text = 'machine={0}{3}instance={1}{3}online={2}{3}' -f $script:MachineId, $InstanceId, $Online, [Environment]::NewLine
+    [IO.File]::WriteAllText($script:IdentityFile, $text)
+}
+
+function Clear-AgentRegistration {
+    # The agent's own -register -clear (vault keys, hardware fingerprint), then the
+    # registration file and our record, with the service stopped.
+    [CmdletBinding(SupportsShouldProcess)]
+    param()
+    if (-not $PSCmdlet.ShouldProcess($script:RegistrationFile, 'Stop the agent and clear its registration')) {
+        return
+    }
+    Stop-Service -Name $script:ServiceName -Force -ErrorAction SilentlyContinue
+    if (Test-Path -LiteralPath $script:AgentExe -PathType Leaf) {
+        $clearExit = Invoke-MaskedProcess -FilePath $script:AgentExe -Arguments '-register -clear' -Display 'amazon-ssm-agent.exe -register -clear'
+        if ($clearExit -ne 0) {
+            Write-BootstrapLog -Message ('warning: amazon-ssm-agent.exe -register -clear exited {0}' -f $clearExit)
+        }
+    }
+    foreach ($file in @($script:RegistrationFile, $script:IdentityFile)) {
+        Remove-Item -LiteralPath $file -Force -ErrorAction SilentlyContinue
+    }
+}
+
+function Set-AgentProxy {
+    # AWS's way for the Windows agent: a MultiString value Environment under the
+    # service's registry key with https_proxy, http_proxy and no_proxy.
+    [CmdletBinding(SupportsShouldProcess)]
+    param(
+        [Parameter(Mandatory = $true)]
+        [string]$ProxyAddress,
+
+        [Parameter()]
+        [AllowEmptyString()]
+        [string]$Bypass
+    )
+    $noProxy = $script:ImdsNoProxy
+    if ($Bypass) {
+        $noProxy = $noProxy + ',' + $Bypass
+    }
+    $values = [string[]]@(('https_proxy=' + $ProxyAddress), ('http_proxy=' + $ProxyAddress), ('no_proxy=' + $noProxy))
+    if (-not $PSCmdlet.ShouldProcess($script:ServiceKey, 'Set the agent service Environment (proxy)')) {
+        return
+    }
+    $null = New-ItemProperty -LiteralPath $script:ServiceKey -Name 'Environment' -PropertyType MultiString -Value $values -Force
+    Write-BootstrapLog -Message ('agent proxy: {0} (no_proxy={1}) in {2}\Environment' -f (ConvertTo-RedactedUrl -Address $ProxyAddress), $noProxy, $script:ServiceKey)
+}
+
+function Get-AgentLogSize {
+    [CmdletBinding()]
+    param()
+    if (Test-Path -LiteralPath $script:AgentLog -PathType Leaf) {
+        return [long](Get-Item -LiteralPath $script:AgentLog).Length
+    }
+    return [long]0
+}
+
+function Get-AgentLogSince {
+    # The agent's log from byte Offset on (from the start after a rotation); the agent
+    # keeps it open, so it is read with FileShare.ReadWrite.
+    [CmdletBinding()]
+    param(
+        [Parameter(Mandatory = $true)]
+        [long]$Offset
+    )
+    if (-not (Test-Path -LiteralPath $script:AgentLog -PathType Leaf)) {
+        return ''
+    }
+    $stream = New-Object System.IO.FileStream($script:AgentLog, [IO.FileMode]::Open, [IO.FileAccess]::Read, [IO.FileShare]::ReadWrite)
+    try {
+        if ($stream.Length -ge $Offset) {
+            $null = $stream.Seek($Offset, [IO.SeekOrigin]::Begin)
+        }
+        $reader = New-Object System.IO.StreamReader($stream)
+        return $reader.ReadToEnd()
+    } finally {
+        $stream.Dispose()
+    }
+}
+
+function Wait-AgentOnline {
+    # Success means online: a managed instance ID in the registration file, the service
+    # running, and "Credentials ready" in the agent's log since it was started (it got
+    # credentials from Systems Manager). "Entering SSM Agent hibernate" fails at once.
+    [CmdletBinding()]
+    param(
+        [Parameter(Mandatory = $true)]
+        [long]$LogOffset,
+
+        [Parameter(Mandatory = $true)]
+        [int]$Seconds
+    )
+    $clock = [Diagnostics.Stopwatch]::StartNew()
+    while ($true) {
+        $instanceId = Get-RegisteredInstanceId
+        $logText = Get-AgentLogSince -Offset $LogOffset
+        if (-not $instanceId) {
+            $reason = 'the agent does not report a registration ({0} has no managed instance ID)' -f $script:RegistrationFile
+        } elseif (-not (Test-AgentRunning)) {
+            $reason = 'registered as {0} but {1} is not running' -f $instanceId, $script:ServiceName
+        } elseif ($logText -match '(?m)^.*Entering SSM Agent hibernate.*$') {
+            Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('registered as {0} but the agent cannot reach Systems Manager and hibernates: {1} (proxy: -Proxy; network: HTTPS to ssm, ssmmessages, ec2messages)' -f $instanceId, $Matches[0].Trim())
+        } elseif ($logText -match 'Credentials ready') {
+            return $instanceId
+        } else {
+            $reason = "registered as {0} and {1} is running, but the agent has not reported connecting to Systems Manager (no 'Credentials ready' in {2})" -f $instanceId, $script:ServiceName, $script:AgentLog
+        }
+        if ($clock.Elapsed.TotalSeconds -ge $Seconds) {
+            Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('not online after -OnlineWait {0}s: {1}' -f $Seconds, $reason)
+        }
+        Start-Sleep -Seconds 1
+    }
 }
 
 function Test-AgentRunning {
@@ -443,7 +787,7 @@ function Get-HttpFailure {
         [Parameter(Mandatory = $true)]
         [System.Management.Automation.ErrorRecord]$ErrorRecord
     )
-    $result = @{ Status = 0; RetryAfter = -1; Message = $ErrorRecord.Exception.Message }
+    $result = @{ Status = 0; RetryAfter = -1; Message = $ErrorRecord.Exception.Message; Detail = '' }
     $exception = $ErrorRecord.Exception
     $response = $null
     if ($null -ne $exception.PSObject.Properties['Response']) {
@@ -453,9 +797,19 @@ function Get-HttpFailure {
         return $result
     }
     $result.Status = [int]$response.StatusCode
+    # The service's JSON error ({"error":{"message":...}}); never an activation body.
+    if ($null -ne $ErrorRecord.ErrorDetails -and $ErrorRecord.ErrorDetails.Message -match '"message"\s*:\s*"((?:[^"\\]|\\.){0,200})') {
+        $result.Detail = $Matches[1]
+    }
     $retryAfter = $null
     if ($response -is [System.Net.HttpWebResponse]) {
-        $retryAfter = $response.Headers['Retry-After']
+        try {
+            $retryAfter = $response.Headers['Retry-After']
+        } finally {
+            # Windows PowerShell 5.1 leaves a failed response open, and with it one of the
+            # two connections .NET allows per host: close it, or the retries stall.
+            $response.Close()
+        }
     } elseif ($null -ne $response.PSObject.Properties['Headers'] -and $null -ne $response.Headers.RetryAfter) {
         if ($null -ne $response.Headers.RetryAfter.Delta) {
             $retryAfter = [string][int]$response.Headers.RetryAfter.Delta.TotalSeconds
@@ -486,12 +840,16 @@ function Get-VendedActivation {
     if ($ApiGatewayId) {
         $headers['x-apigw-api-id'] = $ApiGatewayId
     }
+    if ($script:MachineId) {
+        $headers['X-Machine-Id'] = $script:MachineId
+    }
+    $proxyArguments = Get-ProxyArgument -Address $Uri
     $random = New-Object System.Random
     $clock = [Diagnostics.Stopwatch]::StartNew()
     $backoffMs = 1000
     $attempt = 0
     $lastError = 'none'
-    Write-BootstrapLog -Message ('fetching activation: GET {0}' -f $Uri)
+    Write-BootstrapLog -Message ('fetching activation: GET {0}{1}' -f $Uri, $(if ($script:MachineId) { ' (X-Machine-Id: ' + $script:MachineId.Substring(0, 12) + '...)' } else { '' }))
     while ($true) {
         $remaining = $MaxWaitSeconds - [int]$clock.Elapsed.TotalSeconds
         if ($remaining -le 0) {
@@ -501,7 +859,7 @@ function Get-VendedActivation {
         $perTry = [Math]::Min($remaining, 30)
         $retryAfter = -1
         try {
-            $response = Invoke-RestMethod -Uri $Uri -Method Get -Headers $headers -TimeoutSec $perTry -UseBasicParsing
+            $response = Invoke-RestMethod -Uri $Uri -Method Get -Headers $headers -TimeoutSec $perTry -UseBasicParsing @proxyArguments
             return $response
         } catch {
             $failure = Get-HttpFailure -ErrorRecord $_
@@ -517,7 +875,7 @@ function Get-VendedActivation {
                     { $_ -eq 500 -or $_ -eq 502 -or $_ -eq 504 } {
                     }
                     400 {
-                        Stop-Bootstrap -ExitCode $script:ExitFetch -Message 'the service rejected the request (HTTP 400): check -Pool and -Instance'
+                        Stop-Bootstrap -ExitCode $script:ExitFetch -Message ('the service rejected the request (HTTP 400: {0}): check -Pool and -Instance; not retried' -f $failure.Detail)
                     }
                     { $_ -eq 401 -or $_ -eq 403 } {
                         Stop-Bootstrap -ExitCode $script:ExitFetch -Message ('access denied (HTTP {0}): a private API is reachable only through its VPC endpoint; with the endpoint''s own DNS name pass -ApiId' -f $failure.Status)
@@ -542,6 +900,20 @@ function Get-VendedActivation {
         Write-BootstrapLog -Message ('attempt {0} failed ({1}); retrying in {2:N1}s' -f $attempt, $lastError, ($waitMs / 1000))
         Start-Sleep -Milliseconds $waitMs
     }
+}
+
+function Get-ProxyArgument {
+    # Splat for Invoke-RestMethod / Invoke-WebRequest: -Proxy unless there is none or the
+    # address is loopback (never proxied; -NoProxy is PowerShell 7 only).
+    [CmdletBinding()]
+    param(
+        [Parameter(Mandatory = $true)]
+        [string]$Address
+    )
+    if (-not $script:ProxyUrl -or (Test-LoopbackUrl -Address $Address)) {
+        return @{}
+    }
+    return @{ Proxy = $script:ProxyUrl }
 }
 
 function Test-ActivationResponse {
@@ -605,31 +977,75 @@ function Remove-WorkDirectory {
 }
 
 function Save-Download {
-    # Three tries; the file must carry a valid Authenticode signature by Amazon.
+    # Retried with backoff until -MaxWait, except when the file is not there (404/403:
+    # returns $false). The file must then carry a valid Authenticode signature by Amazon.
     [CmdletBinding()]
     param(
         [Parameter(Mandatory = $true)]
         [string]$Source,
 
         [Parameter(Mandatory = $true)]
-        [string]$Destination
+        [string]$Destination,
+
+        [Parameter(Mandatory = $true)]
+        [int]$MaxWaitSeconds
     )
-    for ($try = 1; $try -le 3; $try++) {
+    $proxyArguments = Get-ProxyArgument -Address $Source
+    $clock = [Diagnostics.Stopwatch]::StartNew()
+    $random = New-Object System.Random
+    $backoffMs = 1000
+    $try = 0
+    while ($true) {
+        $try++
         try {
-            Invoke-WebRequest -Uri $Source -OutFile $Destination -UseBasicParsing -TimeoutSec 600
-            $signature = Get-AuthenticodeSignature -FilePath $Destination
-            if ($signature.Status -ne 'Valid' -or $null -eq $signature.SignerCertificate -or $signature.SignerCertificate.Subject -notmatch 'Amazon') {
-                Remove-Item -LiteralPath $Destination -Force -ErrorAction SilentlyContinue
-                Write-BootstrapLog -Message ('{0}: signature is {1}, not a valid Amazon signature' -f $Source, $signature.Status)
+            Invoke-WebRequest -Uri $Source -OutFile $Destination -UseBasicParsing -TimeoutSec 600 @proxyArguments
+            break
+        } catch {
+            $failure = Get-HttpFailure -ErrorRecord $_
+            if ($failure.Status -eq 403 -or $failure.Status -eq 404) {
+                Write-BootstrapLog -Message ('{0} is not there (HTTP {1})' -f $Source, $failure.Status)
                 return $false
             }
-            return $true
-        } catch {
-            Write-BootstrapLog -Message ('download of {0} failed (try {1} of 3): {2}' -f $Source, $try, $_.Exception.Message)
-            Start-Sleep -Seconds $try
+            if ($clock.Elapsed.TotalSeconds -ge $MaxWaitSeconds) {
+                Stop-Bootstrap -ExitCode $script:ExitInstall -Message ('could not download {0} within -MaxWait {1}: {2}' -f $Source, $MaxWaitSeconds, $failure.Message)
+            }
+            $waitMs = [int]($backoffMs / 2) + $random.Next(0, [int]($backoffMs / 2))
+            $backoffMs = [Math]::Min($backoffMs * 2, 16000)
+            Write-BootstrapLog -Message ('download of {0} failed (try {1}): {2}; retrying in {3:N1}s' -f $Source, $try, $failure.Message, ($waitMs / 1000))
+            Start-Sleep -Milliseconds $waitMs
         }
     }
-    return $false
+    Assert-AmazonSignature -Path $Destination -Source $Source
+    return $true
+}
+
+function Assert-AmazonSignature {
+    # Verified installs only: a valid Authenticode signature whose signer is Amazon.
+    # A missing, foreign or broken signature is never accepted; one that cannot be
+    # checked (UnknownError, e.g. no way to build the chain yet) only with -AllowUnverified.
+    [CmdletBinding()]
+    param(
+        [Parameter(Mandatory = $true)]
+        [string]$Path,
+
+        [Parameter(Mandatory = $true)]
+        [string]$Source
+    )
+    $signature = Get-AuthenticodeSignature -FilePath $Path
+    $signer = ''
+    if ($null -ne $signature.SignerCertificate) {
+        $signer = $signature.SignerCertificate.Subject
+    }
+    if ([string]$signature.Status -eq 'Valid' -and $signer -match 'O=Amazon') {
+        Write-BootstrapLog -Message ('verified {0}: signed by {1}' -f (Split-Path -Leaf $Path), $signer)
+        return
+    }
+    if ([string]$signature.Status -eq 'UnknownError' -and $script:AllowUnverifiedRun) {
+        Write-BootstrapLog -Message ('WARNING: running {0} UNVERIFIED (-AllowUnverified): its signature could not be checked ({1})' -f $Source, $signature.StatusMessage)
+        return
+    }
+    Remove-Item -LiteralPath $Path -Force -ErrorAction SilentlyContinue
+    Stop-Bootstrap -ExitCode $script:ExitInstall -Message ('{0}: signature is {1} (signer "{2}"), not a valid Amazon signature; not running it{3}' -f $Source, $signature.Status, $signer, $(if ([string]$signature.Status -eq 'UnknownError') { ' (-AllowUnverified accepts a signature that cannot be checked)' } else { '' }))
 }
 
 function Invoke-MaskedProcess {
@@ -680,7 +1096,9 @@ function Invoke-MaskedProcess {
     foreach ($text in @($stdout.Result, $stderr.Result)) {
         foreach ($line in ($text -split "`r?`n")) {
             if ($line.Trim()) {
-                Write-Information -MessageData ('    | ' + (ConvertTo-MaskedText -Text $line)) -InformationAction Continue
+                $masked = '    | ' + (ConvertTo-MaskedText -Text $line)
+                Write-Information -MessageData $masked -InformationAction Continue
+                Add-BootstrapLogLine -Line $masked
             }
         }
     }
@@ -714,9 +1132,27 @@ function Register-WithSetupCli {
     return (Invoke-MaskedProcess -FilePath $SetupCli -Arguments $arguments -Display $display)
 }
 
+function Register-WithAgent {
+    # The installed agent registers itself: -register -code -id -region -y (-y answers the
+    # "already registered, override?" prompt, so nothing waits on stdin).
+    [CmdletBinding()]
+    param(
+        [Parameter(Mandatory = $true)]
+        [string]$ActivationId,
+
+        [Parameter(Mandatory = $true)]
+        [string]$RegionName
+    )
+    Stop-Service -Name $script:ServiceName -Force -ErrorAction SilentlyContinue
+    $tail = ' -id={0} -region={1} -y' -f $ActivationId, $RegionName
+    $arguments = '-register -code=' + $script:ActivationCode + $tail
+    $display = 'amazon-ssm-agent.exe -register -code=' + $script:Mask + $tail
+    return (Invoke-MaskedProcess -FilePath $script:AgentExe -Arguments $arguments -Display $display)
+}
+
 function Install-AgentPackage {
-    # Fallback: the regional agent installer. With CODE/ID/REGION it registers during
-    # install; an agent that is already installed is registered with -register -y.
+    # Fallback: the regional agent installer, signature-checked. With CODE/ID/REGION it
+    # registers during install.
     [CmdletBinding()]
     param(
         [Parameter(Mandatory = $true)]
@@ -729,22 +1165,16 @@ function Install-AgentPackage {
         [string]$ActivationId,
 
         [Parameter(Mandatory = $true)]
-        [string]$RegionName
+        [string]$RegionName,
+
+        [Parameter(Mandatory = $true)]
+        [int]$MaxWaitSeconds
     )
-    if (Test-Path -LiteralPath $script:AgentExe -PathType Leaf) {
-        Write-BootstrapLog -Message 'fallback: the agent is installed; registering it directly'
-        Stop-Service -Name $script:ServiceName -Force -ErrorAction SilentlyContinue
-        $tail = ' -id={0} -region={1} -y' -f $ActivationId, $RegionName
-        # -y answers the "already registered, override?" prompt, so nothing waits on stdin.
-        $arguments = '-register -code=' + $script:ActivationCode + $tail
-        $display = 'amazon-ssm-agent.exe -register -code=' + $script:Mask + $tail
-        return (Invoke-MaskedProcess -FilePath $script:AgentExe -Arguments $arguments -Display $display)
-    }
     $source = '{0}/latest/{1}/AmazonSSMAgentSetup.exe' -f $BaseUrl, $BucketDirectory
     $installer = Join-Path $script:WorkDir 'AmazonSSMAgentSetup.exe'
     Write-BootstrapLog -Message ('fallback: installing the agent from {0}' -f $source)
-    if (-not (Save-Download -Source $source -Destination $installer)) {
-        Stop-Bootstrap -ExitCode $script:ExitInstall -Message ('could not download a validly signed {0}' -f $source)
+    if (-not (Save-Download -Source $source -Destination $installer -MaxWaitSeconds $MaxWaitSeconds)) {
+        Stop-Bootstrap -ExitCode $script:ExitInstall -Message ('could not download {0}' -f $source)
     }
     # The installer log stays in the working directory, which is deleted at the end.
     $log = Join-Path $script:WorkDir 'install.log'
@@ -756,28 +1186,101 @@ function Install-AgentPackage {
 
 # --------------------------------------------------------------------- main
 
+function Invoke-PrepareImage {
+    # -PrepareImage: the machine is about to be captured; every clone must register as itself.
+    [CmdletBinding(SupportsShouldProcess)]
+    param(
+        [Parameter(Mandatory = $true)]
+        [bool]$IsDryRun
+    )
+    if ($IsDryRun) {
+        Write-PlanStep -Step ('Stop-Service {0}; amazon-ssm-agent.exe -register -clear; remove {1} and {2}' -f $script:ServiceName, $script:RegistrationFile, $script:IdentityFile)
+        Write-Output 'dry run complete: nothing was changed'
+        return
+    }
+    $existing = Get-RegisteredInstanceId
+    Clear-AgentRegistration
+    Write-BootstrapLog -Message ('prepared for imaging: {0} stopped, registration {1} cleared; generalize the image (sysprep) so clones get their own MachineGuid' -f $script:ServiceName, $(if ($existing) { $existing } else { '(none)' }))
+    Write-Output 'image prepared: the agent is stopped and unregistered'
+}
+
+function Confirm-AgentOnline {
+    # Starts the agent and waits until it is online; records the result beside the
+    # registration. Returns the managed instance ID.
+    [CmdletBinding()]
+    param(
+        [Parameter(Mandatory = $true)]
+        [int]$OnlineWaitSeconds
+    )
+    if ($script:ProxyUrl) {
+        Set-AgentProxy -ProxyAddress $script:ProxyUrl -Bypass $script:NoProxyList
+    }
+    $offset = Get-AgentLogSize
+    $pending = Get-RegisteredInstanceId
+    if ($pending) {
+        # If the agent is not seen online now, the next run checks again.
+        Save-RecordedIdentity -InstanceId $pending -Online '0'
+    }
+    try {
+        Start-AgentService
+    } catch {
+        Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('could not start {0}: {1}' -f $script:ServiceName, $_.Exception.Message)
+    }
+    $instanceId = Wait-AgentOnline -LogOffset $offset -Seconds $OnlineWaitSeconds
+    Save-RecordedIdentity -InstanceId $instanceId -Online '1'
+    return $instanceId
+}
+
 function Invoke-Bootstrap {
     [CmdletBinding(SupportsShouldProcess)]
     param()
 
     $settings = @{
         Url      = Resolve-Setting -Name 'Url' -Value $Url -EnvName 'VENDING_URL' -Pattern '^https?://[^\s?#]+$'
-        Pool     = Resolve-Setting -Name 'Pool' -Value $Pool -EnvName 'VENDING_POOL' -Pattern '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'
-        Instance = Resolve-Setting -Name 'Instance' -Value $Instance -EnvName 'VENDING_INSTANCE' -Pattern '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$'
+        Pool     = Resolve-Setting -Name 'Pool' -Value $Pool -EnvName 'VENDING_POOL' -Pattern $script:PoolPattern
+        Instance = Resolve-Setting -Name 'Instance' -Value $Instance -EnvName 'VENDING_INSTANCE' -Pattern $script:InstancePattern
         Region   = Resolve-Setting -Name 'Region' -Value $Region -EnvName 'VENDING_REGION' -Pattern '^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$'
         ApiId    = Resolve-Setting -Name 'ApiId' -Value $ApiId -EnvName 'VENDING_API_ID' -Pattern '^[a-z0-9]{1,32}$'
         CaBundle = Resolve-Setting -Name 'CaBundle' -Value $CaBundle -EnvName 'VENDING_CA_BUNDLE'
+        Proxy    = Resolve-Setting -Name 'Proxy' -Value $Proxy -EnvName 'VENDING_PROXY' -Pattern $script:ProxyPattern
+        NoProxy  = Resolve-Setting -Name 'NoProxy' -Value $NoProxy -EnvName 'VENDING_NO_PROXY' -Pattern $script:NoProxyPattern
     }
-    $maxWaitSeconds = $MaxWait
-    if (-not $script:BoundParameters.ContainsKey('MaxWait') -and $env:VENDING_MAX_WAIT) {
-        if ($env:VENDING_MAX_WAIT -notmatch '^[0-9]{1,5}$' -or [int]$env:VENDING_MAX_WAIT -lt 1) {
-            Stop-Bootstrap -ExitCode $script:ExitUsage -Message ('VENDING_MAX_WAIT must be a whole number of seconds: {0}' -f $env:VENDING_MAX_WAIT)
+    if (-not $settings.Proxy) {
+        # The usual environment, as curl and the agent read it.
+        foreach ($name in @('https_proxy', 'HTTPS_PROXY')) {
+            $value = [Environment]::GetEnvironmentVariable($name)
+            if ($value -and $value -match $script:ProxyPattern) {
+                $settings.Proxy = $value
+                break
+            }
         }
-        $maxWaitSeconds = [int]$env:VENDING_MAX_WAIT
     }
+    if (-not $settings.NoProxy) {
+        $value = [Environment]::GetEnvironmentVariable('no_proxy')
+        if ($value -and $value -match $script:NoProxyPattern) {
+            $settings.NoProxy = $value
+        }
+    }
+    $maxWaitSeconds = Resolve-SecondsSetting -Name 'MaxWait' -Value $MaxWait -EnvName 'VENDING_MAX_WAIT' -Minimum 1 -Maximum 86400
+    $onlineWaitSeconds = Resolve-SecondsSetting -Name 'OnlineWait' -Value $OnlineWait -EnvName 'VENDING_ONLINE_WAIT' -Minimum 0 -Maximum 3600
     $isForce = $Force.IsPresent -or (Test-Truthy -Value $env:VENDING_FORCE)
     $isDryRun = $DryRun.IsPresent -or (Test-Truthy -Value $env:VENDING_DRY_RUN)
+    $isPrepareImage = $PrepareImage.IsPresent -or (Test-Truthy -Value $env:VENDING_PREPARE_IMAGE)
+    $script:AllowUnverifiedRun = $AllowUnverified.IsPresent -or (Test-Truthy -Value $env:VENDING_ALLOW_UNVERIFIED)
     $isWhatIf = [bool]$WhatIfPreference
+    $script:ProxyUrl = $settings.Proxy
+    $script:NoProxyList = $settings.NoProxy
+
+    if (-not $isDryRun -and -not $isWhatIf -and -not (Test-Administrator)) {
+        Stop-Bootstrap -ExitCode $script:ExitPlatform -Message 'must run as Administrator (it installs and registers the SSM Agent); or use -DryRun'
+    }
+    if (-not $isDryRun) {
+        Initialize-BootstrapLog
+    }
+    if ($isPrepareImage) {
+        Invoke-PrepareImage -IsDryRun $isDryRun
+        return
+    }
 
     if (-not $settings.Url) {
         Stop-Bootstrap -ExitCode $script:ExitUsage -Message '-Url (or VENDING_URL) is required; Get-Help .\bootstrap-windows.ps1 -Full'
@@ -790,21 +1293,65 @@ function Invoke-Bootstrap {
     }
     if (-not $settings.Instance) {
         $settings.Instance = $env:COMPUTERNAME
+        if (-not (Test-InstanceName -Name $settings.Instance)) {
+            Write-BootstrapLog -Message ('warning: the computer name {0} is not a name the service accepts; asking without one (pass -Instance)' -f $settings.Instance)
+            $settings.Instance = ''
+        }
     }
-
-    if (-not $isDryRun -and -not $isWhatIf -and -not (Test-Administrator)) {
-        Stop-Bootstrap -ExitCode $script:ExitPlatform -Message 'must run as Administrator (it installs and registers the SSM Agent); or use -DryRun'
+    if ($script:ProxyUrl) {
+        # For every tool run from here (ssm-setup-cli's own downloads); loopback never proxied.
+        $bypass = '127.0.0.1,localhost,::1,' + $script:ImdsNoProxy
+        if ($script:NoProxyList) {
+            $bypass = $bypass + ',' + $script:NoProxyList
+        }
+        foreach ($name in @('https_proxy', 'http_proxy')) {
+            [Environment]::SetEnvironmentVariable($name, $script:ProxyUrl, 'Process')
+        }
+        [Environment]::SetEnvironmentVariable('no_proxy', $bypass, 'Process')
+        Write-BootstrapLog -Message ('proxy: {0} (not for {1})' -f (ConvertTo-RedactedUrl -Address $script:ProxyUrl), $bypass)
+    }
+    if (Test-LoopbackUrl -Address $settings.Url) {
+        # Windows PowerShell 5.1 would use the system proxy; loopback is never proxied.
+        [System.Net.WebRequest]::DefaultWebProxy = New-Object System.Net.WebProxy
     }
     $bucketDirectory = Get-BucketDirectory
+    $script:MachineId = Get-MachineIdDigest
 
     $existing = Get-RegisteredInstanceId
     $freshSlot = $false
+    $override = $isForce
     if ($existing) {
-        if (-not $isForce) {
+        $recorded = Get-RecordedIdentity
+        if ($isForce) {
+            # The service would hand back the activation whose registration this server
+            # already used; ask for a fresh slot instead (no instance name).
+            Write-BootstrapLog -Message ('registered as {0}; -Force given, registering again with a fresh activation slot' -f $existing)
+            $freshSlot = $true
+        } elseif ($script:MachineId -and $recorded.machine -and $recorded.machine -ne $script:MachineId) {
+            Write-BootstrapLog -Message ('registered as {0}, but on another machine (a clone or a re-image); clearing that registration and registering afresh' -f $existing)
+            $override = $true
+            if ($isDryRun) {
+                Write-PlanStep -Step ('Stop-Service {0}; amazon-ssm-agent.exe -register -clear; remove {1}' -f $script:ServiceName, $script:RegistrationFile)
+            } else {
+                Clear-AgentRegistration
+            }
+        } else {
+            if (-not $recorded.machine -and -not $isDryRun) {
+                # Registered before this script kept a record (or by hand): adopt it.
+                Save-RecordedIdentity -InstanceId $existing -Online '1'
+            } elseif ($recorded.online -eq '0' -and -not $isDryRun) {
+                Write-BootstrapLog -Message ('registered as {0}, but the agent was not seen online yet; starting it and waiting up to {1}s' -f $existing, $onlineWaitSeconds)
+                $instanceId = Confirm-AgentOnline -OnlineWaitSeconds $onlineWaitSeconds
+                Write-Output ('registered: {0}' -f $instanceId)
+                return
+            }
             Write-BootstrapLog -Message ('already registered as {0}; nothing to do (-Force re-registers)' -f $existing)
             if (-not $isDryRun -and -not (Test-AgentRunning)) {
                 Write-BootstrapLog -Message ('{0} is not running; starting it' -f $script:ServiceName)
                 try {
+                    if ($script:ProxyUrl) {
+                        Set-AgentProxy -ProxyAddress $script:ProxyUrl -Bypass $script:NoProxyList
+                    }
                     Start-AgentService
                 } catch {
                     Write-BootstrapLog -Message ('warning: could not start {0}: {1}' -f $script:ServiceName, $_.Exception.Message)
@@ -813,10 +1360,6 @@ function Invoke-Bootstrap {
             Write-Output ('already registered: {0}' -f $existing)
             return
         }
-        # The service would hand back the activation whose registration this server
-        # already used; ask for a fresh slot instead (no instance name).
-        Write-BootstrapLog -Message ('registered as {0}; -Force given, registering again with a fresh activation slot' -f $existing)
-        $freshSlot = $true
     }
 
     Set-Tls12
@@ -857,71 +1400,70 @@ function Invoke-Bootstrap {
         Stop-Bootstrap -ExitCode $script:ExitFetch -Message ('no valid region (service returned "{0}"); pass -Region' -f $activationRegion)
     }
     $baseUrl = Get-DownloadBase -RegionName $regionName
-    $override = ''
-    if ($isForce) {
-        $override = ' -override'
+    $overrideFlag = ''
+    if ($override) {
+        $overrideFlag = ' -override'
     }
+    $agentInstalled = Test-Path -LiteralPath $script:AgentExe -PathType Leaf
 
     if ($isDryRun) {
         Write-PlanStep -Step ('activation {0} for instance {1} (pool {2}, region {3}, expires {4}); code {5}' -f $activationId, $settings.Instance, $activationPool, $regionName, $expires, $script:Mask)
-        Write-PlanStep -Step ('download {0}/latest/{1}/ssm-setup-cli.exe and require a valid Amazon Authenticode signature' -f $baseUrl, $bucketDirectory)
-        Write-PlanStep -Step ('run: ssm-setup-cli.exe -register -activation-code={0} -activation-id={1} -region={2}{3}' -f $script:Mask, $activationId, $regionName, $override)
-        Write-PlanStep -Step ('if ssm-setup-cli.exe is unavailable: AmazonSSMAgentSetup.exe /q CODE={0} ID={1} REGION={2} from {3}/latest/{4}/' -f $script:Mask, $activationId, $regionName, $baseUrl, $bucketDirectory)
+        if ($agentInstalled) {
+            Write-PlanStep -Step ('the agent is installed ({0}): run amazon-ssm-agent.exe -register -code={1} -id={2} -region={3} -y' -f $script:AgentExe, $script:Mask, $activationId, $regionName)
+        } else {
+            Write-PlanStep -Step ('download {0}/latest/{1}/ssm-setup-cli.exe and require a valid Amazon Authenticode signature' -f $baseUrl, $bucketDirectory)
+            Write-PlanStep -Step ('run: ssm-setup-cli.exe -register -activation-code={0} -activation-id={1} -region={2}{3}' -f $script:Mask, $activationId, $regionName, $overrideFlag)
+            Write-PlanStep -Step ('if ssm-setup-cli.exe is unavailable: AmazonSSMAgentSetup.exe /q CODE={0} ID={1} REGION={2} from {3}/latest/{4}/ (signature checked)' -f $script:Mask, $activationId, $regionName, $baseUrl, $bucketDirectory)
+        }
+        if ($script:ProxyUrl) {
+            Write-PlanStep -Step ('set {0}\Environment: https_proxy, http_proxy={1}, no_proxy={2}' -f $script:ServiceKey, (ConvertTo-RedactedUrl -Address $script:ProxyUrl), ($script:ImdsNoProxy + $(if ($script:NoProxyList) { ',' + $script:NoProxyList } else { '' })))
+        }
         Write-PlanStep -Step ('Set-Service {0} -StartupType Automatic; Restart-Service {0}' -f $script:ServiceName)
-        Write-PlanStep -Step ('check that {0} names a managed instance (mi-...) and that {1} is running' -f $script:RegistrationFile, $script:ServiceName)
+        Write-PlanStep -Step ("wait up to {0}s until {1} names a managed instance (mi-...), {2} is running and {3} says 'Credentials ready'" -f $onlineWaitSeconds, $script:RegistrationFile, $script:ServiceName, $script:AgentLog)
+        Write-PlanStep -Step ('record the machine id digest in {0}' -f $script:IdentityFile)
         Clear-Secret
         Write-Output 'dry run complete: nothing was changed'
         return
     }
 
-    $work = New-WorkDirectory
-    $setupCli = Join-Path $work 'ssm-setup-cli.exe'
-    $source = '{0}/latest/{1}/ssm-setup-cli.exe' -f $baseUrl, $bucketDirectory
-    $via = 'ssm-setup-cli'
-    Write-BootstrapLog -Message ('downloading {0}' -f $source)
-    $exitCode = -1
-    if (Save-Download -Source $source -Destination $setupCli) {
-        $exitCode = Register-WithSetupCli -SetupCli $setupCli -ActivationId $activationId -RegionName $regionName -Override:$isForce
-        if ($exitCode -ne 0 -and (Test-Path -LiteralPath $script:AgentExe -PathType Leaf)) {
-            Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('ssm-setup-cli could not register this server with activation {0} (exit {1}; see its output above)' -f $activationId, $exitCode)
-        }
-    }
-    if ($exitCode -ne 0) {
-        Write-BootstrapLog -Message 'ssm-setup-cli is unavailable or failed before installing the agent; falling back to the agent installer'
-        $via = 'AmazonSSMAgentSetup.exe'
-        $exitCode = Install-AgentPackage -BaseUrl $baseUrl -BucketDirectory $bucketDirectory -ActivationId $activationId -RegionName $regionName
+    $via = 'installed agent'
+    if ($agentInstalled) {
+        # Register the installed agent directly rather than have ssm-setup-cli reinstall it.
+        Write-BootstrapLog -Message ('the agent is installed ({0}); registering it directly' -f $script:AgentExe)
+        $exitCode = Register-WithAgent -ActivationId $activationId -RegionName $regionName
         if ($exitCode -ne 0) {
-            if (-not (Test-Path -LiteralPath $script:AgentExe -PathType Leaf)) {
-                Stop-Bootstrap -ExitCode $script:ExitInstall -Message ('the agent installer failed (exit {0})' -f $exitCode)
-            }
             Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('registration with activation {0} failed (exit {1}; see the output above)' -f $activationId, $exitCode)
+        }
+    } else {
+        $work = New-WorkDirectory
+        $setupCli = Join-Path $work 'ssm-setup-cli.exe'
+        $source = '{0}/latest/{1}/ssm-setup-cli.exe' -f $baseUrl, $bucketDirectory
+        $via = 'ssm-setup-cli'
+        Write-BootstrapLog -Message ('downloading {0}' -f $source)
+        $exitCode = -1
+        if (Save-Download -Source $source -Destination $setupCli -MaxWaitSeconds $maxWaitSeconds) {
+            $exitCode = Register-WithSetupCli -SetupCli $setupCli -ActivationId $activationId -RegionName $regionName -Override:$override
+            if ($exitCode -ne 0 -and (Test-Path -LiteralPath $script:AgentExe -PathType Leaf)) {
+                Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('ssm-setup-cli could not register this server with activation {0} (exit {1}; see its output above)' -f $activationId, $exitCode)
+            }
+        }
+        if ($exitCode -ne 0) {
+            Write-BootstrapLog -Message 'ssm-setup-cli is unavailable or failed before installing the agent; falling back to the agent installer'
+            $via = 'AmazonSSMAgentSetup.exe'
+            $exitCode = Install-AgentPackage -BaseUrl $baseUrl -BucketDirectory $bucketDirectory -ActivationId $activationId -RegionName $regionName -MaxWaitSeconds $maxWaitSeconds
+            if ($exitCode -ne 0) {
+                if (-not (Test-Path -LiteralPath $script:AgentExe -PathType Leaf)) {
+                    Stop-Bootstrap -ExitCode $script:ExitInstall -Message ('the agent installer failed (exit {0})' -f $exitCode)
+                }
+                Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('registration with activation {0} failed (exit {1}; see the output above)' -f $activationId, $exitCode)
+            }
         }
     }
     Clear-Secret
 
-    try {
-        Start-AgentService
-    } catch {
-        Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('could not start {0}: {1}' -f $script:ServiceName, $_.Exception.Message)
-    }
-    $instanceId = ''
-    for ($i = 0; $i -lt 10 -and -not $instanceId; $i++) {
-        $instanceId = Get-RegisteredInstanceId
-        if (-not $instanceId) {
-            Start-Sleep -Seconds 1
-        }
-    }
-    if (-not $instanceId) {
-        Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('the agent does not report a registration ({0} has no managed instance ID)' -f $script:RegistrationFile)
-    }
-    for ($i = 0; $i -lt 10 -and -not (Test-AgentRunning); $i++) {
-        Start-Sleep -Seconds 1
-    }
-    if (-not (Test-AgentRunning)) {
-        Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('registered as {0} but {1} is not running' -f $instanceId, $script:ServiceName)
-    }
+    $instanceId = Confirm-AgentOnline -OnlineWaitSeconds $onlineWaitSeconds
     Remove-WorkDirectory
-    Write-BootstrapLog -Message ('registered as {0} in {1} via {2} (activation {3}); {4} is automatic and running' -f $instanceId, $regionName, $via, $activationId, $script:ServiceName)
+    Write-BootstrapLog -Message ('registered as {0} in {1} via {2} (activation {3}); {4} is automatic, running and connected' -f $instanceId, $regionName, $via, $activationId, $script:ServiceName)
     Write-Output ('registered: {0}' -f $instanceId)
 }
 

@@ -15,6 +15,16 @@ itself cannot run on our machines).
                                   [CmdletBinding(SupportsShouldProcess)] and
                                   comment-based help with .SYNOPSIS and a
                                   .PARAMETER for every script parameter
+  ps_check.py contract FILE...
+                              what issues 8 and 9 ask of the Windows boot script,
+                              each a rule that fails on the script before them:
+                                machine id, name rules, 400 final, proxy in the
+                                agent service's registry Environment, success means
+                                online, clones and -PrepareImage, verified installs,
+                                installed agent first, ProgramW6432, our own log
+                                file, failed 5.1 responses closed, -Instance help
+  ps_check.py patterns FILE   prints the -Instance and -Pool ValidatePatterns as JSON
+                              (tests run them against the service's name rules)
 
 Exit status: 0 clean, 1 findings, 2 usage or unreadable file.
 """
@@ -165,11 +175,133 @@ def script_parameters(root: Node) -> list[str]:
     return []
 
 
+def functions(root: Node) -> dict[str, str]:
+    """Function name -> its source text."""
+    found = {}
+    for node in walk(root):
+        if node.type == "function_statement":
+            name_node = next((c for c in node.children if c.type == "function_name"), None)
+            if name_node is not None:
+                found[text(name_node)] = text(node)
+    return found
+
+
+def param_patterns(source: str) -> dict[str, str]:
+    """ValidatePattern of each script parameter (the first param block), unescaped."""
+    block = source[source.index("[CmdletBinding(SupportsShouldProcess)]\nparam("):]
+    block = block[: block.index("\n)\n")]
+    patterns = {}
+    for match in re.finditer(r"\[ValidatePattern\('((?:[^']|'')*)'\)\]\s*\[string\]\$(\w+)", block):
+        patterns[match.group(2)] = match.group(1).replace("''", "'")
+    return patterns
+
+
+def script_constant(source: str, name: str) -> str | None:
+    match = re.search(rf"^\$script:{name} = '((?:[^']|'')*)'$", source, re.MULTILINE)
+    return match.group(1).replace("''", "'") if match else None
+
+
+def contract(path: Path) -> list[str]:
+    source = path.read_text(encoding="utf-8")
+    root = parse(path)
+    fns = functions(root)
+    findings: list[str] = []
+
+    def need(condition: bool, what: str) -> None:
+        if not condition:
+            findings.append(f"{path}: {what}")
+
+    def fn(name: str) -> str:
+        return fns.get(name, "")
+
+    # Issue 8: machine identity, the service's name rules, a 400 is final.
+    need("'X-Machine-Id'" in source, "vend requests do not send X-Machine-Id")
+    need("Win32_ComputerSystemProduct" in source and "MachineGuid" in source and "SHA256" in source,
+         "the machine id is not the SHA-256 of Win32_ComputerSystemProduct.UUID, else MachineGuid")
+    for node in walk(root):
+        if node.type == "command":
+            name_node = node.child_by_field_name("command_name") or (node.children[0] if node.children else None)
+            name = text(name_node).lower() if name_node is not None else ""
+            if name in WRITERS and re.search(r"\.UUID\b|\.MachineGuid\b|\$candidate\b", text(node), re.IGNORECASE):
+                findings.append(f"{path}:{node.start_point[0] + 1}: the raw machine id is written out")
+    patterns = param_patterns(source)
+    need(patterns.get("Instance") == script_constant(source, "InstancePattern"),
+         "-Instance's ValidatePattern and $script:InstancePattern (its environment twin's check) differ")
+    need(patterns.get("Pool") == script_constant(source, "PoolPattern"),
+         "-Pool's ValidatePattern and $script:PoolPattern differ")
+    need(re.search(r"\b400 \{\s*Stop-Bootstrap", fn("Get-VendedActivation")) is not None, "an HTTP 400 is retried")
+
+    # Issue 9.1: proxy for the fetch, the downloads and the agent service.
+    need("HKLM:\\SYSTEM\\CurrentControlSet\\Services\\AmazonSSMAgent" in source and "-Name 'Environment'" in fn("Set-AgentProxy")
+         and "-PropertyType MultiString" in fn("Set-AgentProxy") and "('no_proxy=' + $noProxy)" in fn("Set-AgentProxy")
+         and "$script:ImdsNoProxy = '169.254.169.254'" in source,
+         "the agent service does not get https_proxy/http_proxy/no_proxy=169.254.169.254 in its registry Environment value")
+    need(all(re.search(r"\$proxyArguments = Get-ProxyArgument -Address", fn(f)) and re.search(rf"{cmd} [^\n]*@proxyArguments", fn(f))
+             for f, cmd in (("Get-VendedActivation", "Invoke-RestMethod"), ("Save-Download", "Invoke-WebRequest"))),
+         "the fetch and the downloads do not use -Proxy")
+    need("Test-LoopbackUrl" in fn("Get-ProxyArgument"), "loopback addresses may be proxied")
+
+    # Issue 9.2: success means online.
+    need("-match 'Credentials ready'" in fn("Wait-AgentOnline") and "Entering SSM Agent hibernate.*$'" in fn("Wait-AgentOnline"),
+         "the agent is not waited for until its log says it connected (or hibernates)")
+    need("[int]$OnlineWait = 90" in source, "no -OnlineWait parameter defaulting to 90")
+    for name, body in fns.items():
+        for match in re.finditer(r"Write-Output \('registered: ", body):
+            before = body[: match.start()]
+            if "Confirm-AgentOnline" not in before and "Wait-AgentOnline" not in before:
+                findings.append(f"{path}: {name} prints 'registered:' without having seen the agent online")
+
+    # Issue 9.3: clones and re-images; -PrepareImage.
+    need("-register -clear" in fn("Clear-AgentRegistration") and "IdentityFile" in fn("Clear-AgentRegistration"),
+         "a registration is not cleared with -register -clear and our record")
+    need(re.search(r"\$recorded\.machine -ne \$script:MachineId", fn("Invoke-Bootstrap")) is not None,
+         "a registration made on another machine (a clone) is taken for this machine's")
+    need("[switch]$PrepareImage" in source and "Clear-AgentRegistration" in fn("Invoke-PrepareImage"),
+         "no -PrepareImage that clears the registration")
+
+    # Issue 9.5: verified installs only.
+    need("Get-AuthenticodeSignature" in fn("Assert-AmazonSignature")
+         and "Stop-Bootstrap -ExitCode $script:ExitInstall" in fn("Assert-AmazonSignature")
+         and "Assert-AmazonSignature" in fn("Save-Download"),
+         "a download whose signature does not check out is skipped over instead of stopping with exit 4")
+    need("[switch]$AllowUnverified" in source, "no -AllowUnverified")
+
+    # Issue 9.6: an installed agent registers itself, before any ssm-setup-cli download.
+    main_text = fn("Invoke-Bootstrap")
+    need("Register-WithAgent" in main_text and main_text.find("Register-WithAgent") < main_text.find("ssm-setup-cli.exe' -f"),
+         "an installed agent is not registered directly before downloading ssm-setup-cli")
+
+    # Issue 9.7: Windows details.
+    need("$env:ProgramW6432" in source, "the agent path does not use $env:ProgramW6432 (32-bit PowerShell)")
+    for match in re.finditer(r"\$env:ProgramFiles\b", source):
+        line = source[source.rfind("\n", 0, match.start()) + 1 : source.find("\n", match.start())]
+        if "ProgramW6432" not in line:
+            findings.append(f"{path}: $env:ProgramFiles used without $env:ProgramW6432 first: {line.strip()[:80]}")
+    need("ActivationVending\\bootstrap.log" in source and "Add-BootstrapLogLine" in fn("Write-BootstrapLog"),
+         "no log file of our own under %ProgramData%\\ActivationVending")
+    need("Start-Transcript" not in source, "a transcript would record what the tools print")
+    need(re.search(r"\$response\.(Close|Dispose)\(\)", fn("Get-HttpFailure")) is not None,
+         "failed responses are not closed (Windows PowerShell 5.1 keeps the connection)")
+
+    # Issue 9.8: -Instance says what it does.
+    help_block = re.search(r"\.PARAMETER Instance\n(.*?)\n\n", source, re.DOTALL)
+    need(help_block is not None and "vending service knows this server by" in help_block.group(1)
+         and "not the\nserver's name in SSM" in help_block.group(1),
+         "-Instance's help does not say it is the name the vending service knows the server by, not its SSM name")
+    return findings
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) < 2 or argv[0] not in ("parse", "lint"):
+    if len(argv) == 2 and argv[0] == "patterns":
+        import json
+
+        source = Path(argv[1]).read_text(encoding="utf-8")
+        print(json.dumps(param_patterns(source)))
+        return 0
+    if len(argv) < 2 or argv[0] not in ("parse", "lint", "contract"):
         print(__doc__, file=sys.stderr)
         return 2
-    check = syntax_errors if argv[0] == "parse" else lint
+    check = {"parse": syntax_errors, "lint": lint, "contract": contract}[argv[0]]
     status = 0
     for name in argv[1:]:
         path = Path(name)

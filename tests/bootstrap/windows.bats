@@ -78,3 +78,72 @@ ps_check() { "$TEST_PYTHON" "$BATS_TEST_DIRNAME/ps_check.py" "$@"; }
 	# Honest about how it was checked.
 	grep -q "checked by parsing" "$BOOTSTRAP_WINDOWS"
 }
+
+# ------------------------------------------------------------ issues 8 and 9
+
+@test "contract rules: machine id, name rules, proxy in the agent's registry Environment, online wait, clones, verified installs, ProgramW6432, own log, closed responses" {
+	run ps_check contract "$BOOTSTRAP_WINDOWS"
+	[ "$status" -eq 0 ] || {
+		printf '%s\n' "$output" >&2
+		return 1
+	}
+}
+
+@test "the contract rules catch each regression on a copy" {
+	local bad="$BATS_TEST_TMPDIR/bad.ps1" edit expect
+	while IFS='|' read -r edit expect; do
+		sed "$edit" "$BOOTSTRAP_WINDOWS" >"$bad"
+		run ! cmp -s "$bad" "$BOOTSTRAP_WINDOWS"
+		run ps_check contract "$bad"
+		[ "$status" -eq 1 ] && [[ $output == *"$expect"* ]] || {
+			printf 'edit %s: expected a finding "%s", got:\n%s\n' "$edit" "$expect" "$output" >&2
+			return 1
+		}
+	done <<'EDITS'
+s/\$headers\['X-Machine-Id'\] = \$script:MachineId/$null = $script:MachineId/|X-Machine-Id
+s/if (\$env:ProgramW6432) { \$env:ProgramW6432 } else { \$env:ProgramFiles }/$env:ProgramFiles/|ProgramW6432
+s/            \$response\.Close()/            $null = $response/|not closed
+s/-PropertyType MultiString/-PropertyType String/|registry Environment
+s/'Credentials ready'/'Started'/|until its log says it connected
+s/    \$instanceId = Confirm-AgentOnline -OnlineWaitSeconds \$onlineWaitSeconds/    $instanceId = Get-RegisteredInstanceId/|without having seen the agent online
+s/\$recorded\.machine -ne \$script:MachineId/$false/|a clone
+s/^    Stop-Bootstrap -ExitCode \$script:ExitInstall -Message ('{0}: signature is/    Write-BootstrapLog -Message ('{0}: signature is/|exit 4
+s/\[ValidatePattern('^\[A-Za-z0-9_-\]{1,64}\$')\]/[ValidatePattern('^[A-Za-z0-9._-]{1,64}$')]/|-Pool's ValidatePattern
+s/                    400 {/                    401 {/|400 is retried
+s/proxyArguments = Get-ProxyArgument -Address \$Uri/proxyArguments = @{}/|-Proxy
+s/^    \$values = \(.*\)'no_proxy=' + \$noProxy)/    $values = \1'x=1')/|registry Environment
+EDITS
+}
+
+@test "Linux, Windows and the service accept and refuse the same instance and pool names" {
+	local verdicts="$BATS_TEST_TMPDIR/linux-verdicts" patterns="$BATS_TEST_TMPDIR/patterns.json" kind name
+	ps_check patterns "$BOOTSTRAP_WINDOWS" >"$patterns"
+	# bootstrap-linux.sh's own checks, taken out of the script.
+	# shellcheck disable=SC1090
+	source <(sed -n '/^valid_instance_name() {/,/^}/p; /^valid_pool_name() {/p' "$BOOTSTRAP_LINUX")
+	while IFS=$'\t' read -r kind name; do
+		if "valid_${kind}_name" "$name"; then
+			printf '%s\t%s\t1\n' "$kind" "$name"
+		else
+			printf '%s\t%s\t0\n' "$kind" "$name"
+		fi
+	done < <("$TEST_PYTHON" "$BATS_TEST_DIRNAME/names.py" --list) >"$verdicts"
+	run "$TEST_PYTHON" "$BATS_TEST_DIRNAME/names.py" "$patterns" "$verdicts"
+	[ "$status" -eq 0 ] || {
+		printf '%s\n' "$output" >&2
+		return 1
+	}
+	[[ $output == *"0 disagreements"* ]]
+}
+
+@test "same new inputs as the Linux script: -Proxy, -NoProxy, -OnlineWait, -AllowUnverified, -PrepareImage and their twins" {
+	local p
+	for p in Proxy NoProxy OnlineWait AllowUnverified PrepareImage; do
+		grep -q "^\.PARAMETER $p\$" "$BOOTSTRAP_WINDOWS"
+		grep -qE "^\s+\[(string|int|switch)\]\\\$$p\b" "$BOOTSTRAP_WINDOWS"
+	done
+	for p in VENDING_PROXY VENDING_NO_PROXY VENDING_ONLINE_WAIT VENDING_ALLOW_UNVERIFIED VENDING_PREPARE_IMAGE; do
+		grep -q "$p" "$BOOTSTRAP_WINDOWS"
+		grep -q "$p" "$BOOTSTRAP_LINUX"
+	done
+}
