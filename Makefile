@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 
-.PHONY: help setup demo test lint test-rust test-scripts test-template bench clean
+.PHONY: help setup demo test lint test-emulator test-rust test-scripts test-template bench clean
 
 help:
 	@echo "make demo   bring up the emulator and servers, boot simulated servers, show a rotation, tear down"
@@ -16,12 +16,15 @@ setup:
 demo: setup
 	scripts/demo.sh
 
-test: lint test-rust test-scripts test-template
+test: lint test-emulator test-rust test-scripts test-template
 
 lint: setup
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(VENV)/bin/shellcheck scripts/*.sh tests/*/*.sh .ci/run
+
+test-emulator: setup
+	tests/emulator/run.sh
 
 test-rust: setup
 	cargo test --workspace

@@ -60,16 +60,27 @@ async fn assert_every_vend_registers(emulator: &Emulator, answers: &[Answer], li
     per_activation
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn four_processes_and_400_concurrent_vends_never_exceed_the_limit() {
+/// The 4-process storm: 400 vends at limit 10 with AWS misbehaving as `trouble` sets
+/// up. Servers log at `trace`, and the emulator's drop scans those logs for codes.
+async fn four_process_storm(label: &str, trouble: serde_json::Value, latency_ms: u64) {
     let _storm = ONE_STORM_AT_A_TIME.lock().await;
     let emulator = Emulator::start();
-    let settings = [("VENDING_REGISTRATION_LIMIT", "10")];
+    let settings = [("VENDING_REGISTRATION_LIMIT", "10"), ("RUST_LOG", "trace")];
     let servers: Vec<Arc<Server>> = (0..4).map(|_| Arc::new(emulator.serve(&settings))).collect();
+    if !trouble.is_null() {
+        emulator.inject(trouble).await;
+    }
+    if latency_ms > 0 {
+        emulator.set_latency(latency_ms).await;
+    }
 
     let started = Instant::now();
     let answers = storm(&servers, 400, Duration::from_secs(120)).await;
     let elapsed = started.elapsed();
+    emulator.clear_faults().await;
+    emulator.set_latency(0).await;
+    let server_errors = answers.iter().filter(|a| a.status >= 500 && a.status != 503).count();
+    assert_eq!(server_errors, 0, "{label}: answers of 500");
     let per_activation = assert_every_vend_registers(&emulator, &answers, 10).await;
 
     let calls = emulator.calls().await;
@@ -79,7 +90,7 @@ async fn four_processes_and_400_concurrent_vends_never_exceed_the_limit() {
         .map(|(_, v)| v)
         .sum();
     println!(
-        "storm: 400 vends over 4 processes in {elapsed:?}; {} activations used, {} created; {:.2} AWS calls per vend; {calls:?}",
+        "storm ({label}): 400 vends over 4 processes in {elapsed:?}; {} activations used, {} created; {:.2} AWS calls per vend; {calls:?}",
         per_activation.len(),
         calls.get("SSM.CreateActivation").copied().unwrap_or(0),
         aws_calls as f64 / 400.0
@@ -88,6 +99,31 @@ async fn four_processes_and_400_concurrent_vends_never_exceed_the_limit() {
         per_activation.len() >= 40,
         "400 vends at limit 10 need at least 40 activations"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_processes_and_400_concurrent_vends_never_exceed_the_limit() {
+    four_process_storm("plain", serde_json::Value::Null, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storm_through_30_percent_transaction_conflicts_answers_no_500() {
+    let conflicts = json!({"operation": "DynamoDB.UpdateItem", "error": "TransactionConflictException", "rate": 0.3});
+    four_process_storm("30% TransactionConflictException", conflicts, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storm_through_20_percent_lost_answers_hands_no_slot_twice() {
+    let lost = json!([
+        {"operation": "DynamoDB.UpdateItem", "error": "InternalServerError", "when": "after", "rate": 0.1},
+        {"operation": "DynamoDB.UpdateItem", "error": "ConnectionDropped", "when": "after", "rate": 0.1}
+    ]);
+    four_process_storm("20% lost UpdateItem answers", lost, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storm_with_network_latency_interleaves_and_still_keeps_every_promise() {
+    four_process_storm("20 ms latency", serde_json::Value::Null, 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -102,6 +138,7 @@ async fn thirty_percent_throttling_loses_no_request_and_over_hands_no_slot() {
             {"operation": "SSM.*", "error": "ThrottlingException", "rate": 0.3}
         ]))
         .await;
+    emulator.set_latency(5).await;
 
     let answers = storm(&servers, 200, Duration::from_secs(120)).await;
     emulator.clear_faults().await;

@@ -135,6 +135,7 @@ async fn a_server_killed_while_holding_the_lease_blocks_rotation_no_longer_than_
     let settings = [("VENDING_LEASE", "3s"), ("VENDING_WAIT", "500ms")];
     let mut doomed = emulator.serve(&settings);
     let survivor = emulator.serve(&settings);
+    emulator.set_latency(5).await;
 
     // The doomed server creates an activation, then stalls storing its code: it holds
     // the lease when it dies, after CreateActivation and before its commit.
@@ -175,6 +176,7 @@ async fn a_rotation_that_lost_its_lease_deletes_its_own_activation_and_commits_n
     let settings = [("VENDING_LEASE", "1s"), ("VENDING_WAIT", "10s")];
     let slow = emulator.serve(&settings);
     let fast = emulator.serve(&settings);
+    emulator.set_latency(5).await;
 
     // The slow server's PutParameter takes 3 s: its 1 s lease runs out and the fast
     // server takes over, rotates and commits first.
@@ -202,4 +204,22 @@ async fn a_rotation_that_lost_its_lease_deletes_its_own_activation_and_commits_n
         vec![fast_answer.id()],
         "the loser deleted its own activation"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotating_ahead_of_expiry_says_so_in_the_log() {
+    let emulator = Emulator::start();
+    let server = emulator.serve(&[
+        ("VENDING_ACTIVATION_TTL", "10s"),
+        ("VENDING_EXPIRY_MARGIN", "2s"),
+        ("VENDING_LOW_WATER_PERCENT", "20"),
+    ]);
+    let first = server.get("/activation").await;
+    // 6.5 s in: within one margin of the 2 s margin, still outside it.
+    tokio::time::sleep(Duration::from_millis(6_500)).await;
+    let served = server.get("/activation").await;
+    assert_eq!(served.id(), first.id(), "the old activation still serves this request");
+    let log = server.log_text();
+    assert!(log.contains("reason=ahead of expiry"), "{log}");
+    assert!(!log.contains("reason=low-water mark"), "{log}");
 }
