@@ -1180,36 +1180,42 @@ agent_log_since() { # OFFSET
 	if [ "$size" -lt "$1" ]; then cat -- "$AGENT_LOG"; else tail -c "+$(($1 + 1))" -- "$AGENT_LOG"; fi
 }
 
-# The agent is online when its own log says it got credentials from SSM
-# ("Credentials ready"), which needs a registration SSM accepts and a way out (proxy).
-# Only where the agent keeps no log file, ssm-cli naming the same instance is accepted.
-agent_reports_online() { # OFFSET INSTANCE_ID
+# The agent is online when its own log (since it was started) says it got
+# credentials from SSM ("Credentials ready"), which needs a registration SSM accepts
+# and a way out (proxy). Only where the agent keeps no log file, ssm-cli naming the
+# same instance is accepted. (Matched in bash, not with grep -q in a pipe: pipefail
+# would turn the writer's SIGPIPE into a miss on a long log.)
+agent_reports_online() { # LOG_SINCE_START INSTANCE_ID
+	local info
 	if [ -f "$AGENT_LOG" ]; then
-		agent_log_since "$1" | grep -q 'Credentials ready'
+		[[ $1 == *'Credentials ready'* ]]
 		return
 	fi
 	[ -n "$SSM_CLI" ] && [ -x "$SSM_CLI" ] || return 1
-	"$SSM_CLI" get-instance-information </dev/null 2>/dev/null | grep -q "\"$2\""
+	info=$("$SSM_CLI" get-instance-information </dev/null 2>/dev/null) || return 1
+	[[ $info == *"\"$2\""* ]]
 }
 
-agent_hibernating() { # OFFSET -> prints the agent's hibernation line
-	[ -f "$AGENT_LOG" ] || return 1
-	agent_log_since "$1" | grep -m1 'Entering SSM Agent hibernate'
+agent_hibernating() { # LOG_SINCE_START -> prints the agent's hibernation line
+	local re='[^'$'\n'']*Entering SSM Agent hibernate[^'$'\n'']*'
+	[[ $1 =~ $re ]] || return 1
+	printf '%s' "${BASH_REMATCH[0]}"
 }
 
 # Waits up to --online-wait for: a managed instance ID in the registration file,
 # the service running, and the agent online. Dies with exit 5 and the reason.
 INSTANCE_ID=
 wait_until_online() { # LOG_OFFSET
-	local offset=$1 deadline=$((SECONDS + ONLINE_WAIT)) reason line
+	local offset=$1 deadline=$((SECONDS + ONLINE_WAIT)) reason line since
 	while :; do
+		since=$(agent_log_since "$offset")
 		if ! INSTANCE_ID=$(registered_instance_id); then
 			reason="the agent does not report a registration ($REG_FILE has no managed instance ID)"
 		elif ! service_active; then
 			reason="registered as $INSTANCE_ID but $SERVICE is not running"
-		elif line=$(agent_hibernating "$offset"); then
+		elif line=$(agent_hibernating "$since"); then
 			die "$EXIT_REGISTER" "registered as $INSTANCE_ID but the agent cannot reach Systems Manager and hibernates: ${line:0:300} (proxy: --proxy; network: HTTPS to ssm, ssmmessages, ec2messages in $REGION)"
-		elif agent_reports_online "$offset" "$INSTANCE_ID"; then
+		elif agent_reports_online "$since" "$INSTANCE_ID"; then
 			return 0
 		else
 			reason="registered as $INSTANCE_ID and $SERVICE is running, but the agent has not reported connecting to Systems Manager (no 'Credentials ready' in $AGENT_LOG)"

@@ -607,11 +607,16 @@ stub_requests() { grep -c . "$STUB_LOG" || true; }
 	assert_registered
 }
 
-@test "agent already installed (Amazon Linux, images with the agent): registered with amazon-ssm-agent -register -y, no ssm-setup-cli" {
+@test "agent already installed (Amazon Linux, images with the agent): registered with amazon-ssm-agent -register -y, no ssm-setup-cli; only its log since this start counts" {
 	new_server "$BATS_TEST_TMPDIR/al2023" amzn2023
 	ln -s "$STANDINS/amazon-ssm-agent" "$SERVER_ROOT/usr/bin/amazon-ssm-agent"
-	mkdir -p "$SERVER_ROOT/usr/lib/systemd/system"
+	mkdir -p "$SERVER_ROOT/usr/lib/systemd/system" "$SERVER_ROOT/var/log/amazon/ssm"
 	: >"$SERVER_ROOT/usr/lib/systemd/system/amazon-ssm-agent.service"
+	# A long log from the image's earlier life, ending in a hibernation: only what the
+	# agent logs after this start counts.
+	yes '2026-01-01 00:00:00 INFO [ssm-agent-worker] an old line of the agent log' | head -n 40000 \
+		>"$SERVER_ROOT/var/log/amazon/ssm/amazon-ssm-agent.log"
+	echo '2026-01-01 00:00:01 INFO Entering SSM Agent hibernate - AccessDeniedException' >>"$SERVER_ROOT/var/log/amazon/ssm/amazon-ssm-agent.log"
 	run bootstrap --url "$URL" --instance "$INSTANCE"
 	assert_status 0
 	assert_output_has "the agent is installed"
