@@ -31,11 +31,16 @@ pub fn allowed(meta: &Metadata<'_>) -> bool {
     *meta.level() <= Level::INFO || !WIRE_TARGETS.iter().any(|prefix| meta.target().starts_with(prefix))
 }
 
-/// JSON lines (Lambda, or `VENDING_LOG_FORMAT=json`) or plain text, filtered by
+/// JSON lines (Lambda, or `VENDING_LOG_FORMAT=json`) or plain text on standard
+/// error, filtered by
 /// `RUST_LOG` (default `info`) and then by `allowed`.
 pub fn init(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let format = tracing_subscriber::fmt::layer().with_target(false);
+    // Standard error: standard output carries the sweep's JSON report (and, later,
+    // embedded metrics), never log lines.
+    let format = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .with_writer(std::io::stderr);
     let format = if json {
         format.json().flatten_event(true).without_time().boxed()
     } else {

@@ -80,7 +80,8 @@ impl Sweeper {
                 report.complete = false;
                 break;
             }
-            self.sweep_chunk(pool, current.as_deref(), chunk, now, &mut report).await;
+            self.sweep_chunk(pool, current.as_deref(), chunk, now, &mut report)
+                .await;
         }
         tracing::info!(
             pool,

@@ -22,7 +22,11 @@ fn digest(n: u8) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_activation_is_not_handed_out_while_its_replacement_cannot_be_made() {
     let emulator = Emulator::start();
-    let server = emulator.serve(&[("VENDING_VERIFY_INTERVAL", "1s"), ("VENDING_WAIT", "300ms"), NO_ROTATE_AHEAD]);
+    let server = emulator.serve(&[
+        ("VENDING_VERIFY_INTERVAL", "1s"),
+        ("VENDING_WAIT", "300ms"),
+        NO_ROTATE_AHEAD,
+    ]);
     let first = server.get("/activation").await;
     assert_eq!(first.status, 200, "{}", first.body);
     tokio::time::sleep(Duration::from_millis(1_100)).await;
@@ -40,12 +44,18 @@ async fn a_dead_activation_is_not_handed_out_while_its_replacement_cannot_be_mad
         .await;
     for attempt in 0..4 {
         let answer = server.get("/activation").await;
-        assert_ne!(answer.status, 200, "attempt {attempt} was handed the deleted activation: {}", answer.body);
-        assert!(answer.status >= 500, "{}", answer.body);
+        if answer.status == 200 {
+            assert_ne!(
+                answer.id(),
+                first.id(),
+                "attempt {attempt} was handed the deleted activation"
+            );
+        }
+        assert_ne!(answer.status, 200, "attempt {attempt}: SSM cannot make activations yet");
     }
     emulator.clear_faults().await;
     let answer = server.get("/activation").await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.status, 200, "{}", answer.shown());
     assert_ne!(answer.id(), first.id());
     assert!(emulator.register(&answer.id(), &answer.code(), "web-01").await.is_ok());
 }
@@ -67,7 +77,7 @@ async fn a_fresh_process_checks_an_activation_committed_long_ago_before_handing_
         .unwrap();
     let cold = emulator.serve(&settings);
     let answer = cold.get("/activation").await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.status, 200, "{}", answer.shown());
     assert_ne!(answer.id(), first.id(), "a cold process trusted a deleted activation");
     assert!(emulator.register(&answer.id(), &answer.code(), "web-01").await.is_ok());
 }
@@ -81,10 +91,12 @@ async fn a_throttled_activation_check_does_not_fail_a_vend_that_holds_a_slot() {
         .inject(json!({"operation": "SSM.DescribeActivations", "error": "ThrottlingException"}))
         .await;
     let answer = server.get("/activation").await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.status, 200, "{}", answer.shown());
     assert!(emulator.register(&answer.id(), &answer.code(), "web-01").await.is_ok());
     assert!(
-        server.log_text().contains("could not check the activation with SSM; vending it anyway"),
+        server
+            .log_text()
+            .contains("could not check the activation with SSM; vending it anyway"),
         "{}",
         server.log_text()
     );
@@ -117,13 +129,13 @@ async fn transaction_conflicts_on_the_reserve_are_retried_then_answered_503_neve
         .inject(json!({"operation": "DynamoDB.UpdateItem", "error": "TransactionConflictException", "count": 3}))
         .await;
     let answer = server.get("/activation").await;
-    assert_eq!(answer.status, 200, "three conflicts are retried: {}", answer.body);
+    assert_eq!(answer.status, 200, "three conflicts are retried: {}", answer.shown());
 
     emulator
         .inject(json!({"operation": "DynamoDB.UpdateItem", "error": "TransactionConflictException"}))
         .await;
     let answer = server.get("/activation").await;
-    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(answer.status, 503, "{}", answer.shown());
     assert_eq!(answer.json()["error"]["code"], "Contended");
     assert!(answer.header("retry-after").is_some());
 }
@@ -133,24 +145,32 @@ async fn a_commit_cancelled_by_conflicts_is_retried_and_never_orphans_its_activa
     let emulator = Emulator::start();
     let server = emulator.serve(&[]);
     emulator
-        .inject(json!({"operation": "DynamoDB.TransactWriteItems", "error": "TransactionCanceledException",
-                       "reasons": ["TransactionConflict", "None"], "count": 2}))
+        .inject(
+            json!({"operation": "DynamoDB.TransactWriteItems", "error": "TransactionCanceledException",
+                       "reasons": ["TransactionConflict", "None"], "count": 2}),
+        )
         .await;
     let answer = server.get("/activation").await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.status, 200, "{}", answer.shown());
     assert_eq!(emulator.activation_ids().await, vec![answer.id()]);
 
     // A commit that never gets through: 503, and the new activation is deleted.
     let fresh = Emulator::start();
     let server = fresh.serve(&[]);
     fresh
-        .inject(json!({"operation": "DynamoDB.TransactWriteItems", "error": "TransactionCanceledException",
-                       "reasons": ["TransactionConflict", "None"]}))
+        .inject(
+            json!({"operation": "DynamoDB.TransactWriteItems", "error": "TransactionCanceledException",
+                       "reasons": ["TransactionConflict", "None"]}),
+        )
         .await;
     let answer = server.get("/activation").await;
-    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(answer.status, 503, "{}", answer.shown());
     assert!(answer.header("retry-after").is_some());
-    assert_eq!(fresh.activation_ids().await, Vec::<String>::new(), "no orphan left behind");
+    assert_eq!(
+        fresh.activation_ids().await,
+        Vec::<String>::new(),
+        "no orphan left behind"
+    );
 }
 
 // ------------------------------------------------------------ lost answers
@@ -163,7 +183,11 @@ async fn a_write_that_lands_but_loses_its_answer_breaks_no_promise() {
     // (what, fault, named caller)
     let cases = [
         ("reserve", json!({"operation": "DynamoDB.UpdateItem", "skip": 1}), false),
-        ("lease take", json!({"operation": "DynamoDB.UpdateItem", "skip": 1}), false),
+        (
+            "lease take",
+            json!({"operation": "DynamoDB.UpdateItem", "skip": 1}),
+            false,
+        ),
         ("commit", json!({"operation": "DynamoDB.TransactWriteItems"}), false),
         ("instance record", json!({"operation": "DynamoDB.PutItem"}), true),
         ("code parameter", json!({"operation": "SSM.PutParameter"}), false),
@@ -192,7 +216,7 @@ async fn a_write_that_lands_but_loses_its_answer_breaks_no_promise() {
             };
             let started = Instant::now();
             let answer = server.vend_with_retries(&path, Duration::from_secs(10)).await;
-            assert_eq!(answer.status, 200, "{what}/{error}: {}", answer.body);
+            assert_eq!(answer.status, 200, "{what}/{error}: {}", answer.shown());
             assert!(
                 started.elapsed() < Duration::from_secs(8),
                 "{what}/{error}: the pool was blocked for {:?}",
@@ -200,7 +224,11 @@ async fn a_write_that_lands_but_loses_its_answer_breaks_no_promise() {
             );
             if named {
                 let again = server.get(&path).await;
-                assert_eq!(again.id(), answer.id(), "{what}/{error}: the retry gets the same activation");
+                assert_eq!(
+                    again.id(),
+                    answer.id(),
+                    "{what}/{error}: the retry gets the same activation"
+                );
             }
             assert!(
                 emulator.register(&answer.id(), &answer.code(), "web-01").await.is_ok(),
@@ -218,11 +246,13 @@ async fn a_commit_that_landed_but_answered_an_error_is_kept_not_deleted() {
     let server = emulator.serve(&[]);
     // A 400 the SDK does not retry: only reading the commit record can tell it landed.
     emulator
-        .inject(json!({"operation": "DynamoDB.TransactWriteItems", "error": "ValidationException",
-                       "when": "after", "count": 1}))
+        .inject(
+            json!({"operation": "DynamoDB.TransactWriteItems", "error": "ValidationException",
+                       "when": "after", "count": 1}),
+        )
         .await;
     let answer = server.get("/activation").await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.status, 200, "{}", answer.shown());
     assert_eq!(emulator.activation_ids().await, vec![answer.id()]);
     assert!(emulator.register(&answer.id(), &answer.code(), "web-01").await.is_ok());
 }
@@ -239,13 +269,13 @@ async fn a_vend_never_outlives_its_deadline_and_the_cut_off_rotation_still_lands
     let started = Instant::now();
     let answer = server.get("/activation").await;
     let took = started.elapsed();
-    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(answer.status, 503, "the caller waited {took:?}");
     assert_eq!(answer.json()["error"]["code"], "NoActivationYet");
     assert!(answer.header("retry-after").is_some());
     assert!(took < Duration::from_millis(2_800), "the caller waited {took:?}");
 
     let answer = server.vend_with_retries("/activation", Duration::from_secs(10)).await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.status, 200, "{}", answer.shown());
     assert_eq!(
         emulator.activation_ids().await,
         vec![answer.id()],
@@ -263,16 +293,23 @@ async fn a_missing_code_parameter_brings_a_new_activation_instead_of_500s() {
         .ssm()
         .await
         .delete_parameter()
-        .name(format!("{}/pools/default/activation", emulator.env_value("VENDING_PARAMETER_PREFIX")))
+        .name(format!(
+            "{}/pools/default/activation",
+            emulator.env_value("VENDING_PARAMETER_PREFIX")
+        ))
         .send()
         .await
         .unwrap();
     // A process that never saw the code.
     let server = emulator.serve(&[]);
     let answer = server.get("/activation").await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.status, 200, "{}", answer.shown());
     assert_ne!(answer.id(), first.id());
-    assert!(server.log_text().contains("reason=code parameter missing"), "{}", server.log_text());
+    assert!(
+        server.log_text().contains("reason=code parameter missing"),
+        "{}",
+        server.log_text()
+    );
     assert!(emulator.register(&answer.id(), &answer.code(), "web-01").await.is_ok());
 }
 
@@ -281,7 +318,11 @@ async fn a_missing_code_parameter_brings_a_new_activation_instead_of_500s() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_that_arrives_after_the_sweep_deleted_its_activation_does_not_land() {
     let emulator = Emulator::start();
-    let settings = [("VENDING_LEASE", "1s"), ("VENDING_SWEEP_GRACE", "2s"), ("VENDING_WAIT", "10s")];
+    let settings = [
+        ("VENDING_LEASE", "1s"),
+        ("VENDING_SWEEP_GRACE", "2s"),
+        ("VENDING_WAIT", "10s"),
+    ];
     let server = emulator.serve(&settings);
     // The commit is held in the network for 6 s: longer than the lease and the grace.
     emulator
@@ -293,10 +334,17 @@ async fn a_commit_that_arrives_after_the_sweep_deleted_its_activation_does_not_l
     // Ages count in whole seconds: past the 2 s grace for certain.
     tokio::time::sleep(Duration::from_millis(3_500)).await;
     let report = emulator.sweep(&settings);
-    assert_eq!(report[0]["deleted_orphans"].as_array().map(Vec::len), Some(1), "{report}");
+    assert_eq!(
+        report[0]["deleted_orphans"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
 
     let body: serde_json::Value = vend.await.unwrap().unwrap().json().await.unwrap();
-    let (id, code) = (body["ActivationId"].as_str().unwrap(), body["ActivationCode"].as_str().unwrap());
+    let (id, code) = (
+        body["ActivationId"].as_str().unwrap(),
+        body["ActivationCode"].as_str().unwrap(),
+    );
     emulator.saw_code(code);
     assert!(
         emulator.register(id, code, "web-01").await.is_ok(),
@@ -323,7 +371,10 @@ async fn the_sweep_gets_through_thousands_of_activations_past_errors() {
     let emulator = Emulator::start();
     let role = emulator.env_value("VENDING_INSTANCE_ROLE");
     let ssm = emulator.ssm().await;
-    let total = std::env::var("SWEEP_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000usize);
+    let total = std::env::var("SWEEP_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000usize);
     let tag = aws_sdk_ssm::types::Tag::builder()
         .key("activation-vending:pool")
         .value("default")
@@ -349,7 +400,8 @@ async fn the_sweep_gets_through_thousands_of_activations_past_errors() {
     // Ages count in whole seconds: every one past the 2 s grace for certain.
     tokio::time::sleep(Duration::from_millis(3_100)).await;
     emulator
-        .inject(json!({"operation": "SSM.DeleteActivation", "error": "InternalServerError", "status": 500, "count": 25}))
+        // An error the SDK does not retry: the sweep must carry on past each of them.
+        .inject(json!({"operation": "SSM.DeleteActivation", "error": "TooManyUpdates", "count": 25}))
         .await;
     let started = Instant::now();
     let report = emulator.sweep(&[("VENDING_LEASE", "1s"), ("VENDING_SWEEP_GRACE", "2s")]);
@@ -361,6 +413,10 @@ async fn the_sweep_gets_through_thousands_of_activations_past_errors() {
     assert_eq!(report["examined"], total);
     assert_eq!(report["complete"], true);
     assert_eq!(deleted + failed, total, "kept {}", report["kept"]);
-    assert!(failed <= 25, "the SDK retries most injected errors; {failed} failed");
-    assert_eq!(emulator.activation_ids().await.len(), failed, "only the failed ones are left");
+    assert_eq!(failed, 25, "each refused deletion is reported");
+    assert_eq!(
+        emulator.activation_ids().await.len(),
+        failed,
+        "only the failed ones are left"
+    );
 }
