@@ -310,6 +310,11 @@ validate_names() {
 			INSTANCE=
 		fi
 	fi
+	case "${INSTANCE,,}" in
+	localhost | localhost.localdomain | ip-[0-9]*)
+		log "note: the service does not key a default name like '$INSTANCE' (clones share it): every retry takes a fresh slot; pass --instance with a unique name"
+		;;
+	esac
 	if [ -n "$POOL" ] && ! valid_pool_name "$POOL"; then
 		usage_error "--pool '$POOL' is not a pool name: 1-64 characters of A-Z a-z 0-9 _ -"
 	fi

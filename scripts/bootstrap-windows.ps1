@@ -1298,6 +1298,9 @@ function Invoke-Bootstrap {
             $settings.Instance = ''
         }
     }
+    if ($settings.Instance -match '^(localhost(\.localdomain)?|ip-[0-9].*)$') {
+        Write-BootstrapLog -Message ('note: the service does not key a default name like {0} (clones share it): every retry takes a fresh slot; pass -Instance with a unique name' -f $settings.Instance)
+    }
     if ($script:ProxyUrl) {
         # For every tool run from here (ssm-setup-cli's own downloads); loopback never proxied.
         $bypass = '127.0.0.1,localhost,::1,' + $script:ImdsNoProxy
