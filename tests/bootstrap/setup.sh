@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the boot-script suites can run: the test tools pinned in
 # requirements/test-scripts.txt in .venv (through scripts/setup.sh, which installs
-# every requirements file), and jq, curl and python3 on the machine.
+# every requirements file), and jq, curl, python3, gpg (it signs the test mirror and
+# the script verifies with it) and sha256sum on the machine.
 #
 # Usage: tests/bootstrap/setup.sh
 # Exit status: 0 ready, 1 something is missing and could not be installed.
@@ -24,7 +25,7 @@ have_tools || {
 }
 
 missing=()
-for tool in jq curl python3 timeout flock; do
+for tool in jq curl python3 timeout flock gpg sha256sum od; do
 	command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -32,7 +33,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 		packages=()
 		for tool in "${missing[@]}"; do
 			case "$tool" in
-			timeout) packages+=(coreutils) ;;
+			timeout | sha256sum | od) packages+=(coreutils) ;;
+			gpg) packages+=(gnupg) ;;
 			flock) packages+=(util-linux) ;;
 			*) packages+=("$tool") ;;
 			esac
