@@ -116,6 +116,14 @@ wait_for() {
   return 1
 }
 
+# Fails when something already listens on 127.0.0.1:$1 (a leftover emulator or server
+# would otherwise answer in place of the ones this script starts).
+require_free_port() {
+  local code=0
+  curl -s --max-time 2 -o /dev/null "http://127.0.0.1:$1/" 2>/dev/null || code=$?
+  [[ "$code" == 7 ]] || die 4 "port $1 is in use (set $2 to another port)"
+}
+
 show_log() {
   echo "--- $1 (last lines)" >&2
   tail -n 30 "$1" >&2 || true
@@ -139,6 +147,9 @@ if [[ -z "${VENDING_BIN:-}" && ! -x "$BIN" ]]; then
   (cd "$ROOT" && cargo build --quiet --bin vending) || die 4 "cargo build --bin vending failed"
 fi
 [[ -x "$BIN" ]] || die 4 "no executable at $BIN"
+
+require_free_port "$EMULATOR_PORT" CONTRACT_EMULATOR_PORT
+require_free_port "$VENDING_PORT" CONTRACT_VENDING_PORT
 
 say "starting the emulator on $EMULATOR_URL"
 "$PYTHON" "$ROOT/scripts/emulator/server.py" --port "$EMULATOR_PORT" >"$STATE_DIR/emulator.log" 2>&1 &
