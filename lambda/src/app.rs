@@ -8,7 +8,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
 use crate::aws::activations::ActivationService;
-use crate::aws::parameters::CodeVault;
+use crate::aws::parameters::{CodeVault, PoolConfigSource};
 use crate::aws::pool_store::PoolStore;
 use crate::config::Config;
 use crate::http::AppState;
@@ -42,7 +42,8 @@ pub fn build_state(config: Config, sdk: &SdkConfig) -> AppState {
     let vendor = Vendor::new(
         PoolStore::new(dynamodb, config.table.clone()),
         CodeVault::new(ssm.clone(), config.parameter_prefix.clone(), config.kms_key_id.clone()),
-        ActivationService::new(ssm, config.instance_role.clone()),
+        PoolConfigSource::new(ssm.clone(), config.parameter_prefix.clone()),
+        ActivationService::new(ssm),
         config,
     );
     AppState {
@@ -53,7 +54,12 @@ pub fn build_state(config: Config, sdk: &SdkConfig) -> AppState {
 pub fn build_sweeper(config: &Config, sdk: &SdkConfig) -> Sweeper {
     Sweeper::new(
         PoolStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table.clone()),
-        ActivationService::new(aws_sdk_ssm::Client::new(sdk), config.instance_role.clone()),
+        ActivationService::new(aws_sdk_ssm::Client::new(sdk)),
         config,
     )
+}
+
+/// Reads pool configs from Parameter Store (for `vending pools`).
+pub fn pool_configs(config: &Config, sdk: &SdkConfig) -> PoolConfigSource {
+    PoolConfigSource::new(aws_sdk_ssm::Client::new(sdk), config.parameter_prefix.clone())
 }

@@ -32,6 +32,10 @@ pub struct Config {
     pub low_water_percent: u32,
     /// Age after which the sweep treats a never-committed activation as an orphan.
     pub sweep_grace: Duration,
+    /// How long pool configs read from Parameter Store are used before reading again.
+    pub pool_refresh: Duration,
+    /// Proxies (an ALB's subnets) whose `X-Forwarded-For` names the caller.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -151,6 +155,28 @@ impl Config {
             ));
         }
 
+        let pool_refresh = duration("VENDING_POOL_REFRESH", "60s")?;
+        if pool_refresh < Duration::from_secs(1) {
+            return Err(problem(
+                "VENDING_POOL_REFRESH",
+                "must be at least 1s: every read of the pools costs Parameter Store quota",
+            ));
+        }
+        let trusted_proxies = lookup("VENDING_TRUSTED_PROXIES")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|cidr| !cidr.is_empty())
+            .map(|cidr| {
+                cidr.parse::<ipnet::IpNet>().map(|net| net.trunc()).map_err(|_| {
+                    problem(
+                        "VENDING_TRUSTED_PROXIES",
+                        format!("`{cidr}` is not a CIDR like 10.0.0.0/24"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
         Ok(Self {
             table,
             parameter_prefix,
@@ -166,6 +192,8 @@ impl Config {
             verify_interval,
             low_water_percent,
             sweep_grace,
+            pool_refresh,
+            trusted_proxies,
         })
     }
 }
@@ -227,6 +255,8 @@ mod tests {
             ("VENDING_LEASE", "100ms"),
             ("VENDING_DEADLINE", "500ms"),
             ("VENDING_DEADLINE", "soon"),
+            ("VENDING_POOL_REFRESH", "0s"),
+            ("VENDING_TRUSTED_PROXIES", "10.0.0.0/24, alb"),
             ("VENDING_INSTANCE_ROLE", "arn:aws:iam::123456789012:role/x"),
             ("VENDING_PARAMETER_PREFIX", "no-leading-slash"),
             ("VENDING_PARAMETER_PREFIX", "/trailing/"),

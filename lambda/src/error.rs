@@ -9,6 +9,12 @@ use serde_json::json;
 pub enum VendError {
     #[error("no pool named `{0}`")]
     PoolNotFound(String),
+    #[error("pool `{0}` is disabled")]
+    PoolDisabled(String),
+    #[error("pool `{pool}` is misconfigured: {problem}")]
+    PoolMisconfigured { pool: String, problem: String },
+    #[error("pool `{pool}` does not admit requests from {source_address}")]
+    Forbidden { pool: String, source_address: String },
     #[error("no route for {0}")]
     RouteNotFound(String),
     #[error("{method} is not allowed here; use {allow}")]
@@ -38,6 +44,8 @@ impl VendError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::PoolNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            Self::PoolDisabled(_) | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::PoolMisconfigured { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
             Self::NoActivationYet | Self::Throttled { .. } | Self::Contended { .. } | Self::Unavailable { .. } => {
@@ -50,6 +58,9 @@ impl VendError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::PoolNotFound(_) => "PoolNotFound",
+            Self::PoolDisabled(_) => "PoolDisabled",
+            Self::PoolMisconfigured { .. } => "PoolMisconfigured",
+            Self::Forbidden { .. } => "Forbidden",
             Self::RouteNotFound(_) => "NotFound",
             Self::MethodNotAllowed { .. } => "MethodNotAllowed",
             Self::InvalidParameter { .. } => "InvalidParameter",

@@ -3,15 +3,21 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, Uri};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, Extensions, HeaderMap, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use ipnet::IpNet;
+use lambda_http::request::RequestContext;
+use lambda_http::RequestExt;
 use serde::Serialize;
 
 use crate::error::VendError;
 use crate::pool::{parse_machine_id, valid_instance_name, valid_pool_name, DEFAULT_POOL};
+use crate::pools::client_address;
 use crate::vend::Vendor;
 
 pub const INSTANCE_HEADER: &str = "x-instance-name";
@@ -164,19 +170,46 @@ pub fn parse_vend_request(query: Option<&str>, headers: &HeaderMap) -> Result<Ve
     })
 }
 
-async fn vend(
-    State(state): State<AppState>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, VendError> {
+/// The caller's address as the pool's `allowed_cidrs` sees it: API Gateway's
+/// `sourceIp` under Lambda, the right-most `X-Forwarded-For` entry behind an ALB
+/// that invokes Lambda, and under `vending serve` the peer, or behind a trusted
+/// proxy (`VENDING_TRUSTED_PROXIES`) the right-most untrusted forwarded hop.
+pub fn source_address(extensions: &Extensions, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if let Some(context) = extensions.request_context_ref() {
+        let reported = match context {
+            RequestContext::ApiGatewayV1(c) => c.identity.source_ip.as_deref(),
+            RequestContext::ApiGatewayV2(c) => c.http.source_ip.as_deref(),
+            // The ALB appends the address it saw to X-Forwarded-For.
+            RequestContext::Alb(_) => forwarded.last().and_then(|h| h.rsplit(',').next()).map(str::trim),
+            _ => None,
+        };
+        return reported.and_then(|ip| ip.parse().ok());
+    }
+    let peer = extensions.get::<ConnectInfo<SocketAddr>>()?.0.ip();
+    Some(client_address(peer, &forwarded, trusted))
+}
+
+async fn vend(State(state): State<AppState>, request: Request) -> Result<Response, VendError> {
     let started = Instant::now();
-    let request = parse_vend_request(query.as_deref(), &headers)?;
+    let (parts, _) = request.into_parts();
+    let source = source_address(
+        &parts.extensions,
+        &parts.headers,
+        &state.vendor.config().trusted_proxies,
+    );
+    let request = parse_vend_request(parts.uri.query(), &parts.headers)?;
     let vended = state
         .vendor
         .vend(
             &request.pool,
             request.instance.as_deref(),
             request.machine_id.as_deref(),
+            source,
         )
         .await?;
     tracing::info!(
@@ -184,6 +217,7 @@ async fn vend(
         activation_id = %vended.activation_id,
         instance = request.instance.as_deref().unwrap_or("-"),
         machine_id = request.machine_id.as_deref().unwrap_or("-"),
+        source = %source.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "vended"
     );

@@ -1,74 +1,53 @@
 //! Entry point: build configuration and AWS clients once, then serve the one router
-//! under Lambda (`AWS_LAMBDA_RUNTIME_API` set) or as a plain HTTP server.
+//! under Lambda (`AWS_LAMBDA_RUNTIME_API` set) or as a plain HTTP server, or run one
+//! of the operator's commands.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use vending::app::{build_state, build_sweeper, load_sdk_config};
+use clap::{Parser, Subcommand};
+use vending::app::{build_state, build_sweeper, load_sdk_config, pool_configs};
 use vending::config::Config;
 use vending::http::router;
 
-const USAGE: &str = "\
-vending: hands on-prem servers an AWS Systems Manager hybrid activation at boot.
-
-Usage:
-  vending                       under AWS Lambda (AWS_LAMBDA_RUNTIME_API set)
-  vending serve [--listen ADDR] plain HTTP server (default 127.0.0.1:8080)
-  vending sweep                 delete orphan and spent activations once, print a JSON report
-  vending --help
-
-Configuration comes from VENDING_* environment variables (see README).
-Exit codes: 0 stopped cleanly, 1 runtime failure, 2 bad usage or configuration.";
-
-enum Mode {
-    Lambda,
-    Serve(SocketAddr),
-    Sweep,
+/// Hands on-prem servers an AWS Systems Manager hybrid activation at boot.
+///
+/// Without a command it runs under AWS Lambda (AWS_LAMBDA_RUNTIME_API set).
+/// Configuration comes from VENDING_* environment variables (see README).
+/// Exit codes: 0 done, 1 runtime failure (or, for `pools`, an invalid pool),
+/// 2 bad usage or configuration.
+#[derive(Parser)]
+#[command(name = "vending", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-fn parse_args(args: &[String]) -> Result<Option<Mode>, String> {
-    match args.first().map(String::as_str) {
-        None if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => Ok(Some(Mode::Lambda)),
-        None => Err("no command given and AWS_LAMBDA_RUNTIME_API is not set".into()),
-        Some("-h" | "--help" | "help") => Ok(None),
-        Some("sweep") if args.len() == 1 => Ok(Some(Mode::Sweep)),
-        Some("serve") => {
-            let mut listen = "127.0.0.1:8080".to_owned();
-            let mut rest = args[1..].iter();
-            while let Some(arg) = rest.next() {
-                match arg.as_str() {
-                    "--listen" => {
-                        listen = rest
-                            .next()
-                            .ok_or("--listen needs an address like 127.0.0.1:8080")?
-                            .clone()
-                    }
-                    other if other.starts_with("--listen=") => listen = other["--listen=".len()..].to_owned(),
-                    other => return Err(format!("unknown argument `{other}`")),
-                }
-            }
-            let addr = listen
-                .parse()
-                .map_err(|_| format!("--listen: `{listen}` is not an address like 127.0.0.1:8080"))?;
-            Ok(Some(Mode::Serve(addr)))
-        }
-        Some(other) => Err(format!("unknown command `{other}`")),
-    }
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP interface as a plain server (SIGTERM drains and stops).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Delete orphan and spent activations once; print a JSON report.
+    Sweep,
+    /// List every pool with its effective settings and whether its config is valid
+    /// (exit 1 if any is not).
+    Pools {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mode = match parse_args(&args) {
-        Ok(Some(mode)) => mode,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(problem) => {
-            eprintln!("vending: {problem}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let cli = Cli::parse();
+    if cli.command.is_none() && std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_none() {
+        eprintln!("vending: no command given and AWS_LAMBDA_RUNTIME_API is not set; see `vending --help`");
+        return ExitCode::from(2);
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -76,9 +55,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    vending::logging::init(
-        matches!(mode, Mode::Lambda) || std::env::var("VENDING_LOG_FORMAT").is_ok_and(|f| f == "json"),
-    );
+    let json_logs = cli.command.is_none() || std::env::var("VENDING_LOG_FORMAT").is_ok_and(|f| f == "json");
+    vending::logging::init(json_logs);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -86,8 +64,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(mode, config)) {
-        Ok(()) => ExitCode::SUCCESS,
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(code) => code,
         Err(e) => {
             tracing::error!(error = %e, "stopped");
             ExitCode::FAILURE
@@ -95,26 +73,38 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(mode: Mode, config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn run(command: Option<Command>, config: Config) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
     let sdk = load_sdk_config(&config).await;
-    let sweeper = build_sweeper(&config, &sdk);
-    let app = router(build_state(config, &sdk));
-    match mode {
-        Mode::Lambda => vending::lambda_entry::run(app, sweeper).await,
-        Mode::Sweep => {
-            let reports = sweeper.sweep_all(vending::vend::epoch_now(), None).await?;
-            println!("{}", serde_json::to_string_pretty(&reports)?);
-            Ok(())
+    match command {
+        None => {
+            let sweeper = build_sweeper(&config, &sdk);
+            vending::lambda_entry::run(router(build_state(config, &sdk)), sweeper).await?;
         }
-        Mode::Serve(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await?;
+        Some(Command::Sweep) => {
+            let reports = build_sweeper(&config, &sdk)
+                .sweep_all(vending::vend::epoch_now(), None)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&reports)?);
+        }
+        Some(Command::Pools { json }) => {
+            let listing = vending::pools_report::read(&pool_configs(&config, &sdk), &config).await?;
+            print!("{}", if json { listing.json()? } else { listing.table() });
+            return Ok(if listing.all_valid() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        Some(Command::Serve { listen }) => {
+            let app = router(build_state(config, &sdk));
+            let listener = tokio::net::TcpListener::bind(listen).await?;
             tracing::info!(listen = %listener.local_addr()?, "serving");
-            axum::serve(listener, app)
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(shutdown_signal())
                 .await?;
-            Ok(())
         }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn shutdown_signal() {

@@ -27,6 +27,25 @@ pub struct CurrentActivation {
     /// When the rotation that installed it committed (0 when unknown): an activation
     /// committed less than a verify interval ago needs no check with SSM yet.
     pub committed_at: EpochSecs,
+    /// The fingerprint of the pool settings it was made with.
+    pub fingerprint: String,
+    /// When the pool config it was made from was read from Parameter Store.
+    pub config_at: EpochSecs,
+}
+
+/// The pool settings a process has, as far as the pool's activation goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted<'a> {
+    pub fingerprint: &'a str,
+    pub config_at: EpochSecs,
+}
+
+impl CurrentActivation {
+    /// Made with other settings than `wanted`, from an older read of the config:
+    /// it must go. (Made from a newer read: it is the caller's config that is stale.)
+    pub fn config_outdated(&self, wanted: Wanted<'_>) -> bool {
+        self.fingerprint != wanted.fingerprint && self.config_at <= wanted.config_at
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +64,8 @@ pub enum RotationReason {
     DeletedOutOfBand,
     /// The Parameter Store version that holds the code is gone.
     CodeMissing,
+    /// The pool's config changed (role, limit, lifetime, tags or name).
+    ConfigChanged,
     /// Not needed yet, but soon: rotate while others use the last slots.
     LowWater,
     /// Not needed yet, but the activation nears its expiry margin.
@@ -60,6 +81,7 @@ impl fmt::Display for RotationReason {
             Self::SlotsUsedUp => "slots used up",
             Self::DeletedOutOfBand => "deleted out of band",
             Self::CodeMissing => "code parameter missing",
+            Self::ConfigChanged => "ConfigChanged",
             Self::LowWater => "low-water mark",
             Self::AheadOfExpiry => "ahead of expiry",
         })
@@ -72,6 +94,7 @@ pub fn why_unusable(
     activation: Option<&CurrentActivation>,
     now: EpochSecs,
     margin_secs: i64,
+    wanted: Wanted<'_>,
 ) -> Option<RotationReason> {
     let Some(a) = activation else {
         return Some(RotationReason::NoActivation);
@@ -82,6 +105,8 @@ pub fn why_unusable(
         Some(RotationReason::InsideExpiryMargin)
     } else if a.reserved >= a.limit {
         Some(RotationReason::SlotsUsedUp)
+    } else if a.config_outdated(wanted) {
+        Some(RotationReason::ConfigChanged)
     } else {
         None
     }
@@ -152,6 +177,7 @@ pub fn still_needs_rotation(
     reason: RotationReason,
     now: EpochSecs,
     margin_secs: i64,
+    wanted: Wanted<'_>,
 ) -> bool {
     let current = state.activation.as_ref();
     let same_activation = current.map(|a| a.id.as_str()) == seen_activation;
@@ -161,7 +187,7 @@ pub fn still_needs_rotation(
         | RotationReason::CodeMissing
         | RotationReason::LowWater
         | RotationReason::AheadOfExpiry => same_activation,
-        _ => why_unusable(current, now, margin_secs).is_some(),
+        _ => why_unusable(current, now, margin_secs, wanted).is_some(),
     }
 }
 
@@ -305,27 +331,56 @@ mod tests {
             reserved,
             parameter_version: 1,
             committed_at: 0,
+            fingerprint: "fp-1".into(),
+            config_at: 100,
         }
+    }
+
+    const SAME: Wanted<'static> = Wanted {
+        fingerprint: "fp-1",
+        config_at: 100,
+    };
+
+    #[test]
+    fn a_config_change_retires_the_activation_made_with_the_old_settings() {
+        let a = activation(0, 10, 99_999);
+        let newer = Wanted {
+            fingerprint: "fp-2",
+            config_at: 160,
+        };
+        assert_eq!(
+            why_unusable(Some(&a), 1_000, 900, newer),
+            Some(RotationReason::ConfigChanged)
+        );
+        let older = Wanted {
+            fingerprint: "fp-0",
+            config_at: 40,
+        };
+        assert_eq!(
+            why_unusable(Some(&a), 1_000, 900, older),
+            None,
+            "a process with an older read of the config does not rotate back"
+        );
     }
 
     #[test]
     fn a_fresh_activation_with_free_slots_is_usable() {
-        assert_eq!(why_unusable(Some(&activation(3, 10, 10_000)), 1_000, 900), None);
+        assert_eq!(why_unusable(Some(&activation(3, 10, 10_000)), 1_000, 900, SAME), None);
     }
 
     #[test]
     fn each_reason_for_rotation_is_told_apart() {
-        assert_eq!(why_unusable(None, 0, 900), Some(RotationReason::NoActivation));
+        assert_eq!(why_unusable(None, 0, 900, SAME), Some(RotationReason::NoActivation));
         assert_eq!(
-            why_unusable(Some(&activation(0, 10, 1_000)), 1_000, 900),
+            why_unusable(Some(&activation(0, 10, 1_000)), 1_000, 900, SAME),
             Some(RotationReason::Expired)
         );
         assert_eq!(
-            why_unusable(Some(&activation(0, 10, 1_800)), 1_000, 900),
+            why_unusable(Some(&activation(0, 10, 1_800)), 1_000, 900, SAME),
             Some(RotationReason::InsideExpiryMargin)
         );
         assert_eq!(
-            why_unusable(Some(&activation(10, 10, 99_999)), 1_000, 900),
+            why_unusable(Some(&activation(10, 10, 99_999)), 1_000, 900, SAME),
             Some(RotationReason::SlotsUsedUp)
         );
     }
@@ -388,7 +443,7 @@ mod tests {
             RotationReason::LowWater,
         ] {
             assert!(
-                !still_needs_rotation(&rotated, Some("old"), reason, 1_000, 900),
+                !still_needs_rotation(&rotated, Some("old"), reason, 1_000, 900, SAME),
                 "{reason}"
             );
         }
@@ -397,14 +452,16 @@ mod tests {
             Some("new"),
             RotationReason::DeletedOutOfBand,
             1_000,
-            900
+            900,
+            SAME
         ));
         assert!(still_needs_rotation(
             &PoolState::default(),
             None,
             RotationReason::NoActivation,
             1_000,
-            900
+            900,
+            SAME
         ));
     }
 

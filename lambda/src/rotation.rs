@@ -12,6 +12,7 @@ use crate::aws::activations::ActivationService;
 use crate::aws::pool_store::{ActivationRecord, LeaseAttempt, PoolStore};
 use crate::codes::Codes;
 use crate::config::Config;
+use crate::directory::Pool;
 use crate::error::VendError;
 use crate::pool::{still_needs_rotation, CurrentActivation, RotationReason};
 use crate::vend::{epoch_now, secs};
@@ -53,10 +54,11 @@ impl Rotator {
     /// repeated.
     pub async fn rotate_under_lease(
         &self,
-        pool: &str,
+        pool: &Pool,
         reason: RotationReason,
         seen: Option<&str>,
     ) -> Result<Rotation, VendError> {
+        let (name, margin) = (pool.name.as_str(), secs(pool.settings.expiry_margin));
         let owner = format!(
             "{}-{}",
             self.process_token,
@@ -65,21 +67,21 @@ impl Rotator {
         let now = epoch_now();
         let state = match self
             .store
-            .take_lease(pool, &owner, now, now + secs(self.config.lease))
+            .take_lease(name, &owner, now, now + secs(self.config.lease))
             .await?
         {
             LeaseAttempt::Busy(_) => return Ok(Rotation::Busy),
             LeaseAttempt::Taken(state) => state,
         };
-        if !still_needs_rotation(&state, seen, reason, now, secs(self.config.expiry_margin)) {
-            self.store.release_lease(pool, &owner).await?;
+        if !still_needs_rotation(&state, seen, reason, now, margin, pool.wanted()) {
+            self.store.release_lease(name, &owner).await?;
             return Ok(Rotation::NotNeeded);
         }
         match self.install_new_activation(pool, &owner, reason).await {
             Ok(rotation) => Ok(rotation),
             Err(e) => {
-                if let Err(release) = self.store.release_lease(pool, &owner).await {
-                    tracing::warn!(pool, error = %release, "could not release the lease; it runs out by itself");
+                if let Err(release) = self.store.release_lease(name, &owner).await {
+                    tracing::warn!(pool = name, error = %release, "could not release the lease; it runs out by itself");
                 }
                 Err(e)
             }
@@ -88,15 +90,16 @@ impl Rotator {
 
     async fn install_new_activation(
         &self,
-        pool: &str,
+        pool: &Pool,
         owner: &str,
         reason: RotationReason,
     ) -> Result<Rotation, VendError> {
         let started = Instant::now();
-        let expires_at = epoch_now() + secs(self.config.activation_ttl);
-        let limit = self.config.registration_limit;
-        let created = self.activations.create(pool, limit, expires_at).await?;
-        let version = match self.codes.store(pool, &created.id, &created.code).await {
+        let name = pool.name.as_str();
+        let expires_at = epoch_now() + secs(pool.settings.activation_ttl);
+        let limit = pool.settings.registration_limit;
+        let created = self.activations.create(name, &pool.settings, expires_at).await?;
+        let version = match self.codes.store(name, &created.id, &created.code).await {
             Ok(version) => version,
             Err(e) => {
                 self.delete_unused(&created.id).await;
@@ -110,16 +113,20 @@ impl Rotator {
             reserved: 0,
             parameter_version: version,
             committed_at: 0,
+            fingerprint: pool.fingerprint.clone(),
+            config_at: pool.config_at,
         };
-        let committed = self.store.commit_rotation(pool, owner, &next, epoch_now()).await;
-        if !self.settle_commit(pool, owner, &created.id, committed).await? {
+        let committed = self.store.commit_rotation(name, owner, &next, epoch_now()).await;
+        if !self.settle_commit(name, owner, &created.id, committed).await? {
             return Ok(Rotation::NotNeeded);
         }
         tracing::info!(
-            pool,
+            pool = name,
             activation_id = %created.id,
             %reason,
             limit,
+            iam_role = %pool.settings.iam_role,
+            config = %pool.fingerprint,
             expires_at,
             parameter_version = version,
             elapsed_ms = started.elapsed().as_millis() as u64,

@@ -4,11 +4,13 @@
 //! that may still register a server that is booting right now, nor an activation a
 //! late commit made current (a tombstone makes the commit and the deletion exclusive).
 //!
-//! It lists every page first, asks DynamoDB about 100 activations at once, deletes
+//! It lists every page of the account's activations first (those with the pool tag
+//! are ours, grouped by its value), asks DynamoDB about 100 activations at once, deletes
 //! with bounded concurrency, carries on past a failed activation (reported in `failed`,
 //! tried again next time) and stops starting work when its time budget runs out
 //! (`complete: false`; the next sweep carries on).
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use futures_util::stream::{self, StreamExt};
@@ -60,22 +62,39 @@ impl Sweeper {
         }
     }
 
-    /// Sweeps every pool; no new work starts after `until` (when given).
+    /// Sweeps every pool that has activations (and `default` always); no new work
+    /// starts after `until` (when given).
     pub async fn sweep_all(&self, now: EpochSecs, until: Option<Instant>) -> Result<Vec<SweepReport>, VendError> {
-        Ok(vec![self.sweep(DEFAULT_POOL, now, until).await?])
+        // Everything first, then act: deleting while paging would move the pages.
+        let (found, listed_all) = self.list(until).await;
+        let mut by_pool: BTreeMap<String, Vec<ActivationInfo>> = BTreeMap::new();
+        by_pool.entry(DEFAULT_POOL.to_owned()).or_default();
+        for (pool, info) in found {
+            by_pool.entry(pool).or_default().push(info);
+        }
+        let mut reports = Vec::with_capacity(by_pool.len());
+        for (pool, activations) in by_pool {
+            reports.push(self.sweep_pool(&pool, &activations, listed_all, now, until).await?);
+        }
+        Ok(reports)
     }
 
-    pub async fn sweep(&self, pool: &str, now: EpochSecs, until: Option<Instant>) -> Result<SweepReport, VendError> {
+    async fn sweep_pool(
+        &self,
+        pool: &str,
+        activations: &[ActivationInfo],
+        listed_all: bool,
+        now: EpochSecs,
+        until: Option<Instant>,
+    ) -> Result<SweepReport, VendError> {
         let current = self.store.pool(pool).await?.activation.map(|a| a.id);
         let mut report = SweepReport {
             pool: pool.to_owned(),
             current: current.clone(),
+            complete: listed_all,
             ..SweepReport::default()
         };
-        // Everything first, then act: deleting while paging would move the pages.
-        let (found, listed_all) = self.list(pool, until).await;
-        report.complete = listed_all;
-        for chunk in found.chunks(100) {
+        for chunk in activations.chunks(100) {
             if until.is_some_and(|t| Instant::now() >= t) {
                 report.complete = false;
                 break;
@@ -96,15 +115,16 @@ impl Sweeper {
         Ok(report)
     }
 
-    /// Every activation of the pool, page by page; false when listing stopped early.
-    async fn list(&self, pool: &str, until: Option<Instant>) -> (Vec<ActivationInfo>, bool) {
+    /// Every activation this service made, with its pool, page by page; false when
+    /// listing stopped early.
+    async fn list(&self, until: Option<Instant>) -> (Vec<(String, ActivationInfo)>, bool) {
         let mut found = Vec::new();
         let mut token = None;
         loop {
             if until.is_some_and(|t| Instant::now() >= t) {
                 return (found, false);
             }
-            match self.activations.list_page(pool, token).await {
+            match self.activations.list_page(token).await {
                 Ok((page, next)) => {
                     found.extend(page);
                     token = next;
@@ -113,7 +133,7 @@ impl Sweeper {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(pool, error = %e, "the sweep could not list every activation; sweeping those it has");
+                    tracing::warn!(error = %e, "the sweep could not list every activation; sweeping those it has");
                     return (found, false);
                 }
             }

@@ -2,6 +2,7 @@
 //! pair every ID with exactly the code stored beside it, and remember what a named
 //! machine was given. All of it within one deadline.
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -9,13 +10,15 @@ use rand::Rng;
 
 use crate::aws::activations::ActivationService;
 use crate::aws::parameters::CodeVault;
+use crate::aws::parameters::PoolConfigSource;
 use crate::aws::pool_store::{PoolStore, Reservation};
 use crate::codes::Codes;
 use crate::config::Config;
+use crate::directory::{Pool, PoolDirectory};
 use crate::error::VendError;
 use crate::pool::{
     lease_is_free, rotate_ahead_due, why_unusable, AheadTrigger, Caller, CurrentActivation, EpochSecs, InstanceRecord,
-    RotationReason, DEFAULT_POOL,
+    RotationReason,
 };
 use crate::rotation::{Rotation, Rotator};
 use crate::secret::ActivationCode;
@@ -32,6 +35,7 @@ pub struct Vended {
 
 pub struct Vendor {
     store: PoolStore,
+    directory: PoolDirectory,
     codes: Arc<Codes>,
     checks: ActivationChecks,
     rotator: Arc<Rotator>,
@@ -53,13 +57,25 @@ pub(crate) fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
+fn margin(pool: &Pool) -> i64 {
+    secs(pool.settings.expiry_margin)
+}
+
 impl Vendor {
-    pub fn new(store: PoolStore, vault: CodeVault, activations: ActivationService, config: Config) -> Self {
+    pub fn new(
+        store: PoolStore,
+        vault: CodeVault,
+        pool_configs: PoolConfigSource,
+        activations: ActivationService,
+        config: Config,
+    ) -> Self {
+        let directory = PoolDirectory::new(store.clone(), pool_configs, &config);
         let codes = Arc::new(Codes::new(vault));
         let checks = ActivationChecks::new(activations.clone(), config.verify_interval);
         let rotator = Arc::new(Rotator::new(store.clone(), codes.clone(), activations, config.clone()));
         Self {
             store,
+            directory,
             codes,
             checks,
             rotator,
@@ -73,30 +89,39 @@ impl Vendor {
         &self.config
     }
 
-    fn margin(&self) -> i64 {
-        secs(self.config.expiry_margin)
-    }
-
-    /// Resolves a pool name; only `default` exists for now.
-    pub fn check_pool(&self, pool: &str) -> Result<(), VendError> {
-        if pool == DEFAULT_POOL {
-            Ok(())
-        } else {
-            Err(VendError::PoolNotFound(pool.to_owned()))
-        }
+    pub fn directory(&self) -> &PoolDirectory {
+        &self.directory
     }
 
     /// Vends within `VENDING_DEADLINE`, so the caller gets a JSON 503 rather than the
     /// platform's timeout. A rotation the deadline cuts off goes on in the background
-    /// and commits or is fenced out by its lease, like any other.
+    /// and commits or is fenced out by its lease, like any other. A caller outside
+    /// the pool's `allowed_cidrs` is refused before anything is taken.
     pub async fn vend(
         &self,
         pool: &str,
         instance: Option<&str>,
         machine_id: Option<&str>,
+        source: Option<IpAddr>,
     ) -> Result<Vended, VendError> {
-        self.check_pool(pool)?;
-        match tokio::time::timeout(self.config.deadline, self.vend_unbounded(pool, instance, machine_id)).await {
+        let vend = async {
+            let pool = self.directory.lookup(pool).await?;
+            if !pool.settings.admits(source) {
+                let source_address = source.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
+                tracing::warn!(
+                    pool = %pool.name,
+                    source = %source_address,
+                    reason = "the source address is not in the pool's allowed_cidrs",
+                    "refused"
+                );
+                return Err(VendError::Forbidden {
+                    pool: pool.name.clone(),
+                    source_address,
+                });
+            }
+            self.vend_unbounded(&pool, instance, machine_id).await
+        };
+        match tokio::time::timeout(self.config.deadline, vend).await {
             Ok(result) => result,
             Err(_) => {
                 tracing::warn!(
@@ -111,10 +136,11 @@ impl Vendor {
 
     async fn vend_unbounded(
         &self,
-        pool: &str,
+        pool: &Pool,
         instance: Option<&str>,
         machine_id: Option<&str>,
     ) -> Result<Vended, VendError> {
+        let margin = margin(pool);
         let caller = Caller::keyed(instance, machine_id);
         let mut replacing = None;
         if let Some(caller) = &caller {
@@ -128,7 +154,7 @@ impl Vendor {
             activation_id: activation.id.clone(),
             code,
             expires_at: activation.expires_at,
-            pool: pool.to_owned(),
+            pool: pool.name.clone(),
         };
         let Some(caller) = caller else {
             return Ok(vended);
@@ -142,22 +168,22 @@ impl Vendor {
         let now = epoch_now();
         let winner = self
             .store
-            .remember_instance(pool, caller.name, &record, replacing.as_deref(), now + self.margin())
+            .remember_instance(&pool.name, caller.name, &record, replacing.as_deref(), now + margin)
             .await?;
         match winner {
             // A concurrent request from the same machine won; hand out its activation so
             // both callers agree. Our slot goes unused, which is safe.
-            Some(winner) if winner.reusable_by(&caller, now, self.margin()) => {
+            Some(winner) if winner.reusable_by(&caller, now, margin) => {
                 match self
                     .codes
-                    .code_for(pool, &winner.activation_id, winner.parameter_version)
+                    .code_for(&pool.name, &winner.activation_id, winner.parameter_version)
                     .await?
                 {
                     Some(code) => Ok(Vended {
                         activation_id: winner.activation_id,
                         code,
                         expires_at: winner.expires_at,
-                        pool: pool.to_owned(),
+                        pool: pool.name.clone(),
                     }),
                     None => Ok(vended),
                 }
@@ -168,35 +194,37 @@ impl Vendor {
 
     /// A named machine's earlier activation, if it is still good. `Err(Some(id))`
     /// means the record exists but may not be reused and may be replaced.
-    async fn vend_again(&self, pool: &str, caller: &Caller<'_>) -> Result<Result<Vended, Option<String>>, VendError> {
-        let Some(record) = self.store.instance(pool, caller.name).await? else {
+    async fn vend_again(&self, pool: &Pool, caller: &Caller<'_>) -> Result<Result<Vended, Option<String>>, VendError> {
+        let Some(record) = self.store.instance(&pool.name, caller.name).await? else {
             return Ok(Err(None));
         };
         let stale = Err(Some(record.activation_id.clone()));
         let now = epoch_now();
-        if !record.reusable_by(caller, now, self.margin())
+        if !record.reusable_by(caller, now, margin(pool))
             || self.checks.usable(&record.activation_id, 0, now).await.is_err()
         {
             return Ok(stale);
         }
         match self
             .codes
-            .code_for(pool, &record.activation_id, record.parameter_version)
+            .code_for(&pool.name, &record.activation_id, record.parameter_version)
             .await?
         {
             Some(code) => Ok(Ok(Vended {
                 activation_id: record.activation_id,
                 code,
                 expires_at: record.expires_at,
-                pool: pool.to_owned(),
+                pool: pool.name.clone(),
             })),
             None => Ok(stale),
         }
     }
 
     /// Takes a slot and the code that goes with it, rotating or waiting as needed.
-    async fn reserve_and_pair(&self, pool: &str) -> Result<(CurrentActivation, ActivationCode), VendError> {
+    async fn reserve_and_pair(&self, pool: &Pool) -> Result<(CurrentActivation, ActivationCode), VendError> {
         let deadline = Instant::now() + self.config.wait;
+        let (name, margin) = (pool.name.as_str(), margin(pool));
+        let wanted = (pool.fingerprint.as_str(), pool.config_at);
         // Held from the moment this request takes charge of an unusable pool until it
         // gets a slot: the process's other requests wait on it instead of polling AWS.
         let mut in_charge = None;
@@ -204,8 +232,12 @@ impl Vendor {
         let mut last_seen = None;
         loop {
             let now = epoch_now();
-            match self.store.reserve_slot(pool, now, self.margin()).await? {
+            match self.store.reserve_slot(name, now, margin, wanted).await? {
                 Reservation::Reserved(activation) => {
+                    if activation.fingerprint != pool.fingerprint {
+                        // Made from a newer read of the pool's config than ours.
+                        self.directory.outdated_by(activation.config_at).await;
+                    }
                     if let Err(reason) = self.checks.usable(&activation.id, activation.committed_at, now).await {
                         self.rotate_or_wait(pool, reason, Some(&activation.id), deadline, &mut waits)
                             .await?;
@@ -215,25 +247,25 @@ impl Vendor {
                         activation.reserved,
                         &activation,
                         now,
-                        self.margin(),
+                        margin,
                         self.config.low_water_percent,
                     );
                     if let Some(trigger) = trigger.filter(|t| self.may_try_rotate_ahead(*t)) {
                         // Our slot on the old activation stays good; failures here only
                         // mean the next crossing tries again.
                         if let Err(e) = self.rotate(pool, trigger.reason(), Some(&activation.id)).await {
-                            tracing::warn!(pool, error = %e, "rotating ahead failed; the pool keeps its current activation");
+                            tracing::warn!(pool = name, error = %e, "rotating ahead failed; the pool keeps its current activation");
                         }
                     }
                     match self
                         .codes
-                        .code_for(pool, &activation.id, activation.parameter_version)
+                        .code_for(name, &activation.id, activation.parameter_version)
                         .await?
                     {
                         Some(code) => return Ok((activation, code)),
                         None => {
                             tracing::warn!(
-                                pool,
+                                pool = name,
                                 activation_id = %activation.id,
                                 parameter_version = activation.parameter_version,
                                 "Parameter Store no longer holds this activation's code; rotating"
@@ -269,7 +301,7 @@ impl Vendor {
                         waits = 0;
                         last_seen.clone_from(&seen);
                     }
-                    let reason = why_unusable(state.activation.as_ref(), now, self.margin())
+                    let reason = why_unusable(state.activation.as_ref(), now, margin, pool.wanted())
                         .unwrap_or(RotationReason::SlotsUsedUp);
                     if lease_is_free(state.lease.as_ref(), now) {
                         self.rotate_or_wait(pool, reason, seen.as_deref(), deadline, &mut waits)
@@ -287,7 +319,7 @@ impl Vendor {
     /// giving up with `NoActivationYet` at the deadline.
     async fn rotate_or_wait(
         &self,
-        pool: &str,
+        pool: &Pool,
         reason: RotationReason,
         seen: Option<&str>,
         deadline: Instant,
@@ -304,9 +336,9 @@ impl Vendor {
 
     /// Runs a rotation as a task of its own: when the request's deadline cuts the
     /// request off, the rotation is not dropped halfway with its lease held.
-    async fn rotate(&self, pool: &str, reason: RotationReason, seen: Option<&str>) -> Result<Rotation, VendError> {
+    async fn rotate(&self, pool: &Pool, reason: RotationReason, seen: Option<&str>) -> Result<Rotation, VendError> {
         let rotator = self.rotator.clone();
-        let (pool, seen) = (pool.to_owned(), seen.map(str::to_owned));
+        let (pool, seen) = (pool.clone(), seen.map(str::to_owned));
         tokio::spawn(async move { rotator.rotate_under_lease(&pool, reason, seen.as_deref()).await })
             .await
             .map_err(|e| VendError::Internal(format!("the rotation task failed: {e}")))?

@@ -7,21 +7,12 @@ use aws_smithy_types::DateTime;
 use super::{classify, Echo};
 use crate::error::VendError;
 use crate::pool::{ActivationInfo, EpochSecs};
+use crate::pools::{PoolSettings, POOL_TAG};
 use crate::secret::ActivationCode;
-
-/// Tag key that marks activations this service made, with the pool as value.
-pub const POOL_TAG: &str = "activation-vending:pool";
-
-/// The name SSM gives servers registered with a pool's activations; also how the
-/// sweep finds the pool's activations without listing the whole account.
-pub fn default_instance_name(pool: &str) -> String {
-    format!("vending-{pool}")
-}
 
 #[derive(Clone)]
 pub struct ActivationService {
     client: aws_sdk_ssm::Client,
-    instance_role: String,
 }
 
 #[derive(Debug)]
@@ -31,28 +22,36 @@ pub struct NewActivation {
 }
 
 impl ActivationService {
-    pub fn new(client: aws_sdk_ssm::Client, instance_role: impl Into<String>) -> Self {
-        Self {
-            client,
-            instance_role: instance_role.into(),
-        }
+    pub fn new(client: aws_sdk_ssm::Client) -> Self {
+        Self { client }
     }
 
-    pub async fn create(&self, pool: &str, limit: u32, expires_at: EpochSecs) -> Result<NewActivation, VendError> {
-        let tag = Tag::builder()
-            .key(POOL_TAG)
-            .value(pool)
-            .build()
+    /// A new activation with the pool's role, limit, name and tags (SSM copies the
+    /// tags onto every node registered with it), plus the pool tag.
+    pub async fn create(
+        &self,
+        pool: &str,
+        settings: &PoolSettings,
+        expires_at: EpochSecs,
+    ) -> Result<NewActivation, VendError> {
+        let tags = std::iter::once((POOL_TAG, pool))
+            .chain(settings.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map(|(key, value)| Tag::builder().key(key).value(value).build())
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| VendError::Internal(format!("activation tag: {e}")))?;
+        let description = settings
+            .description
+            .clone()
+            .unwrap_or_else(|| format!("Vended by activation-vending for pool {pool}"));
         let out = self
             .client
             .create_activation()
-            .iam_role(&self.instance_role)
-            .registration_limit(limit as i32)
+            .iam_role(&settings.iam_role)
+            .registration_limit(settings.registration_limit as i32)
             .expiration_date(DateTime::from_secs(expires_at))
-            .default_instance_name(default_instance_name(pool))
-            .description(format!("Vended by activation-vending for pool {pool}"))
-            .tags(tag)
+            .default_instance_name(&settings.default_instance_name)
+            .description(description)
+            .set_tags(Some(tags))
             .send()
             .await
             .map_err(|e| classify("SSM.CreateActivation", e, Echo::Message))?;
@@ -88,21 +87,15 @@ impl ActivationService {
         }))
     }
 
-    /// One page (up to 50) of the activations this service made for `pool` (matched
-    /// by its default instance name and its pool tag), and the token of the next page.
+    /// One page (up to 50) of the account's activations that this service made
+    /// (they carry the pool tag), each with its pool, and the next page's token.
     pub async fn list_page(
         &self,
-        pool: &str,
         token: Option<String>,
-    ) -> Result<(Vec<ActivationInfo>, Option<String>), VendError> {
-        let filter = DescribeActivationsFilter::builder()
-            .filter_key(DescribeActivationsFilterKeys::DefaultInstanceName)
-            .filter_values(default_instance_name(pool))
-            .build();
+    ) -> Result<(Vec<(String, ActivationInfo)>, Option<String>), VendError> {
         let out = self
             .client
             .describe_activations()
-            .filters(filter)
             .max_results(50)
             .set_next_token(token)
             .send()
@@ -111,15 +104,16 @@ impl ActivationService {
         let found = out
             .activation_list()
             .iter()
-            .filter(|a| a.tags().iter().any(|t| t.key() == POOL_TAG && t.value() == pool))
             .filter_map(|a| {
-                Some(ActivationInfo {
+                let pool = a.tags().iter().find(|t| t.key() == POOL_TAG)?.value().to_owned();
+                let info = ActivationInfo {
                     id: a.activation_id()?.to_owned(),
                     expired: a.expired(),
                     registrations: a.registrations_count().unwrap_or(0).max(0) as u32,
                     limit: a.registration_limit().unwrap_or(0).max(0) as u32,
                     created_at: a.created_date().map(|d| d.secs()).unwrap_or(0),
-                })
+                };
+                Some((pool, info))
             })
             .collect();
         Ok((found, out.next_token().map(str::to_owned)))

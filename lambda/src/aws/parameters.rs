@@ -1,6 +1,8 @@
 //! Parameter Store: the pool's activation ID and code, together in one SecureString
 //! under the customer KMS key. Versions pin an ID to its code across rotations.
 
+use std::collections::BTreeMap;
+
 use aws_sdk_ssm::types::ParameterType;
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +15,65 @@ pub struct CodeVault {
     client: aws_sdk_ssm::Client,
     prefix: String,
     kms_key_id: String,
+}
+
+/// Every pool's `config` parameter, as Parameter Store holds it.
+#[derive(Clone)]
+pub struct PoolConfigSource {
+    client: aws_sdk_ssm::Client,
+    prefix: String,
+}
+
+impl PoolConfigSource {
+    pub fn new(client: aws_sdk_ssm::Client, prefix: impl Into<String>) -> Self {
+        Self {
+            client,
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn path(&self) -> String {
+        format!("{}/pools/", self.prefix)
+    }
+
+    /// Pool name → the raw text of `<prefix>/pools/<name>/config`, every page of
+    /// `GetParametersByPath` (10 parameters a page: each costs one read of the
+    /// account's shared Parameter Store quota).
+    pub async fn read_all(&self) -> Result<BTreeMap<String, String>, VendError> {
+        let path = self.path();
+        let mut configs = BTreeMap::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .client
+                .get_parameters_by_path()
+                .path(path.trim_end_matches('/'))
+                .recursive(true)
+                .with_decryption(false)
+                .max_results(10)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| classify("SSM.GetParametersByPath", e, Echo::Message))?;
+            for parameter in out.parameters() {
+                let (Some(name), Some(value)) = (parameter.name(), parameter.value()) else {
+                    continue;
+                };
+                if parameter.r#type() != Some(&ParameterType::String) {
+                    continue;
+                }
+                if let Some(pool) = name.strip_prefix(&path).and_then(|rest| rest.strip_suffix("/config")) {
+                    if !pool.contains('/') {
+                        configs.insert(pool.to_owned(), value.to_owned());
+                    }
+                }
+            }
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(configs);
+            }
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //! write is conditional; the conditions are what make a slot impossible to hand out
 //! twice, and what keep a late commit and the sweep from both winning.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -38,6 +38,13 @@ const COMMITTED_AT: &str = "committed_at";
 const COMMITTED_BY: &str = "committed_by";
 const TOMBSTONED_AT: &str = "tombstoned_at";
 const MACHINE_ID: &str = "machine_id";
+const CONFIG_FP: &str = "config_fp";
+const CONFIG_AT: &str = "config_at";
+const CONFIGS: &str = "configs";
+const READ_AT: &str = "read_at";
+const CLAIM_UNTIL: &str = "claim_until";
+/// The one item that shares the pools' configs between processes.
+const DIRECTORY_KEY: &str = "directory#pools";
 
 /// Committed-activation records and tombstones outlive their activation by a week.
 const RECORD_LINGER_SECS: i64 = 7 * 86_400;
@@ -126,6 +133,8 @@ fn pool_state(item: Option<&Item>) -> PoolState {
         reserved: get_n(item, RESERVED).unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
         parameter_version: get_n(item, PARAMETER_VERSION).unwrap_or(0),
         committed_at: get_n(item, ROTATED_AT).unwrap_or(0),
+        fingerprint: get_s(item, CONFIG_FP).unwrap_or_default().to_owned(),
+        config_at: get_n(item, CONFIG_AT).unwrap_or(0),
     });
     let lease = get_s(item, LEASE_OWNER).map(|owner| Lease {
         owner: owner.to_owned(),
@@ -223,26 +232,47 @@ impl PoolStore {
     }
 
     /// The hot path: one conditional write takes a slot, or says why it can't.
-    pub async fn reserve_slot(&self, pool: &str, now: EpochSecs, margin_secs: i64) -> Result<Reservation, VendError> {
-        retrying_conflicts(|| self.reserve_slot_once(pool, now, margin_secs)).await
+    /// `wanted` is the settings fingerprint the caller's pool config gives and the
+    /// time that config was read: an activation made with other settings is refused,
+    /// unless it was made from a newer read of the config than the caller's.
+    pub async fn reserve_slot(
+        &self,
+        pool: &str,
+        now: EpochSecs,
+        margin_secs: i64,
+        wanted: (&str, EpochSecs),
+    ) -> Result<Reservation, VendError> {
+        retrying_conflicts(|| self.reserve_slot_once(pool, now, margin_secs, wanted)).await
     }
 
-    async fn reserve_slot_once(&self, pool: &str, now: EpochSecs, margin_secs: i64) -> Result<Reservation, VendError> {
+    async fn reserve_slot_once(
+        &self,
+        pool: &str,
+        now: EpochSecs,
+        margin_secs: i64,
+        (fingerprint, config_at): (&str, EpochSecs),
+    ) -> Result<Reservation, VendError> {
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(PK, pool_key(pool))
             .update_expression("ADD #reserved :one")
-            .condition_expression("attribute_exists(#id) AND #reserved < #limit AND #exp > :min_exp")
+            .condition_expression(
+                "attribute_exists(#id) AND #reserved < #limit AND #exp > :min_exp AND (#fp = :fp OR #cfg_at > :cfg_at)",
+            )
             .set_expression_attribute_names(names(&[
                 ("#id", ACTIVATION_ID),
                 ("#reserved", RESERVED),
                 ("#limit", LIMIT),
                 ("#exp", EXPIRES_AT),
+                ("#fp", CONFIG_FP),
+                ("#cfg_at", CONFIG_AT),
             ]))
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":min_exp", n(now + margin_secs))
+            .expression_attribute_values(":fp", s(fingerprint))
+            .expression_attribute_values(":cfg_at", n(config_at))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
@@ -324,7 +354,7 @@ impl PoolStore {
             .key(PK, pool_key(pool))
             .update_expression(
                 "SET #id = :id, #exp = :exp, #limit = :limit, #reserved = :reserved, #pver = :pver, \
-                 #rotated = :now REMOVE #owner, #until",
+                 #rotated = :now, #fp = :fp, #cfg_at = :cfg_at REMOVE #owner, #until",
             )
             .condition_expression("#owner = :me AND #until >= :now")
             .set_expression_attribute_names(names(&[
@@ -334,9 +364,13 @@ impl PoolStore {
                 ("#reserved", RESERVED),
                 ("#pver", PARAMETER_VERSION),
                 ("#rotated", ROTATED_AT),
+                ("#fp", CONFIG_FP),
+                ("#cfg_at", CONFIG_AT),
                 ("#owner", LEASE_OWNER),
                 ("#until", LEASE_UNTIL),
             ]))
+            .expression_attribute_values(":fp", s(&next.fingerprint))
+            .expression_attribute_values(":cfg_at", n(next.config_at))
             .expression_attribute_values(":id", s(&next.id))
             .expression_attribute_values(":exp", n(next.expires_at))
             .expression_attribute_values(":limit", n(i64::from(next.limit)))
@@ -580,5 +614,79 @@ impl PoolStore {
                 _ => Err(classify("DynamoDB.PutItem", e, Echo::Message)),
             },
         }
+    }
+
+    /// The pools' configs as some process last read them from Parameter Store, and
+    /// when it read them.
+    pub async fn directory_snapshot(&self) -> Result<Option<(BTreeMap<String, String>, EpochSecs)>, VendError> {
+        let Some(item) = self.get(s(DIRECTORY_KEY)).await? else {
+            return Ok(None);
+        };
+        let (Some(configs), Some(read_at)) = (get_s(&item, CONFIGS), get_n(&item, READ_AT)) else {
+            return Ok(None);
+        };
+        let configs = serde_json::from_str(configs)
+            .map_err(|e| VendError::Internal(format!("the pool directory item is not valid: {e}")))?;
+        Ok(Some((configs, read_at)))
+    }
+
+    /// Claims the next read of Parameter Store for this process, if the snapshot is
+    /// older than `stale_before` and no other process has claimed it until `until`.
+    pub async fn claim_directory_refresh(
+        &self,
+        now: EpochSecs,
+        stale_before: EpochSecs,
+        until: EpochSecs,
+    ) -> Result<bool, VendError> {
+        retrying_conflicts(|| async {
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(PK, s(DIRECTORY_KEY))
+                .update_expression("SET #claim = :until")
+                .condition_expression(
+                    "(attribute_not_exists(#read_at) OR #read_at < :stale) \
+                     AND (attribute_not_exists(#claim) OR #claim < :now)",
+                )
+                .set_expression_attribute_names(names(&[("#claim", CLAIM_UNTIL), ("#read_at", READ_AT)]))
+                .expression_attribute_values(":until", n(until))
+                .expression_attribute_values(":stale", n(stale_before))
+                .expression_attribute_values(":now", n(now))
+                .send()
+                .await;
+            conditional_update(result).map(|outcome| outcome.is_ok())
+        })
+        .await
+    }
+
+    /// Shares a fresh read of the pools' configs, unless a newer one is there.
+    pub async fn save_directory_snapshot(
+        &self,
+        configs: &BTreeMap<String, String>,
+        read_at: EpochSecs,
+    ) -> Result<(), VendError> {
+        let text = serde_json::to_string(configs)
+            .map_err(|e| VendError::Internal(format!("could not encode the pool directory: {e}")))?;
+        retrying_conflicts(|| async {
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(PK, s(DIRECTORY_KEY))
+                .update_expression("SET #configs = :configs, #read_at = :read_at REMOVE #claim")
+                .condition_expression("attribute_not_exists(#read_at) OR #read_at < :read_at")
+                .set_expression_attribute_names(names(&[
+                    ("#configs", CONFIGS),
+                    ("#read_at", READ_AT),
+                    ("#claim", CLAIM_UNTIL),
+                ]))
+                .expression_attribute_values(":configs", s(&text))
+                .expression_attribute_values(":read_at", n(read_at))
+                .send()
+                .await;
+            conditional_update(result).map(|_| ())
+        })
+        .await
     }
 }

@@ -1,0 +1,249 @@
+//! The pools a process vends from: their configs read from Parameter Store, shared
+//! through one DynamoDB item so that a storm of cold processes costs Parameter
+//! Store (40 reads a second per account and Region by default) one read per
+//! `VENDING_POOL_REFRESH`, not one per process.
+//!
+//! A process uses its copy until the read it came from is `VENDING_POOL_REFRESH`
+//! old. Then it takes the shared copy if that is fresher; otherwise one process
+//! claims the next read (a conditional write), reads, and shares it, while the
+//! others keep using the copy they have. A pool whose config is bad answers
+//! `PoolMisconfigured`; the other pools keep working.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::aws::parameters::PoolConfigSource;
+use crate::aws::pool_store::PoolStore;
+use crate::config::Config;
+use crate::error::VendError;
+use crate::pool::{EpochSecs, DEFAULT_POOL};
+use crate::pools::{ConfigProblem, PoolSettings};
+use crate::vend::{epoch_now, secs};
+
+/// How long a claim on the next read of Parameter Store holds.
+const CLAIM_SECS: i64 = 10;
+
+/// A pool as the directory knows it.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub name: String,
+    pub settings: Arc<PoolSettings>,
+    pub fingerprint: String,
+    /// When the config it came from was read from Parameter Store.
+    pub config_at: EpochSecs,
+}
+
+/// One read of every pool's config, parsed.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub read_at: EpochSecs,
+    pools: HashMap<String, Result<Pool, ConfigProblem>>,
+}
+
+impl Snapshot {
+    /// Parses `configs` (pool name → JSON); `default` falls back to `environment`.
+    pub fn parse(configs: &BTreeMap<String, String>, read_at: EpochSecs, environment: &PoolSettings) -> Self {
+        let mut pools: HashMap<String, Result<Pool, ConfigProblem>> = configs
+            .iter()
+            .filter(|(name, _)| crate::pool::valid_pool_name(name))
+            .map(|(name, text)| {
+                let pool = PoolSettings::from_json(name, text).map(|settings| Pool::new(name, settings, read_at));
+                (name.clone(), pool)
+            })
+            .collect();
+        pools
+            .entry(DEFAULT_POOL.to_owned())
+            .or_insert_with(|| Ok(Pool::new(DEFAULT_POOL, environment.clone(), read_at)));
+        Self { read_at, pools }
+    }
+
+    /// The pool a request may vend from, or why not.
+    pub fn lookup(&self, name: &str) -> Result<Pool, VendError> {
+        match self.pools.get(name) {
+            None => Err(VendError::PoolNotFound(name.to_owned())),
+            Some(Err(problem)) => Err(VendError::PoolMisconfigured {
+                pool: name.to_owned(),
+                problem: problem.to_string(),
+            }),
+            Some(Ok(pool)) if !pool.settings.enabled => Err(VendError::PoolDisabled(name.to_owned())),
+            Some(Ok(pool)) => Ok(pool.clone()),
+        }
+    }
+
+    /// Every pool with its verdict, sorted by name.
+    pub fn all(&self) -> Vec<(&str, &Result<Pool, ConfigProblem>)> {
+        let mut all: Vec<_> = self.pools.iter().map(|(name, pool)| (name.as_str(), pool)).collect();
+        all.sort_by_key(|(name, _)| *name);
+        all
+    }
+}
+
+impl Pool {
+    /// What an activation of this pool must have been made with.
+    pub fn wanted(&self) -> crate::pool::Wanted<'_> {
+        crate::pool::Wanted {
+            fingerprint: &self.fingerprint,
+            config_at: self.config_at,
+        }
+    }
+
+    fn new(name: &str, settings: PoolSettings, config_at: EpochSecs) -> Self {
+        Self {
+            name: name.to_owned(),
+            fingerprint: settings.fingerprint(),
+            settings: Arc::new(settings),
+            config_at,
+        }
+    }
+}
+
+pub struct PoolDirectory {
+    store: PoolStore,
+    source: PoolConfigSource,
+    environment: PoolSettings,
+    refresh_secs: i64,
+    current: tokio::sync::Mutex<Option<Arc<Snapshot>>>,
+}
+
+impl PoolDirectory {
+    pub fn new(store: PoolStore, source: PoolConfigSource, config: &Config) -> Self {
+        Self {
+            store,
+            source,
+            environment: PoolSettings::from_environment(config),
+            refresh_secs: secs(config.pool_refresh).max(1),
+            current: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub async fn lookup(&self, name: &str) -> Result<Pool, VendError> {
+        self.snapshot().await?.lookup(name)
+    }
+
+    /// Drops this process's copy if it is older than `read_at` (another process
+    /// made an activation from a newer read of the configs).
+    pub async fn outdated_by(&self, read_at: EpochSecs) {
+        let mut current = self.current.lock().await;
+        if current.as_ref().is_some_and(|s| s.read_at < read_at) {
+            *current = None;
+        }
+    }
+
+    /// The configs to use now, refreshed when they are `VENDING_POOL_REFRESH` old.
+    pub async fn snapshot(&self) -> Result<Arc<Snapshot>, VendError> {
+        let now = epoch_now();
+        // One refresh per process at a time; the others wait for it.
+        let mut current = self.current.lock().await;
+        if let Some(snapshot) = current.as_ref().filter(|s| now < s.read_at + self.refresh_secs) {
+            return Ok(snapshot.clone());
+        }
+        match self.refresh(now, current.as_deref()).await {
+            Ok(Some(snapshot)) => {
+                let snapshot = Arc::new(snapshot);
+                *current = Some(snapshot.clone());
+                Ok(snapshot)
+            }
+            // Someone else is reading Parameter Store: keep what we have meanwhile.
+            Ok(None) => current.clone().ok_or(VendError::NoActivationYet),
+            Err(e) => match current.clone() {
+                Some(stale) => {
+                    tracing::warn!(error = %e, read_at = stale.read_at, "could not refresh the pools; using the configs read before");
+                    Ok(stale)
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    /// A fresher snapshot, or `None` when another process is reading Parameter Store
+    /// and this one has a copy to go on with.
+    async fn refresh(&self, now: EpochSecs, have: Option<&Snapshot>) -> Result<Option<Snapshot>, VendError> {
+        let stale_before = now - self.refresh_secs;
+        let shared = self.store.directory_snapshot().await?;
+        if let Some((configs, read_at)) = &shared {
+            if *read_at > stale_before {
+                return Ok(Some(Snapshot::parse(configs, *read_at, &self.environment)));
+            }
+        }
+        if self
+            .store
+            .claim_directory_refresh(now, stale_before, now + CLAIM_SECS)
+            .await?
+        {
+            let configs = self.source.read_all().await?;
+            self.store.save_directory_snapshot(&configs, now).await?;
+            tracing::info!(pools = configs.len(), "read the pool configs from Parameter Store");
+            return Ok(Some(Snapshot::parse(&configs, now, &self.environment)));
+        }
+        match (have, shared) {
+            (Some(_), _) => Ok(None),
+            // A cold process: the shared copy, stale as it is, beats nothing; with no
+            // copy anywhere, wait for the claimant's read briefly, then read ourselves.
+            (None, Some((configs, read_at))) => Ok(Some(Snapshot::parse(&configs, read_at, &self.environment))),
+            (None, None) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Some((configs, read_at)) = self.store.directory_snapshot().await? {
+                    return Ok(Some(Snapshot::parse(&configs, read_at, &self.environment)));
+                }
+                let configs = self.source.read_all().await?;
+                Ok(Some(Snapshot::parse(&configs, now, &self.environment)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn environment() -> PoolSettings {
+        PoolSettings {
+            iam_role: "env-role".into(),
+            registration_limit: 100,
+            activation_ttl: Duration::from_secs(86_400),
+            expiry_margin: Duration::from_secs(900),
+            tags: BTreeMap::new(),
+            default_instance_name: "vending-default".into(),
+            description: None,
+            allowed_cidrs: Vec::new(),
+            enabled: true,
+        }
+    }
+
+    fn snapshot(configs: &[(&str, &str)]) -> Snapshot {
+        let configs = configs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Snapshot::parse(&configs, 1_000, &environment())
+    }
+
+    #[test]
+    fn the_default_pool_comes_from_the_environment_until_it_has_a_config() {
+        let without = snapshot(&[]);
+        assert_eq!(without.lookup("default").unwrap().settings.iam_role, "env-role");
+        let with = snapshot(&[("default", r#"{"iam_role": "from-parameter"}"#)]);
+        assert_eq!(with.lookup("default").unwrap().settings.iam_role, "from-parameter");
+    }
+
+    #[test]
+    fn a_bad_config_isolates_only_its_own_pool() {
+        let s = snapshot(&[
+            ("good", r#"{"iam_role": "r"}"#),
+            ("bad", r#"{"iam_role": "r", "registration_limit": 5000}"#),
+            ("off", r#"{"iam_role": "r", "enabled": false}"#),
+        ]);
+        assert!(s.lookup("good").is_ok());
+        match s.lookup("bad").unwrap_err() {
+            VendError::PoolMisconfigured { pool, problem } => {
+                assert_eq!(pool, "bad");
+                assert!(problem.starts_with("registration_limit"), "{problem}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(s.lookup("off"), Err(VendError::PoolDisabled(_))));
+        assert!(matches!(s.lookup("absent"), Err(VendError::PoolNotFound(_))));
+    }
+}
