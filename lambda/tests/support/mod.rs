@@ -316,6 +316,46 @@ impl Emulator {
         serde_json::from_slice(&out.stdout).expect("a JSON report")
     }
 
+    /// Writes a pool's config parameter, as an operator does with `aws ssm put-parameter`.
+    pub async fn put_pool(&self, pool: &str, config: &Value) {
+        self.ssm()
+            .await
+            .put_parameter()
+            .name(format!("{}/pools/{pool}/config", self.env_value("VENDING_PARAMETER_PREFIX")))
+            .value(config.to_string())
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .expect("put the pool config");
+    }
+
+    /// Creates another IAM role SSM may give nodes (what provision.py does for the
+    /// default one).
+    pub fn create_role(&self, role: &str) {
+        let out = Command::new(python())
+            .arg(repo_root().join("scripts/emulator/provision.py"))
+            .args(["--endpoint", &self.url, "--role", role])
+            .output()
+            .expect("run provision.py");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Every activation SSM knows, with its role, limit and tags.
+    pub async fn activations(&self) -> Vec<aws_sdk_ssm::types::Activation> {
+        let ssm = self.ssm().await;
+        let mut all = Vec::new();
+        let mut token = None;
+        loop {
+            let out = ssm.describe_activations().set_next_token(token).send().await.unwrap();
+            all.extend(out.activation_list().iter().cloned());
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                return all;
+            }
+        }
+    }
+
     /// Remember a code seen by a test, to prove later it never reached a log.
     pub fn saw_code(&self, code: &str) {
         self.codes.lock().unwrap().push(code.to_owned());

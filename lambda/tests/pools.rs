@@ -1,0 +1,231 @@
+//! Pools: per-pool role, limit and tags on every activation (and so on every node),
+//! configs read at run time from Parameter Store, and who may ask.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use serde_json::json;
+use support::{Emulator, Server};
+
+const FAST_REFRESH: (&str, &str) = ("VENDING_POOL_REFRESH", "1s");
+
+fn tags_of(activation: &aws_sdk_ssm::types::Activation) -> HashMap<String, String> {
+    activation
+        .tags()
+        .iter()
+        .map(|t| (t.key().to_owned(), t.value().to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_pools_make_activations_with_their_own_role_limit_and_tags() {
+    let emulator = Emulator::start();
+    emulator.create_role("windows-test-nodes");
+    let linux_role = emulator.env_value("VENDING_INSTANCE_ROLE");
+    emulator
+        .put_pool(
+            "linux-prod",
+            &json!({"iam_role": linux_role, "registration_limit": 3, "tags": {"env": "prod", "os": "linux"}}),
+        )
+        .await;
+    emulator
+        .put_pool(
+            "windows-test",
+            &json!({"iam_role": "windows-test-nodes", "registration_limit": 5, "activation_ttl": "12h",
+                    "tags": {"env": "test"}, "default_instance_name": "win-test", "description": "Windows test fleet"}),
+        )
+        .await;
+    let server = emulator.serve(&[FAST_REFRESH]);
+
+    let linux = server.get("/activation?pool=linux-prod").await;
+    let windows = server.get("/activation?pool=windows-test").await;
+    assert_eq!(linux.status, 200, "{}", linux.shown());
+    assert_eq!(windows.status, 200, "{}", windows.shown());
+    assert_eq!(linux.json()["Pool"], "linux-prod");
+    assert_eq!(windows.json()["Pool"], "windows-test");
+    assert_ne!(linux.id(), windows.id());
+
+    let activations = emulator.activations().await;
+    let find = |id: String| activations.iter().find(|a| a.activation_id() == Some(id.as_str())).unwrap().clone();
+    let (l, w) = (find(linux.id()), find(windows.id()));
+    assert_eq!((l.iam_role(), l.registration_limit()), (Some(linux_role.as_str()), Some(3)));
+    assert_eq!((w.iam_role(), w.registration_limit()), (Some("windows-test-nodes"), Some(5)));
+    assert_eq!(w.default_instance_name(), Some("win-test"));
+    assert_eq!(w.description(), Some("Windows test fleet"));
+    assert_eq!(
+        tags_of(&l),
+        HashMap::from([
+            ("activation-vending:pool".to_owned(), "linux-prod".to_owned()),
+            ("env".to_owned(), "prod".to_owned()),
+            ("os".to_owned(), "linux".to_owned()),
+        ])
+    );
+    assert_eq!(tags_of(&w).get("env").map(String::as_str), Some("test"));
+
+    // Each pool keeps its own limit: the fourth Linux vend needs a new activation.
+    for _ in 0..2 {
+        assert_eq!(server.get("/activation?pool=linux-prod").await.id(), linux.id());
+    }
+    assert_ne!(server.get("/activation?pool=linux-prod").await.id(), linux.id());
+    assert!(emulator.register(&windows.id(), &windows.code(), "win-01").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_config_isolates_only_its_own_pool_and_nothing_is_taken() {
+    let emulator = Emulator::start();
+    let role = emulator.env_value("VENDING_INSTANCE_ROLE");
+    emulator.put_pool("good", &json!({"iam_role": role})).await;
+    emulator.put_pool("broken", &json!({"iam_role": role, "registration_limit": 5000})).await;
+    emulator.put_pool("typo", &json!({"iam_role": role, "registraton_limit": 5})).await;
+    emulator.put_pool("off", &json!({"iam_role": role, "enabled": false})).await;
+    let server = emulator.serve(&[FAST_REFRESH]);
+
+    let broken = server.get("/activation?pool=broken").await;
+    assert_eq!(broken.status, 500, "{}", broken.body);
+    assert_eq!(broken.json()["error"]["code"], "PoolMisconfigured");
+    let message = broken.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("broken") && message.contains("registration_limit"), "{message}");
+    let typo = server.get("/activation?pool=typo").await;
+    assert_eq!(typo.json()["error"]["code"], "PoolMisconfigured");
+    assert!(typo.body.contains("registraton_limit"), "{}", typo.body);
+
+    let off = server.get("/activation?pool=off").await;
+    assert_eq!((off.status, off.json()["error"]["code"].as_str()), (403, Some("PoolDisabled")));
+    let absent = server.get("/activation?pool=absent").await;
+    assert_eq!((absent.status, absent.json()["error"]["code"].as_str()), (404, Some("PoolNotFound")));
+
+    assert_eq!(server.get("/activation?pool=good").await.status, 200);
+    assert_eq!(server.get("/activation").await.status, 200, "default keeps working from the environment");
+    let pools: Vec<String> = emulator
+        .activations()
+        .await
+        .iter()
+        .filter_map(|a| tags_of(a).get("activation-vending:pool").cloned())
+        .collect();
+    let mut pools = pools;
+    pools.sort();
+    assert_eq!(pools, vec!["default", "good"], "no activation for a refused pool");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_change_rotates_so_no_node_registers_with_stale_tags() {
+    let emulator = Emulator::start();
+    let role = emulator.env_value("VENDING_INSTANCE_ROLE");
+    emulator
+        .put_pool("web", &json!({"iam_role": role, "tags": {"patch-group": "a"}}))
+        .await;
+    let server = emulator.serve(&[FAST_REFRESH]);
+    let before = server.get("/activation?pool=web").await;
+    assert_eq!(server.get("/activation?pool=web").await.id(), before.id());
+
+    emulator
+        .put_pool("web", &json!({"iam_role": role, "tags": {"patch-group": "b"}}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let after = server.get("/activation?pool=web").await;
+    assert_ne!(after.id(), before.id(), "the config changed: a new activation");
+    assert!(server.log_text().contains("reason=ConfigChanged"), "{}", server.log_text());
+    let activation = emulator
+        .activations()
+        .await
+        .into_iter()
+        .find(|a| a.activation_id() == Some(after.id().as_str()))
+        .unwrap();
+    assert_eq!(tags_of(&activation).get("patch-group").map(String::as_str), Some("b"));
+    assert_eq!(server.get("/activation?pool=web").await.id(), after.id(), "and no further rotation");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_outside_the_allowed_networks_takes_no_slot() {
+    let emulator = Emulator::start();
+    let role = emulator.env_value("VENDING_INSTANCE_ROLE");
+    emulator
+        .put_pool("site-a", &json!({"iam_role": role, "allowed_cidrs": ["10.20.0.0/16"]}))
+        .await;
+
+    // Behind a trusted proxy, the forwarded address is the caller.
+    let behind_alb = emulator.serve(&[("VENDING_TRUSTED_PROXIES", "127.0.0.0/8")]);
+    let admitted = behind_alb
+        .request(reqwest::Method::GET, "/activation?pool=site-a", &[("X-Forwarded-For", "10.20.1.1")])
+        .await;
+    assert_eq!(admitted.status, 200, "{}", admitted.shown());
+    assert!(
+        behind_alb.log_text().contains("source=10.20.1.1"),
+        "the vend's audit line has the source: {}",
+        behind_alb.log_text()
+    );
+    let outsider = behind_alb
+        .request(reqwest::Method::GET, "/activation?pool=site-a", &[("X-Forwarded-For", "192.0.2.1")])
+        .await;
+    assert_eq!(outsider.status, 403, "{}", outsider.shown());
+
+    // Without a trusted proxy, X-Forwarded-For proves nothing: the peer is the caller.
+    let direct = emulator.serve(&[]);
+    emulator.reset_calls().await;
+    let refused = direct
+        .request(reqwest::Method::GET, "/activation?pool=site-a", &[("X-Forwarded-For", "10.20.1.1")])
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.shown());
+    assert_eq!(refused.json()["error"]["code"], "Forbidden");
+    let calls = emulator.calls().await;
+    assert!(!calls.contains_key("DynamoDB.UpdateItem"), "no slot taken: {calls:?}");
+    let log = direct.log_text();
+    assert!(
+        log.contains("refused") && log.contains("site-a") && log.contains("127.0.0.1"),
+        "the refusal is logged with pool and source: {log}"
+    );
+    assert_eq!(emulator.activations().await.len(), 1, "only the admitted caller's activation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storm_over_three_pools_keeps_each_pools_limit_and_reads_parameter_store_rarely() {
+    let emulator = Emulator::start();
+    let role = emulator.env_value("VENDING_INSTANCE_ROLE");
+    let limits = [("alpha", 5u32), ("beta", 10), ("gamma", 25)];
+    for (pool, limit) in limits {
+        emulator
+            .put_pool(pool, &json!({"iam_role": role, "registration_limit": limit, "tags": {"pool-name": pool}}))
+            .await;
+    }
+    emulator.set_latency(5).await;
+    let servers: Vec<Arc<Server>> = (0..4).map(|_| Arc::new(emulator.serve(&[]))).collect();
+    let tasks = (0..300).map(|i| {
+        let server = servers[i % servers.len()].clone();
+        let pool = limits[i % limits.len()].0;
+        tokio::spawn(async move {
+            let answer = server
+                .vend_with_retries(&format!("/activation?pool={pool}"), Duration::from_secs(120))
+                .await;
+            (pool, answer)
+        })
+    });
+    let answers: Vec<_> = join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
+    emulator.set_latency(0).await;
+    let mut per_activation: HashMap<String, (u32, &str)> = HashMap::new();
+    for (pool, answer) in &answers {
+        assert_eq!(answer.status, 200, "{pool}: {}", answer.shown());
+        assert_eq!(answer.json()["Pool"], *pool);
+        per_activation.entry(answer.id()).or_insert((0, pool)).0 += 1;
+    }
+    for (id, (count, pool)) in &per_activation {
+        let limit = limits.iter().find(|(p, _)| p == pool).unwrap().1;
+        assert!(*count <= limit, "{id} of {pool} handed out {count} times, limit {limit}");
+    }
+    let refused: Vec<String> = join_all(answers.iter().enumerate().map(|(i, (_, a))| {
+        let (id, code) = (a.id(), a.code());
+        let emulator = &emulator;
+        async move { emulator.register(&id, &code, &format!("server-{i}")).await }
+    }))
+    .await
+    .into_iter()
+    .filter_map(Result::err)
+    .collect();
+    assert!(refused.is_empty(), "SSM refused {} registrations: {:?}", refused.len(), refused.first());
+    let reads = emulator.calls().await.get("SSM.GetParametersByPath").copied().unwrap_or(0);
+    println!("three-pool storm: 300 vends, {} activations, {reads} GetParametersByPath", per_activation.len());
+    assert!(reads <= 2, "4 cold processes read Parameter Store {reads} times; the shared copy should serve them");
+}
