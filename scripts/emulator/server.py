@@ -5,7 +5,30 @@ The rule: the emulator is never kinder than AWS, and it can fail in every way AW
 Adds to moto 5.2.5:
   * SSM CreateActivation, DescribeActivations (filters, pagination), DeleteActivation,
     with AWS's validation (limit 1..1000, expiry in the future and within 30 days,
-    IAM role by name).
+    IAM role by name, tags in SSM's tag alphabet: keys 1-128, values 0-256 characters
+    of letters, digits, spaces and _.:/=+-@, no aws: prefix).
+  * SSM managed nodes, made by POST /_emulator/register (below):
+    DescribeInstanceInformation with Filters (ActivationIds, AgentVersion,
+    AssociationStatus, IamRole, InstanceIds, PingStatus, PlatformTypes, ResourceType,
+    SourceIds, SourceTypes, tag-key, tag:KEY; tag filters cannot be combined with the
+    others) or the legacy InstanceInformationFilterList (not both), MaxResults 5..50
+    (default 10) and a NextToken that is a cursor in registration order, so nodes
+    deregistered between pages shift nothing. With tag filters MaxResults counts the
+    nodes looked at before filtering, as SSM does: pages can be short or empty and still
+    carry a NextToken. Refusals: InvalidFilterKey, InvalidInstanceInformationFilterValue
+    (a bad PingStatus/PlatformTypes/ResourceType value, two ResourceType values, tag
+    and other filters together), InvalidInstanceId (an InstanceIds value that is not a
+    node), InvalidNextToken, ValidationException.
+    A node's tags (ListTagsForResource / AddTagsToResource / RemoveTagsFromResource with
+    ResourceType ManagedInstance) start as its activation's tags.
+    DeregisterManagedInstance removes the node and its tags (InvalidInstanceId for an
+    unknown one, ValidationException for an ID that is not mi- + 17 hex); as in SSM the
+    activation's RegistrationsCount does not go down and the slot is not given back.
+  * SSM GetParametersByPath: moto's, plus AWS's validation (MaxResults 1..10, a Path that
+    starts with / and has at most 15 levels, no tag/Name/Path/Tier/DataType filters) and
+    a NextToken that is a cursor on the parameter name (results in name order). With
+    ParameterFilters, MaxResults counts the parameters looked at, so pages can be short
+    or empty and still carry a NextToken.
   * DynamoDB TransactWriteItems ClientRequestToken idempotency (moto ignores the token):
     a token seen in the last 10 minutes with the same request parameters returns
     success without applying the writes again if that request succeeded (and runs
@@ -23,8 +46,29 @@ Control endpoints (not AWS calls: no latency, not counted, no faults):
   GET    /_emulator/health    "OK" once the server is up.
   POST   /_emulator/register  {"ActivationId", "ActivationCode", "InstanceName"}: what the
                               SSM agent's registration does with an ID + code; 200
-                              {"InstanceId"} or 400 {"error": "InvalidActivation" |
-                              "ActivationExpired" | "RegistrationLimitExceeded"}.
+                              {"InstanceId": "mi-" + 17 hex} or 400 {"error":
+                              "InvalidActivation" (unknown, deleted, wrong code) |
+                              "ActivationExpired" | "RegistrationLimitExceeded"}. A success
+                              creates the managed node: ComputerName = InstanceName
+                              ("localhost" when empty), IamRole and Name (the activation's
+                              DefaultInstanceName) from the activation, PingStatus Online,
+                              LastPingDateTime = RegistrationDate = now, ResourceType
+                              ManagedInstance, PlatformType Linux, the activation's tags.
+                              Optional fields describe the agent: "PlatformType" (Linux |
+                              Windows | MacOS), "PlatformName", "PlatformVersion",
+                              "IPAddress" (default: the caller's address), "AgentVersion".
+                              Other fields: 400 {"error": "BadRequest", "message"}.
+  GET    /_emulator/nodes     {"Nodes": [node, ...] in registration order, "Deregistered":
+                              [{"InstanceId", "ActivationId", "ComputerName",
+                              "DeregisteredAt"}, ...]}; a node is DescribeInstanceInformation's
+                              InstanceInformation with dates as ISO 8601 UTC strings.
+  GET    /_emulator/nodes/ID  the node, or 404 {"error": "InvalidInstanceId", "message"}.
+  POST   /_emulator/nodes/ID  {"PingStatus": "Online" | "ConnectionLost" | "Inactive",
+                              "LastPingDateTime": ..., "RegistrationDate": ...} (each
+                              optional; dates ISO 8601 or epoch seconds): ages a node for
+                              tests; 200 with the node as it is now, 404 {"error":
+                              "InvalidInstanceId", "message"} for an unknown ID, 400
+                              {"error": "BadRequest", "message"} for anything else.
   GET    /_emulator/calls     {"DynamoDB.UpdateItem": n, ...}; DELETE resets.
   GET    /_emulator/faults    the active faults (with what is left of each count).
   POST   /_emulator/faults    add one fault (a JSON object) or several (a list); DELETE
@@ -76,9 +120,11 @@ import argparse
 import base64
 import datetime as dt
 import io
+import itertools
 import json
 import os
 import random
+import re
 import secrets
 import signal
 import socket
@@ -87,6 +133,7 @@ import sys
 import threading
 import time
 import uuid
+import unicodedata
 import zlib
 from collections import Counter
 from typing import Any, Iterable
@@ -102,7 +149,7 @@ from moto.moto_server.werkzeug_app import (
     MotoRequestHandler,
     create_backend_app,
 )
-from moto.ssm.exceptions import SSMException, ValidationException
+from moto.ssm.exceptions import InvalidResourceId, SSMException, ValidationException
 from moto.ssm.models import SimpleSystemManagerBackend, ssm_backends
 from moto.ssm.responses import SimpleSystemManagerResponse
 from werkzeug.serving import run_simple
@@ -158,6 +205,7 @@ class Activation:
         self.default_instance_name = default_instance_name
         self.tags = tags
         self.instances: list[str] = []
+        self.deregistered = 0  # registrations whose node was deregistered (reporting only)
 
     @property
     def expired(self) -> bool:
@@ -230,15 +278,17 @@ def create_activation(self: SimpleSystemManagerResponse) -> ActionResult:
         raise ValidationException("ExpirationDate must be in the future")
     if expires > now + MAX_ACTIVATION_LIFETIME + dt.timedelta(seconds=5):
         raise ValidationException("ExpirationDate cannot be more than 30 days in the future")
-    activation = Activation(
-        self.current_account,
-        role,
-        limit,
-        expires,
-        self._get_param("Description"),
-        self._get_param("DefaultInstanceName"),
-        self._get_param("Tags", []) or [],
-    )
+    description = self._get_param("Description")
+    default_name = self._get_param("DefaultInstanceName")
+    if description is not None and len(str(description)) > 256:
+        raise ValidationException(_constraint("description", description, "Member must have length less than or equal to 256"))
+    if default_name is not None and (len(str(default_name)) > 256 or not _tag_text_ok(str(default_name))):
+        raise ValidationException(
+            _constraint("defaultInstanceName", default_name, f"Member must satisfy regular expression pattern: {TAG_PATTERN}")
+        )
+    tags = self._get_param("Tags", []) or []
+    _validate_tags(tags)
+    activation = Activation(self.current_account, role, limit, expires, description, default_name, tags)
     _activations(self.ssm_backend)[activation.activation_id] = activation
     return ActionResult({"ActivationId": activation.activation_id, "ActivationCode": activation.code})
 
@@ -258,6 +308,19 @@ def _matches(activation: Activation, filters: Iterable[dict[str, Any]]) -> bool:
     return True
 
 
+def _encode_cursor(position: Any) -> str:
+    """An opaque NextToken that names the last item a page covered, never an offset: an
+    item deleted (or added before it) between two pages does not shift the next page."""
+    return base64.urlsafe_b64encode(json.dumps({"after": position}).encode()).decode()
+
+
+def _decode_cursor(token: Any) -> Any:
+    try:
+        return json.loads(base64.urlsafe_b64decode(str(token).encode()))["after"]
+    except Exception:
+        raise InvalidNextToken()
+
+
 def describe_activations(self: SimpleSystemManagerResponse) -> ActionResult:
     filters = self._get_param("Filters", []) or []
     max_results = self._get_param("MaxResults", 50) or 50
@@ -266,16 +329,15 @@ def describe_activations(self: SimpleSystemManagerResponse) -> ActionResult:
         raise ValidationException("MaxResults must be between 1 and 50")
     found = [a for a in _activations(self.ssm_backend).values() if _matches(a, filters)]
     found.sort(key=lambda a: (a.created, a.activation_id))
-    start = 0
     if token:
-        try:
-            start = int(base64.urlsafe_b64decode(token.encode()).decode())
-        except Exception:
+        after = _decode_cursor(token)
+        if not (isinstance(after, list) and len(after) == 2):
             raise InvalidNextToken()
-    page = found[start : start + max_results]
+        found = [a for a in found if [a.created.timestamp(), a.activation_id] > after]
+    page = found[:max_results]
     out: dict[str, Any] = {"ActivationList": [a.describe() for a in page]}
-    if start + max_results < len(found):
-        out["NextToken"] = base64.urlsafe_b64encode(str(start + max_results).encode()).decode()
+    if len(found) > max_results:
+        out["NextToken"] = _encode_cursor([page[-1].created.timestamp(), page[-1].activation_id])
     return ActionResult(out)
 
 
@@ -287,6 +349,7 @@ def delete_activation(self: SimpleSystemManagerResponse) -> ActionResult:
         raise InvalidActivationId(f"{activation_id} is not a valid activation ID")
     if _activations(self.ssm_backend).pop(activation_id, None) is None:
         raise InvalidActivation(f"Activation ID {activation_id} does not exist")
+    _deleted_activations(self.ssm_backend).add(activation_id)
     return EmptyResult()
 
 
@@ -295,23 +358,440 @@ SimpleSystemManagerResponse.describe_activations = describe_activations  # type:
 SimpleSystemManagerResponse.delete_activation = delete_activation  # type: ignore[attr-defined]
 
 
-def register_instance(activation_id: str, code: str, instance_name: str) -> tuple[int, dict[str, Any]]:
-    """What `amazon-ssm-agent -register` does against SSM, reduced to its verdicts."""
+def _deleted_activations(backend: SimpleSystemManagerBackend) -> set[str]:
+    if not hasattr(backend, "_vending_deleted_activations"):
+        backend._vending_deleted_activations = set()  # type: ignore[attr-defined]
+    return backend._vending_deleted_activations  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- tags
+
+
+# SSM's tag alphabet (TagKey, TagValue and DefaultInstanceName in the service model).
+TAG_PATTERN = r"^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$"
+TAG_PUNCTUATION = frozenset("_.:/=+-@")
+
+
+def _tag_text_ok(text: str) -> bool:
+    """Python's re has no \\p{..}: letters, separators and numbers by Unicode category."""
+    return all(unicodedata.category(c)[0] in "LZN" or c in TAG_PUNCTUATION for c in text)
+
+
+def _constraint(where: str, value: Any, constraint: str) -> str:
+    return f"1 validation error detected: Value '{value}' at '{where}' failed to satisfy constraint: {constraint}"
+
+
+def _validate_tags(tags: Any) -> None:
+    """What SSM refuses in a TagList (CreateActivation, AddTagsToResource)."""
+    if not isinstance(tags, list):
+        raise ValidationException("Tags must be a list")
+    if len(tags) > 1000:
+        raise ValidationException(_constraint("tags", f"[{len(tags)} tags]", "Member must have length less than or equal to 1000"))
+    for i, tag in enumerate(tags, 1):
+        key = tag.get("Key") if isinstance(tag, dict) else None
+        value = tag.get("Value") if isinstance(tag, dict) else None
+        if not isinstance(key, str) or not 1 <= len(key) <= 128:
+            raise ValidationException(_constraint(f"tags.{i}.member.key", key, "Member must have length between 1 and 128"))
+        if not _tag_text_ok(key):
+            raise ValidationException(
+                _constraint(f"tags.{i}.member.key", key, f"Member must satisfy regular expression pattern: {TAG_PATTERN}")
+            )
+        if key.lower().startswith("aws:"):
+            raise ValidationException(f"Tag keys beginning with 'aws:' are reserved: {key}")
+        if not isinstance(value, str) or len(value) > 256:
+            raise ValidationException(_constraint(f"tags.{i}.member.value", value, "Member must have length less than or equal to 256"))
+        if not _tag_text_ok(value):
+            raise ValidationException(
+                _constraint(f"tags.{i}.member.value", value, f"Member must satisfy regular expression pattern: {TAG_PATTERN}")
+            )
+
+
+# --------------------------------------------------------------------------- managed nodes
+
+
+class InvalidInstanceId(SSMException):
+    def __init__(self, message: str) -> None:
+        super().__init__("InvalidInstanceId", message)
+
+
+class InvalidFilterKey(SSMException):
+    def __init__(self, message: str) -> None:
+        super().__init__("InvalidFilterKey", message)
+
+
+class InvalidInstanceInformationFilterValue(SSMException):
+    def __init__(self, message: str) -> None:
+        super().__init__("InvalidInstanceInformationFilterValue", message)
+
+
+MANAGED_INSTANCE_ID = re.compile(r"^mi-[0-9a-f]{17}$")
+INSTANCE_ID = re.compile(r"(^i-(\w{8}|\w{17})$)|(^mi-\w{17}$)")
+PING_STATUSES = ("Online", "ConnectionLost", "Inactive")
+PLATFORM_TYPES = ("Windows", "Linux", "MacOS")
+RESOURCE_TYPES = ("EC2Instance", "ManagedInstance")
+ASSOCIATION_STATUSES = ("Success", "Pending", "Failed")
+LEGACY_FILTER_KEYS = ("InstanceIds", "AgentVersion", "PingStatus", "PlatformTypes", "ActivationIds", "IamRole", "ResourceType", "AssociationStatus")
+FILTER_KEYS = LEGACY_FILTER_KEYS + ("SourceIds", "SourceTypes")
+AGENT_VERSION = "3.3.1142.0"
+REGISTER_FIELDS = {"ActivationId", "ActivationCode", "InstanceName", "PlatformType", "PlatformName", "PlatformVersion", "IPAddress", "AgentVersion"}
+NODE_UPDATE_FIELDS = {"PingStatus", "LastPingDateTime", "RegistrationDate"}
+_node_sequence = itertools.count(1)
+
+
+class ManagedNode:
+    """A hybrid managed node ("mi-..."), as SSM keeps it once an agent registered."""
+
+    def __init__(self, activation: Activation, computer_name: str, details: dict[str, str]) -> None:
+        now = dt.datetime.now(dt.timezone.utc)
+        self.seq = next(_node_sequence)  # registration order: what NextToken cursors follow
+        self.instance_id = "mi-" + secrets.token_hex(9)[:17]
+        self.activation_id = activation.activation_id
+        self.iam_role = activation.iam_role
+        self.name = activation.default_instance_name
+        self.computer_name = computer_name
+        self.ping_status = "Online"
+        self.last_ping = now
+        self.registered = now
+        self.platform_type = details.get("PlatformType") or "Linux"
+        self.platform_name = details.get("PlatformName") or ("Microsoft Windows Server 2022 Datacenter" if self.platform_type == "Windows" else "Amazon Linux")
+        self.platform_version = details.get("PlatformVersion") or ("10.0.20348" if self.platform_type == "Windows" else "2023")
+        self.agent_version = details.get("AgentVersion") or AGENT_VERSION
+        self.ip_address = details.get("IPAddress") or "127.0.0.1"
+
+    def describe(self) -> dict[str, Any]:
+        """One InstanceInformation, the fields AWS returns for a hybrid node without associations."""
+        out: dict[str, Any] = {
+            "InstanceId": self.instance_id,
+            "PingStatus": self.ping_status,
+            "LastPingDateTime": self.last_ping,
+            "AgentVersion": self.agent_version,
+            "IsLatestVersion": self.agent_version == AGENT_VERSION,
+            "PlatformType": self.platform_type,
+            "PlatformName": self.platform_name,
+            "PlatformVersion": self.platform_version,
+            "ActivationId": self.activation_id,
+            "IamRole": self.iam_role,
+            "RegistrationDate": self.registered,
+            "ResourceType": "ManagedInstance",
+            "IPAddress": self.ip_address,
+            "ComputerName": self.computer_name,
+            "SourceId": self.instance_id,
+            "SourceType": "AWS::SSM::ManagedInstance",
+        }
+        if self.name:
+            out["Name"] = self.name
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        """The same for the control endpoints, dates as ISO 8601 UTC."""
+        return {k: _iso(v) if isinstance(v, dt.datetime) else v for k, v in self.describe().items()}
+
+
+def _iso(when: dt.datetime) -> str:
+    return when.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _nodes(backend: SimpleSystemManagerBackend) -> dict[str, ManagedNode]:
+    if not hasattr(backend, "_vending_nodes"):
+        backend._vending_nodes = {}  # type: ignore[attr-defined]
+    return backend._vending_nodes  # type: ignore[attr-defined]
+
+
+def _deregistered(backend: SimpleSystemManagerBackend) -> list[dict[str, Any]]:
+    if not hasattr(backend, "_vending_deregistered"):
+        backend._vending_deregistered = []  # type: ignore[attr-defined]
+    return backend._vending_deregistered  # type: ignore[attr-defined]
+
+
+def _all_backends() -> Iterable[SimpleSystemManagerBackend]:
     for account_backends in ssm_backends.values():
-        for backend in account_backends.values():
-            activation = _activations(backend).get(activation_id)
-            if activation is None:
-                continue
-            if not secrets.compare_digest(activation.code, code):
-                return 400, {"error": "InvalidActivation"}
-            if activation.expired:
-                return 400, {"error": "ActivationExpired"}
-            if activation.registrations >= activation.limit:
-                return 400, {"error": "RegistrationLimitExceeded"}
-            activation.registrations += 1
-            activation.instances.append(instance_name)
-            return 200, {"InstanceId": "mi-" + secrets.token_hex(9)[:17]}
+        yield from account_backends.values()
+
+
+def _find_node(instance_id: str) -> tuple[SimpleSystemManagerBackend, ManagedNode] | None:
+    for backend in _all_backends():
+        node = _nodes(backend).get(instance_id)
+        if node is not None:
+            return backend, node
+    return None
+
+
+def _node_matcher(filters: list[Any], legacy: list[Any], nodes: dict[str, ManagedNode]) -> tuple[Any, bool]:
+    """(predicate, by_tag) for DescribeInstanceInformation's filters. With tag filters SSM
+    applies MaxResults before filtering (pages can be short or empty and still carry a
+    NextToken); by_tag says so."""
+    if filters and legacy:
+        raise ValidationException("InstanceInformationFilterList and Filters cannot be used together")
+    tests: list[Any] = []
+    kinds = set()
+    specs: list[tuple[str, list[Any], str]] = []
+    for i, f in enumerate(filters, 1):
+        if not isinstance(f, dict):
+            raise ValidationException(f"filters.{i} is not a filter")
+        specs.append((f.get("Key"), f.get("Values"), f"filters.{i}.member"))
+    for i, f in enumerate(legacy, 1):
+        if not isinstance(f, dict):
+            raise ValidationException(f"instanceInformationFilterList.{i} is not a filter")
+        key = f.get("key")
+        if key not in LEGACY_FILTER_KEYS:
+            raise ValidationException(
+                _constraint(f"instanceInformationFilterList.{i}.member.key", key, f"Member must satisfy enum value set: [{', '.join(LEGACY_FILTER_KEYS)}]")
+            )
+        specs.append((key, f.get("valueSet"), f"instanceInformationFilterList.{i}.member.valueSet"))
+    for key, values, where in specs:
+        if not isinstance(key, str) or not key:
+            raise ValidationException(_constraint(where + ".key", key, "Member must have length greater than or equal to 1"))
+        if not isinstance(values, list) or not 1 <= len(values) <= 100:
+            raise ValidationException(_constraint(where + ".values", values, "Member must have length between 1 and 100"))
+        if not all(isinstance(v, str) and v for v in values):
+            raise ValidationException(_constraint(where + ".values", values, "[Member must have length greater than or equal to 1]"))
+        wanted = set(values)
+        if key == "tag-key":
+            kinds.add("tag")
+            tests.append(lambda n, b, w=wanted: bool(w & set(_node_tags(b, n))))
+            continue
+        if key.startswith("tag:") and len(key) > 4:
+            kinds.add("tag")
+            tests.append(lambda n, b, w=wanted, k=key[4:]: _node_tags(b, n).get(k) in w)
+            continue
+        if key not in FILTER_KEYS:
+            raise InvalidFilterKey(f"The filter key {key} is not valid. Valid filter keys: {', '.join(FILTER_KEYS)}, tag-key, tag:KEY")
+        kinds.add("plain")
+        allowed = {"PingStatus": PING_STATUSES, "PlatformTypes": PLATFORM_TYPES, "ResourceType": RESOURCE_TYPES, "AssociationStatus": ASSOCIATION_STATUSES}.get(key)
+        if allowed is not None and not wanted <= set(allowed):
+            raise InvalidInstanceInformationFilterValue(f"{key} filter values {sorted(wanted - set(allowed))} are not valid: {', '.join(allowed)}")
+        if key == "ResourceType" and len(values) != 1:
+            raise InvalidInstanceInformationFilterValue("ResourceType filter may contain only one value.")
+        if key == "InstanceIds":
+            for value in values:
+                if not INSTANCE_ID.match(value) or value not in nodes:
+                    raise InvalidInstanceId(f"Instance Id {value} is not valid or does not exist")
+        field = {
+            "InstanceIds": lambda n: n.instance_id,
+            "SourceIds": lambda n: n.instance_id,
+            "AgentVersion": lambda n: n.agent_version,
+            "PingStatus": lambda n: n.ping_status,
+            "PlatformTypes": lambda n: n.platform_type,
+            "ActivationIds": lambda n: n.activation_id,
+            "IamRole": lambda n: n.iam_role,
+            "ResourceType": lambda n: "ManagedInstance",
+            "SourceTypes": lambda n: "AWS::SSM::ManagedInstance",
+            "AssociationStatus": lambda n: None,
+        }[key]
+        tests.append(lambda n, b, w=wanted, get=field: get(n) in w)
+    if kinds == {"tag", "plain"}:
+        raise InvalidInstanceInformationFilterValue("Tag filters can't be combined with other filter types.")
+    return (lambda n, b: all(t(n, b) for t in tests)), kinds == {"tag"}
+
+
+def _node_tags(backend: SimpleSystemManagerBackend, node: ManagedNode) -> dict[str, str]:
+    return backend._resource_tags.get("ManagedInstance", {}).get(node.instance_id, {})  # type: ignore[no-any-return]
+
+
+def _page(items: list[Any], matches: Any, max_results: int, prefilter: bool) -> tuple[list[Any], Any]:
+    """One page of `items` (in cursor order, already past the token's cursor) and the last
+    item it covered (None when nothing is left). prefilter: MaxResults counts the items
+    looked at, as SSM does for tag and parameter filters, so a page may be short or empty."""
+    if prefilter:
+        window = items[:max_results]
+        return [i for i in window if matches(i)], (window[-1] if len(items) > max_results else None)
+    found = [i for i in items if matches(i)]
+    page = found[:max_results]
+    return page, (page[-1] if len(found) > max_results else None)
+
+
+def describe_instance_information(self: SimpleSystemManagerResponse) -> ActionResult:
+    filters = self._get_param("Filters") or []
+    legacy = self._get_param("InstanceInformationFilterList") or []
+    max_results = self._get_param("MaxResults")
+    token = self._get_param("NextToken")
+    if max_results is None:
+        max_results = 10
+    if not isinstance(max_results, int) or max_results < 5:
+        raise ValidationException(_constraint("maxResults", max_results, "Member must have value greater than or equal to 5"))
+    if max_results > 50:
+        raise ValidationException(_constraint("maxResults", max_results, "Member must have value less than or equal to 50"))
+    backend = self.ssm_backend
+    nodes = _nodes(backend)
+    matches, by_tag = _node_matcher(filters, legacy, nodes)
+    after = _decode_cursor(token) if token else 0
+    if not isinstance(after, int):
+        raise InvalidNextToken()
+    ordered = sorted((n for n in nodes.values() if n.seq > after), key=lambda n: n.seq)
+    page, last = _page(ordered, lambda n: matches(n, backend), max_results, by_tag)
+    out: dict[str, Any] = {"InstanceInformationList": [n.describe() for n in page]}
+    if last is not None:
+        out["NextToken"] = _encode_cursor(last.seq)
+    return ActionResult(out)
+
+
+def deregister_managed_instance(self: SimpleSystemManagerResponse) -> ActionResult:
+    instance_id = self._get_param("InstanceId")
+    if not isinstance(instance_id, str) or not MANAGED_INSTANCE_ID.match(instance_id):
+        raise ValidationException(
+            _constraint("instanceId", instance_id, "Member must satisfy regular expression pattern: (^mi-[0-9a-f]{17}$)|(^eks_c:[0-9A-Za-z][A-Za-z0-9\\-_]{0,99}_\\w{17}$)")
+        )
+    backend = self.ssm_backend
+    node = _nodes(backend).pop(instance_id, None)
+    if node is None:
+        raise InvalidInstanceId(f"Instance Id {instance_id} is not valid or does not exist")
+    backend._resource_tags.get("ManagedInstance", {}).pop(instance_id, None)
+    # SSM never gives the registration back: RegistrationsCount stays, the slot stays used.
+    _deregistered(backend).append(
+        {"InstanceId": instance_id, "ActivationId": node.activation_id, "ComputerName": node.computer_name,
+         "DeregisteredAt": _iso(dt.datetime.now(dt.timezone.utc))}
+    )
+    activation = _activations(backend).get(node.activation_id)
+    if activation is not None:
+        activation.deregistered += 1
+    return EmptyResult()
+
+
+SimpleSystemManagerResponse.describe_instance_information = describe_instance_information  # type: ignore[attr-defined]
+SimpleSystemManagerResponse.deregister_managed_instance = deregister_managed_instance  # type: ignore[attr-defined]
+
+_moto_validate_resource = SimpleSystemManagerBackend._validate_resource_type_and_id
+
+
+def _validate_resource_type_and_id(self: SimpleSystemManagerBackend, resource_type: str, resource_id: str) -> str:
+    """Tags on managed nodes (moto knows no node, so it refuses every ManagedInstance)."""
+    if resource_type == "ManagedInstance":
+        if resource_id in _nodes(self):
+            return resource_id
+        raise InvalidResourceId()
+    return _moto_validate_resource(self, resource_type, resource_id)  # type: ignore[no-any-return]
+
+
+SimpleSystemManagerBackend._validate_resource_type_and_id = _validate_resource_type_and_id  # type: ignore[method-assign]
+
+_moto_add_tags_to_resource = SimpleSystemManagerResponse.add_tags_to_resource
+
+
+def add_tags_to_resource(self: SimpleSystemManagerResponse) -> ActionResult:
+    _validate_tags(self._get_param("Tags"))
+    return _moto_add_tags_to_resource(self)  # type: ignore[no-any-return]
+
+
+SimpleSystemManagerResponse.add_tags_to_resource = add_tags_to_resource  # type: ignore[method-assign]
+
+
+def register_instance(body: dict[str, Any], source_ip: str = "") -> tuple[int, dict[str, Any]]:
+    """What `amazon-ssm-agent -register` does against SSM, reduced to its verdicts; a
+    success creates the managed node, tagged with the activation's tags."""
+    unknown = set(body) - REGISTER_FIELDS
+    if unknown:
+        raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
+    activation_id, code = str(body["ActivationId"]), str(body["ActivationCode"])
+    platform = body.get("PlatformType")
+    if platform is not None and platform not in PLATFORM_TYPES:
+        raise ValueError(f"PlatformType must be one of {', '.join(PLATFORM_TYPES)}")
+    for backend in _all_backends():
+        activation = _activations(backend).get(activation_id)
+        if activation is None:
+            continue  # deleted activations are gone from here too: InvalidActivation below
+        if not secrets.compare_digest(activation.code, code):
+            return 400, {"error": "InvalidActivation"}
+        if activation.expired:
+            return 400, {"error": "ActivationExpired"}
+        if activation.registrations >= activation.limit:
+            return 400, {"error": "RegistrationLimitExceeded"}
+        activation.registrations += 1
+        name = str(body.get("InstanceName") or "") or "localhost"
+        activation.instances.append(name)
+        details = {k: str(body[k]) for k in ("PlatformType", "PlatformName", "PlatformVersion", "IPAddress", "AgentVersion") if body.get(k)}
+        details.setdefault("IPAddress", source_ip)
+        nodes = _nodes(backend)
+        node = ManagedNode(activation, name[:255], details)
+        while node.instance_id in nodes or _find_node(node.instance_id) is not None:
+            node.instance_id = "mi-" + secrets.token_hex(9)[:17]
+        nodes[node.instance_id] = node
+        tags = {t["Key"]: t["Value"] for t in activation.tags}
+        if tags:
+            backend._resource_tags["ManagedInstance"][node.instance_id] = tags
+        return 200, {"InstanceId": node.instance_id}
     return 400, {"error": "InvalidActivation"}
+
+
+def update_node(instance_id: str, body: Any) -> tuple[int, dict[str, Any]]:
+    """Ages a node for tests: PingStatus, LastPingDateTime, RegistrationDate."""
+    found = _find_node(instance_id)
+    if found is None:
+        return 404, {"error": "InvalidInstanceId", "message": f"no managed node {instance_id}"}
+    if not isinstance(body, dict) or set(body) - NODE_UPDATE_FIELDS:
+        raise ValueError(f"a node update is an object of {', '.join(sorted(NODE_UPDATE_FIELDS))}")
+    _, node = found
+    status = body.get("PingStatus", node.ping_status)
+    if status not in PING_STATUSES:
+        raise ValueError(f"PingStatus must be one of {', '.join(PING_STATUSES)}")
+    try:
+        last_ping = _to_datetime(body["LastPingDateTime"]) if "LastPingDateTime" in body else node.last_ping
+        registered = _to_datetime(body["RegistrationDate"]) if "RegistrationDate" in body else node.registered
+    except (SSMException, ValueError, OverflowError) as err:
+        raise ValueError(f"dates are ISO 8601 or epoch seconds: {err}")
+    node.ping_status, node.last_ping, node.registered = status, last_ping, registered
+    return 200, node.as_json()
+
+
+def list_nodes() -> dict[str, Any]:
+    nodes = [n for b in _all_backends() for n in _nodes(b).values()]
+    nodes.sort(key=lambda n: n.seq)
+    gone = [d for b in _all_backends() for d in _deregistered(b)]
+    return {"Nodes": [n.as_json() for n in nodes], "Deregistered": gone}
+
+
+# --------------------------------------------------------------------------- GetParametersByPath
+
+
+PARAMETER_BY_PATH_MAX_RESULTS = 10
+PARAMETER_HIERARCHY_MAX_LEVELS = 15
+
+
+def get_parameters_by_path(
+    self: SimpleSystemManagerBackend,
+    path: str,
+    recursive: bool,
+    filters: list[dict[str, Any]] | None = None,
+    next_token: str | None = None,
+    max_results: int = 10,
+) -> tuple[list[Any], str | None]:
+    """moto's, with AWS's validation (MaxResults 1..10, the path, no tag/Name/Path/Tier/
+    DataType filters) and a NextToken that is a cursor on the parameter name, not an offset.
+    With ParameterFilters, MaxResults counts the parameters looked at, as SSM does: a page
+    can be short or empty and still carry a NextToken."""
+    if max_results is None:
+        max_results = PARAMETER_BY_PATH_MAX_RESULTS
+    if not isinstance(max_results, int) or max_results < 1:
+        raise ValidationException(_constraint("maxResults", max_results, "Member must have value greater than or equal to 1"))
+    if max_results > PARAMETER_BY_PATH_MAX_RESULTS:
+        raise ValidationException(
+            _constraint("maxResults", max_results, f"Member must have value less than or equal to {PARAMETER_BY_PATH_MAX_RESULTS}")
+        )
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValidationException(
+            'The parameter doesn\'t meet the parameter name requirements. The parameter name must begin with a forward slash "/".'
+        )
+    if len([p for p in path.split("/") if p]) > PARAMETER_HIERARCHY_MAX_LEVELS:
+        raise ValidationException(f"The parameter hierarchy depth is greater than {PARAMETER_HIERARCHY_MAX_LEVELS}.")
+    for f in filters or []:
+        key = f.get("Key", "") if isinstance(f, dict) else ""
+        if key.startswith("tag:") or key == "DataType":
+            raise InvalidFilterKey(f"The following filter key is not valid: {key}. Valid filter keys include: [Type, KeyId, Label].")
+    self._validate_parameter_filters(filters, by_path=True)
+    after = _decode_cursor(next_token) if next_token else ""
+    if not isinstance(after, str):
+        raise InvalidNextToken()
+    prefix = path.rstrip("/") + "/"
+    names = sorted(n for n in self._parameters.get_keys_beginning_with(prefix, recursive) if n > after)
+    params = [self.get_parameter(n) for n in names]
+
+    def matches(parameter: Any) -> bool:
+        return bool(self._match_filters(parameter, filters))
+
+    page, last = _page(params, matches, max_results, prefilter=bool(filters))
+    return page, (None if last is None else _encode_cursor(last.name))
+
+
+SimpleSystemManagerBackend.get_parameters_by_path = get_parameters_by_path  # type: ignore[method-assign]
 
 
 # --------------------------------------------------------------------------- DynamoDB
@@ -724,7 +1204,7 @@ class Emulator:
         method = environ.get("REQUEST_METHOD", "GET")
         raw = request_body(environ)
         try:
-            status, payload = self.route(method, path, raw)
+            status, payload = self.route(method, path, raw, environ.get("REMOTE_ADDR", ""))
         except (ValueError, KeyError, TypeError) as err:
             status, payload = 400, {"error": "BadRequest", "message": str(err)}
         body = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
@@ -732,7 +1212,7 @@ class Emulator:
         start_response(f"{status} {'OK' if status == 200 else 'Error'}", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
         return [body]
 
-    def route(self, method: str, path: str, raw: bytes) -> tuple[int, Any]:
+    def route(self, method: str, path: str, raw: bytes, peer: str = "") -> tuple[int, Any]:
         if path == "/_emulator/health" and method == "GET":
             return 200, "OK"
         if path == "/_emulator/calls":
@@ -770,10 +1250,22 @@ class Emulator:
                     return 200, {"ms": self.latency_ms, "jitter_ms": self.jitter_ms}
         if path == "/_emulator/register" and method == "POST":
             body = json.loads(raw or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError('register takes {"ActivationId", "ActivationCode", "InstanceName"}')
             with self.aws_lock:
-                return register_instance(
-                    str(body["ActivationId"]), str(body["ActivationCode"]), str(body.get("InstanceName", ""))
-                )
+                return register_instance(body, peer)
+        if path == "/_emulator/nodes" and method == "GET":
+            with self.aws_lock:
+                return 200, list_nodes()
+        if path.startswith("/_emulator/nodes/") and method in ("GET", "POST"):
+            instance_id = path[len("/_emulator/nodes/") :]
+            with self.aws_lock:
+                if method == "GET":
+                    found = _find_node(instance_id)
+                    if found is None:
+                        return 404, {"error": "InvalidInstanceId", "message": f"no managed node {instance_id}"}
+                    return 200, found[1].as_json()
+                return update_node(instance_id, json.loads(raw or b"{}"))
         return 404, {"error": "NotFound", "message": f"{method} {path}"}
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the emulator's own tests (tests/emulator/test_emulator.py, pytest): faults before
 # and after the call is applied, dropped connections, DynamoDB's error shapes, latency,
-# TransactWriteItems token idempotency and ALL_OLD on failed conditions. The tests start
+# TransactWriteItems token idempotency and ALL_OLD on failed conditions, managed nodes
+# (DescribeInstanceInformation, their tags, DeregisterManagedInstance, aging) and
+# GetParametersByPath's validation and pages. The tests start
 # their own emulator (scripts/emulator/server.py) on a free port and stop it at the end.
 #
 # Usage: tests/emulator/run.sh [PYTEST_ARG...]     (e.g. -k latency, -x, -q)

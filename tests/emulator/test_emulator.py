@@ -5,7 +5,10 @@ does. These tests start it on a free port, provision the table with
 scripts/emulator/provision.py, and check each behaviour with boto3 over the wire:
 faults before and after the call is applied, dropped connections, DynamoDB's error
 shapes, network latency that overlaps, TransactWriteItems token idempotency and
-ReturnValuesOnConditionCheckFailure=ALL_OLD.
+ReturnValuesOnConditionCheckFailure=ALL_OLD; the managed nodes /_emulator/register makes
+(DescribeInstanceInformation's fields, filters and cursor pages, their tags,
+DeregisterManagedInstance, aging them with /_emulator/nodes/ID) and GetParametersByPath
+as AWS validates and pages it.
 
 Run with tests/emulator/run.sh (or .venv/bin/python -m pytest tests/emulator).
 """
@@ -16,6 +19,7 @@ import concurrent.futures
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -244,6 +248,7 @@ def test_when_defaults_to_before_and_is_shown(emulator: str) -> None:
         "rate": 1.0,
         "delay_ms": 0,
         "count": 2,
+        "skip": 0,
     }
     assert control(emulator, "GET", "/_emulator/faults") == shown
 
@@ -677,3 +682,433 @@ def test_calls_are_counted(emulator: str, ddb: Any) -> None:
         get(ddb, new_key())
     get(ddb, new_key())
     assert control(emulator, "GET", "/_emulator/calls") == {"DynamoDB.GetItem": 2}
+
+
+# --------------------------------------------------------------------------- managed nodes (issues 10, 11)
+
+ROLE = "activation-vending-managed-instance"
+POOL_TAG = "activation-vending:pool"
+MI_ID = re.compile(r"^mi-[0-9a-f]{17}$")
+
+
+@pytest.fixture
+def ssm(emulator: str) -> Any:
+    return client(emulator, "ssm")
+
+
+@pytest.fixture
+def raw_ssm(emulator: str) -> Any:
+    """An SSM client that sends what it is given, so the emulator's own validation answers."""
+    config = Config(retries={"mode": "standard", "total_max_attempts": 1}, parameter_validation=False)
+    return session().client("ssm", endpoint_url=emulator, config=config)
+
+
+def control_answer(url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    try:
+        return 200, control(url, method, path, body)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def new_activation(ssm: Any, pool: str | None = None, limit: int = 20, **extra: Any) -> tuple[str, str, str]:
+    """(activation id, code, the pool tag value); every test gets a pool of its own."""
+    pool = pool or f"pool-{uuid.uuid4().hex[:8]}"
+    tags = [{"Key": POOL_TAG, "Value": pool}] + extra.pop("Tags", [])
+    out = ssm.create_activation(IamRole=ROLE, RegistrationLimit=limit, DefaultInstanceName=f"vending-{pool}", Tags=tags, **extra)
+    return out["ActivationId"], out["ActivationCode"], pool
+
+
+def register(url: str, activation_id: str, code: str, name: str, **extra: Any) -> tuple[int, Any]:
+    body = {"ActivationId": activation_id, "ActivationCode": code, "InstanceName": name, **extra}
+    return control_answer(url, "POST", "/_emulator/register", body)
+
+
+def register_ok(url: str, activation_id: str, code: str, name: str) -> str:
+    status, body = register(url, activation_id, code, name)
+    assert status == 200, body
+    return str(body["InstanceId"])
+
+
+def describe_all(ssm: Any, **kwargs: Any) -> tuple[list[dict[str, Any]], int]:
+    """Every node the filters select, following NextToken; and how many calls it took."""
+    found: list[dict[str, Any]] = []
+    calls, token = 0, None
+    while True:
+        page = ssm.describe_instance_information(**kwargs, **({"NextToken": token} if token else {}))
+        calls += 1
+        found += page["InstanceInformationList"]
+        token = page.get("NextToken")
+        if not token:
+            return found, calls
+
+
+def by_activation(activation_id: str) -> list[dict[str, Any]]:
+    return [{"Key": "ActivationIds", "Values": [activation_id]}]
+
+
+def error_code(err: pytest.ExceptionInfo[botocore.exceptions.ClientError]) -> str:
+    return str(err.value.response["Error"]["Code"])
+
+
+def test_register_creates_a_managed_node_as_ssm_lists_it(emulator: str, ssm: Any) -> None:
+    activation_id, code, pool = new_activation(ssm)
+    before = time.time()
+    instance_id = register_ok(emulator, activation_id, code, "web-01.example.internal")
+    assert MI_ID.match(instance_id)
+    (node,) = ssm.describe_instance_information(Filters=by_activation(activation_id))["InstanceInformationList"]
+    assert node["InstanceId"] == instance_id
+    assert node["ActivationId"] == activation_id
+    assert node["IamRole"] == ROLE
+    assert node["ComputerName"] == "web-01.example.internal"
+    assert node["Name"] == f"vending-{pool}"  # the activation's DefaultInstanceName
+    assert node["PingStatus"] == "Online"
+    assert node["ResourceType"] == "ManagedInstance"
+    assert node["PlatformType"] == "Linux"
+    assert node["SourceId"] == instance_id and node["SourceType"] == "AWS::SSM::ManagedInstance"
+    assert isinstance(node["IsLatestVersion"], bool) and re.match(r"^\d+\.\d+\.\d+\.\d+$", node["AgentVersion"])
+    for field in ("RegistrationDate", "LastPingDateTime"):
+        assert before - 1 <= node[field].timestamp() <= time.time() + 1, field
+    # The agent may say more about itself (a Windows stand-in, say).
+    status, body = register(emulator, activation_id, code, "win-01", PlatformType="Windows", IPAddress="10.1.2.3")
+    assert status == 200
+    (win,) = ssm.describe_instance_information(Filters=[{"Key": "InstanceIds", "Values": [body["InstanceId"]]}])["InstanceInformationList"]
+    assert (win["PlatformType"], win["IPAddress"], win["ComputerName"]) == ("Windows", "10.1.2.3", "win-01")
+
+
+def test_a_node_carries_its_activations_tags(emulator: str, ssm: Any) -> None:
+    activation_id, code, pool = new_activation(ssm, Tags=[{"Key": "env", "Value": "prod"}, {"Key": "team", "Value": ""}])
+    instance_id = register_ok(emulator, activation_id, code, "db-01")
+    tags = ssm.list_tags_for_resource(ResourceType="ManagedInstance", ResourceId=instance_id)["TagList"]
+    assert sorted((t["Key"], t["Value"]) for t in tags) == sorted([(POOL_TAG, pool), ("env", "prod"), ("team", "")])
+    ssm.add_tags_to_resource(ResourceType="ManagedInstance", ResourceId=instance_id, Tags=[{"Key": "patch", "Value": "sunday"}])
+    ssm.remove_tags_from_resource(ResourceType="ManagedInstance", ResourceId=instance_id, TagKeys=["env"])
+    tags = ssm.list_tags_for_resource(ResourceType="ManagedInstance", ResourceId=instance_id)["TagList"]
+    assert sorted(t["Key"] for t in tags) == sorted([POOL_TAG, "team", "patch"])
+    # The activation's tags stay as they were.
+    (activation,) = ssm.describe_activations(Filters=[{"FilterKey": "ActivationIds", "FilterValues": [activation_id]}])["ActivationList"]
+    assert {t["Key"] for t in activation["Tags"]} == {POOL_TAG, "env", "team"}
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        ssm.list_tags_for_resource(ResourceType="ManagedInstance", ResourceId="mi-0123456789abcdef0")
+    assert error_code(err) == "InvalidResourceId"
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        [{"Key": "aws:reserved", "Value": "x"}],
+        [{"Key": "k" * 129, "Value": "x"}],
+        [{"Key": "bad,comma", "Value": "x"}],
+        [{"Key": "ok", "Value": "v" * 257}],
+        [{"Key": "", "Value": "x"}],
+    ],
+    ids=["aws-prefix", "long-key", "comma", "long-value", "empty-key"],
+)
+def test_activation_tags_outside_ssms_alphabet_are_refused(raw_ssm: Any, tags: list[dict[str, str]]) -> None:
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        raw_ssm.create_activation(IamRole=ROLE, Tags=tags)
+    assert error_code(err) == "ValidationException"
+
+
+def test_activation_tags_in_ssms_alphabet_are_accepted(ssm: Any) -> None:
+    tags = [{"Key": "Kostenstelle/Übersicht", "Value": "a b:c=d+e-f@g.h_i"}, {"Key": "n", "Value": ""}]
+    new_activation(ssm, Tags=tags)
+
+
+def test_filters_select_nodes(emulator: str, ssm: Any) -> None:
+    a1, c1, pool1 = new_activation(ssm, Tags=[{"Key": "env", "Value": "prod"}])
+    a2, c2, pool2 = new_activation(ssm, Tags=[{"Key": "env", "Value": "test"}])
+    n1 = [register_ok(emulator, a1, c1, f"a-{i}") for i in range(3)]
+    n2 = [register_ok(emulator, a2, c2, f"b-{i}") for i in range(2)]
+    control(emulator, "POST", f"/_emulator/nodes/{n1[0]}", {"PingStatus": "ConnectionLost"})
+
+    def ids(**kwargs: Any) -> set[str]:
+        return {n["InstanceId"] for n in describe_all(ssm, **kwargs)[0]}
+
+    assert ids(Filters=by_activation(a1)) == set(n1)
+    assert ids(Filters=[{"Key": "ActivationIds", "Values": [a1, a2]}]) == set(n1 + n2)
+    assert ids(Filters=[*by_activation(a1), {"Key": "PingStatus", "Values": ["ConnectionLost"]}]) == {n1[0]}
+    assert ids(Filters=[*by_activation(a1), {"Key": "PingStatus", "Values": ["Online"]}]) == set(n1[1:])
+    assert ids(Filters=[*by_activation(a2), {"Key": "ResourceType", "Values": ["ManagedInstance"]}]) == set(n2)
+    assert ids(Filters=[*by_activation(a2), {"Key": "ResourceType", "Values": ["EC2Instance"]}]) == set()
+    assert ids(Filters=[{"Key": f"tag:{POOL_TAG}", "Values": [pool1, pool2]}]) == set(n1 + n2)
+    assert ids(Filters=[{"Key": f"tag:{POOL_TAG}", "Values": [pool2]}, {"Key": "tag:env", "Values": ["test"]}]) == set(n2)
+    assert ids(Filters=[{"Key": f"tag:{POOL_TAG}", "Values": [pool1]}, {"Key": "tag:env", "Values": ["test"]}]) == set()
+    assert set(n1 + n2) <= ids(Filters=[{"Key": "tag-key", "Values": ["env"]}])
+    assert ids(InstanceInformationFilterList=[{"key": "ActivationIds", "valueSet": [a2]}]) == set(n2)
+    assert ids(Filters=[{"Key": "InstanceIds", "Values": [n1[1], n2[0]]}]) == {n1[1], n2[0]}
+    assert ids(Filters=[*by_activation(a1), {"Key": "IamRole", "Values": [ROLE]}]) == set(n1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code"),
+    [
+        ({"Filters": [{"Key": "Nope", "Values": ["x"]}]}, "InvalidFilterKey"),
+        ({"Filters": [{"Key": "tag:", "Values": ["x"]}]}, "InvalidFilterKey"),
+        ({"Filters": [{"Key": "tag-keys", "Values": ["x"]}]}, "InvalidFilterKey"),
+        ({"Filters": [{"Key": "PingStatus", "Values": ["Sleeping"]}]}, "InvalidInstanceInformationFilterValue"),
+        ({"Filters": [{"Key": "ResourceType", "Values": ["ManagedInstance", "EC2Instance"]}]}, "InvalidInstanceInformationFilterValue"),
+        ({"Filters": [{"Key": "tag:env", "Values": ["x"]}, {"Key": "PingStatus", "Values": ["Online"]}]}, "InvalidInstanceInformationFilterValue"),
+        ({"Filters": [{"Key": "InstanceIds", "Values": ["mi-0123456789abcdef0"]}]}, "InvalidInstanceId"),
+        ({"Filters": [{"Key": "PingStatus", "Values": []}]}, "ValidationException"),
+        ({"Filters": [{"Key": "PingStatus", "Values": ["Online"]}], "InstanceInformationFilterList": [{"key": "PingStatus", "valueSet": ["Online"]}]}, "ValidationException"),
+        ({"InstanceInformationFilterList": [{"key": "tag:env", "valueSet": ["x"]}]}, "ValidationException"),
+        ({"MaxResults": 4}, "ValidationException"),
+        ({"MaxResults": 51}, "ValidationException"),
+        ({"NextToken": "not-a-token"}, "InvalidNextToken"),
+    ],
+    ids=[
+        "unknown-key", "empty-tag-key", "tag-keys", "bad-ping-status", "two-resource-types", "tag-and-plain",
+        "unknown-instance", "no-values", "both-filter-lists", "legacy-tag", "max-4", "max-51", "bad-token",
+    ],
+)
+def test_describe_instance_information_refuses_what_ssm_refuses(raw_ssm: Any, kwargs: dict[str, Any], code: str) -> None:
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        raw_ssm.describe_instance_information(**kwargs)
+    assert error_code(err) == code
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
+def test_describe_instance_information_pages_by_max_results(emulator: str, ssm: Any) -> None:
+    activation_id, code, _ = new_activation(ssm, limit=30)
+    registered = [register_ok(emulator, activation_id, code, f"n-{i}") for i in range(23)]
+    first = ssm.describe_instance_information(Filters=by_activation(activation_id))
+    assert len(first["InstanceInformationList"]) == 10  # SSM's default page
+    assert first["NextToken"]
+    for size, calls in ((5, 5), (10, 3), (50, 1)):
+        found, used = describe_all(ssm, Filters=by_activation(activation_id), MaxResults=size)
+        assert [n["InstanceId"] for n in found] == registered
+        assert used == calls
+    # boto3's own paginator follows the same tokens.
+    pages = ssm.get_paginator("describe_instance_information").paginate(Filters=by_activation(activation_id), PaginationConfig={"PageSize": 7})
+    assert [n["InstanceId"] for p in pages for n in p["InstanceInformationList"]] == registered
+
+
+def test_next_token_is_a_cursor_that_survives_deregistration(emulator: str, ssm: Any) -> None:
+    """A node deregistered between two pages shifts nothing: no node is skipped or repeated."""
+    activation_id, code, _ = new_activation(ssm, limit=30)
+    registered = [register_ok(emulator, activation_id, code, f"c-{i}") for i in range(15)]
+    page = ssm.describe_instance_information(Filters=by_activation(activation_id), MaxResults=5)
+    seen = [n["InstanceId"] for n in page["InstanceInformationList"]]
+    assert seen == registered[:5]
+    # Gone between pages: two already seen, one not seen yet.
+    for gone in (registered[0], registered[3], registered[7]):
+        ssm.deregister_managed_instance(InstanceId=gone)
+    token = page["NextToken"]
+    while token:
+        page = ssm.describe_instance_information(Filters=by_activation(activation_id), MaxResults=5, NextToken=token)
+        seen += [n["InstanceId"] for n in page["InstanceInformationList"]]
+        token = page.get("NextToken")
+    assert seen == [i for i in registered if i != registered[7]]
+
+
+def test_tag_filters_page_before_filtering_like_ssm(emulator: str, ssm: Any) -> None:
+    """With tag filters SSM counts MaxResults over the nodes it looks at, so pages can be
+    short or even empty and still carry a NextToken: a client must follow it to the end."""
+    mine, code, pool = new_activation(ssm, limit=10)
+    other, other_code, _ = new_activation(ssm, limit=20)
+    for i in range(12):
+        register_ok(emulator, other, other_code, f"other-{i}")
+    wanted = [register_ok(emulator, mine, code, f"mine-{i}") for i in range(2)]
+    pages = []
+    token = None
+    while True:
+        page = ssm.describe_instance_information(
+            Filters=[{"Key": f"tag:{POOL_TAG}", "Values": [pool]}], MaxResults=5, **({"NextToken": token} if token else {})
+        )
+        pages.append([n["InstanceId"] for n in page["InstanceInformationList"]])
+        token = page.get("NextToken")
+        if not token:
+            break
+    assert [i for p in pages for i in p] == wanted
+    assert any(p == [] for p in pages[:-1]), f"expected an empty page before the end, got {pages}"
+
+
+def test_deregister_removes_the_node_but_never_frees_a_slot(emulator: str, ssm: Any) -> None:
+    activation_id, code, _ = new_activation(ssm, limit=2)
+    first = register_ok(emulator, activation_id, code, "r-1")
+    second = register_ok(emulator, activation_id, code, "r-2")
+    ssm.deregister_managed_instance(InstanceId=first)
+    assert [n["InstanceId"] for n in describe_all(ssm, Filters=by_activation(activation_id))[0]] == [second]
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        ssm.list_tags_for_resource(ResourceType="ManagedInstance", ResourceId=first)
+    assert error_code(err) == "InvalidResourceId"
+    # As in SSM: the registration stays counted and the slot stays used.
+    (activation,) = ssm.describe_activations(Filters=[{"FilterKey": "ActivationIds", "FilterValues": [activation_id]}])["ActivationList"]
+    assert activation["RegistrationsCount"] == 2
+    assert register(emulator, activation_id, code, "r-3") == (400, {"error": "RegistrationLimitExceeded"})
+    # Reported as gone, for tests.
+    gone = control(emulator, "GET", "/_emulator/nodes")["Deregistered"]
+    assert {"InstanceId": first, "ActivationId": activation_id, "ComputerName": "r-1"}.items() <= next(
+        g for g in gone if g["InstanceId"] == first
+    ).items()
+    for again in (first, "mi-0123456789abcdef0"):
+        with pytest.raises(botocore.exceptions.ClientError) as err:
+            ssm.deregister_managed_instance(InstanceId=again)
+        assert error_code(err) == "InvalidInstanceId"
+
+
+def test_deregister_validates_the_id(raw_ssm: Any) -> None:
+    for bad in ("i-0123456789abcdef0", "mi-0123", "mi-0123456789ABCDEF0"):
+        with pytest.raises(botocore.exceptions.ClientError) as err:
+            raw_ssm.deregister_managed_instance(InstanceId=bad)
+        assert error_code(err) == "ValidationException"
+
+
+def test_register_verdicts(emulator: str, ssm: Any) -> None:
+    activation_id, code, _ = new_activation(ssm, limit=1)
+    wrong = ("A" if code[0] != "A" else "B") + code[1:]
+    assert register(emulator, activation_id, wrong, "v-1") == (400, {"error": "InvalidActivation"})
+    assert register(emulator, str(uuid.uuid4()), code, "v-1") == (400, {"error": "InvalidActivation"})
+    register_ok(emulator, activation_id, code, "v-1")
+    assert register(emulator, activation_id, code, "v-2") == (400, {"error": "RegistrationLimitExceeded"})
+    status, body = register(emulator, activation_id, code, "v-3", Colour="blue")
+    assert status == 400 and body["error"] == "BadRequest"
+
+
+def test_register_refuses_a_deleted_activation(emulator: str, ssm: Any) -> None:
+    activation_id, code, _ = new_activation(ssm, limit=5)
+    node = register_ok(emulator, activation_id, code, "d-1")
+    ssm.delete_activation(ActivationId=activation_id)
+    assert register(emulator, activation_id, code, "d-2") == (400, {"error": "InvalidActivation"})
+    # Nodes registered before stay managed, as in SSM.
+    assert [n["InstanceId"] for n in describe_all(ssm, Filters=by_activation(activation_id))[0]] == [node]
+
+
+def test_register_refuses_an_expired_activation(emulator: str, ssm: Any) -> None:
+    expires = time.time() + 1.5
+    activation_id, code, _ = new_activation(ssm, limit=5, ExpirationDate=expires)
+    time.sleep(max(0.0, expires - time.time()) + 0.1)
+    assert register(emulator, activation_id, code, "e-1") == (400, {"error": "ActivationExpired"})
+
+
+def test_nodes_can_be_aged_for_tests(emulator: str, ssm: Any) -> None:
+    activation_id, code, _ = new_activation(ssm)
+    node = register_ok(emulator, activation_id, code, "old-01")
+    aged = control(
+        emulator,
+        "POST",
+        f"/_emulator/nodes/{node}",
+        {"PingStatus": "ConnectionLost", "LastPingDateTime": "2024-05-01T10:00:00Z", "RegistrationDate": 1700000000},
+    )
+    assert aged["InstanceId"] == node
+    assert (aged["PingStatus"], aged["LastPingDateTime"], aged["RegistrationDate"]) == (
+        "ConnectionLost",
+        "2024-05-01T10:00:00.000Z",
+        "2023-11-14T22:13:20.000Z",
+    )
+    (seen,) = ssm.describe_instance_information(
+        Filters=[*by_activation(activation_id), {"Key": "PingStatus", "Values": ["ConnectionLost"]}]
+    )["InstanceInformationList"]
+    assert seen["LastPingDateTime"].timestamp() == 1714557600
+    assert seen["RegistrationDate"].timestamp() == 1700000000
+    assert control(emulator, "GET", f"/_emulator/nodes/{node}") == aged
+    # Partial updates keep the rest; an offset is understood.
+    again = control(emulator, "POST", f"/_emulator/nodes/{node}", {"LastPingDateTime": "2024-05-01T12:00:00+02:00"})
+    assert (again["PingStatus"], again["LastPingDateTime"]) == ("ConnectionLost", "2024-05-01T10:00:00.000Z")
+    assert control_answer(emulator, "POST", "/_emulator/nodes/mi-0123456789abcdef0", {"PingStatus": "Online"}) == (
+        404,
+        {"error": "InvalidInstanceId", "message": "no managed node mi-0123456789abcdef0"},
+    )
+    for bad in ({"PingStatus": "Asleep"}, {"LastPingDateTime": "yesterday"}, {"ComputerName": "x"}, ["Online"]):
+        status, body = control_answer(emulator, "POST", f"/_emulator/nodes/{node}", bad)
+        assert (status, body["error"]) == (400, "BadRequest"), bad
+
+
+def test_node_calls_are_counted_and_can_fail(emulator: str, ssm: Any) -> None:
+    control(emulator, "DELETE", "/_emulator/calls")
+    inject(emulator, {"operation": "SSM.DescribeInstanceInformation", "error": "ThrottlingException", "count": 1})
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        ssm.describe_instance_information()
+    assert error_code(err) == "ThrottlingException"
+    ssm.describe_instance_information()
+    assert control(emulator, "GET", "/_emulator/calls") == {"SSM.DescribeInstanceInformation": 2}
+
+
+# --------------------------------------------------------------------------- GetParametersByPath
+
+
+@pytest.fixture
+def pools_prefix(ssm: Any) -> str:
+    """A fresh prefix holding 12 pool configs, one code and a parameter outside /pools."""
+    prefix = f"/t-{uuid.uuid4().hex[:8]}"
+    for i in range(12):
+        ssm.put_parameter(Name=f"{prefix}/pools/p{i:02d}/config", Value=json.dumps({"iam_role": ROLE}), Type="String")
+    ssm.put_parameter(Name=f"{prefix}/pools/p00/activation", Value="secret-code", Type="SecureString")
+    ssm.put_parameter(Name=f"{prefix}/pools/readme", Value="x", Type="String")
+    ssm.put_parameter(Name=f"{prefix}/other", Value="x", Type="String")
+    return prefix
+
+
+def by_path_all(ssm: Any, **kwargs: Any) -> tuple[list[str], list[int]]:
+    names: list[str] = []
+    sizes: list[int] = []
+    token = kwargs.pop("NextToken", None)
+    while True:
+        page = ssm.get_parameters_by_path(**kwargs, **({"NextToken": token} if token else {}))
+        names += [p["Name"] for p in page["Parameters"]]
+        sizes.append(len(page["Parameters"]))
+        token = page.get("NextToken")
+        if not token:
+            return names, sizes
+
+
+def test_get_parameters_by_path_one_level_and_recursive(ssm: Any, pools_prefix: str) -> None:
+    one_level, _ = by_path_all(ssm, Path=f"{pools_prefix}/pools")
+    assert one_level == [f"{pools_prefix}/pools/readme"]
+    everything, sizes = by_path_all(ssm, Path=f"{pools_prefix}/pools/", Recursive=True, MaxResults=10)
+    expected = sorted(
+        [f"{pools_prefix}/pools/p{i:02d}/config" for i in range(12)] + [f"{pools_prefix}/pools/p00/activation", f"{pools_prefix}/pools/readme"]
+    )
+    assert everything == expected
+    assert sizes == [10, 4]
+    for size in (1, 3, 7):
+        assert by_path_all(ssm, Path=f"{pools_prefix}/pools", Recursive=True, MaxResults=size)[0] == expected
+    pages = ssm.get_paginator("get_parameters_by_path").paginate(Path=f"{pools_prefix}/pools", Recursive=True)
+    assert [p["Name"] for page in pages for p in page["Parameters"]] == expected
+
+
+def test_get_parameters_by_path_decrypts_on_request(ssm: Any, pools_prefix: str) -> None:
+    path = f"{pools_prefix}/pools/p00"
+    values = {p["Name"]: p["Value"] for p in ssm.get_parameters_by_path(Path=path, WithDecryption=True)["Parameters"]}
+    assert values[f"{path}/activation"] == "secret-code"
+    assert json.loads(values[f"{path}/config"]) == {"iam_role": ROLE}
+
+
+def test_get_parameters_by_path_cursor_survives_deletes(ssm: Any, pools_prefix: str) -> None:
+    path = f"{pools_prefix}/pools"
+    page = ssm.get_parameters_by_path(Path=path, Recursive=True, MaxResults=4)
+    seen = [p["Name"] for p in page["Parameters"]]
+    ssm.delete_parameter(Name=seen[0])
+    ssm.delete_parameter(Name=f"{path}/p05/config")
+    rest, _ = by_path_all(ssm, Path=path, Recursive=True, MaxResults=4, NextToken=page["NextToken"])
+    assert len(seen + rest) == len(set(seen + rest)) == 13
+    assert f"{path}/p05/config" not in rest
+
+
+def test_get_parameters_by_path_filters_page_before_filtering(ssm: Any, pools_prefix: str) -> None:
+    names, sizes = by_path_all(
+        ssm, Path=f"{pools_prefix}/pools", Recursive=True, MaxResults=3, ParameterFilters=[{"Key": "Type", "Values": ["SecureString"]}]
+    )
+    assert names == [f"{pools_prefix}/pools/p00/activation"]
+    assert len(sizes) == 5 and 0 in sizes  # 14 parameters looked at 3 by 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code"),
+    [
+        ({"MaxResults": 0}, "ValidationException"),
+        ({"MaxResults": 11}, "ValidationException"),
+        ({"NextToken": "garbage"}, "InvalidNextToken"),
+        ({"ParameterFilters": [{"Key": "tag:team", "Values": ["x"]}]}, "InvalidFilterKey"),
+        ({"ParameterFilters": [{"Key": "Name", "Values": ["x"]}]}, "InvalidFilterKey"),
+        ({"ParameterFilters": [{"Key": "Path", "Values": ["/x"]}]}, "InvalidFilterKey"),
+        ({"Path": "no-slash"}, "ValidationException"),
+        ({"Path": "/" + "/".join("abcdefghijklmnop")}, "ValidationException"),
+    ],
+    ids=["max-0", "max-11", "bad-token", "tag-filter", "name-filter", "path-filter", "no-slash", "16-levels"],
+)
+def test_get_parameters_by_path_refuses_what_ssm_refuses(raw_ssm: Any, pools_prefix: str, kwargs: dict[str, Any], code: str) -> None:
+    args = {"Path": f"{pools_prefix}/pools", "Recursive": True, **kwargs}
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        raw_ssm.get_parameters_by_path(**args)
+    assert error_code(err) == code
