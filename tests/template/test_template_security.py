@@ -36,15 +36,38 @@ ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 
 # The only actions the function may hold on Resource "*": SSM activations have no
-# resource type in IAM, and CreateActivation with Tags needs AddTagsToResource.
+# resource type in IAM, CreateActivation with Tags needs AddTagsToResource, and
+# DescribeInstanceInformation has no resource type either.
 WILDCARD_RESOURCE_ACTIONS = {
     "ssm:CreateActivation",
     "ssm:DescribeActivations",
     "ssm:DeleteActivation",
     "ssm:AddTagsToResource",
+    "ssm:DescribeInstanceInformation",
 }
-# The one tag key the service puts on activations (POOL_TAG in lambda/src/aws/activations.rs).
+# The tag key every activation the service makes carries (POOL_TAG in lambda/src/pools.rs);
+# SSM copies it onto every node registered with it.
 POOL_TAG_KEY = "activation-vending:pool"
+# Every action the service calls (lambda/src/aws/*.rs): a check that the role still grants
+# each, so a tightening cannot silently break vends, the sweep or the clean-up.
+REQUIRED_ACTIONS = {
+    "ssm:CreateActivation",
+    "ssm:DescribeActivations",
+    "ssm:DeleteActivation",
+    "ssm:AddTagsToResource",
+    "ssm:DescribeInstanceInformation",
+    "ssm:DeregisterManagedInstance",
+    "ssm:GetParametersByPath",
+    "ssm:GetParameter",
+    "ssm:PutParameter",
+    "dynamodb:GetItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:PutItem",
+    "iam:PassRole",
+}
+# SSM resources that exist before the function tags anything: it must never tag them (the
+# pool tag on a foreign node would let it deregister that node).
+EXISTING_TAGGABLE = ("managed-instance/*", "parameter/*", "document/*")
 # AWS-managed policies the template may attach, and to which role only.
 ALLOWED_MANAGED_POLICIES = {
     "ManagedInstanceRole": {"AmazonSSMManagedInstanceCore"},
@@ -90,6 +113,19 @@ SCENARIOS = {
         "ExistingKmsKeyArn": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
         "ExistingInstanceRoleName": "OnPremServers",
     },
+    # Pools with roles of their own, and the API closed to all but two server ranges.
+    "pools-and-source-ranges": {
+        "VpcId": "vpc-0123456789abcdef0",
+        "SubnetIds": "subnet-0123456789abcdef0,subnet-0fedcba9876543210",
+        "ClientCidr": "10.20.0.0/16",
+        "PoolRoleNames": "web-servers,db-servers,windows-servers",
+        "AllowedSourceCidrs": "10.20.1.0/24,10.20.2.0/24",
+    },
+    "ten-pool-roles": {
+        "ExistingVpcEndpointId": EXISTING_VPCE,
+        "ExistingInstanceRoleName": "OnPremServers",
+        "PoolRoleNames": ",".join(f"role-{i}" for i in range(10)),
+    },
 }
 
 NOVALUE = object()
@@ -117,12 +153,17 @@ def parameter_values(source: dict, overrides: dict) -> dict:
 
 
 def translate(source: dict, params: dict) -> dict:
-    """Runs the SAM transform, as CloudFormation would at deploy time."""
+    """Runs the SAM transform, as CloudFormation would at deploy time (CloudFormation hands
+    a macro a CommaDelimitedList parameter's value as a list)."""
     doc = copy.deepcopy(source)
     for res in doc["Resources"].values():
         if res.get("Type") == "AWS::Serverless::Function":
             res["Properties"]["CodeUri"] = "s3://bucket/key"  # what `sam deploy` uploads
-    return transform(doc, dict(params), _NoManagedPolicies())
+    values = {
+        name: value.split(",") if source.get("Parameters", {}).get(name, {}).get("Type") == "CommaDelimitedList" else value
+        for name, value in params.items()
+    }
+    return transform(doc, values, _NoManagedPolicies())
 
 
 def _condition(expr, params, conds, template):
@@ -142,8 +183,20 @@ def _condition(expr, params, conds, template):
     raise ValueError(f"unsupported condition {expr!r}")
 
 
+def _evaluate(fn, arg):
+    """Fn::Join, Fn::Split and Fn::Select on values already known; None otherwise."""
+    if fn == "Fn::Join" and isinstance(arg[0], str) and isinstance(arg[1], list) and all(isinstance(v, str) for v in arg[1]):
+        return arg[0].join(arg[1])
+    if fn == "Fn::Split" and isinstance(arg[0], str) and isinstance(arg[1], str):
+        return arg[1].split(arg[0])
+    if fn == "Fn::Select" and isinstance(arg[1], list) and all(isinstance(v, str) for v in arg[1]):
+        return arg[1][int(arg[0])]
+    return None
+
+
 def resolve(node, params, conds, template):
-    """Resolves Fn::If and Ref to parameters; leaves resource refs, !Sub and !GetAtt."""
+    """Resolves Fn::If, Ref to parameters, and Fn::Join/Split/Select on known values;
+    leaves resource refs, !Sub and !GetAtt."""
     if isinstance(node, dict):
         if len(node) == 1:
             (fn, arg), = node.items()
@@ -162,6 +215,11 @@ def resolve(node, params, conds, template):
             value = resolve(value, params, conds, template)
             if value is not NOVALUE:
                 out[key] = value
+        if len(out) == 1 and next(iter(out)) in ("Fn::Join", "Fn::Split", "Fn::Select"):
+            (fn, arg), = out.items()
+            known = _evaluate(fn, arg) if isinstance(arg, list) and len(arg) == 2 else None
+            if known is not None:
+                return known
         return out
     if isinstance(node, list):
         return [v for v in (resolve(x, params, conds, template) for x in node) if v is not NOVALUE]
@@ -276,6 +334,21 @@ def check_resource_policy(cfn: dict) -> list[str]:
         problems.append(f"no statement denies execute-api:Invoke on execute-api:/* to every caller whose aws:SourceVpce is not {endpoint_ref(cfn)}")
     if not any(st.get("Effect") == "Allow" for st in statements):
         problems.append("the resource policy allows nothing: the API would refuse every caller")
+    cidrs = [c for c in cfn["_params"].get("AllowedSourceCidrs", "").split(",") if c]
+    source_denies = [st for st in statements if "aws:VpcSourceIp" in json.dumps(st.get("Condition", {}))]
+    if cidrs:
+        want_ip = {"NotIpAddress": {"aws:VpcSourceIp": cidrs}}
+        if not any(
+            st.get("Effect") == "Deny"
+            and principal_is_everyone(st.get("Principal"))
+            and set(as_list(st.get("Action"))) & {"execute-api:Invoke", "execute-api:*", "*"}
+            and "execute-api:/*" in as_list(st.get("Resource"))
+            and st.get("Condition") == want_ip
+            for st in source_denies
+        ):
+            problems.append(f"AllowedSourceCidrs is {cidrs} but no statement denies execute-api:Invoke on execute-api:/* to every aws:VpcSourceIp outside them")
+    elif source_denies:
+        problems.append("AllowedSourceCidrs is empty (no restriction) but the policy still conditions on aws:VpcSourceIp")
     for st in statements:
         if "NotPrincipal" in st or "NotAction" in st or "NotResource" in st:
             problems.append(f"statement {st.get('Sid')} uses a Not* element")
@@ -462,10 +535,22 @@ def check_least_privilege(cfn: dict) -> list[str]:
             extra = set(actions) - WILDCARD_RESOURCE_ACTIONS
             if extra:
                 problems.append(f"{sid}: {sorted(extra)} on Resource '*' (only {sorted(WILDCARD_RESOURCE_ACTIONS)} admit no resource)")
-            tag_keys = st.get("Condition", {}).get("ForAllValues:StringEquals", {}).get("aws:TagKeys")
-            if "ssm:AddTagsToResource" in actions and as_list(tag_keys) != [POOL_TAG_KEY]:
-                problems.append(f"{sid}: ssm:AddTagsToResource on '*' not limited to the tag key {POOL_TAG_KEY}")
+            for tagging in ("ssm:AddTagsToResource", "ssm:CreateActivation"):
+                if tagging in actions and not requires_request_tag(st, POOL_TAG_KEY):
+                    problems.append(f"{sid}: {tagging} on '*' without requiring the {POOL_TAG_KEY} tag in the request")
         for action in actions:
+            if action == "ssm:DeregisterManagedInstance":
+                if not resources or not all(json.dumps(r).endswith(':managed-instance/*"}') for r in resources):
+                    problems.append(f"{sid}: {action} on {resources}, not managed-instance/* alone")
+                if not requires_resource_tag(st, POOL_TAG_KEY):
+                    problems.append(f"{sid}: {action} not conditioned on the node's {POOL_TAG_KEY} tag (ssm:resourceTag)")
+                continue
+            if action == "ssm:PutParameter" and not all(json.dumps(r).endswith('/pools/*/activation"}') for r in resources):
+                problems.append(f"{sid}: {action} on {resources}: the function writes the codes (pools/*/activation), never a pool's config")
+            if action == "ssm:GetParametersByPath" and not all(
+                json.dumps(r).endswith(('parameter${ParameterPrefix}/pools"}', 'parameter${ParameterPrefix}/pools/*"}')) for r in resources
+            ):
+                problems.append(f"{sid}: {action} on {resources}, not the pools path")
             if action.startswith("ssm:") and action not in WILDCARD_RESOURCE_ACTIONS:
                 if not resources or not all(prefix in json.dumps(r) for r in resources):
                     problems.append(f"{sid}: {action} reaches beyond {prefix}")
@@ -481,13 +566,25 @@ def check_least_privilege(cfn: dict) -> list[str]:
                 cond = st.get("Condition", {}).get("StringEquals", {})
                 if cond.get("iam:PassedToService") != "ssm.amazonaws.com":
                     problems.append(f"{sid}: iam:PassRole without iam:PassedToService ssm.amazonaws.com")
-                want = (
-                    {"Fn::GetAtt": ["ManagedInstanceRole", "Arn"]}
-                    if "ManagedInstanceRole" in cfn["Resources"]
-                    else {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${ExistingInstanceRoleName}"}
-                )
-                if resources != [want]:
-                    problems.append(f"{sid}: iam:PassRole on {resources}, not the managed-instance role alone")
+                passed = {role_of(r, cfn) for r in resources}
+                pool_roles = {r for r in cfn["_params"].get("PoolRoleNames", "").split(",") if r}
+                if None in passed or any("*" in r for r in passed if r) or passed != {INSTANCE_ROLE} | pool_roles:
+                    problems.append(
+                        f"{sid}: iam:PassRole on {sorted(map(str, passed))}, not the managed-instance role and PoolRoleNames {sorted(pool_roles)} alone"
+                    )
+    denied = [
+        json.dumps(r)
+        for _, st in identity_statements(cfn)
+        if st.get("Effect") == "Deny" and "ssm:AddTagsToResource" in as_list(st.get("Action")) and not st.get("Condition")
+        for r in as_list(st.get("Resource"))
+    ]
+    for kind in EXISTING_TAGGABLE:
+        if not any(f':{kind}"' in r for r in denied):
+            problems.append(f"no statement denies ssm:AddTagsToResource on existing {kind} (the pool tag would reach nodes and parameters the function did not make)")
+    granted = {a for _, st in identity_statements(cfn) if st.get("Effect") == "Allow" for a in as_list(st.get("Action"))}
+    missing = REQUIRED_ACTIONS - granted
+    if missing:
+        problems.append(f"the function role lacks {sorted(missing)}, which the service calls")
     for name, role in of_type(cfn, "AWS::IAM::Role").items():
         p = props(role)
         for arn in p.get("ManagedPolicyArns", []):
@@ -504,6 +601,44 @@ def check_least_privilege(cfn: dict) -> list[str]:
         if props(fn).get("Role") != {"Fn::GetAtt": ["FunctionRole", "Arn"]}:
             problems.append(f"{name}: does not run as FunctionRole")
     return problems
+
+
+INSTANCE_ROLE = "<managed-instance role>"
+
+
+def role_of(resource, cfn: dict):
+    """The role NAME an iam:PassRole resource names, INSTANCE_ROLE for the managed-instance
+    role, None for anything that is not one role of this account."""
+    if resource == {"Fn::GetAtt": ["ManagedInstanceRole", "Arn"]} and "ManagedInstanceRole" in cfn["Resources"]:
+        return INSTANCE_ROLE
+    prefix = "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/"
+    if resource == {"Fn::Sub": prefix + "${ExistingInstanceRoleName}"} and "ManagedInstanceRole" not in cfn["Resources"]:
+        return INSTANCE_ROLE
+    sub = resource.get("Fn::Sub") if isinstance(resource, dict) else None
+    if isinstance(sub, list) and len(sub) == 2 and sub[0] == prefix + "${Role}" and isinstance(sub[1].get("Role"), str):
+        name = sub[1]["Role"]
+        return INSTANCE_ROLE if name == cfn["_params"].get("ExistingInstanceRoleName") and name else name
+    return None
+
+
+def requires_request_tag(st: dict, key: str) -> bool:
+    """The statement applies only to requests that carry tag `key`."""
+    cond = st.get("Condition", {})
+    null = cond.get("Null", {}).get(f"aws:RequestTag/{key}")
+    like = {**cond.get("StringLike", {}), **cond.get("StringEquals", {})}.get(f"aws:RequestTag/{key}")
+    return str(null).lower() == "false" or (like is not None and "" not in as_list(like))
+
+
+def requires_resource_tag(st: dict, key: str) -> bool:
+    """The statement applies only to resources that carry tag `key`."""
+    cond = st.get("Condition", {})
+    for name in (f"ssm:resourceTag/{key}", f"aws:ResourceTag/{key}"):
+        if str(cond.get("Null", {}).get(name)).lower() == "false":
+            return True
+        like = {**cond.get("StringLike", {}), **cond.get("StringEquals", {})}.get(name)
+        if like is not None and "" not in as_list(like):
+            return True
+    return False
 
 
 def check_function(source: dict) -> list[str]:
@@ -653,8 +788,12 @@ def test_template_and_service_agree_on_names(source):
     must be the ones the service uses, or the limit breaks vends in production."""
     import re
 
-    activations = (ROOT / "lambda/src/aws/activations.rs").read_text()
-    assert re.search(r'POOL_TAG: &str = "([^"]+)"', activations).group(1) == POOL_TAG_KEY
+    found = [
+        m.group(1)
+        for path in sorted((ROOT / "lambda/src").rglob("*.rs"))
+        for m in re.finditer(r'POOL_TAG: &str = "([^"]+)"', path.read_text())
+    ]
+    assert found == [POOL_TAG_KEY]
     config = (ROOT / "lambda/src/config.rs").read_text()
     env = source["Resources"]["Function"]["Properties"]["Environment"]["Variables"]
     for name in env:
@@ -688,7 +827,7 @@ def _stmt(statements, sid):
 
 
 def m_drop_deny(t):
-    _p(t, "Api")["Auth"]["ResourcePolicy"]["CustomStatements"] = [s for s in _custom(t) if s["Effect"] != "Deny"]
+    _p(t, "Api")["Auth"]["ResourcePolicy"]["CustomStatements"] = [s for s in _custom(t) if s.get("Effect") != "Deny"]
 
 
 def m_deny_only_other_endpoint(t):
@@ -749,20 +888,96 @@ def m_ssm_star(t):
     _stmt(_role_statements(t), "PoolParameters")["Action"] = "ssm:*"
 
 
+def m_by_path_everywhere(t):
+    _stmt(_role_statements(t), "ReadPoolConfigs")["Resource"] = "*"
+
+
+def m_by_path_every_parameter(t):
+    _stmt(_role_statements(t), "ReadPoolConfigs")["Resource"] = {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/*"}
+
+
+def m_write_configs(t):
+    _stmt(_role_statements(t), "WriteOnlyTheCodes")["Resource"] = {
+        "Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${ParameterPrefix}/pools/*"
+    }
+
+
+def m_deregister_any_node(t):
+    del _stmt(_role_statements(t), "DeregisterOnlyPoolNodes")["Condition"]
+
+
+def m_deregister_star(t):
+    _stmt(_role_statements(t), "DeregisterOnlyPoolNodes")["Resource"] = "*"
+
+
+def m_deregister_wrong_tag(t):
+    _stmt(_role_statements(t), "DeregisterOnlyPoolNodes")["Condition"] = {"StringLike": {"ssm:resourceTag/Name": "?*"}}
+
+
+def m_tag_existing_nodes(t):
+    t["Resources"]["FunctionRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"] = [
+        s for s in _role_statements(t) if s.get("Sid") != "NeverTagExistingResources"
+    ]
+
+
+def m_create_activation_untagged(t):
+    del _stmt(_role_statements(t), "CreateActivationsThatCarryThePoolTag")["Condition"]
+
+
+def m_no_describe_instances(t):
+    _stmt(_role_statements(t), "ActivationsAdmitNoResource")["Action"].remove("ssm:DescribeInstanceInformation")
+
+
+def m_passrole_extra_role(t):
+    _stmt(_role_statements(t), "PassOnlyThePoolRolesToSsm")["Resource"]["Fn::If"][1].append(
+        {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/Administrator"}
+    )
+
+
+def m_passrole_pool_wildcard(t):
+    _stmt(_role_statements(t), "PassOnlyThePoolRolesToSsm")["Resource"]["Fn::If"][1][3] = {
+        "Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/*"
+    }
+
+
+def m_passrole_ignores_pool_roles(t):
+    _stmt(_role_statements(t), "PassOnlyThePoolRolesToSsm")["Resource"]["Fn::If"][1] = _stmt(
+        _role_statements(t), "PassOnlyThePoolRolesToSsm"
+    )["Resource"]["Fn::If"][1][:3]
+
+
+def m_drop_source_deny(t):
+    _p(t, "Api")["Auth"]["ResourcePolicy"]["CustomStatements"] = [
+        s for s in _custom(t) if "DenyOutsideAllowedSourceCidrs" not in json.dumps(s)
+    ]
+
+
+def m_source_deny_fixed_range(t):
+    for s in _custom(t):
+        if "DenyOutsideAllowedSourceCidrs" in json.dumps(s):
+            s["Fn::If"][1]["Condition"] = {"NotIpAddress": {"aws:VpcSourceIp": ["0.0.0.0/0"]}}
+
+
+def m_source_deny_unconditional(t):
+    for i, s in enumerate(_custom(t)):
+        if "DenyOutsideAllowedSourceCidrs" in json.dumps(s):
+            _custom(t)[i] = s["Fn::If"][1]
+
+
 def m_parameters_everywhere(t):
     _stmt(_role_statements(t), "PoolParameters")["Resource"] = {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/*"}
 
 
 def m_passrole_unconditioned(t):
-    del _stmt(_role_statements(t), "PassOnlyTheManagedInstanceRoleToSsm")["Condition"]
+    del _stmt(_role_statements(t), "PassOnlyThePoolRolesToSsm")["Condition"]
 
 
 def m_passrole_any_role(t):
-    _stmt(_role_statements(t), "PassOnlyTheManagedInstanceRoleToSsm")["Resource"] = "*"
+    _stmt(_role_statements(t), "PassOnlyThePoolRolesToSsm")["Resource"] = "*"
 
 
 def m_tagging_unlimited(t):
-    del _stmt(_role_statements(t), "TagActivationsWithThePoolOnly")["Condition"]
+    del _stmt(_role_statements(t), "TagActivationsWithThePoolTag")["Condition"]
 
 
 def m_admin_policy(t):
@@ -859,7 +1074,24 @@ MUTATIONS = [
     ("every parameter", m_parameters_everywhere, check_least_privilege, "brings-endpoint-key-role"),
     ("PassRole without PassedToService", m_passrole_unconditioned, check_least_privilege, "creates-everything"),
     ("PassRole on any role", m_passrole_any_role, check_least_privilege, "brings-endpoint-key-role"),
+    ("PassRole on any role (pools)", m_passrole_any_role, check_least_privilege, "pools-and-source-ranges"),
+    ("PassRole without PassedToService (pools)", m_passrole_unconditioned, check_least_privilege, "pools-and-source-ranges"),
+    ("PassRole on a role nobody listed", m_passrole_extra_role, check_least_privilege, "pools-and-source-ranges"),
+    ("PassRole on role/* for the pools", m_passrole_pool_wildcard, check_least_privilege, "pools-and-source-ranges"),
+    ("PoolRoleNames not passable", m_passrole_ignores_pool_roles, check_least_privilege, "ten-pool-roles"),
     ("tagging any key on any SSM resource", m_tagging_unlimited, check_least_privilege, "creates-everything"),
+    ("activations without the pool tag", m_create_activation_untagged, check_least_privilege, "creates-everything"),
+    ("tagging existing nodes and parameters", m_tag_existing_nodes, check_least_privilege, "creates-everything"),
+    ("deregister without the pool tag condition", m_deregister_any_node, check_least_privilege, "creates-everything"),
+    ("deregister on *", m_deregister_star, check_least_privilege, "brings-endpoint-key-role"),
+    ("deregister conditioned on another tag", m_deregister_wrong_tag, check_least_privilege, "creates-everything"),
+    ("GetParametersByPath on *", m_by_path_everywhere, check_least_privilege, "creates-everything"),
+    ("GetParametersByPath on every parameter", m_by_path_every_parameter, check_least_privilege, "brings-endpoint-key-role"),
+    ("PutParameter on the pool configs", m_write_configs, check_least_privilege, "creates-everything"),
+    ("no DescribeInstanceInformation", m_no_describe_instances, check_least_privilege, "creates-everything"),
+    ("no VpcSourceIp deny with AllowedSourceCidrs set", m_drop_source_deny, check_resource_policy, "pools-and-source-ranges"),
+    ("VpcSourceIp deny on a fixed range", m_source_deny_fixed_range, check_resource_policy, "pools-and-source-ranges"),
+    ("VpcSourceIp deny without AllowedSourceCidrs", m_source_deny_unconditional, check_resource_policy, "creates-everything"),
     ("AdministratorAccess on the function", m_admin_policy, check_least_privilege, "creates-everything"),
     ("trust without source account", m_trust_without_source_account, check_instance_role, "creates-everything"),
     ("S3 on the managed-instance role", m_instance_role_extra_policy, check_instance_role, "creates-everything"),
