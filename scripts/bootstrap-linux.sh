@@ -48,7 +48,9 @@ Options (each has an environment variable twin; the flag wins):
   --url URL             VENDING_URL        Service base URL (required). https://, or
                                            http:// to a loopback address for local tests.
   --pool NAME           VENDING_POOL       Activation pool (default: the service's "default"):
-                                           1-64 of A-Z a-z 0-9 _ -.
+                                           1-64 of A-Z a-z 0-9 _ -. A pool that does not
+                                           exist, is disabled, refuses this server's address
+                                           or is misconfigured is exit 3 at once, not retried.
   --instance NAME       VENDING_INSTANCE   The name the vending service knows this server by,
                                            so that a retry gets the same activation back
                                            instead of a new slot (default: the host name). It
@@ -110,7 +112,9 @@ Exit codes:
   1  unexpected internal error
   2  usage error (unknown flag, missing --url, invalid value)
   3  fetch failed (service unreachable, gave up after --max-wait, HTTP error such as
-     400 for a name or pool the service refuses, malformed response)
+     400 for a name or pool the service refuses, malformed response); not retried
+     and named with the pool: 404 PoolNotFound, 403 PoolDisabled or Forbidden (this
+     server's address is not in the pool's allowed_cidrs), 500 PoolMisconfigured
   4  install failed (curl, a download, a signature that cannot be verified or does
      not match, the agent package)
   5  registration failed (SSM refused the activation, the agent is not registered
@@ -839,6 +843,12 @@ error_message() { # BODY
 	[[ $1 =~ $re ]] && printf '%s' "${BASH_REMATCH[1]:0:200}"
 }
 
+# The code of the service's JSON error (PoolNotFound, Forbidden, ...), or nothing.
+error_code() { # BODY
+	local re='"code"[[:space:]]*:[[:space:]]*"([A-Za-z0-9]{1,64})"'
+	[[ $1 =~ $re ]] && printf '%s' "${BASH_REMATCH[1]}"
+}
+
 # Outputs of the fetch (ACT_CODE is the secret).
 ACT_ID=
 ACT_CODE=
@@ -879,7 +889,7 @@ read_activation() { # BODY
 # A 4xx is final: the same request would get the same answer.
 fetch_activation() {
 	{ xtrace_off; } 2>/dev/null
-	local url body resp status rc attempt=0 wait_ms ra remaining per_try last_error='' hdr err msg
+	local url body resp status rc attempt=0 wait_ms ra remaining per_try last_error='' hdr err msg code pool
 	local -a curl_args proxy_args
 	url=$(activation_url)
 	hdr="$WORK/headers"
@@ -915,16 +925,25 @@ fetch_activation() {
 		if [ "$rc" = 0 ] && [[ $status =~ ^[1-9][0-9][0-9]$ ]]; then
 			last_error="HTTP $status"
 			msg=$(error_message "$body") || msg=
+			code=$(error_code "$body") || code=
 			body=
+			pool=${POOL:-default}
+			# The pool's own verdicts are final: asking again gets the same answer.
+			case "$status:$code" in
+			404:PoolNotFound) xtrace_restore && die "$EXIT_FETCH" "pool '$pool' does not exist (HTTP 404 PoolNotFound${msg:+: $msg}): check --pool; not retried" ;;
+			403:PoolDisabled) xtrace_restore && die "$EXIT_FETCH" "pool '$pool' is disabled (HTTP 403 PoolDisabled${msg:+: $msg}); not retried" ;;
+			403:Forbidden) xtrace_restore && die "$EXIT_FETCH" "pool '$pool' refuses this server (HTTP 403 Forbidden${msg:+: $msg}): its address is not in the pool's allowed_cidrs; not retried" ;;
+			500:PoolMisconfigured) xtrace_restore && die "$EXIT_FETCH" "pool '$pool' is misconfigured (HTTP 500 PoolMisconfigured${msg:+: $msg}): its operator must fix the pool's config; not retried" ;;
+			esac
 			case "$status" in
 			429 | 503)
 				ra=$(retry_after_seconds "$hdr")
 				last_error+=" (Retry-After: ${ra:-none})"
 				;;
-			500 | 502 | 504) ;;
+			500 | 502 | 504) last_error+="${code:+ $code}" ;;
 			400) xtrace_restore && die "$EXIT_FETCH" "the service rejected the request (HTTP 400${msg:+: $msg}): check --pool and --instance; not retried" ;;
-			401 | 403) xtrace_restore && die "$EXIT_FETCH" "access denied (HTTP $status): a private API is reachable only through its VPC endpoint; with the endpoint's own DNS name pass --api-id" ;;
-			404) xtrace_restore && die "$EXIT_FETCH" "not found (HTTP 404${msg:+: $msg}): unknown pool '${POOL:-default}' or wrong --url" ;;
+			401 | 403) xtrace_restore && die "$EXIT_FETCH" "access denied (HTTP $status${code:+ $code}${msg:+: $msg}): a private API is reachable only through its VPC endpoint (with the endpoint's own DNS name pass --api-id) and, when the stack sets AllowedSourceCidrs, only from those addresses; not retried" ;;
+			404) xtrace_restore && die "$EXIT_FETCH" "not found (HTTP 404${code:+ $code}${msg:+: $msg}): unknown pool '$pool' or wrong --url; not retried" ;;
 			*) xtrace_restore && die "$EXIT_FETCH" "unexpected answer from the service: HTTP $status${msg:+ ($msg)}" ;;
 			esac
 		else

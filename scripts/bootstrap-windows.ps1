@@ -49,7 +49,8 @@ loopback address for local tests. With a VPC endpoint's own DNS name
 
 .PARAMETER Pool
 Activation pool to draw from (default: the service's "default" pool): 1-64 of
-A-Z a-z 0-9 _ -.
+A-Z a-z 0-9 _ -. A pool that does not exist, is disabled, refuses this server's
+address or is misconfigured is exit 3 at once, not retried.
 
 .PARAMETER Instance
 The name the vending service knows this server by, so that a retry gets the same
@@ -121,7 +122,9 @@ Exit codes (the same as bootstrap-linux.sh):
   1  unexpected internal error
   2  usage error (missing -Url, invalid value)
   3  fetch failed (service unreachable, gave up after -MaxWait, HTTP error such as 400
-     for a name or pool the service refuses, malformed response)
+     for a name or pool the service refuses, malformed response); not retried and
+     named with the pool: 404 PoolNotFound, 403 PoolDisabled or Forbidden (this
+     server's address is not in the pool's allowed_cidrs), 500 PoolMisconfigured
   4  install failed (download, signature check, agent installer)
   5  registration failed (SSM refused the activation, agent not registered afterwards,
      or not seen running and connected within -OnlineWait)
@@ -787,7 +790,7 @@ function Get-HttpFailure {
         [Parameter(Mandatory = $true)]
         [System.Management.Automation.ErrorRecord]$ErrorRecord
     )
-    $result = @{ Status = 0; RetryAfter = -1; Message = $ErrorRecord.Exception.Message; Detail = '' }
+    $result = @{ Status = 0; RetryAfter = -1; Message = $ErrorRecord.Exception.Message; Detail = ''; Code = '' }
     $exception = $ErrorRecord.Exception
     $response = $null
     if ($null -ne $exception.PSObject.Properties['Response']) {
@@ -797,9 +800,12 @@ function Get-HttpFailure {
         return $result
     }
     $result.Status = [int]$response.StatusCode
-    # The service's JSON error ({"error":{"message":...}}); never an activation body.
+    # The service's JSON error ({"error":{"code":...,"message":...}}); never an activation body.
     if ($null -ne $ErrorRecord.ErrorDetails -and $ErrorRecord.ErrorDetails.Message -match '"message"\s*:\s*"((?:[^"\\]|\\.){0,200})') {
         $result.Detail = $Matches[1]
+    }
+    if ($null -ne $ErrorRecord.ErrorDetails -and $ErrorRecord.ErrorDetails.Message -match '"code"\s*:\s*"([A-Za-z0-9]{1,64})"') {
+        $result.Code = $Matches[1]
     }
     $retryAfter = $null
     if ($response -is [System.Net.HttpWebResponse]) {
@@ -821,6 +827,26 @@ function Get-HttpFailure {
     return $result
 }
 
+function Get-PoolVerdict {
+    # The service's final answers about a pool (issue 10), or $null for any other failure.
+    [CmdletBinding()]
+    param(
+        [Parameter(Mandatory = $true)]
+        [int]$Status,
+
+        [Parameter()]
+        [AllowEmptyString()]
+        [string]$Code
+    )
+    switch ('{0}:{1}' -f $Status, $Code) {
+        '404:PoolNotFound' { return @{ Reason = 'does not exist'; Hint = ': check -Pool' } }
+        '403:PoolDisabled' { return @{ Reason = 'is disabled'; Hint = '' } }
+        '403:Forbidden' { return @{ Reason = 'refuses this server'; Hint = ': its address is not in the pool''s allowed_cidrs' } }
+        '500:PoolMisconfigured' { return @{ Reason = 'is misconfigured'; Hint = ': its operator must fix the pool''s config' } }
+    }
+    return $null
+}
+
 function Get-VendedActivation {
     # GET the activation with retries: exponential backoff with jitter on network
     # failures and 5xx, the server's Retry-After on 503/429, and a hard deadline.
@@ -833,9 +859,14 @@ function Get-VendedActivation {
         [AllowEmptyString()]
         [string]$ApiGatewayId,
 
+        [Parameter()]
+        [AllowEmptyString()]
+        [string]$PoolName,
+
         [Parameter(Mandatory = $true)]
         [int]$MaxWaitSeconds
     )
+    $poolLabel = $(if ($PoolName) { $PoolName } else { 'default' })
     $headers = @{ 'Accept' = 'application/json' }
     if ($ApiGatewayId) {
         $headers['x-apigw-api-id'] = $ApiGatewayId
@@ -867,21 +898,30 @@ function Get-VendedActivation {
                 $lastError = $failure.Message
             } else {
                 $lastError = 'HTTP {0}' -f $failure.Status
+                # The pool's own verdicts are final: asking again gets the same answer.
+                $verdict = Get-PoolVerdict -Status $failure.Status -Code $failure.Code
+                $detail = $(if ($failure.Detail) { ': ' + $failure.Detail } else { '' })
+                if ($verdict) {
+                    Stop-Bootstrap -ExitCode $script:ExitFetch -Message ('pool ''{0}'' {1} (HTTP {2} {3}{4}){5}; not retried' -f $poolLabel, $verdict.Reason, $failure.Status, $failure.Code, $detail, $verdict.Hint)
+                }
                 switch ($failure.Status) {
                     { $_ -eq 429 -or $_ -eq 503 } {
                         $retryAfter = $failure.RetryAfter
                         $lastError = '{0} (Retry-After: {1})' -f $lastError, $retryAfter
                     }
                     { $_ -eq 500 -or $_ -eq 502 -or $_ -eq 504 } {
+                        if ($failure.Code) {
+                            $lastError = '{0} {1}' -f $lastError, $failure.Code
+                        }
                     }
                     400 {
                         Stop-Bootstrap -ExitCode $script:ExitFetch -Message ('the service rejected the request (HTTP 400: {0}): check -Pool and -Instance; not retried' -f $failure.Detail)
                     }
                     { $_ -eq 401 -or $_ -eq 403 } {
-                        Stop-Bootstrap -ExitCode $script:ExitFetch -Message ('access denied (HTTP {0}): a private API is reachable only through its VPC endpoint; with the endpoint''s own DNS name pass -ApiId' -f $failure.Status)
+                        Stop-Bootstrap -ExitCode $script:ExitFetch -Message ('access denied (HTTP {0} {1}{2}): a private API is reachable only through its VPC endpoint (with the endpoint''s own DNS name pass -ApiId) and, when the stack sets AllowedSourceCidrs, only from those addresses; not retried' -f $failure.Status, $failure.Code, $detail)
                     }
                     404 {
-                        Stop-Bootstrap -ExitCode $script:ExitFetch -Message 'not found (HTTP 404): unknown pool or wrong -Url'
+                        Stop-Bootstrap -ExitCode $script:ExitFetch -Message ('not found (HTTP 404 {0}{1}): unknown pool ''{2}'' or wrong -Url; not retried' -f $failure.Code, $detail, $poolLabel)
                     }
                     default {
                         Stop-Bootstrap -ExitCode $script:ExitFetch -Message ('unexpected answer from the service: HTTP {0}' -f $failure.Status)
@@ -1382,7 +1422,7 @@ function Invoke-Bootstrap {
 
     # Tracing (Set-PSDebug -Trace) would print the code with the statements that hold it.
     Set-PSDebug -Trace 0
-    $response = Get-VendedActivation -Uri $uri -ApiGatewayId $settings.ApiId -MaxWaitSeconds $maxWaitSeconds
+    $response = Get-VendedActivation -Uri $uri -ApiGatewayId $settings.ApiId -PoolName $settings.Pool -MaxWaitSeconds $maxWaitSeconds
     if (-not (Test-ActivationResponse -Response $response)) {
         $response = $null
         Stop-Bootstrap -ExitCode $script:ExitFetch -Message 'malformed response from the service (not an activation JSON object with ActivationId and ActivationCode)'

@@ -452,6 +452,53 @@ stub_requests() { grep -c . "$STUB_LOG" || true; }
 	[ $((SECONDS - started)) -le 10 ]
 }
 
+# ------------------------------------------------------- issue 10: pools
+
+@test "a pool's own verdict is final: 404 PoolNotFound, 403 PoolDisabled or Forbidden, 500 PoolMisconfigured exit 3 at once, naming the pool and the reason" {
+	local mode expect started
+	# The modes come in on descriptor 3: the script under test must not eat them from stdin.
+	while IFS='|' read -r -u 3 mode expect; do
+		: >"$STUB_LOG"
+		started=$SECONDS
+		run bootstrap --url "$STUB_URL/$mode" --pool web-01 --instance "$INSTANCE" --max-wait 60
+		assert_status 3
+		assert_output_has "pool 'web-01' $expect"
+		assert_output_has "not retried"
+		refute_output_has "retrying in"
+		[ "$(stub_requests)" -eq 1 ] || fail "$mode: asked $(stub_requests) times"
+		[ $((SECONDS - started)) -le 10 ] || fail "$mode: took $((SECONDS - started))s"
+		[ ! -e "$SERVER_ROOT/usr/bin/amazon-ssm-agent" ] || fail "$mode: installed the agent anyway"
+	done 3<<'MODES'
+notfound|does not exist (HTTP 404 PoolNotFound: no such pool)
+pooldisabled|is disabled (HTTP 403 PoolDisabled: pool `web-01` is disabled)
+forbidden|refuses this server (HTTP 403 Forbidden: 127.0.0.1 may not draw from pool `web-01`): its address is not in the pool's allowed_cidrs
+misconfigured|is misconfigured (HTTP 500 PoolMisconfigured: pool `web-01`: registration_limit: 0 is not 1..1000)
+MODES
+}
+
+@test "without --pool the verdict names the default pool" {
+	run bootstrap --url "$STUB_URL/pooldisabled" --instance "$INSTANCE" --max-wait 60
+	assert_status 3
+	assert_output_has "pool 'default' is disabled (HTTP 403 PoolDisabled"
+}
+
+@test "API Gateway's own 403 (endpoint or AllowedSourceCidrs) is final and says where to look" {
+	run bootstrap --url "$STUB_URL/accessdenied" --pool web-01 --instance "$INSTANCE" --max-wait 60
+	assert_status 3
+	assert_output_has "access denied (HTTP 403 AccessDenied: not reachable from here)"
+	assert_output_has "AllowedSourceCidrs"
+	refute_output_has "retrying in"
+	[ "$(stub_requests)" -eq 1 ]
+}
+
+@test "any other 500 is still retried until --max-wait" {
+	run bootstrap --url "$STUB_URL/internal" --pool web-01 --instance "$INSTANCE" --max-wait 3
+	assert_status 3
+	assert_output_has "retrying in"
+	assert_output_has "HTTP 500 InternalError"
+	[ "$(stub_requests)" -ge 2 ]
+}
+
 # ------------------------------------------------------- issue 9: real networks
 
 @test "--help: --instance is the name the vending service knows the server by, not its name in SSM" {

@@ -22,7 +22,10 @@ itself cannot run on our machines).
                                 agent service's registry Environment, success means
                                 online, clones and -PrepareImage, verified installs,
                                 installed agent first, ProgramW6432, our own log
-                                file, failed 5.1 responses closed, -Instance help
+                                file, failed 5.1 responses closed, -Instance help;
+                                issue 10: a pool's verdict (404 PoolNotFound, 403
+                                PoolDisabled/Forbidden, 500 PoolMisconfigured) is
+                                final and names the pool and the reason
   ps_check.py patterns FILE   prints the -Instance and -Pool ValidatePatterns as JSON
                               (tests run them against the service's name rules)
 
@@ -282,6 +285,23 @@ def contract(path: Path) -> list[str]:
     need("Start-Transcript" not in source, "a transcript would record what the tools print")
     need(re.search(r"\$response\.(Close|Dispose)\(\)", fn("Get-HttpFailure")) is not None,
          "failed responses are not closed (Windows PowerShell 5.1 keeps the connection)")
+
+    # Issue 10: a pool's own verdict is final, names the pool and the reason.
+    verdicts = fn("Get-PoolVerdict")
+    for verdict in ("404:PoolNotFound", "403:PoolDisabled", "403:Forbidden", "500:PoolMisconfigured"):
+        need(f"'{verdict}'" in verdicts, f"{verdict} is not a final verdict about the pool (it would be retried or misreported)")
+    need("-match '\"code\"" in fn("Get-HttpFailure") and "$result.Code = $Matches[1]" in fn("Get-HttpFailure"),
+         "the error body's code is not read ({\"error\":{\"code\":...}})")
+    fetch = fn("Get-VendedActivation")
+    verdict_at = fetch.find("Get-PoolVerdict -Status $failure.Status -Code $failure.Code")
+    need(verdict_at >= 0 and 0 <= fetch.find("Stop-Bootstrap -ExitCode $script:ExitFetch -Message ('pool ''{0}''", verdict_at)
+         < fetch.find("switch ($failure.Status)", verdict_at),
+         "a pool verdict does not stop with exit 3 before the retry switch")
+    need(re.search(r"'pool ''\{0\}'' \{1\} \(HTTP [^']*; not retried' -f \$poolLabel, \$verdict\.Reason, \$failure\.Status, "
+                   r"\$failure\.Code, \$detail", fetch) is not None
+         and "$detail = $(if ($failure.Detail) { ': ' + $failure.Detail }" in fetch,
+         "the pool verdict message does not name the pool, the reason and the service's message")
+    need("-PoolName $settings.Pool" in fn("Invoke-Bootstrap"), "the fetch is not told the pool's name")
 
     # Issue 9.8: -Instance says what it does.
     help_block = re.search(r"\.PARAMETER Instance\n(.*?)\n\n", source, re.DOTALL)

@@ -10,6 +10,11 @@ The first path segment picks the behaviour (the script appends /activation):
   /echo/...       like /refused, and records the request line and headers
   /notfound/...   404 with the service's JSON error
   /badrequest/... 400 with the service's JSON error (InvalidParameter)
+  /pooldisabled/...  403 PoolDisabled   (the pool's verdicts, issue 10; the messages
+  /forbidden/...     403 Forbidden       name the pool given in ?pool=)
+  /misconfigured/... 500 PoolMisconfigured
+  /accessdenied/...  403 AccessDenied, as API Gateway's resource policy answers
+  /internal/...      500 InternalError (a failure worth retrying)
 Every request is appended to --log as one JSON line. With --cert/--key it also
 serves HTTPS on a second port (written to --tls-port-file), to prove that the
 script verifies TLS. With --proxy-port-file it also runs an HTTP proxy that
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import urllib.parse
 import os
 import secrets
 import socket
@@ -80,6 +86,18 @@ class Handler(BaseHTTPRequestHandler):
             return
         if mode == "notfound":
             self.send(404, b'{"error":{"code":"PoolNotFound","message":"no such pool"}}')
+            return
+        pool = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("pool", ["default"])[0]
+        verdicts = {
+            "pooldisabled": (403, "PoolDisabled", f"pool `{pool}` is disabled"),
+            "forbidden": (403, "Forbidden", f"127.0.0.1 may not draw from pool `{pool}`"),
+            "misconfigured": (500, "PoolMisconfigured", f"pool `{pool}`: registration_limit: 0 is not 1..1000"),
+            "accessdenied": (403, "AccessDenied", "not reachable from here"),
+            "internal": (500, "InternalError", "internal error"),
+        }
+        if mode in verdicts:
+            status, code, message = verdicts[mode]
+            self.send(status, json.dumps({"error": {"code": code, "message": message}}).encode())
             return
         self.send(404, b'{"error":{"code":"NotFound","message":"unknown stub mode"}}')
 

@@ -147,3 +147,28 @@ EDITS
 		grep -q "$p" "$BOOTSTRAP_LINUX"
 	done
 }
+
+# ------------------------------------------------------------ issue 10
+
+@test "a pool's verdict (404 PoolNotFound, 403 PoolDisabled or Forbidden, 500 PoolMisconfigured) is final and names the pool and the reason; the rules catch each regression" {
+	local bad="$BATS_TEST_TMPDIR/bad.ps1" edit expect
+	grep -q "'403:Forbidden'" "$BOOTSTRAP_WINDOWS"
+	grep -q 'not retried' "$BOOTSTRAP_WINDOWS"
+	while IFS='|' read -r -u 3 edit expect; do
+		sed "$edit" "$BOOTSTRAP_WINDOWS" >"$bad"
+		run ! cmp -s "$bad" "$BOOTSTRAP_WINDOWS"
+		run ps_check contract "$bad"
+		[ "$status" -eq 1 ] && [[ $output == *"$expect"* ]] || {
+			printf 'edit %s: expected a finding "%s", got:\n%s\n' "$edit" "$expect" "$output" >&2
+			return 1
+		}
+	done 3<<'EDITS'
+/'500:PoolMisconfigured'/d|500:PoolMisconfigured is not a final verdict
+s/'403:PoolDisabled'/'403:Disabled'/|403:PoolDisabled is not a final verdict
+/'404:PoolNotFound'/d|404:PoolNotFound is not a final verdict
+s/\$result\.Code = \$Matches\[1\]/$null = $Matches[1]/|the error body's code is not read
+s/                    Stop-Bootstrap -ExitCode \$script:ExitFetch -Message ('pool ''{0}''/                    Write-BootstrapLog -Message ('pool ''{0}''/|does not stop with exit 3
+s/-f \$poolLabel, \$verdict\.Reason, \$failure\.Status, \$failure\.Code, \$detail/-f 'x', $verdict.Reason, $failure.Status, $failure.Code, $detail/|does not name the pool
+s/ -PoolName \$settings\.Pool//|not told the pool's name
+EDITS
+}
