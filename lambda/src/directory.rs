@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::aws::parameters::PoolConfigSource;
 use crate::aws::pool_store::PoolStore;
@@ -23,6 +23,10 @@ use crate::vend::{epoch_now, secs};
 
 /// How long a claim on the next read of Parameter Store holds.
 const CLAIM_SECS: i64 = 10;
+
+/// How long a process with a stale copy waits before asking again while another
+/// process reads Parameter Store (or after a failed read).
+const RECHECK_WHILE_OTHERS_READ: Duration = Duration::from_secs(1);
 
 /// A pool as the directory knows it.
 #[derive(Debug, Clone)]
@@ -103,7 +107,14 @@ pub struct PoolDirectory {
     source: PoolConfigSource,
     environment: PoolSettings,
     refresh_secs: i64,
-    current: tokio::sync::Mutex<Option<Arc<Snapshot>>>,
+    current: tokio::sync::Mutex<Current>,
+}
+
+/// This process's copy, and when a stale copy may next ask for a fresher one.
+#[derive(Default)]
+struct Current {
+    snapshot: Option<Arc<Snapshot>>,
+    recheck_at: Option<Instant>,
 }
 
 impl PoolDirectory {
@@ -113,7 +124,7 @@ impl PoolDirectory {
             source,
             environment: PoolSettings::from_environment(config),
             refresh_secs: secs(config.pool_refresh).max(1),
-            current: tokio::sync::Mutex::new(None),
+            current: tokio::sync::Mutex::new(Current::default()),
         }
     }
 
@@ -125,8 +136,8 @@ impl PoolDirectory {
     /// made an activation from a newer read of the configs).
     pub async fn outdated_by(&self, read_at: EpochSecs) {
         let mut current = self.current.lock().await;
-        if current.as_ref().is_some_and(|s| s.read_at < read_at) {
-            *current = None;
+        if current.snapshot.as_ref().is_some_and(|s| s.read_at < read_at) {
+            *current = Current::default();
         }
     }
 
@@ -135,19 +146,30 @@ impl PoolDirectory {
         let now = epoch_now();
         // One refresh per process at a time; the others wait for it.
         let mut current = self.current.lock().await;
-        if let Some(snapshot) = current.as_ref().filter(|s| now < s.read_at + self.refresh_secs) {
-            return Ok(snapshot.clone());
+        if let Some(snapshot) = current.snapshot.as_ref() {
+            let fresh = now < snapshot.read_at + self.refresh_secs;
+            if fresh || current.recheck_at.is_some_and(|t| Instant::now() < t) {
+                return Ok(snapshot.clone());
+            }
         }
-        match self.refresh(now, current.as_deref()).await {
+        match self.refresh(now, current.snapshot.as_deref()).await {
             Ok(Some(snapshot)) => {
                 let snapshot = Arc::new(snapshot);
-                *current = Some(snapshot.clone());
+                *current = Current {
+                    snapshot: Some(snapshot.clone()),
+                    recheck_at: None,
+                };
                 Ok(snapshot)
             }
-            // Someone else is reading Parameter Store: keep what we have meanwhile.
-            Ok(None) => current.clone().ok_or(VendError::NoActivationYet),
-            Err(e) => match current.clone() {
+            // Someone else is reading Parameter Store: keep what we have meanwhile, and
+            // do not ask again on every request while they read.
+            Ok(None) => {
+                current.recheck_at = Some(Instant::now() + RECHECK_WHILE_OTHERS_READ);
+                current.snapshot.clone().ok_or(VendError::NoActivationYet)
+            }
+            Err(e) => match current.snapshot.clone() {
                 Some(stale) => {
+                    current.recheck_at = Some(Instant::now() + RECHECK_WHILE_OTHERS_READ);
                     tracing::warn!(error = %e, read_at = stale.read_at, "could not refresh the pools; using the configs read before");
                     Ok(stale)
                 }

@@ -50,10 +50,22 @@ async fn two_pools_make_activations_with_their_own_role_limit_and_tags() {
     assert_ne!(linux.id(), windows.id());
 
     let activations = emulator.activations().await;
-    let find = |id: String| activations.iter().find(|a| a.activation_id() == Some(id.as_str())).unwrap().clone();
+    let find = |id: String| {
+        activations
+            .iter()
+            .find(|a| a.activation_id() == Some(id.as_str()))
+            .unwrap()
+            .clone()
+    };
     let (l, w) = (find(linux.id()), find(windows.id()));
-    assert_eq!((l.iam_role(), l.registration_limit()), (Some(linux_role.as_str()), Some(3)));
-    assert_eq!((w.iam_role(), w.registration_limit()), (Some("windows-test-nodes"), Some(5)));
+    assert_eq!(
+        (l.iam_role(), l.registration_limit()),
+        (Some(linux_role.as_str()), Some(3))
+    );
+    assert_eq!(
+        (w.iam_role(), w.registration_limit()),
+        (Some("windows-test-nodes"), Some(5))
+    );
     assert_eq!(w.default_instance_name(), Some("win-test"));
     assert_eq!(w.description(), Some("Windows test fleet"));
     assert_eq!(
@@ -71,7 +83,10 @@ async fn two_pools_make_activations_with_their_own_role_limit_and_tags() {
         assert_eq!(server.get("/activation?pool=linux-prod").await.id(), linux.id());
     }
     assert_ne!(server.get("/activation?pool=linux-prod").await.id(), linux.id());
-    assert!(emulator.register(&windows.id(), &windows.code(), "win-01").await.is_ok());
+    assert!(emulator
+        .register(&windows.id(), &windows.code(), "win-01")
+        .await
+        .is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -79,27 +94,46 @@ async fn a_bad_config_isolates_only_its_own_pool_and_nothing_is_taken() {
     let emulator = Emulator::start();
     let role = emulator.env_value("VENDING_INSTANCE_ROLE");
     emulator.put_pool("good", &json!({"iam_role": role})).await;
-    emulator.put_pool("broken", &json!({"iam_role": role, "registration_limit": 5000})).await;
-    emulator.put_pool("typo", &json!({"iam_role": role, "registraton_limit": 5})).await;
-    emulator.put_pool("off", &json!({"iam_role": role, "enabled": false})).await;
+    emulator
+        .put_pool("broken", &json!({"iam_role": role, "registration_limit": 5000}))
+        .await;
+    emulator
+        .put_pool("typo", &json!({"iam_role": role, "registraton_limit": 5}))
+        .await;
+    emulator
+        .put_pool("off", &json!({"iam_role": role, "enabled": false}))
+        .await;
     let server = emulator.serve(&[FAST_REFRESH]);
 
     let broken = server.get("/activation?pool=broken").await;
     assert_eq!(broken.status, 500, "{}", broken.body);
     assert_eq!(broken.json()["error"]["code"], "PoolMisconfigured");
     let message = broken.json()["error"]["message"].as_str().unwrap().to_owned();
-    assert!(message.contains("broken") && message.contains("registration_limit"), "{message}");
+    assert!(
+        message.contains("broken") && message.contains("registration_limit"),
+        "{message}"
+    );
     let typo = server.get("/activation?pool=typo").await;
     assert_eq!(typo.json()["error"]["code"], "PoolMisconfigured");
     assert!(typo.body.contains("registraton_limit"), "{}", typo.body);
 
     let off = server.get("/activation?pool=off").await;
-    assert_eq!((off.status, off.json()["error"]["code"].as_str()), (403, Some("PoolDisabled")));
+    assert_eq!(
+        (off.status, off.json()["error"]["code"].as_str()),
+        (403, Some("PoolDisabled"))
+    );
     let absent = server.get("/activation?pool=absent").await;
-    assert_eq!((absent.status, absent.json()["error"]["code"].as_str()), (404, Some("PoolNotFound")));
+    assert_eq!(
+        (absent.status, absent.json()["error"]["code"].as_str()),
+        (404, Some("PoolNotFound"))
+    );
 
     assert_eq!(server.get("/activation?pool=good").await.status, 200);
-    assert_eq!(server.get("/activation").await.status, 200, "default keeps working from the environment");
+    assert_eq!(
+        server.get("/activation").await.status,
+        200,
+        "default keeps working from the environment"
+    );
     let pools: Vec<String> = emulator
         .activations()
         .await
@@ -128,7 +162,11 @@ async fn a_config_change_rotates_so_no_node_registers_with_stale_tags() {
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     let after = server.get("/activation?pool=web").await;
     assert_ne!(after.id(), before.id(), "the config changed: a new activation");
-    assert!(server.log_text().contains("reason=ConfigChanged"), "{}", server.log_text());
+    assert!(
+        server.log_text().contains("reason=ConfigChanged"),
+        "{}",
+        server.log_text()
+    );
     let activation = emulator
         .activations()
         .await
@@ -136,7 +174,11 @@ async fn a_config_change_rotates_so_no_node_registers_with_stale_tags() {
         .find(|a| a.activation_id() == Some(after.id().as_str()))
         .unwrap();
     assert_eq!(tags_of(&activation).get("patch-group").map(String::as_str), Some("b"));
-    assert_eq!(server.get("/activation?pool=web").await.id(), after.id(), "and no further rotation");
+    assert_eq!(
+        server.get("/activation?pool=web").await.id(),
+        after.id(),
+        "and no further rotation"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -150,7 +192,11 @@ async fn a_caller_outside_the_allowed_networks_takes_no_slot() {
     // Behind a trusted proxy, the forwarded address is the caller.
     let behind_alb = emulator.serve(&[("VENDING_TRUSTED_PROXIES", "127.0.0.0/8")]);
     let admitted = behind_alb
-        .request(reqwest::Method::GET, "/activation?pool=site-a", &[("X-Forwarded-For", "10.20.1.1")])
+        .request(
+            reqwest::Method::GET,
+            "/activation?pool=site-a",
+            &[("X-Forwarded-For", "10.20.1.1")],
+        )
         .await;
     assert_eq!(admitted.status, 200, "{}", admitted.shown());
     assert!(
@@ -159,7 +205,11 @@ async fn a_caller_outside_the_allowed_networks_takes_no_slot() {
         behind_alb.log_text()
     );
     let outsider = behind_alb
-        .request(reqwest::Method::GET, "/activation?pool=site-a", &[("X-Forwarded-For", "192.0.2.1")])
+        .request(
+            reqwest::Method::GET,
+            "/activation?pool=site-a",
+            &[("X-Forwarded-For", "192.0.2.1")],
+        )
         .await;
     assert_eq!(outsider.status, 403, "{}", outsider.shown());
 
@@ -167,7 +217,11 @@ async fn a_caller_outside_the_allowed_networks_takes_no_slot() {
     let direct = emulator.serve(&[]);
     emulator.reset_calls().await;
     let refused = direct
-        .request(reqwest::Method::GET, "/activation?pool=site-a", &[("X-Forwarded-For", "10.20.1.1")])
+        .request(
+            reqwest::Method::GET,
+            "/activation?pool=site-a",
+            &[("X-Forwarded-For", "10.20.1.1")],
+        )
         .await;
     assert_eq!(refused.status, 403, "{}", refused.shown());
     assert_eq!(refused.json()["error"]["code"], "Forbidden");
@@ -178,7 +232,11 @@ async fn a_caller_outside_the_allowed_networks_takes_no_slot() {
         log.contains("refused") && log.contains("site-a") && log.contains("127.0.0.1"),
         "the refusal is logged with pool and source: {log}"
     );
-    assert_eq!(emulator.activations().await.len(), 1, "only the admitted caller's activation");
+    assert_eq!(
+        emulator.activations().await.len(),
+        1,
+        "only the admitted caller's activation"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -188,7 +246,10 @@ async fn a_storm_over_three_pools_keeps_each_pools_limit_and_reads_parameter_sto
     let limits = [("alpha", 5u32), ("beta", 10), ("gamma", 25)];
     for (pool, limit) in limits {
         emulator
-            .put_pool(pool, &json!({"iam_role": role, "registration_limit": limit, "tags": {"pool-name": pool}}))
+            .put_pool(
+                pool,
+                &json!({"iam_role": role, "registration_limit": limit, "tags": {"pool-name": pool}}),
+            )
             .await;
     }
     emulator.set_latency(5).await;
@@ -213,7 +274,10 @@ async fn a_storm_over_three_pools_keeps_each_pools_limit_and_reads_parameter_sto
     }
     for (id, (count, pool)) in &per_activation {
         let limit = limits.iter().find(|(p, _)| p == pool).unwrap().1;
-        assert!(*count <= limit, "{id} of {pool} handed out {count} times, limit {limit}");
+        assert!(
+            *count <= limit,
+            "{id} of {pool} handed out {count} times, limit {limit}"
+        );
     }
     let refused: Vec<String> = join_all(answers.iter().enumerate().map(|(i, (_, a))| {
         let (id, code) = (a.id(), a.code());
@@ -224,8 +288,87 @@ async fn a_storm_over_three_pools_keeps_each_pools_limit_and_reads_parameter_sto
     .into_iter()
     .filter_map(Result::err)
     .collect();
-    assert!(refused.is_empty(), "SSM refused {} registrations: {:?}", refused.len(), refused.first());
-    let reads = emulator.calls().await.get("SSM.GetParametersByPath").copied().unwrap_or(0);
-    println!("three-pool storm: 300 vends, {} activations, {reads} GetParametersByPath", per_activation.len());
-    assert!(reads <= 2, "4 cold processes read Parameter Store {reads} times; the shared copy should serve them");
+    assert!(
+        refused.is_empty(),
+        "SSM refused {} registrations: {:?}",
+        refused.len(),
+        refused.first()
+    );
+    let reads = emulator
+        .calls()
+        .await
+        .get("SSM.GetParametersByPath")
+        .copied()
+        .unwrap_or(0);
+    println!(
+        "three-pool storm: 300 vends, {} activations, {reads} GetParametersByPath",
+        per_activation.len()
+    );
+    assert!(
+        reads <= 2,
+        "4 cold processes read Parameter Store {reads} times; the shared copy should serve them"
+    );
+}
+
+fn vending_pools(emulator: &Emulator, args: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_vending"));
+    command.arg("pools").args(args).env_clear().env("RUST_LOG", "warn");
+    for (k, v) in &emulator.env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vending_pools_shows_each_pools_settings_and_fails_on_an_invalid_one() {
+    let emulator = Emulator::start();
+    let role = emulator.env_value("VENDING_INSTANCE_ROLE");
+    emulator
+        .put_pool("linux-prod", &json!({"iam_role": role, "tags": {"env": "prod"}}))
+        .await;
+    let out = vending_pools(&emulator, &["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pools = listing["pools"].as_array().unwrap();
+    let names: Vec<&str> = pools.iter().map(|p| p["pool"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["default", "linux-prod"]);
+    assert_eq!(pools[0]["source"], "environment");
+    assert_eq!(pools[1]["settings"]["tags"]["env"], "prod");
+    assert_eq!(pools[1]["settings"]["registration_limit"], 100);
+
+    emulator
+        .put_pool("broken", &json!({"iam_role": role, "expiry_margin": "13h"}))
+        .await;
+    let out = vending_pools(&emulator, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("broken") && table.contains("activation_ttl"), "{table}");
+    assert!(table.contains("linux-prod"), "{table}");
+}
+
+#[test]
+fn the_command_line_says_what_it_takes_and_exits_2_on_bad_usage() {
+    let vending = || std::process::Command::new(env!("CARGO_BIN_EXE_vending"));
+    let help = vending().arg("--help").output().unwrap();
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    for command in ["serve", "sweep", "pools"] {
+        assert!(text.contains(command), "{text}");
+    }
+    let pools_help = vending().args(["pools", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&pools_help.stdout).contains("--json"));
+    for bad in [
+        &["frobnicate"][..],
+        &["serve", "--listen", "nowhere"],
+        &["sweep", "--extra"],
+    ] {
+        let out = vending()
+            .args(bad)
+            .env_remove("AWS_LAMBDA_RUNTIME_API")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+    let out = vending().env_remove("AWS_LAMBDA_RUNTIME_API").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "no command outside Lambda");
 }

@@ -321,7 +321,10 @@ impl Emulator {
         self.ssm()
             .await
             .put_parameter()
-            .name(format!("{}/pools/{pool}/config", self.env_value("VENDING_PARAMETER_PREFIX")))
+            .name(format!(
+                "{}/pools/{pool}/config",
+                self.env_value("VENDING_PARAMETER_PREFIX")
+            ))
             .value(config.to_string())
             .r#type(aws_sdk_ssm::types::ParameterType::String)
             .overwrite(true)
