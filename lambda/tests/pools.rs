@@ -83,10 +83,25 @@ async fn two_pools_make_activations_with_their_own_role_limit_and_tags() {
         assert_eq!(server.get("/activation?pool=linux-prod").await.id(), linux.id());
     }
     assert_ne!(server.get("/activation?pool=linux-prod").await.id(), linux.id());
-    assert!(emulator
-        .register(&windows.id(), &windows.code(), "win-01")
-        .await
-        .is_ok());
+
+    // SSM copies an activation's tags onto each node registered with it.
+    let ssm = emulator.ssm().await;
+    for (answer, name, want) in [(&linux, "web-01", "prod"), (&windows, "win-01", "test")] {
+        let node = emulator.register(&answer.id(), &answer.code(), name).await.unwrap();
+        let tags = ssm
+            .list_tags_for_resource()
+            .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::ManagedInstance)
+            .resource_id(&node)
+            .send()
+            .await
+            .unwrap();
+        let tags: HashMap<&str, &str> = tags.tag_list().iter().map(|t| (t.key(), t.value())).collect();
+        assert_eq!(tags.get("env"), Some(&want), "{name}: {tags:?}");
+        assert_eq!(
+            tags.get("activation-vending:pool"),
+            Some(&answer.json()["Pool"].as_str().unwrap())
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
