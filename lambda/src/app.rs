@@ -8,6 +8,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
 use crate::aws::activations::ActivationService;
+use crate::aws::nodes::ManagedNodes;
 use crate::aws::parameters::{CodeVault, PoolConfigSource};
 use crate::aws::pool_store::PoolStore;
 use crate::config::Config;
@@ -52,9 +53,12 @@ pub fn build_state(config: Config, sdk: &SdkConfig) -> AppState {
 }
 
 pub fn build_sweeper(config: &Config, sdk: &SdkConfig) -> Sweeper {
+    let ssm = aws_sdk_ssm::Client::new(sdk);
     Sweeper::new(
         PoolStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table.clone()),
-        ActivationService::new(aws_sdk_ssm::Client::new(sdk)),
+        ActivationService::new(ssm.clone()),
+        ManagedNodes::new(ssm.clone()),
+        PoolConfigSource::new(ssm, config.parameter_prefix.clone()),
         config,
     )
 }
@@ -62,4 +66,15 @@ pub fn build_sweeper(config: &Config, sdk: &SdkConfig) -> Sweeper {
 /// Reads pool configs from Parameter Store (for `vending pools`).
 pub fn pool_configs(config: &Config, sdk: &SdkConfig) -> PoolConfigSource {
     PoolConfigSource::new(aws_sdk_ssm::Client::new(sdk), config.parameter_prefix.clone())
+}
+
+/// Reads what `vending status` shows, with the caller's credentials.
+pub fn build_status_reader(config: &Config, sdk: &SdkConfig) -> crate::status::StatusReader {
+    let ssm = aws_sdk_ssm::Client::new(sdk);
+    crate::status::StatusReader {
+        store: PoolStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table.clone()),
+        activations: ActivationService::new(ssm.clone()),
+        nodes: ManagedNodes::new(ssm.clone()),
+        pool_configs: PoolConfigSource::new(ssm, config.parameter_prefix.clone()),
+    }
 }

@@ -36,6 +36,8 @@ pub struct Config {
     pub pool_refresh: Duration,
     /// Proxies (an ALB's subnets) whose `X-Forwarded-For` names the caller.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Hybrid nodes the account may have in the standard tier (AWS: 1,000 per Region).
+    pub node_quota: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -155,6 +157,7 @@ impl Config {
             ));
         }
 
+        let node_quota = number("VENDING_NODE_QUOTA", 1000, 1..=1_000_000)?;
         let pool_refresh = duration("VENDING_POOL_REFRESH", "60s")?;
         if pool_refresh < Duration::from_secs(1) {
             return Err(problem(
@@ -194,6 +197,7 @@ impl Config {
             sweep_grace,
             pool_refresh,
             trusted_proxies,
+            node_quota,
         })
     }
 }

@@ -231,6 +231,7 @@ mod tests {
             description: None,
             allowed_cidrs: Vec::new(),
             enabled: true,
+            replace_stale_nodes_after: None,
         }
     }
 

@@ -10,7 +10,7 @@ use lambda_http::request::LambdaRequest;
 use lambda_http::{Adapter, LambdaEvent, Service};
 use serde_json::Value;
 
-use crate::sweep::Sweeper;
+use crate::sweep::{SweepOptions, Sweeper};
 use crate::vend::epoch_now;
 
 pub type BoxError = lambda_http::Error;
@@ -23,7 +23,13 @@ pub async fn handle_event(app: Router, sweeper: Arc<Sweeper>, event: LambdaEvent
     let LambdaEvent { payload, context } = event;
     if is_sweep_event(&payload) {
         let reports = sweeper
-            .sweep_all(epoch_now(), Some(sweep_budget(context.deadline)))
+            .sweep_all(
+                epoch_now(),
+                SweepOptions {
+                    until: Some(sweep_budget(context.deadline)),
+                    dry_run: false,
+                },
+            )
             .await?;
         return Ok(serde_json::to_value(reports)?);
     }

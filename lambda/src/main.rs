@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use vending::app::{build_state, build_sweeper, load_sdk_config, pool_configs};
+use vending::app::{build_state, build_status_reader, build_sweeper, load_sdk_config, pool_configs};
 use vending::config::Config;
 use vending::http::router;
 
@@ -31,8 +31,24 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
-    /// Delete orphan and spent activations once; print a JSON report.
-    Sweep,
+    /// Delete orphan and spent activations once (and, where a pool opts in, stale
+    /// duplicate nodes); print a JSON report.
+    Sweep {
+        /// Decide and report; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Per pool: the current activation, slots, SSM's count, lease, last rotation and
+    /// nodes by ping status; account-wide, hybrid nodes against VENDING_NODE_QUOTA
+    /// (exit 1 if a pool is misconfigured or its rotations are failing).
+    Status {
+        /// Only this pool.
+        #[arg(long)]
+        pool: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// List every pool with its effective settings and whether its config is valid
     /// (exit 1 if any is not).
     Pools {
@@ -55,6 +71,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if matches!(
+        cli.command,
+        Some(Command::Sweep { .. } | Command::Pools { .. } | Command::Status { .. })
+    ) {
+        // Their standard output is the report.
+        vending::metrics::disable();
+    }
     let json_logs = cli.command.is_none() || std::env::var("VENDING_LOG_FORMAT").is_ok_and(|f| f == "json");
     vending::logging::init(json_logs);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -80,11 +103,27 @@ async fn run(command: Option<Command>, config: Config) -> Result<ExitCode, Box<d
             let sweeper = build_sweeper(&config, &sdk);
             vending::lambda_entry::run(router(build_state(config, &sdk)), sweeper).await?;
         }
-        Some(Command::Sweep) => {
+        Some(Command::Sweep { dry_run }) => {
+            let options = vending::sweep::SweepOptions { until: None, dry_run };
             let reports = build_sweeper(&config, &sdk)
-                .sweep_all(vending::vend::epoch_now(), None)
+                .sweep_all(vending::vend::epoch_now(), options)
                 .await?;
             println!("{}", serde_json::to_string_pretty(&reports)?);
+        }
+        Some(Command::Status { pool, json }) => {
+            let status = build_status_reader(&config, &sdk)
+                .read(&config, pool.as_deref())
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.table());
+            }
+            return Ok(if status.healthy() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
         }
         Some(Command::Pools { json }) => {
             let listing = vending::pools_report::read(&pool_configs(&config, &sdk), &config).await?;

@@ -13,6 +13,16 @@ pub const DEFAULT_POOL: &str = "default";
 pub struct PoolState {
     pub activation: Option<CurrentActivation>,
     pub lease: Option<Lease>,
+    /// Why the current activation was made (for operators).
+    pub last_rotation_reason: Option<String>,
+    /// The last rotation that failed, if any (for operators).
+    pub last_failure: Option<RotationFailure>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationFailure {
+    pub at: EpochSecs,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -436,6 +446,7 @@ mod tests {
                 ..activation(0, 10, 99_999)
             }),
             lease: None,
+            ..PoolState::default()
         };
         for reason in [
             RotationReason::SlotsUsedUp,

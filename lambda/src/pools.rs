@@ -34,6 +34,7 @@ pub struct PoolConfig {
     #[serde(default)]
     pub allowed_cidrs: Vec<String>,
     pub enabled: Option<bool>,
+    pub replace_stale_nodes_after: Option<String>,
 }
 
 /// A pool's validated, effective settings.
@@ -51,10 +52,20 @@ pub struct PoolSettings {
     #[serde(serialize_with = "as_strings")]
     pub allowed_cidrs: Vec<IpNet>,
     pub enabled: bool,
+    /// Opt-in clean-up: deregister older registrations of a name offline this long.
+    #[serde(serialize_with = "as_optional_secs")]
+    pub replace_stale_nodes_after: Option<Duration>,
 }
 
 fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{}s", d.as_secs()))
+}
+
+fn as_optional_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => as_secs(d, s),
+        None => s.serialize_none(),
+    }
 }
 
 fn as_strings<S: serde::Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
@@ -106,6 +117,7 @@ impl PoolSettings {
             description: None,
             allowed_cidrs: Vec::new(),
             enabled: true,
+            replace_stale_nodes_after: None,
         }
     }
 
@@ -193,6 +205,19 @@ impl PoolSettings {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let replace_stale_nodes_after = match raw.replace_stale_nodes_after {
+            None => None,
+            Some(text) => {
+                let after = parse_duration(&text).map_err(|e| problem("replace_stale_nodes_after", e))?;
+                if after < Duration::from_secs(3_600) {
+                    return Err(problem(
+                        "replace_stale_nodes_after",
+                        "must be at least 1h: a node briefly offline is not stale",
+                    ));
+                }
+                Some(after)
+            }
+        };
         Ok(Self {
             iam_role,
             registration_limit,
@@ -203,6 +228,7 @@ impl PoolSettings {
             description: raw.description,
             allowed_cidrs,
             enabled: raw.enabled.unwrap_or(true),
+            replace_stale_nodes_after,
         })
     }
 
@@ -305,6 +331,14 @@ mod tests {
                 "default_instance_name",
             ),
             (r#"not json"#, "(json)"),
+            (
+                r#"{"iam_role": "r", "replace_stale_nodes_after": "5m"}"#,
+                "replace_stale_nodes_after",
+            ),
+            (
+                r#"{"iam_role": "r", "replace_stale_nodes_after": "a week"}"#,
+                "replace_stale_nodes_after",
+            ),
         ];
         for (json, field) in cases {
             let err = parse(json).unwrap_err();

@@ -14,6 +14,7 @@ use crate::codes::Codes;
 use crate::config::Config;
 use crate::directory::Pool;
 use crate::error::VendError;
+use crate::metrics::{self, Metric};
 use crate::pool::{still_needs_rotation, CurrentActivation, RotationReason};
 use crate::vend::{epoch_now, secs};
 
@@ -78,8 +79,18 @@ impl Rotator {
             return Ok(Rotation::NotNeeded);
         }
         match self.install_new_activation(pool, &owner, reason).await {
-            Ok(rotation) => Ok(rotation),
+            Ok(rotation) => {
+                if rotation == Rotation::Rotated {
+                    metrics::count(name, Metric::Rotations);
+                }
+                Ok(rotation)
+            }
             Err(e) => {
+                metrics::count(name, Metric::RotationFailures);
+                tracing::warn!(pool = name, %reason, error = %e, "rotation failed");
+                self.store
+                    .record_rotation_failure(name, epoch_now(), &e.to_string())
+                    .await;
                 if let Err(release) = self.store.release_lease(name, &owner).await {
                     tracing::warn!(pool = name, error = %release, "could not release the lease; it runs out by itself");
                 }
@@ -116,7 +127,10 @@ impl Rotator {
             fingerprint: pool.fingerprint.clone(),
             config_at: pool.config_at,
         };
-        let committed = self.store.commit_rotation(name, owner, &next, epoch_now()).await;
+        let committed = self
+            .store
+            .commit_rotation(name, owner, &next, &reason.to_string(), epoch_now())
+            .await;
         if !self.settle_commit(name, owner, &created.id, committed).await? {
             return Ok(Rotation::NotNeeded);
         }

@@ -16,6 +16,7 @@ use crate::codes::Codes;
 use crate::config::Config;
 use crate::directory::{Pool, PoolDirectory};
 use crate::error::VendError;
+use crate::metrics::{self, Metric};
 use crate::pool::{
     lease_is_free, rotate_ahead_due, why_unusable, AheadTrigger, Caller, CurrentActivation, EpochSecs, InstanceRecord,
     RotationReason,
@@ -114,6 +115,7 @@ impl Vendor {
                     reason = "the source address is not in the pool's allowed_cidrs",
                     "refused"
                 );
+                metrics::count(&pool.name, Metric::Forbidden);
                 return Err(VendError::Forbidden {
                     pool: pool.name.clone(),
                     source_address,
@@ -121,7 +123,7 @@ impl Vendor {
             }
             self.vend_unbounded(&pool, instance, machine_id).await
         };
-        match tokio::time::timeout(self.config.deadline, vend).await {
+        let result = match tokio::time::timeout(self.config.deadline, vend).await {
             Ok(result) => result,
             Err(_) => {
                 tracing::warn!(
@@ -131,7 +133,11 @@ impl Vendor {
                 );
                 Err(VendError::NoActivationYet)
             }
+        };
+        if let Err(VendError::NoActivationYet) = &result {
+            metrics::count(pool, Metric::NoActivationYet);
         }
+        result
     }
 
     async fn vend_unbounded(
@@ -145,11 +151,19 @@ impl Vendor {
         let mut replacing = None;
         if let Some(caller) = &caller {
             match self.vend_again(pool, caller).await? {
-                Ok(vended) => return Ok(vended),
+                Ok(vended) => {
+                    metrics::count(&pool.name, Metric::Vends);
+                    return Ok(vended);
+                }
                 Err(stale) => replacing = stale,
             }
         }
         let (activation, code) = self.reserve_and_pair(pool).await?;
+        let slots_left = f64::from(activation.limit.saturating_sub(activation.reserved));
+        metrics::emit(
+            Some(&pool.name),
+            &[(Metric::Vends, 1.0), (Metric::SlotsRemaining, slots_left)],
+        );
         let vended = Vended {
             activation_id: activation.id.clone(),
             code,

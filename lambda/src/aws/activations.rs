@@ -10,6 +10,16 @@ use crate::pool::{ActivationInfo, EpochSecs};
 use crate::pools::{PoolSettings, POOL_TAG};
 use crate::secret::ActivationCode;
 
+fn info(a: &aws_sdk_ssm::types::Activation) -> ActivationInfo {
+    ActivationInfo {
+        id: a.activation_id().unwrap_or_default().to_owned(),
+        expired: a.expired(),
+        registrations: a.registrations_count().unwrap_or(0).max(0) as u32,
+        limit: a.registration_limit().unwrap_or(0).max(0) as u32,
+        created_at: a.created_date().map(|d| d.secs()).unwrap_or(0),
+    }
+}
+
 #[derive(Clone)]
 pub struct ActivationService {
     client: aws_sdk_ssm::Client,
@@ -69,6 +79,14 @@ impl ActivationService {
     /// False when SSM no longer knows the activation, it expired, or it is full
     /// (someone registered with its code outside this service).
     pub async fn still_works(&self, activation_id: &str) -> Result<bool, VendError> {
+        Ok(self
+            .describe(activation_id)
+            .await?
+            .is_some_and(|a| !a.expired && a.registrations < a.limit))
+    }
+
+    /// What SSM says about one activation; `None` when it no longer knows it.
+    pub async fn describe(&self, activation_id: &str) -> Result<Option<ActivationInfo>, VendError> {
         let filter = DescribeActivationsFilter::builder()
             .filter_key(DescribeActivationsFilterKeys::ActivationIds)
             .filter_values(activation_id)
@@ -80,11 +98,11 @@ impl ActivationService {
             .send()
             .await
             .map_err(|e| classify("SSM.DescribeActivations", e, Echo::Message))?;
-        Ok(out.activation_list().iter().any(|a| {
-            a.activation_id() == Some(activation_id)
-                && !a.expired()
-                && a.registrations_count().unwrap_or(0) < a.registration_limit().unwrap_or(i32::MAX)
-        }))
+        Ok(out
+            .activation_list()
+            .iter()
+            .find(|a| a.activation_id() == Some(activation_id))
+            .map(info))
     }
 
     /// One page (up to 50) of the account's activations that this service made
@@ -106,14 +124,8 @@ impl ActivationService {
             .iter()
             .filter_map(|a| {
                 let pool = a.tags().iter().find(|t| t.key() == POOL_TAG)?.value().to_owned();
-                let info = ActivationInfo {
-                    id: a.activation_id()?.to_owned(),
-                    expired: a.expired(),
-                    registrations: a.registrations_count().unwrap_or(0).max(0) as u32,
-                    limit: a.registration_limit().unwrap_or(0).max(0) as u32,
-                    created_at: a.created_date().map(|d| d.secs()).unwrap_or(0),
-                };
-                Some((pool, info))
+                a.activation_id()?;
+                Some((pool, info(a)))
             })
             .collect();
         Ok((found, out.next_token().map(str::to_owned)))

@@ -43,6 +43,9 @@ const CONFIG_AT: &str = "config_at";
 const CONFIGS: &str = "configs";
 const READ_AT: &str = "read_at";
 const CLAIM_UNTIL: &str = "claim_until";
+const ROTATION_REASON: &str = "rotation_reason";
+const FAILED_AT: &str = "rotation_failed_at";
+const FAILURE: &str = "rotation_failure";
 /// The one item that shares the pools' configs between processes.
 const DIRECTORY_KEY: &str = "directory#pools";
 
@@ -140,7 +143,16 @@ fn pool_state(item: Option<&Item>) -> PoolState {
         owner: owner.to_owned(),
         until: get_n(item, LEASE_UNTIL).unwrap_or(0),
     });
-    PoolState { activation, lease }
+    let last_failure = get_n(item, FAILED_AT).map(|at| crate::pool::RotationFailure {
+        at,
+        error: get_s(item, FAILURE).unwrap_or_default().to_owned(),
+    });
+    PoolState {
+        activation,
+        lease,
+        last_rotation_reason: get_s(item, ROTATION_REASON).map(str::to_owned),
+        last_failure,
+    }
 }
 
 fn instance_record(item: &Item) -> Option<InstanceRecord> {
@@ -347,6 +359,7 @@ impl PoolStore {
         pool: &str,
         owner: &str,
         next: &CurrentActivation,
+        reason: &str,
         now: EpochSecs,
     ) -> Result<bool, VendError> {
         let update = Update::builder()
@@ -354,7 +367,7 @@ impl PoolStore {
             .key(PK, pool_key(pool))
             .update_expression(
                 "SET #id = :id, #exp = :exp, #limit = :limit, #reserved = :reserved, #pver = :pver, \
-                 #rotated = :now, #fp = :fp, #cfg_at = :cfg_at REMOVE #owner, #until",
+                 #rotated = :now, #fp = :fp, #cfg_at = :cfg_at, #reason = :reason REMOVE #owner, #until",
             )
             .condition_expression("#owner = :me AND #until >= :now")
             .set_expression_attribute_names(names(&[
@@ -366,10 +379,12 @@ impl PoolStore {
                 ("#rotated", ROTATED_AT),
                 ("#fp", CONFIG_FP),
                 ("#cfg_at", CONFIG_AT),
+                ("#reason", ROTATION_REASON),
                 ("#owner", LEASE_OWNER),
                 ("#until", LEASE_UNTIL),
             ]))
             .expression_attribute_values(":fp", s(&next.fingerprint))
+            .expression_attribute_values(":reason", s(reason))
             .expression_attribute_values(":cfg_at", n(next.config_at))
             .expression_attribute_values(":id", s(&next.id))
             .expression_attribute_values(":exp", n(next.expires_at))
@@ -410,6 +425,25 @@ impl PoolStore {
             }
         })
         .await
+    }
+
+    /// Notes a failed rotation on the pool's item for `vending status`; best effort
+    /// (the failure is logged and counted anyway). `error` never carries a code.
+    pub async fn record_rotation_failure(&self, pool: &str, now: EpochSecs, error: &str) {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, pool_key(pool))
+            .update_expression("SET #at = :at, #error = :error")
+            .set_expression_attribute_names(names(&[("#at", FAILED_AT), ("#error", FAILURE)]))
+            .expression_attribute_values(":at", n(now))
+            .expression_attribute_values(":error", s(error))
+            .send()
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(pool, error = %classify("DynamoDB.UpdateItem", e, Echo::Message), "could not record the rotation failure");
+        }
     }
 
     /// The sweep's claim on an activation no rotation committed: once laid, the
