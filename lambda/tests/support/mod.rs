@@ -301,8 +301,13 @@ impl Emulator {
 
     /// Runs `vending sweep` with the provisioned settings plus `overrides`; its JSON report.
     pub fn sweep(&self, overrides: &[(&str, &str)]) -> Value {
+        self.sweep_with(&[], overrides)
+    }
+
+    /// `vending sweep ARGS...`; its JSON report.
+    pub fn sweep_with(&self, args: &[&str], overrides: &[(&str, &str)]) -> Value {
         let mut command = Command::new(env!("CARGO_BIN_EXE_vending"));
-        command.arg("sweep").env_clear().env("RUST_LOG", "warn");
+        command.arg("sweep").args(args).env_clear().env("RUST_LOG", "warn");
         for (k, v) in self
             .env
             .iter()
