@@ -22,6 +22,7 @@ import fnmatch
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,7 @@ REQUIRED_ENV = {
     "VENDING_EXPIRY_MARGIN",
     "VENDING_LEASE",
     "VENDING_DEADLINE",
+    "VENDING_NODE_QUOTA",
     "AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH",
 }
 # API Gateway gives up on an integration after 29 s and answers 504 (not JSON).
@@ -100,6 +102,27 @@ API_GATEWAY_INTEGRATION_TIMEOUT_SECS = 29
 # Condition keys API Gateway is not documented to send when it assumes the account's
 # CloudWatch Logs role; a trust condition on them can fail the first deploy.
 UNSENT_TRUST_KEYS = ("aws:SourceAccount", "aws:SourceArn", "aws:SourceOrgID")
+
+# The service's metrics (lambda/src/metrics.rs), written as CloudWatch embedded-metric-format
+# lines: each with the dimension Pool, and ManagedNodes also account-wide with no dimension.
+METRIC_NAMESPACE = "ActivationVending"
+POOL_METRICS = (
+    "Vends",
+    "Rotations",
+    "RotationFailures",
+    "NoActivationYet",
+    "Forbidden",
+    "SlotsRemaining",
+    "SweepDeleted",
+    "SweepFailures",
+    "StaleNodesDeregistered",
+    "ManagedNodes",
+)
+# Alarms that must fire on a single failure in any pool, present or future.
+FAILURE_ALARM_METRICS = ("RotationFailures", "SweepFailures")
+# Standard-tier hybrid nodes per account and Region; past it, the paid advanced tier.
+STANDARD_TIER_NODES = 1000
+ALARM_TOPIC = "arn:aws:sns:eu-west-1:123456789012:vending-alarms"
 
 EXISTING_VPCE = "vpce-0aaaabbbbccccdddd"
 SCENARIOS = {
@@ -120,6 +143,7 @@ SCENARIOS = {
         "ClientCidr": "10.20.0.0/16",
         "PoolRoleNames": "web-servers,db-servers,windows-servers",
         "AllowedSourceCidrs": "10.20.1.0/24,10.20.2.0/24",
+        "AlarmTopicArn": ALARM_TOPIC,
     },
     "ten-pool-roles": {
         "ExistingVpcEndpointId": EXISTING_VPCE,
@@ -733,6 +757,154 @@ def check_checkov_skips(source: dict) -> list[str]:
     return problems
 
 
+def _sums_over_every_pool(expression) -> str | None:
+    """The metric a Metrics Insights query sums over every pool, or None: exactly
+    SELECT SUM(metric) FROM SCHEMA("ActivationVending", Pool), with no WHERE or GROUP BY
+    that would leave a pool out or split the one time series an alarm needs."""
+    m = re.fullmatch(
+        rf'\s*SELECT\s+SUM\((\w+)\)\s+FROM\s+SCHEMA\(\s*"?{METRIC_NAMESPACE}"?\s*,\s*Pool\s*\)\s*',
+        str(expression),
+        re.IGNORECASE,
+    )
+    return m.group(1) if m else None
+
+
+def check_alarms(source: dict) -> list[str]:
+    """A rotation or sweep failure in any pool raises an alarm; the account's hybrid nodes
+    raise one at NodeQuotaAlarmThreshold; the function knows the quota."""
+    problems = []
+    alarms = {n: props(r) for n, r in source["Resources"].items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    for metric in FAILURE_ALARM_METRICS:
+        watching = []
+        for name, p in alarms.items():
+            returned = [q for q in p.get("Metrics", []) if q.get("ReturnData", True) in (True, "true")]
+            if len(returned) == 1 and _sums_over_every_pool(returned[0].get("Expression")) == metric:
+                watching.append((name, p, returned[0]))
+        if not watching:
+            problems.append(f'no alarm on SELECT SUM({metric}) FROM SCHEMA("{METRIC_NAMESPACE}", Pool) (every pool, one series)')
+        for name, p, query in watching:
+            op, threshold = p.get("ComparisonOperator"), p.get("Threshold")
+            on_first = (op == "GreaterThanThreshold" and threshold == 0) or (
+                op == "GreaterThanOrEqualToThreshold" and isinstance(threshold, (int, float)) and 0 < threshold <= 1
+            )
+            if not on_first:
+                problems.append(f"{name}: {op} {threshold!r} does not fire on a single {metric}")
+            if query.get("Period") != 300 or p.get("EvaluationPeriods") != 1:
+                problems.append(f"{name}: not the sum over one 5-minute period (Period {query.get('Period')}, EvaluationPeriods {p.get('EvaluationPeriods')})")
+            if p.get("TreatMissingData") not in ("notBreaching", "ignore"):
+                problems.append(f"{name}: TreatMissingData {p.get('TreatMissingData')!r} (no failures written means no failure)")
+    nodes = [
+        (name, p)
+        for name, p in alarms.items()
+        if p.get("MetricName") == "ManagedNodes" and p.get("Namespace") == METRIC_NAMESPACE
+    ]
+    if not nodes:
+        problems.append(f"no alarm on {METRIC_NAMESPACE}/ManagedNodes")
+    for name, p in nodes:
+        if p.get("Dimensions"):
+            problems.append(f"{name}: dimensions {p.get('Dimensions')}; the account-wide ManagedNodes has none")
+        if p.get("Statistic") != "Maximum":
+            problems.append(f"{name}: statistic {p.get('Statistic')!r}, not Maximum")
+        if p.get("ComparisonOperator") != "GreaterThanOrEqualToThreshold":
+            problems.append(f"{name}: {p.get('ComparisonOperator')}, not GreaterThanOrEqualToThreshold")
+        if p.get("Threshold") != {"Ref": "NodeQuotaAlarmThreshold"}:
+            problems.append(f"{name}: threshold {p.get('Threshold')!r}, not the NodeQuotaAlarmThreshold parameter")
+    params = source.get("Parameters", {})
+    quota, threshold = params.get("NodeQuota", {}), params.get("NodeQuotaAlarmThreshold", {})
+    if quota.get("Type") != "Number" or quota.get("Default") != STANDARD_TIER_NODES:
+        problems.append(f"NodeQuota is not a Number defaulting to the standard tier's {STANDARD_TIER_NODES}")
+    if threshold.get("Type") != "Number" or threshold.get("Default") != STANDARD_TIER_NODES * 9 // 10:
+        problems.append(f"NodeQuotaAlarmThreshold is not a Number defaulting to 90% of {STANDARD_TIER_NODES}")
+    env = props(source["Resources"].get("Function", {})).get("Environment", {}).get("Variables", {})
+    if env.get("VENDING_NODE_QUOTA") != {"Ref": "NodeQuota"}:
+        problems.append(f"VENDING_NODE_QUOTA is {env.get('VENDING_NODE_QUOTA')!r}, not the NodeQuota parameter")
+    return problems
+
+
+def check_alarm_actions(cfn: dict) -> list[str]:
+    """Every alarm notifies AlarmTopicArn when one is given, and nothing otherwise (the
+    alarms exist either way)."""
+    problems = []
+    topic = cfn["_params"].get("AlarmTopicArn", "")
+    alarms = of_type(cfn, "AWS::CloudWatch::Alarm")
+    for name in ("RotationFailuresAlarm", "SweepFailuresAlarm", "NodeQuotaAlarm"):
+        if name not in alarms:
+            problems.append(f"{name} is not deployed")
+    for name, alarm in alarms.items():
+        actions = props(alarm).get("AlarmActions", [])
+        want = [topic] if topic else []
+        if actions != want:
+            problems.append(f"{name}: AlarmActions {actions}, not {want} (AlarmTopicArn {topic!r})")
+    return problems
+
+
+# Stand-ins for the dashboard body's ${...} so the JSON parses and the annotations show
+# which parameter they came from.
+_DASHBOARD_SUBS = {"NodeQuotaAlarmThreshold": -9001, "NodeQuota": -9002}
+
+
+def dashboard_body(source: dict):
+    """The dashboard's JSON (its Fn::Sub with stand-ins), or a problem as a string."""
+    res = source["Resources"].get("Dashboard")
+    if res is None or res.get("Type") != "AWS::CloudWatch::Dashboard":
+        return "no AWS::CloudWatch::Dashboard named Dashboard"
+    body = props(res).get("DashboardBody")
+    text = body.get("Fn::Sub") if isinstance(body, dict) else body
+    if not isinstance(text, str):
+        return f"DashboardBody is {type(text).__name__}, not one JSON text"
+
+    def sub(m):
+        name = m.group(1)
+        return str(_DASHBOARD_SUBS[name]) if name in _DASHBOARD_SUBS else f"<{name}>"
+
+    try:
+        return json.loads(re.sub(r"\$\{([^!}][^}]*)\}", sub, text))
+    except json.JSONDecodeError as err:
+        return f"DashboardBody is not JSON: {err}"
+
+
+def check_dashboard(source: dict) -> list[str]:
+    """A dashboard with every metric by pool, the account's nodes against the alarm
+    threshold, and its console link as an output."""
+    problems = []
+    body = dashboard_body(source)
+    if isinstance(body, str):
+        return [body]
+    if len(of_type(source, "AWS::CloudWatch::Dashboard")) != 1:
+        problems.append("expected exactly one dashboard")
+    per_pool, account_nodes = set(), []
+    for widget in body.get("widgets", []):
+        wp = widget.get("properties", {})
+        if widget.get("type") != "metric":
+            continue
+        if wp.get("region") != "<AWS::Region>":
+            problems.append(f"widget {wp.get('title')!r}: region {wp.get('region')!r}, not the stack's")
+        for row in wp.get("metrics", []):
+            for item in row:
+                if isinstance(item, dict) and "expression" in item:
+                    m = re.fullmatch(
+                        rf"SEARCH\('\{{{METRIC_NAMESPACE},Pool\}} MetricName=\"(\w+)\"', '\w+', \d+\)", item["expression"]
+                    )
+                    if m:
+                        per_pool.add(m.group(1))
+            plain = [x for x in row if isinstance(x, str)]
+            if plain == [METRIC_NAMESPACE, "ManagedNodes"]:
+                marks = [a.get("value") for a in wp.get("annotations", {}).get("horizontal", [])]
+                account_nodes.append(marks)
+    for metric in POOL_METRICS:
+        if metric not in per_pool:
+            problems.append(f"the dashboard shows no {metric} for every pool (SEARCH over {{{METRIC_NAMESPACE},Pool}})")
+    if not account_nodes:
+        problems.append(f"the dashboard does not show the account-wide {METRIC_NAMESPACE}/ManagedNodes (no dimension)")
+    elif not any(_DASHBOARD_SUBS["NodeQuotaAlarmThreshold"] in marks for marks in account_nodes):
+        problems.append("the account-wide ManagedNodes graph has no line at ${NodeQuotaAlarmThreshold}")
+    url = source.get("Outputs", {}).get("DashboardUrl", {}).get("Value", {})
+    text = url.get("Fn::Sub") if isinstance(url, dict) else None
+    if not isinstance(text, str) or "console.aws.amazon.com/cloudwatch/" not in text or "#dashboards:name=${Dashboard}" not in text:
+        problems.append(f"no DashboardUrl output linking the console to the dashboard ({url!r})")
+    return problems
+
+
 DEPLOYED_CHECKS = [
     check_private_api,
     check_resource_policy,
@@ -743,8 +915,17 @@ DEPLOYED_CHECKS = [
     check_instance_role,
     check_api_logs_role,
     check_least_privilege,
+    check_alarm_actions,
 ]
-SOURCE_CHECKS = [check_function, check_checkov_skips, check_client_cidr_rule, check_deadline_and_timeouts, check_logging]
+SOURCE_CHECKS = [
+    check_function,
+    check_checkov_skips,
+    check_client_cidr_rule,
+    check_deadline_and_timeouts,
+    check_logging,
+    check_alarms,
+    check_dashboard,
+]
 
 
 # ------------------------------------------------------------------ tests
@@ -799,6 +980,14 @@ def test_template_and_service_agree_on_names(source):
     for name in env:
         if name.startswith("VENDING_"):
             assert f'"{name}"' in config, f"template sets {name}, which lambda/src/config.rs never reads"
+
+
+def test_template_and_service_agree_on_metrics():
+    """The metric names and the namespace the alarms and the dashboard use are the ones the
+    service writes, or the alarms watch nothing."""
+    text = "\n".join(path.read_text() for path in sorted((ROOT / "lambda/src").rglob("*.rs")))
+    for name in (METRIC_NAMESPACE, *POOL_METRICS):
+        assert f'"{name}"' in text, f"lambda/src never writes {name!r}"
 
 
 # ------------------------------------------------------------------ mutations
@@ -1054,6 +1243,96 @@ def m_unjustified_skip(t):
     _res(t, "Table")["Metadata"]["checkov"]["skip"].append({"id": "CKV_AWS_28"})
 
 
+def _rotation_query(t):
+    return _p(t, "RotationFailuresAlarm")["Metrics"][0]
+
+
+def m_rotation_alarm_one_pool(t):
+    _rotation_query(t)["Expression"] += " WHERE Pool = 'default'"
+
+
+def m_rotation_alarm_grouped(t):
+    _rotation_query(t)["Expression"] += " GROUP BY Pool"
+
+
+def m_rotation_alarm_threshold_5(t):
+    _p(t, "RotationFailuresAlarm")["Threshold"] = 5
+
+
+def m_rotation_alarm_wrong_metric(t):
+    _rotation_query(t)["Expression"] = _rotation_query(t)["Expression"].replace("RotationFailures", "Rotations")
+
+
+def m_no_sweep_alarm(t):
+    del t["Resources"]["SweepFailuresAlarm"]
+
+
+def m_sweep_alarm_daily(t):
+    _p(t, "SweepFailuresAlarm")["Metrics"][0]["Period"] = 86400
+
+
+def m_node_alarm_literal_threshold(t):
+    _p(t, "NodeQuotaAlarm")["Threshold"] = 1000
+
+
+def m_node_alarm_one_pool(t):
+    _p(t, "NodeQuotaAlarm")["Dimensions"] = [{"Name": "Pool", "Value": "default"}]
+
+
+def m_node_alarm_other_namespace(t):
+    _p(t, "NodeQuotaAlarm")["Namespace"] = "AWS/SSM"
+
+
+def m_node_alarm_minimum(t):
+    _p(t, "NodeQuotaAlarm")["Statistic"] = "Minimum"
+
+
+def m_threshold_at_the_quota(t):
+    t["Parameters"]["NodeQuotaAlarmThreshold"]["Default"] = 1000
+
+
+def m_node_quota_env_missing(t):
+    del _p(t, "Function")["Environment"]["Variables"]["VENDING_NODE_QUOTA"]
+
+
+def m_alarm_without_topic(t):
+    del _p(t, "RotationFailuresAlarm")["AlarmActions"]
+
+
+def m_alarm_fixed_topic(t):
+    _p(t, "NodeQuotaAlarm")["AlarmActions"] = ["arn:aws:sns:eu-west-1:123456789012:someone-else"]
+
+
+def _body(t):
+    return _p(t, "Dashboard")["DashboardBody"]
+
+
+def m_dashboard_without_slots(t):
+    _body(t)["Fn::Sub"] = _body(t)["Fn::Sub"].replace('\\"SlotsRemaining\\"', '\\"Vends\\"')
+
+
+def m_dashboard_nodes_one_pool(t):
+    _body(t)["Fn::Sub"] = _body(t)["Fn::Sub"].replace(
+        '{ActivationVending,Pool} MetricName=\\"ManagedNodes\\"', '{ActivationVending,Pool} Pool=\\"default\\" MetricName=\\"ManagedNodes\\"'
+    )
+
+
+def m_dashboard_literal_threshold(t):
+    _body(t)["Fn::Sub"] = _body(t)["Fn::Sub"].replace("${NodeQuotaAlarmThreshold}", "900")
+
+
+def m_dashboard_broken_json(t):
+    _body(t)["Fn::Sub"] = _body(t)["Fn::Sub"].rstrip().rstrip("}")
+
+
+def m_no_dashboard(t):
+    del t["Resources"]["Dashboard"]
+
+
+def m_no_dashboard_output(t):
+    del t["Outputs"]["DashboardUrl"]
+
+
 MUTATIONS = [
     ("drop the deny statement", m_drop_deny, check_resource_policy, "creates-everything"),
     ("deny only another endpoint", m_deny_only_other_endpoint, check_resource_policy, "creates-everything"),
@@ -1109,6 +1388,28 @@ MUTATIONS = [
     ("no VENDING_DEADLINE", m_deadline_missing, check_deadline_and_timeouts, "source"),
     ("timeout past API Gateway's 29 s", m_timeout_past_api_gateway, check_deadline_and_timeouts, "source"),
     ("text logs while the code writes JSON", m_text_logs, check_logging, "source"),
+    ("rotation alarm on the default pool only", m_rotation_alarm_one_pool, check_alarms, "source"),
+    ("rotation alarm split by pool", m_rotation_alarm_grouped, check_alarms, "source"),
+    ("rotation alarm ignores a single failure", m_rotation_alarm_threshold_5, check_alarms, "source"),
+    ("rotation alarm on Rotations", m_rotation_alarm_wrong_metric, check_alarms, "source"),
+    ("no sweep failure alarm", m_no_sweep_alarm, check_alarms, "source"),
+    ("sweep alarm over a day", m_sweep_alarm_daily, check_alarms, "source"),
+    ("node alarm at a literal threshold", m_node_alarm_literal_threshold, check_alarms, "source"),
+    ("node alarm on one pool", m_node_alarm_one_pool, check_alarms, "source"),
+    ("node alarm in another namespace", m_node_alarm_other_namespace, check_alarms, "source"),
+    ("node alarm on the minimum", m_node_alarm_minimum, check_alarms, "source"),
+    ("node alarm threshold defaults to the quota", m_threshold_at_the_quota, check_alarms, "source"),
+    ("no VENDING_NODE_QUOTA", m_node_quota_env_missing, check_alarms, "source"),
+    ("no VENDING_NODE_QUOTA (function)", m_node_quota_env_missing, check_function, "source"),
+    ("alarm silent with a topic", m_alarm_without_topic, check_alarm_actions, "pools-and-source-ranges"),
+    ("alarm notifies a fixed topic", m_alarm_fixed_topic, check_alarm_actions, "creates-everything"),
+    ("no sweep failure alarm deployed", m_no_sweep_alarm, check_alarm_actions, "creates-everything"),
+    ("dashboard without slots remaining", m_dashboard_without_slots, check_dashboard, "source"),
+    ("dashboard nodes of one pool", m_dashboard_nodes_one_pool, check_dashboard, "source"),
+    ("dashboard threshold line not the parameter", m_dashboard_literal_threshold, check_dashboard, "source"),
+    ("dashboard body not JSON", m_dashboard_broken_json, check_dashboard, "source"),
+    ("no dashboard", m_no_dashboard, check_dashboard, "source"),
+    ("no dashboard link", m_no_dashboard_output, check_dashboard, "source"),
 ]
 
 
