@@ -12,6 +12,8 @@ pub const DEFAULT_POOL: &str = "default";
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PoolState {
     pub activation: Option<CurrentActivation>,
+    /// The activation ready to take over, whole, when the current one is refused.
+    pub standby: Option<CurrentActivation>,
     pub lease: Option<Lease>,
     /// Why the current activation was made (for operators).
     pub last_rotation_reason: Option<String>,
@@ -80,6 +82,8 @@ pub enum RotationReason {
     LowWater,
     /// Not needed yet, but the activation nears its expiry margin.
     AheadOfExpiry,
+    /// The pool has no standby ready to take over.
+    StandbyMissing,
 }
 
 impl fmt::Display for RotationReason {
@@ -94,6 +98,7 @@ impl fmt::Display for RotationReason {
             Self::ConfigChanged => "ConfigChanged",
             Self::LowWater => "low-water mark",
             Self::AheadOfExpiry => "ahead of expiry",
+            Self::StandbyMissing => "standby missing",
         })
     }
 }
@@ -174,6 +179,24 @@ pub fn rotate_ahead_due(
     }
 }
 
+/// Whether a standby may take over now: it outlives the margin and was made with
+/// the settings the caller's config wants.
+pub fn promotable(standby: &CurrentActivation, now: EpochSecs, margin_secs: i64, wanted: Wanted<'_>) -> bool {
+    standby.expires_at > now + margin_secs && standby.fingerprint == wanted.fingerprint
+}
+
+/// Whether the pool needs a (new) standby: none, or one that could not take over by
+/// the time the current activation enters its margin (one that expires within two
+/// margins is replaced, never promoted), or one made with other settings.
+pub fn standby_needed(
+    standby: Option<&CurrentActivation>,
+    now: EpochSecs,
+    margin_secs: i64,
+    wanted: Wanted<'_>,
+) -> bool {
+    standby.is_none_or(|s| !promotable(s, now + margin_secs, margin_secs, wanted))
+}
+
 /// Whether a lease (if any) lets `now` take the pool.
 pub fn lease_is_free(lease: Option<&Lease>, now: EpochSecs) -> bool {
     lease.is_none_or(|l| l.until < now)
@@ -196,7 +219,8 @@ pub fn still_needs_rotation(
         RotationReason::DeletedOutOfBand
         | RotationReason::CodeMissing
         | RotationReason::LowWater
-        | RotationReason::AheadOfExpiry => same_activation,
+        | RotationReason::AheadOfExpiry
+        | RotationReason::StandbyMissing => same_activation,
         _ => why_unusable(current, now, margin_secs, wanted).is_some(),
     }
 }
@@ -350,6 +374,32 @@ mod tests {
         fingerprint: "fp-1",
         config_at: 100,
     };
+
+    #[test]
+    fn a_standby_takes_over_only_whole_fresh_and_made_with_the_wanted_settings() {
+        let standby = activation(0, 10, 10_000);
+        assert!(promotable(&standby, 1_000, 900, SAME));
+        assert!(
+            !promotable(&standby, 9_200, 900, SAME),
+            "inside the margin: replaced, never promoted"
+        );
+        let other = Wanted {
+            fingerprint: "fp-2",
+            config_at: 200,
+        };
+        assert!(!promotable(&standby, 1_000, 900, other), "made with other settings");
+    }
+
+    #[test]
+    fn a_standby_that_would_expire_within_two_margins_is_replaced() {
+        let standby = activation(0, 10, 10_000);
+        assert!(standby_needed(None, 1_000, 900, SAME));
+        assert!(!standby_needed(Some(&standby), 1_000, 900, SAME));
+        assert!(
+            standby_needed(Some(&standby), 8_300, 900, SAME),
+            "expires within two margins"
+        );
+    }
 
     #[test]
     fn a_config_change_retires_the_activation_made_with_the_old_settings() {

@@ -9,13 +9,13 @@ use std::time::Instant;
 use rand::Rng;
 
 use crate::aws::activations::ActivationService;
-use crate::aws::pool_store::{ActivationRecord, LeaseAttempt, PoolStore};
+use crate::aws::pool_store::{ActivationRecord, LeaseAttempt, Place, PoolStore};
 use crate::codes::Codes;
 use crate::config::Config;
 use crate::directory::Pool;
 use crate::error::VendError;
 use crate::metrics::{self, Metric};
-use crate::pool::{still_needs_rotation, CurrentActivation, RotationReason};
+use crate::pool::{standby_needed, still_needs_rotation, CurrentActivation, RotationReason};
 use crate::vend::{epoch_now, secs};
 
 /// How a rotation attempt ended.
@@ -59,6 +59,27 @@ impl Rotator {
         reason: RotationReason,
         seen: Option<&str>,
     ) -> Result<Rotation, VendError> {
+        self.install_under_lease(pool, reason, Place::Current, seen).await
+    }
+
+    /// Makes a standby for `pool` if it still needs one once the lease is ours: the
+    /// same steps as a rotation, recorded beside the current activation instead of
+    /// in its place.
+    pub async fn prepare_standby_under_lease(
+        &self,
+        pool: &Pool,
+        reason: RotationReason,
+    ) -> Result<Rotation, VendError> {
+        self.install_under_lease(pool, reason, Place::Standby, None).await
+    }
+
+    async fn install_under_lease(
+        &self,
+        pool: &Pool,
+        reason: RotationReason,
+        place: Place,
+        seen: Option<&str>,
+    ) -> Result<Rotation, VendError> {
         let (name, margin) = (pool.name.as_str(), secs(pool.settings.expiry_margin));
         let owner = format!(
             "{}-{}",
@@ -74,11 +95,15 @@ impl Rotator {
             LeaseAttempt::Busy(_) => return Ok(Rotation::Busy),
             LeaseAttempt::Taken(state) => state,
         };
-        if !still_needs_rotation(&state, seen, reason, now, margin, pool.wanted()) {
+        let needed = match place {
+            Place::Current => still_needs_rotation(&state, seen, reason, now, margin, pool.wanted()),
+            Place::Standby => standby_needed(state.standby.as_ref(), now, margin, pool.wanted()),
+        };
+        if !needed {
             self.store.release_lease(name, &owner).await?;
             return Ok(Rotation::NotNeeded);
         }
-        match self.install_new_activation(pool, &owner, reason).await {
+        match self.install_new_activation(pool, &owner, reason, place).await {
             Ok(rotation) => {
                 if rotation == Rotation::Rotated {
                     metrics::count(name, Metric::Rotations);
@@ -104,6 +129,7 @@ impl Rotator {
         pool: &Pool,
         owner: &str,
         reason: RotationReason,
+        place: Place,
     ) -> Result<Rotation, VendError> {
         let started = Instant::now();
         let name = pool.name.as_str();
@@ -129,7 +155,7 @@ impl Rotator {
         };
         let committed = self
             .store
-            .commit_rotation(name, owner, &next, &reason.to_string(), epoch_now())
+            .commit_rotation(name, owner, &next, place, &reason.to_string(), epoch_now())
             .await;
         if !self.settle_commit(name, owner, &created.id, committed).await? {
             return Ok(Rotation::NotNeeded);
@@ -144,7 +170,8 @@ impl Rotator {
             expires_at,
             parameter_version = version,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "rotated"
+            "{}",
+            if place == Place::Current { "rotated" } else { "prepared a standby" }
         );
         Ok(Rotation::Rotated)
     }

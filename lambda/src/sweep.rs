@@ -149,7 +149,10 @@ impl Sweeper {
         now: EpochSecs,
         options: SweepOptions,
     ) -> Result<SweepReport, VendError> {
-        let current = self.store.pool(pool).await?.activation.map(|a| a.id);
+        let state = self.store.pool(pool).await?;
+        let current = state.activation.map(|a| a.id);
+        // The standby is as good as current: it takes over whole, any moment now.
+        let standby = state.standby.map(|a| a.id);
         let mut report = SweepReport {
             pool: pool.to_owned(),
             current: current.clone(),
@@ -162,7 +165,8 @@ impl Sweeper {
                 report.complete = false;
                 break;
             }
-            self.sweep_chunk(pool, current.as_deref(), chunk, now, options.dry_run, &mut report)
+            let in_use = [current.as_deref(), standby.as_deref()];
+            self.sweep_chunk(pool, in_use, chunk, now, options.dry_run, &mut report)
                 .await;
         }
         tracing::info!(
@@ -267,7 +271,7 @@ impl Sweeper {
     async fn sweep_chunk(
         &self,
         pool: &str,
-        current: Option<&str>,
+        [current, standby]: [Option<&str>; 2],
         chunk: &[ActivationInfo],
         now: EpochSecs,
         dry_run: bool,
@@ -286,8 +290,13 @@ impl Sweeper {
         let outcomes: Vec<(String, Outcome)> = stream::iter(chunk)
             .map(|info| {
                 let committed = current == Some(info.id.as_str()) || committed.contains(&info.id);
+                let is_standby = standby == Some(info.id.as_str());
                 async move {
-                    let outcome = self.settle(pool, current, info, committed, now, dry_run).await;
+                    let outcome = if is_standby {
+                        Outcome::Kept
+                    } else {
+                        self.settle(pool, current, info, committed, now, dry_run).await
+                    };
                     (info.id.clone(), outcome)
                 }
             })

@@ -2,6 +2,7 @@
 //! pair every ID with exactly the code stored beside it, and remember what a named
 //! machine was given. All of it within one deadline.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,8 +19,8 @@ use crate::directory::{Pool, PoolDirectory};
 use crate::error::VendError;
 use crate::metrics::{self, Metric};
 use crate::pool::{
-    lease_is_free, rotate_ahead_due, why_unusable, AheadTrigger, Caller, CurrentActivation, EpochSecs, InstanceRecord,
-    RotationReason,
+    lease_is_free, promotable, rotate_ahead_due, standby_needed, why_unusable, AheadTrigger, Caller, CurrentActivation,
+    EpochSecs, InstanceRecord, RotationReason,
 };
 use crate::rotation::{Rotation, Rotator};
 use crate::secret::ActivationCode;
@@ -41,8 +42,9 @@ pub struct Vendor {
     checks: ActivationChecks,
     rotator: Arc<Rotator>,
     config: Config,
-    /// Last time this process tried to rotate ahead by time; one try per lease length.
-    last_time_based_attempt: Mutex<Option<Instant>>,
+    /// When this process began its last unfinished or unsuccessful try at each pool's
+    /// standby.
+    last_standby_attempt: Mutex<HashMap<String, Instant>>,
     /// One request per process deals with an unusable pool at a time.
     pool_gate: tokio::sync::Mutex<()>,
 }
@@ -81,7 +83,7 @@ impl Vendor {
             checks,
             rotator,
             config,
-            last_time_based_attempt: Mutex::new(None),
+            last_standby_attempt: Mutex::new(HashMap::new()),
             pool_gate: tokio::sync::Mutex::new(()),
         }
     }
@@ -244,10 +246,19 @@ impl Vendor {
         let mut in_charge = None;
         let mut waits = 0;
         let mut last_seen = None;
+        // A standby this request promoted: its first slot is ours already.
+        let mut promoted = None;
         loop {
             let now = epoch_now();
-            match self.store.reserve_slot(name, now, margin, wanted).await? {
-                Reservation::Reserved(activation) => {
+            let reservation = match promoted.take() {
+                Some(activation) => Reservation::Reserved {
+                    activation,
+                    standby: None,
+                },
+                None => self.store.reserve_slot(name, now, margin, wanted).await?,
+            };
+            match reservation {
+                Reservation::Reserved { activation, standby } => {
                     if activation.fingerprint != pool.fingerprint {
                         // Made from a newer read of the pool's config than ours.
                         self.directory.outdated_by(activation.config_at).await;
@@ -257,18 +268,29 @@ impl Vendor {
                             .await?;
                         continue;
                     }
-                    let trigger = rotate_ahead_due(
-                        activation.reserved,
-                        &activation,
-                        now,
-                        margin,
-                        self.config.low_water_percent,
-                    );
-                    if let Some(trigger) = trigger.filter(|t| self.may_try_rotate_ahead(*t)) {
-                        // Our slot on the old activation stays good; failures here only
-                        // mean the next crossing tries again.
-                        if let Err(e) = self.rotate(pool, trigger.reason(), Some(&activation.id)).await {
-                            tracing::warn!(pool = name, error = %e, "rotating ahead failed; the pool keeps its current activation");
+                    // Keep a standby ready, so that no request waits on SSM when this
+                    // activation is used up or nears its expiry.
+                    if self.config.low_water_percent > 0 && standby_needed(standby.as_ref(), now, margin, pool.wanted())
+                    {
+                        let trigger = rotate_ahead_due(
+                            activation.reserved,
+                            &activation,
+                            now,
+                            margin,
+                            self.config.low_water_percent,
+                        );
+                        if self.may_prepare_standby(name, trigger) {
+                            let reason = trigger.map_or(RotationReason::StandbyMissing, AheadTrigger::reason);
+                            // Our slot stays good; a failure here only means a later request
+                            // tries again.
+                            let outcome = self.prepare_standby(pool, reason).await;
+                            if let Err(e) = &outcome {
+                                tracing::warn!(pool = name, error = %e, "preparing a standby failed");
+                            }
+                            self.standby_attempt_ended(
+                                name,
+                                matches!(outcome, Ok(Rotation::Rotated | Rotation::NotNeeded)),
+                            );
                         }
                     }
                     match self
@@ -292,6 +314,20 @@ impl Vendor {
                     }
                 }
                 Reservation::Refused(state) => {
+                    let standby = state
+                        .standby
+                        .as_ref()
+                        .filter(|s| promotable(s, now, margin, pool.wanted()));
+                    if let Some(standby) = standby {
+                        // No lease, no SSM: one conditional write swaps the standby in and
+                        // takes its first slot. If someone else changed the pool first,
+                        // reserve again.
+                        promoted = self.store.promote_standby(name, standby, now, margin, wanted).await?;
+                        if let Some(activation) = &promoted {
+                            tracing::info!(pool = name, activation_id = %activation.id, "promoted the standby");
+                        }
+                        continue;
+                    }
                     if in_charge.is_none() {
                         match self.pool_gate.try_lock() {
                             Ok(guard) => in_charge = Some(guard),
@@ -373,17 +409,38 @@ impl Vendor {
         Ok(())
     }
 
-    fn may_try_rotate_ahead(&self, trigger: AheadTrigger) -> bool {
-        if trigger == AheadTrigger::LowWaterSlot {
-            return true;
-        }
-        // Near expiry, every request in the window qualifies, so each process tries at
-        // most once per lease length instead of once per request.
-        let mut last = self.last_time_based_attempt.lock().unwrap_or_else(|p| p.into_inner());
-        if last.is_some_and(|t| t.elapsed() < self.config.lease) {
+    /// Every request that sees no usable standby qualifies, so a process tries once
+    /// at a time per pool, and after a try that failed or found the lease taken, not
+    /// again for a lease length (the holder of the low-water slot always tries).
+    fn may_prepare_standby(&self, pool: &str, trigger: Option<AheadTrigger>) -> bool {
+        let mut last = self.last_standby_attempt.lock().unwrap_or_else(|p| p.into_inner());
+        let blocked = last.get(pool).is_some_and(|t| t.elapsed() < self.config.lease);
+        if blocked && trigger != Some(AheadTrigger::LowWaterSlot) {
             return false;
         }
-        *last = Some(Instant::now());
+        if last.len() > 256 {
+            last.clear();
+        }
+        last.insert(pool.to_owned(), Instant::now());
         true
+    }
+
+    fn standby_attempt_ended(&self, pool: &str, done: bool) {
+        if done {
+            self.last_standby_attempt
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(pool);
+        }
+    }
+
+    /// Prepares the next standby as a task of its own (like a rotation): a request cut
+    /// off by its deadline does not drop it halfway with the lease held.
+    async fn prepare_standby(&self, pool: &Pool, reason: RotationReason) -> Result<Rotation, VendError> {
+        let rotator = self.rotator.clone();
+        let pool = pool.clone();
+        tokio::spawn(async move { rotator.prepare_standby_under_lease(&pool, reason).await })
+            .await
+            .map_err(|e| VendError::Internal(format!("the standby task failed: {e}")))?
     }
 }

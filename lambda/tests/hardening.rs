@@ -143,7 +143,7 @@ async fn transaction_conflicts_on_the_reserve_are_retried_then_answered_503_neve
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_cancelled_by_conflicts_is_retried_and_never_orphans_its_activation() {
     let emulator = Emulator::start();
-    let server = emulator.serve(&[]);
+    let server = emulator.serve(&[NO_ROTATE_AHEAD]);
     emulator
         .inject(
             json!({"operation": "DynamoDB.TransactWriteItems", "error": "TransactionCanceledException",
@@ -156,7 +156,7 @@ async fn a_commit_cancelled_by_conflicts_is_retried_and_never_orphans_its_activa
 
     // A commit that never gets through: 503, and the new activation is deleted.
     let fresh = Emulator::start();
-    let server = fresh.serve(&[]);
+    let server = fresh.serve(&[NO_ROTATE_AHEAD]);
     fresh
         .inject(
             json!({"operation": "DynamoDB.TransactWriteItems", "error": "TransactionCanceledException",
@@ -243,7 +243,7 @@ async fn a_write_that_lands_but_loses_its_answer_breaks_no_promise() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_that_landed_but_answered_an_error_is_kept_not_deleted() {
     let emulator = Emulator::start();
-    let server = emulator.serve(&[]);
+    let server = emulator.serve(&[NO_ROTATE_AHEAD]);
     // A 400 the SDK does not retry: only reading the commit record can tell it landed.
     emulator
         .inject(
@@ -262,7 +262,7 @@ async fn a_commit_that_landed_but_answered_an_error_is_kept_not_deleted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_vend_never_outlives_its_deadline_and_the_cut_off_rotation_still_lands() {
     let emulator = Emulator::start();
-    let server = emulator.serve(&[("VENDING_DEADLINE", "2s")]);
+    let server = emulator.serve(&[("VENDING_DEADLINE", "2s"), NO_ROTATE_AHEAD]);
     emulator
         .inject(json!({"operation": "SSM.CreateActivation", "delay_ms": 4_000, "count": 1}))
         .await;

@@ -150,7 +150,8 @@ async fn metrics_are_emf_lines_that_follow_the_specification() {
             &json!({"iam_role": role, "registration_limit": 3, "allowed_cidrs": ["10.0.0.0/8"]}),
         )
         .await;
-    let server = emulator.serve(&[("VENDING_REGISTRATION_LIMIT", "2")]);
+    // No standby: each rotation is one the vends cause.
+    let server = emulator.serve(&[("VENDING_REGISTRATION_LIMIT", "2"), ("VENDING_LOW_WATER_PERCENT", "0")]);
     for _ in 0..3 {
         assert_eq!(server.get("/activation").await.status, 200);
     }

@@ -12,6 +12,8 @@ use serde_json::json;
 use support::{Emulator, Server};
 
 const FAST_REFRESH: (&str, &str) = ("VENDING_POOL_REFRESH", "1s");
+/// Counting activations exactly: no standby beside the current one.
+const NO_STANDBY: (&str, &str) = ("VENDING_LOW_WATER_PERCENT", "0");
 
 fn tags_of(activation: &aws_sdk_ssm::types::Activation) -> HashMap<String, String> {
     activation
@@ -118,7 +120,7 @@ async fn a_bad_config_isolates_only_its_own_pool_and_nothing_is_taken() {
     emulator
         .put_pool("off", &json!({"iam_role": role, "enabled": false}))
         .await;
-    let server = emulator.serve(&[FAST_REFRESH]);
+    let server = emulator.serve(&[FAST_REFRESH, NO_STANDBY]);
 
     let broken = server.get("/activation?pool=broken").await;
     assert_eq!(broken.status, 500, "{}", broken.body);
@@ -205,7 +207,7 @@ async fn a_caller_outside_the_allowed_networks_takes_no_slot() {
         .await;
 
     // Behind a trusted proxy, the forwarded address is the caller.
-    let behind_alb = emulator.serve(&[("VENDING_TRUSTED_PROXIES", "127.0.0.0/8")]);
+    let behind_alb = emulator.serve(&[("VENDING_TRUSTED_PROXIES", "127.0.0.0/8"), NO_STANDBY]);
     let admitted = behind_alb
         .request(
             reqwest::Method::GET,

@@ -93,7 +93,7 @@ async fn an_activation_deleted_out_of_band_is_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_low_water_mark_rotates_ahead_while_the_old_slots_stay_good() {
+async fn every_slot_is_offered_before_a_ready_standby_takes_over_without_ssm() {
     let emulator = Emulator::start();
     let server = emulator.serve(&[
         ("VENDING_REGISTRATION_LIMIT", "10"),
@@ -101,27 +101,34 @@ async fn the_low_water_mark_rotates_ahead_while_the_old_slots_stay_good() {
     ]);
     let first = server.get("/activation").await;
     let mut same = 1;
-    let mut next = None;
-    for _ in 0..10 {
+    for _ in 0..9 {
         let a = server.get("/activation").await;
-        if a.id() == first.id() {
-            same += 1;
-            assert!(emulator
-                .register(&a.id(), &a.code(), &format!("web-{same}"))
-                .await
-                .is_ok());
-        } else {
-            next = Some(a);
-            break;
-        }
+        assert_eq!(a.id(), first.id(), "every slot of the current activation is offered");
+        assert!(emulator
+            .register(&a.id(), &a.code(), &format!("web-{same}"))
+            .await
+            .is_ok());
+        same += 1;
     }
-    assert_eq!(
-        same, 8,
-        "slot 8 of 10 rotated ahead; it was still served from the old activation"
-    );
-    let next = next.expect("a new activation after the low-water mark");
     assert!(
-        server.log_text().contains("reason=low-water mark"),
+        server.log_text().contains("prepared a standby"),
+        "{}",
+        server.log_text()
+    );
+    // The eleventh vend finds the current activation used up: the standby takes over
+    // in one conditional write, with no call to SSM on the request's path.
+    emulator.reset_calls().await;
+    let next = server.get("/activation").await;
+    assert_ne!(next.id(), first.id());
+    let calls = emulator.calls().await;
+    assert!(
+        !calls
+            .keys()
+            .any(|op| op.starts_with("SSM.") && op != "SSM.GetParameter"),
+        "no SSM call but the code's: {calls:?}"
+    );
+    assert!(
+        server.log_text().contains("promoted the standby"),
         "{}",
         server.log_text()
     );
@@ -132,7 +139,7 @@ async fn the_low_water_mark_rotates_ahead_while_the_old_slots_stay_good() {
 async fn a_server_killed_while_holding_the_lease_blocks_rotation_no_longer_than_the_lease() {
     let emulator = Emulator::start();
     let lease = Duration::from_secs(3);
-    let settings = [("VENDING_LEASE", "3s"), ("VENDING_WAIT", "500ms")];
+    let settings = [("VENDING_LEASE", "3s"), ("VENDING_WAIT", "500ms"), NO_ROTATE_AHEAD];
     let mut doomed = emulator.serve(&settings);
     let survivor = emulator.serve(&settings);
     emulator.set_latency(5).await;
@@ -173,7 +180,7 @@ async fn a_server_killed_while_holding_the_lease_blocks_rotation_no_longer_than_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotation_that_lost_its_lease_deletes_its_own_activation_and_commits_nothing() {
     let emulator = Emulator::start();
-    let settings = [("VENDING_LEASE", "1s"), ("VENDING_WAIT", "10s")];
+    let settings = [("VENDING_LEASE", "1s"), ("VENDING_WAIT", "10s"), NO_ROTATE_AHEAD];
     let slow = emulator.serve(&settings);
     let fast = emulator.serve(&settings);
     emulator.set_latency(5).await;

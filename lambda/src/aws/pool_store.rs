@@ -46,6 +46,59 @@ const CLAIM_UNTIL: &str = "claim_until";
 const ROTATION_REASON: &str = "rotation_reason";
 const FAILED_AT: &str = "rotation_failed_at";
 const FAILURE: &str = "rotation_failure";
+/// The standby activation's attributes on the pool item: the same as the current
+/// one's, prefixed.
+const STANDBY: Attributes = Attributes {
+    id: "sb_activation_id",
+    expires_at: "sb_expires_at",
+    limit: "sb_reg_limit",
+    parameter_version: "sb_param_version",
+    committed_at: "sb_committed_at",
+    fingerprint: "sb_config_fp",
+    config_at: "sb_config_at",
+    reason: "sb_reason",
+};
+const CURRENT: Attributes = Attributes {
+    id: ACTIVATION_ID,
+    expires_at: EXPIRES_AT,
+    limit: LIMIT,
+    parameter_version: PARAMETER_VERSION,
+    committed_at: ROTATED_AT,
+    fingerprint: CONFIG_FP,
+    config_at: CONFIG_AT,
+    reason: ROTATION_REASON,
+};
+
+/// Where on the pool item one activation lives.
+struct Attributes {
+    id: &'static str,
+    expires_at: &'static str,
+    limit: &'static str,
+    parameter_version: &'static str,
+    committed_at: &'static str,
+    fingerprint: &'static str,
+    config_at: &'static str,
+    reason: &'static str,
+}
+
+/// Which place on the pool item a commit fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// The activation requests reserve slots on.
+    Current,
+    /// The activation ready to take over, whole, when the current one is refused.
+    Standby,
+}
+
+impl Place {
+    fn attributes(self) -> &'static Attributes {
+        match self {
+            Self::Current => &CURRENT,
+            Self::Standby => &STANDBY,
+        }
+    }
+}
+
 /// The one item that shares the pools' configs between processes.
 const DIRECTORY_KEY: &str = "directory#pools";
 
@@ -65,8 +118,12 @@ pub struct PoolStore {
 /// The answer to "give me a slot".
 #[derive(Debug)]
 pub enum Reservation {
-    /// The slot is ours: its number is `activation.reserved`.
-    Reserved(CurrentActivation),
+    /// The slot is ours: its number is `activation.reserved`. `standby` is the pool's
+    /// standby activation, if it has one.
+    Reserved {
+        activation: CurrentActivation,
+        standby: Option<CurrentActivation>,
+    },
     /// No slot: the pool as it was, to tell why.
     Refused(PoolState),
 }
@@ -129,16 +186,8 @@ fn pool_state(item: Option<&Item>) -> PoolState {
     let Some(item) = item else {
         return PoolState::default();
     };
-    let activation = get_s(item, ACTIVATION_ID).map(|id| CurrentActivation {
-        id: id.to_owned(),
-        expires_at: get_n(item, EXPIRES_AT).unwrap_or(0),
-        limit: get_n(item, LIMIT).unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
-        reserved: get_n(item, RESERVED).unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
-        parameter_version: get_n(item, PARAMETER_VERSION).unwrap_or(0),
-        committed_at: get_n(item, ROTATED_AT).unwrap_or(0),
-        fingerprint: get_s(item, CONFIG_FP).unwrap_or_default().to_owned(),
-        config_at: get_n(item, CONFIG_AT).unwrap_or(0),
-    });
+    let activation = activation_at(item, &CURRENT, get_n(item, RESERVED).unwrap_or(0));
+    let standby = activation_at(item, &STANDBY, 0);
     let lease = get_s(item, LEASE_OWNER).map(|owner| Lease {
         owner: owner.to_owned(),
         until: get_n(item, LEASE_UNTIL).unwrap_or(0),
@@ -149,10 +198,25 @@ fn pool_state(item: Option<&Item>) -> PoolState {
     });
     PoolState {
         activation,
+        standby,
         lease,
         last_rotation_reason: get_s(item, ROTATION_REASON).map(str::to_owned),
         last_failure,
     }
+}
+
+fn activation_at(item: &Item, at: &Attributes, reserved: i64) -> Option<CurrentActivation> {
+    let id = get_s(item, at.id)?;
+    Some(CurrentActivation {
+        id: id.to_owned(),
+        expires_at: get_n(item, at.expires_at).unwrap_or(0),
+        limit: get_n(item, at.limit).unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
+        reserved: reserved.clamp(0, i64::from(u32::MAX)) as u32,
+        parameter_version: get_n(item, at.parameter_version).unwrap_or(0),
+        committed_at: get_n(item, at.committed_at).unwrap_or(0),
+        fingerprint: get_s(item, at.fingerprint).unwrap_or_default().to_owned(),
+        config_at: get_n(item, at.config_at).unwrap_or(0),
+    })
 }
 
 fn instance_record(item: &Item) -> Option<InstanceRecord> {
@@ -290,12 +354,18 @@ impl PoolStore {
             .send()
             .await;
         match conditional_update(result)? {
-            Ok(new) => match pool_state(new.as_ref()).activation {
-                Some(activation) => Ok(Reservation::Reserved(activation)),
-                None => Err(VendError::Internal(
-                    "reserved a slot on a pool without an activation".into(),
-                )),
-            },
+            Ok(new) => {
+                let state = pool_state(new.as_ref());
+                match state.activation {
+                    Some(activation) => Ok(Reservation::Reserved {
+                        activation,
+                        standby: state.standby,
+                    }),
+                    None => Err(VendError::Internal(
+                        "reserved a slot on a pool without an activation".into(),
+                    )),
+                }
+            }
             Err(old) => Ok(Reservation::Refused(pool_state(old.as_ref()))),
         }
     }
@@ -354,47 +424,65 @@ impl PoolStore {
     /// sweep has condemned it already. Returns false when a condition failed: the
     /// lease was lost, or this very commit landed on an earlier attempt whose answer
     /// was lost (tell them apart with `activation_record`).
+    #[allow(clippy::too_many_arguments)]
     pub async fn commit_rotation(
         &self,
         pool: &str,
         owner: &str,
         next: &CurrentActivation,
+        place: Place,
         reason: &str,
         now: EpochSecs,
     ) -> Result<bool, VendError> {
+        let at = place.attributes();
+        // The current activation starts with no slot taken; a standby has none to take.
+        let set_reserved = if place == Place::Current {
+            ", #reserved = :reserved"
+        } else {
+            ""
+        };
         let update = Update::builder()
             .table_name(&self.table)
             .key(PK, pool_key(pool))
-            .update_expression(
-                "SET #id = :id, #exp = :exp, #limit = :limit, #reserved = :reserved, #pver = :pver, \
-                 #rotated = :now, #fp = :fp, #cfg_at = :cfg_at, #reason = :reason REMOVE #owner, #until",
-            )
+            .update_expression(format!(
+                "SET #id = :id, #exp = :exp, #limit = :limit, #pver = :pver{set_reserved}, \
+                 #rotated = :now, #fp = :fp, #cfg_at = :cfg_at, #reason = :reason REMOVE #owner, #until"
+            ))
             .condition_expression("#owner = :me AND #until >= :now")
-            .set_expression_attribute_names(names(&[
-                ("#id", ACTIVATION_ID),
-                ("#exp", EXPIRES_AT),
-                ("#limit", LIMIT),
-                ("#reserved", RESERVED),
-                ("#pver", PARAMETER_VERSION),
-                ("#rotated", ROTATED_AT),
-                ("#fp", CONFIG_FP),
-                ("#cfg_at", CONFIG_AT),
-                ("#reason", ROTATION_REASON),
-                ("#owner", LEASE_OWNER),
-                ("#until", LEASE_UNTIL),
-            ]))
+            .set_expression_attribute_names(Some(
+                names(&[
+                    ("#id", at.id),
+                    ("#exp", at.expires_at),
+                    ("#limit", at.limit),
+                    ("#pver", at.parameter_version),
+                    ("#rotated", at.committed_at),
+                    ("#fp", at.fingerprint),
+                    ("#cfg_at", at.config_at),
+                    ("#reason", at.reason),
+                    ("#owner", LEASE_OWNER),
+                    ("#until", LEASE_UNTIL),
+                ])
+                .into_iter()
+                .flatten()
+                .chain((place == Place::Current).then(|| ("#reserved".to_owned(), RESERVED.to_owned())))
+                .collect(),
+            ))
             .expression_attribute_values(":fp", s(&next.fingerprint))
             .expression_attribute_values(":reason", s(reason))
             .expression_attribute_values(":cfg_at", n(next.config_at))
             .expression_attribute_values(":id", s(&next.id))
             .expression_attribute_values(":exp", n(next.expires_at))
             .expression_attribute_values(":limit", n(i64::from(next.limit)))
-            .expression_attribute_values(":reserved", n(i64::from(next.reserved)))
             .expression_attribute_values(":pver", n(next.parameter_version))
             .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":me", s(owner))
-            .build()
-            .map_err(|e| VendError::Internal(format!("commit request: {e}")))?;
+            .expression_attribute_values(":me", s(owner));
+        let update = if place == Place::Current {
+            update.expression_attribute_values(":reserved", n(i64::from(next.reserved)))
+        } else {
+            update
+        }
+        .build()
+        .map_err(|e| VendError::Internal(format!("commit request: {e}")))?;
         let record = Put::builder()
             .table_name(&self.table)
             .item(PK, record_key(&next.id))
@@ -423,6 +511,71 @@ impl PoolStore {
                 Ok(_) => Ok(true),
                 Err(err) => commit_failure(err),
             }
+        })
+        .await
+    }
+
+    /// Makes the standby the current activation and takes its first slot, in one
+    /// conditional write, no lease: only if `standby` is still the pool's standby, it
+    /// outlives the margin, it was made with the wanted settings, and the current
+    /// activation cannot be reserved (used up, inside the margin, or made with other
+    /// settings). `None` when someone else changed the pool first.
+    pub async fn promote_standby(
+        &self,
+        pool: &str,
+        standby: &CurrentActivation,
+        now: EpochSecs,
+        margin_secs: i64,
+        (fingerprint, config_at): (&str, EpochSecs),
+    ) -> Result<Option<CurrentActivation>, VendError> {
+        retrying_conflicts(|| async {
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(PK, pool_key(pool))
+                .update_expression(
+                    "SET #id = #sid, #exp = #sexp, #limit = #slimit, #pver = #spver, #fp = #sfp, \
+                     #cfg_at = #scfg_at, #reserved = :one, #rotated = :now, #reason = :reason \
+                     REMOVE #sid, #sexp, #slimit, #spver, #sfp, #scfg_at, #scommitted, #sreason",
+                )
+                .condition_expression(
+                    "#sid = :sid AND #sexp > :min_exp AND #sfp = :fp AND (attribute_not_exists(#id) \
+                     OR #reserved >= #limit OR #exp <= :min_exp OR NOT (#fp = :fp OR #cfg_at > :cfg_at))",
+                )
+                .set_expression_attribute_names(names(&[
+                    ("#id", CURRENT.id),
+                    ("#exp", CURRENT.expires_at),
+                    ("#limit", CURRENT.limit),
+                    ("#pver", CURRENT.parameter_version),
+                    ("#fp", CURRENT.fingerprint),
+                    ("#cfg_at", CURRENT.config_at),
+                    ("#rotated", CURRENT.committed_at),
+                    ("#reason", CURRENT.reason),
+                    ("#reserved", RESERVED),
+                    ("#sid", STANDBY.id),
+                    ("#sexp", STANDBY.expires_at),
+                    ("#slimit", STANDBY.limit),
+                    ("#spver", STANDBY.parameter_version),
+                    ("#sfp", STANDBY.fingerprint),
+                    ("#scfg_at", STANDBY.config_at),
+                    ("#scommitted", STANDBY.committed_at),
+                    ("#sreason", STANDBY.reason),
+                ]))
+                .expression_attribute_values(":sid", s(&standby.id))
+                .expression_attribute_values(":min_exp", n(now + margin_secs))
+                .expression_attribute_values(":fp", s(fingerprint))
+                .expression_attribute_values(":cfg_at", n(config_at))
+                .expression_attribute_values(":one", n(1))
+                .expression_attribute_values(":now", n(now))
+                .expression_attribute_values(":reason", s("standby promoted"))
+                .return_values(ReturnValue::AllNew)
+                .send()
+                .await;
+            Ok(match conditional_update(result)? {
+                Ok(new) => pool_state(new.as_ref()).activation,
+                Err(_) => None,
+            })
         })
         .await
     }
