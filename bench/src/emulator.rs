@@ -145,7 +145,13 @@ impl Emulator {
 
     /// RegistrationLimit of every activation the emulator knows, by ID.
     pub async fn activation_limits(&self) -> Result<HashMap<String, u64>, String> {
-        let mut limits = HashMap::new();
+        Ok(self.activations_in_order().await?.into_iter().collect())
+    }
+
+    /// Every activation with its limit, oldest first (the emulator lists them in the
+    /// order they were created).
+    pub async fn activations_in_order(&self) -> Result<Vec<(String, u64)>, String> {
+        let mut limits = Vec::new();
         let mut token: Option<String> = None;
         for _ in 0..10_000 {
             let mut body = json!({"MaxResults": 50});
@@ -155,7 +161,7 @@ impl Emulator {
             let page = self.aws("ssm", "AmazonSSM.DescribeActivations", "1.1", &body).await?;
             for a in page["ActivationList"].as_array().into_iter().flatten() {
                 if let (Some(id), Some(limit)) = (a["ActivationId"].as_str(), a["RegistrationLimit"].as_u64()) {
-                    limits.insert(id.to_owned(), limit);
+                    limits.push((id.to_owned(), limit));
                 }
             }
             match page["NextToken"].as_str() {

@@ -1,6 +1,7 @@
 //! vending-bench: drives `scripts/local.sh` (emulator + N `vending serve`) with a boot
 //! storm of concurrent vends and writes what it cost to target/bench/summary.json.
 //! `scripts/bench.sh` builds everything and calls this; see README "Performance".
+#![recursion_limit = "256"]
 
 mod emulator;
 mod load;
@@ -246,6 +247,56 @@ fn parse_rotations(text: &str) -> (BTreeMap<String, u64>, Vec<f64>) {
     (reasons, elapsed)
 }
 
+/// The servers' logs as they stand, to read only what a phase adds.
+fn log_lengths(local: &Local, servers: usize) -> Vec<usize> {
+    (1..=servers)
+        .map(|i| {
+            std::fs::read_to_string(local.state_dir.join(format!("logs/vending-{i}.log")))
+                .map(|t| t.len())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// `vended` lines written since `from` that say the request waited for a rotation.
+fn vends_waited(local: &Local, from: &[usize]) -> u64 {
+    from.iter()
+        .enumerate()
+        .map(|(i, start)| {
+            let text = std::fs::read_to_string(local.state_dir.join(format!("logs/vending-{}.log", i + 1)))
+                .unwrap_or_default();
+            text.get(*start..)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("vended") && l.contains("waited_for_rotation=true"))
+                .count() as u64
+        })
+        .sum()
+}
+
+/// Slots of activations the run moved past that nobody was handed: every vended
+/// activation but the newest, its limit minus its vends.
+fn slots_wasted(order: &[(String, u64)], vended: &HashMap<String, u64>) -> u64 {
+    let used: Vec<&(String, u64)> = order.iter().filter(|(id, _)| vended.contains_key(id)).collect();
+    used.iter()
+        .take(used.len().saturating_sub(1))
+        .map(|(id, limit)| limit.saturating_sub(vended[id]))
+        .sum()
+}
+
+/// Conditional writes DynamoDB took per vend.
+fn dynamodb_writes(calls: &Calls) -> u64 {
+    [
+        "DynamoDB.UpdateItem",
+        "DynamoDB.PutItem",
+        "DynamoDB.TransactWriteItems",
+        "DynamoDB.DeleteItem",
+    ]
+    .iter()
+    .filter_map(|op| calls.get(*op))
+    .sum()
+}
+
 fn add_counts(into: &mut HashMap<String, u64>, from: &HashMap<String, u64>) {
     for (id, n) in from {
         *into.entry(id.clone()).or_default() += n;
@@ -470,6 +521,7 @@ impl Context {
             emu.set_faults(f).await?;
         }
         emu.reset_calls().await?;
+        let logs_before = log_lengths(&self.local, o.servers);
         let cpu0 = cpu_total(&pids, self.ticks)?;
         let main = load::run(&load::LoadSpec {
             urls,
@@ -491,6 +543,8 @@ impl Context {
         let load_during = procfs::load_average();
         let created = emu.activation_limits().await?.len();
         let rotations = rotations_logged(&self.local, o.servers);
+        let waited = vends_waited(&self.local, &logs_before);
+        let wasted = slots_wasted(&emu.activations_in_order().await?, &main.per_activation);
         let mut counts = main.per_activation.clone();
 
         eprintln!("   cold starts ({} fresh processes)", o.cold_runs);
@@ -550,6 +604,9 @@ impl Context {
             "registration_limit": limit,
             "hot_path_aws_calls_per_vend": hot,
             "aws_calls_per_vend_overall": per_vend(&calls, ok),
+            "vends_waited_for_rotation": waited,
+            "slots_wasted": wasted,
+            "dynamodb_writes_per_vend": round(dynamodb_writes(&calls) as f64 / ok.max(1) as f64, 4),
             "latency_ms": latency_summary(&main.vend_ms),
             "emulator_call_ms_p50": percentile(&probe_sorted, 50.0).map(|v| round(v, 2)),
             "server_cpu_us_per_vend": round((cpu1 - cpu0) as f64 / ok.max(1) as f64, 1),
@@ -603,6 +660,16 @@ fn table(r: &Value) -> String {
     };
     let num = |k: &str| r[k].as_f64();
     let limit = num("registration_limit");
+    // In `steady` no vend should wait for a rotation; in `storm-with-rotation` under 5%.
+    let steady = r["scenario"] == "steady";
+    let waited_target = if steady { "0" } else { "< 5% vends" };
+    let waited_ok = |waited: f64, vends: f64| {
+        if steady {
+            waited == 0.0
+        } else {
+            waited < 0.05 * vends.max(1.0)
+        }
+    };
     let rows: Vec<(String, String, &str, &str)> = vec![
         ("vends".into(), fmt(&r["vends"]), "", ""),
         (
@@ -655,6 +722,32 @@ fn table(r: &Value) -> String {
             check(num("cold_start_ms").map(|v| v < 100.0)),
         ),
         ("first_vend_ms".into(), fmt(&r["first_vend_ms"]), "", ""),
+        (
+            "vends_waited_for_rotation".into(),
+            fmt(&r["vends_waited_for_rotation"]),
+            waited_target,
+            check(
+                num("vends_waited_for_rotation")
+                    .zip(num("vends"))
+                    .map(|(w, v)| waited_ok(w, v)),
+            ),
+        ),
+        (
+            "slots_wasted".into(),
+            fmt(&r["slots_wasted"]),
+            "< 2% vends",
+            check(
+                num("slots_wasted")
+                    .zip(num("vends"))
+                    .map(|(w, v)| w < 0.02 * v.max(1.0)),
+            ),
+        ),
+        (
+            "dynamodb_writes_per_vend".into(),
+            fmt(&r["dynamodb_writes_per_vend"]),
+            "<= 0.3",
+            check(num("dynamodb_writes_per_vend").map(|v| v <= 0.3)),
+        ),
     ];
     let mut out = format!(
         "scenario {} · {} servers · {} clients · {} · {} cores, {}\n",
@@ -886,6 +979,38 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_the_slots_of_activations_the_run_moved_past_are_wasted() {
+        let order = vec![
+            ("a".to_owned(), 10),
+            ("b".to_owned(), 10),
+            ("standby".to_owned(), 10),
+            ("c".to_owned(), 10),
+        ];
+        let vended = HashMap::from([("a".to_owned(), 10), ("b".to_owned(), 7), ("c".to_owned(), 2)]);
+        assert_eq!(
+            slots_wasted(&order, &vended),
+            3,
+            "b retired with 3 slots unused; c is current"
+        );
+        assert_eq!(slots_wasted(&order, &HashMap::new()), 0);
+    }
+
+    #[test]
+    fn dynamodb_writes_count_every_write_operation_and_no_read() {
+        let calls: Calls = [
+            ("DynamoDB.UpdateItem", 10),
+            ("DynamoDB.TransactWriteItems", 2),
+            ("DynamoDB.GetItem", 5),
+            ("SSM.GetParameter", 3),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        assert_eq!(dynamodb_writes(&calls), 12);
+    }
+
     use super::*;
 
     fn args(s: &str) -> Vec<String> {

@@ -218,6 +218,7 @@ async fn vend(State(state): State<AppState>, request: Request) -> Result<Respons
         instance = request.instance.as_deref().unwrap_or("-"),
         machine_id = request.machine_id.as_deref().unwrap_or("-"),
         source = %source.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+        waited_for_rotation = vended.waited_for_rotation,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "vended"
     );

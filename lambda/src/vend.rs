@@ -33,6 +33,8 @@ pub struct Vended {
     pub code: ActivationCode,
     pub expires_at: EpochSecs,
     pub pool: String,
+    /// The request waited for a rotation on its way (the storm's costly path).
+    pub waited_for_rotation: bool,
 }
 
 pub struct Vendor {
@@ -160,7 +162,7 @@ impl Vendor {
                 Err(stale) => replacing = stale,
             }
         }
-        let (activation, code) = self.reserve_and_pair(pool).await?;
+        let (activation, code, waited) = self.reserve_and_pair(pool).await?;
         let slots_left = f64::from(activation.limit.saturating_sub(activation.reserved));
         metrics::emit(
             Some(&pool.name),
@@ -171,6 +173,7 @@ impl Vendor {
             code,
             expires_at: activation.expires_at,
             pool: pool.name.clone(),
+            waited_for_rotation: waited,
         };
         let Some(caller) = caller else {
             return Ok(vended);
@@ -200,6 +203,7 @@ impl Vendor {
                         code,
                         expires_at: winner.expires_at,
                         pool: pool.name.clone(),
+                        waited_for_rotation: waited,
                     }),
                     None => Ok(vended),
                 }
@@ -231,13 +235,16 @@ impl Vendor {
                 code,
                 expires_at: record.expires_at,
                 pool: pool.name.clone(),
+                waited_for_rotation: false,
             })),
             None => Ok(stale),
         }
     }
 
     /// Takes a slot and the code that goes with it, rotating or waiting as needed.
-    async fn reserve_and_pair(&self, pool: &Pool) -> Result<(CurrentActivation, ActivationCode), VendError> {
+    /// Also says whether the request waited for a rotation on its way (its own or
+    /// another request's), which a storm should make rare.
+    async fn reserve_and_pair(&self, pool: &Pool) -> Result<(CurrentActivation, ActivationCode, bool), VendError> {
         let deadline = Instant::now() + self.config.wait;
         let (name, margin) = (pool.name.as_str(), margin(pool));
         let wanted = (pool.fingerprint.as_str(), pool.config_at);
@@ -245,6 +252,7 @@ impl Vendor {
         // gets a slot: the process's other requests wait on it instead of polling AWS.
         let mut in_charge = None;
         let mut waits = 0;
+        let mut waited = false;
         let mut last_seen = None;
         // A standby this request promoted: its first slot is ours already.
         let mut promoted = None;
@@ -264,6 +272,7 @@ impl Vendor {
                         self.directory.outdated_by(activation.config_at).await;
                     }
                     if let Err(reason) = self.checks.usable(&activation.id, activation.committed_at, now).await {
+                        waited = true;
                         self.rotate_or_wait(pool, reason, Some(&activation.id), deadline, &mut waits)
                             .await?;
                         continue;
@@ -298,7 +307,7 @@ impl Vendor {
                         .code_for(name, &activation.id, activation.parameter_version)
                         .await?
                     {
-                        Some(code) => return Ok((activation, code)),
+                        Some(code) => return Ok((activation, code, waited)),
                         None => {
                             tracing::warn!(
                                 pool = name,
@@ -308,6 +317,7 @@ impl Vendor {
                             );
                             self.checks.condemn(&activation.id, RotationReason::CodeMissing).await;
                             let seen = Some(activation.id.as_str());
+                            waited = true;
                             self.rotate_or_wait(pool, RotationReason::CodeMissing, seen, deadline, &mut waits)
                                 .await?;
                         }
@@ -338,6 +348,7 @@ impl Vendor {
                                 // the first to be refused takes charge of the next rotation.
                                 match tokio::time::timeout_at(deadline.into(), self.pool_gate.lock()).await {
                                     Ok(guard) => {
+                                        waited = true;
                                         in_charge = Some(guard);
                                         continue;
                                     }
@@ -354,10 +365,12 @@ impl Vendor {
                     let reason = why_unusable(state.activation.as_ref(), now, margin, pool.wanted())
                         .unwrap_or(RotationReason::SlotsUsedUp);
                     if lease_is_free(state.lease.as_ref(), now) {
+                        waited = true;
                         self.rotate_or_wait(pool, reason, seen.as_deref(), deadline, &mut waits)
                             .await?;
                     } else {
                         // Someone holds the lease: no point asking for it yet.
+                        waited = true;
                         self.wait_for_rotation(deadline, &mut waits).await?;
                     }
                 }
