@@ -42,21 +42,7 @@ async fn assert_every_vend_registers(emulator: &Emulator, answers: &[Answer], li
         worst <= limit,
         "an activation was handed out {worst} times, limit {limit}"
     );
-    let registrations = answers.iter().enumerate().map(|(i, a)| {
-        let (id, code) = (a.id(), a.code());
-        async move { emulator.register(&id, &code, &format!("server-{i}")).await }
-    });
-    let refused: Vec<String> = join_all(registrations)
-        .await
-        .into_iter()
-        .filter_map(Result::err)
-        .collect();
-    assert!(
-        refused.is_empty(),
-        "SSM refused {} registrations: {:?}",
-        refused.len(),
-        refused.first()
-    );
+    emulator.assert_all_register(answers).await;
     per_activation
 }
 

@@ -30,14 +30,7 @@ async fn a_dead_activation_is_not_handed_out_while_its_replacement_cannot_be_mad
     let first = server.get("/activation").await;
     assert_eq!(first.status, 200, "{}", first.body);
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    emulator
-        .ssm()
-        .await
-        .delete_activation()
-        .activation_id(first.id())
-        .send()
-        .await
-        .unwrap();
+    emulator.delete_activation(&first.id()).await;
     // SSM will not make a new one for a while.
     emulator
         .inject(json!({"operation": "SSM.CreateActivation", "error": "InternalServerError", "status": 500}))
@@ -67,14 +60,7 @@ async fn a_fresh_process_checks_an_activation_committed_long_ago_before_handing_
     let old = emulator.serve(&settings);
     let first = old.get("/activation").await;
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    emulator
-        .ssm()
-        .await
-        .delete_activation()
-        .activation_id(first.id())
-        .send()
-        .await
-        .unwrap();
+    emulator.delete_activation(&first.id()).await;
     let cold = emulator.serve(&settings);
     let answer = cold.get("/activation").await;
     assert_eq!(answer.status, 200, "{}", answer.shown());

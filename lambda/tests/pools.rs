@@ -296,21 +296,7 @@ async fn a_storm_over_three_pools_keeps_each_pools_limit_and_reads_parameter_sto
             "{id} of {pool} handed out {count} times, limit {limit}"
         );
     }
-    let refused: Vec<String> = join_all(answers.iter().enumerate().map(|(i, (_, a))| {
-        let (id, code) = (a.id(), a.code());
-        let emulator = &emulator;
-        async move { emulator.register(&id, &code, &format!("server-{i}")).await }
-    }))
-    .await
-    .into_iter()
-    .filter_map(Result::err)
-    .collect();
-    assert!(
-        refused.is_empty(),
-        "SSM refused {} registrations: {:?}",
-        refused.len(),
-        refused.first()
-    );
+    emulator.assert_all_register(answers.iter().map(|(_, a)| a)).await;
     let reads = emulator
         .calls()
         .await

@@ -78,14 +78,7 @@ async fn an_activation_deleted_out_of_band_is_replaced() {
     let emulator = Emulator::start();
     let server = emulator.serve(&[("VENDING_VERIFY_INTERVAL", "0s")]);
     let first = server.get("/activation").await;
-    emulator
-        .ssm()
-        .await
-        .delete_activation()
-        .activation_id(first.id())
-        .send()
-        .await
-        .unwrap();
+    emulator.delete_activation(&first.id()).await;
     let second = server.get("/activation").await;
     assert_eq!(second.status, 200, "{}", second.body);
     assert_ne!(second.id(), first.id());

@@ -265,6 +265,37 @@ impl Emulator {
         }
     }
 
+    /// Deletes an activation out of band, as an operator might.
+    pub async fn delete_activation(&self, activation_id: &str) {
+        self.ssm()
+            .await
+            .delete_activation()
+            .activation_id(activation_id)
+            .send()
+            .await
+            .expect("delete the activation");
+    }
+
+    /// Registers every answer's code like the SSM agent would, each under its own
+    /// name, and asserts SSM refused none.
+    pub async fn assert_all_register<'a>(&self, answers: impl IntoIterator<Item = &'a Answer>) {
+        let registrations = answers.into_iter().enumerate().map(|(i, a)| {
+            let (id, code) = (a.id(), a.code());
+            async move { self.register(&id, &code, &format!("server-{i}")).await }
+        });
+        let refused: Vec<String> = futures::future::join_all(registrations)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "SSM refused {} registrations: {:?}",
+            refused.len(),
+            refused.first()
+        );
+    }
+
     /// A real SSM client on the emulator, for what an operator does out of band.
     pub async fn ssm(&self) -> aws_sdk_ssm::Client {
         aws_sdk_ssm::Client::new(&self.sdk_config().await)
