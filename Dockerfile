@@ -31,7 +31,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     target="$(uname -m)-unknown-linux-gnu" \
     && RUSTFLAGS='-C target-feature=+crt-static' \
-       cargo build --release --locked --target "$target" --bin vending \
+       cargo build --release --locked --target "$target" -p vending --bin vending \
     && install -D -m 0755 "target/$target/release/vending" /out/vending
 
 FROM gcr.io/distroless/static-debian12:nonroot

@@ -34,15 +34,18 @@ LAMBDA_TEMPLATE = ROOT / "template.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 MAKEFILE = ROOT / "Makefile"
 
-# The only actions a role may hold on Resource "*": SSM activations and the ECR
-# authorization token have no resource type in IAM.
+# The only actions a role may hold on Resource "*": SSM activations, node listing and
+# the ECR authorization token have no resource type in IAM.
 WILDCARD_RESOURCE_ACTIONS = {
     "ssm:CreateActivation",
     "ssm:DescribeActivations",
     "ssm:DeleteActivation",
     "ssm:AddTagsToResource",
+    "ssm:DescribeInstanceInformation",
     "ecr:GetAuthorizationToken",
 }
+# Actions on "*" that must require the pool tag on the request.
+POOL_TAGGED_ACTIONS = {"ssm:CreateActivation", "ssm:AddTagsToResource"}
 POOL_TAG_KEY = "activation-vending:pool"
 KMS_USE_ACTIONS = [
     "kms:Encrypt",
@@ -83,6 +86,7 @@ SCENARIOS = {
         ExistingInstanceRoleName="OnPremServers",
         ClientCidrs="172.16.8.0/22",
     ),
+    "pool-roles": dict(COMMON, PoolRoleNames="LinuxProd,WindowsProd"),
 }
 LIST_TYPES = ("CommaDelimitedList", "List<AWS::EC2::Subnet::Id>", "List<AWS::EC2::SecurityGroup::Id>")
 
@@ -541,11 +545,19 @@ def check_least_privilege(cfn: dict) -> list[str]:
                 extra = set(actions) - WILDCARD_RESOURCE_ACTIONS
                 if extra:
                     problems.append(f"{sid}: {sorted(extra)} on Resource '*'")
-                tag_keys = st.get("Condition", {}).get("ForAllValues:StringEquals", {}).get("aws:TagKeys")
-                if "ssm:AddTagsToResource" in actions and as_list(tag_keys) != [POOL_TAG_KEY]:
-                    problems.append(f"{sid}: ssm:AddTagsToResource on '*' not limited to the tag key {POOL_TAG_KEY}")
+                cond = st.get("Condition", {})
+                tagged = cond.get("Null", {}).get(f"aws:RequestTag/{POOL_TAG_KEY}") in ("false", False) or as_list(
+                    cond.get("ForAllValues:StringEquals", {}).get("aws:TagKeys")
+                ) == [POOL_TAG_KEY]
+                for action in set(actions) & POOL_TAGGED_ACTIONS:
+                    if not tagged:
+                        problems.append(f"{sid}: {action} on '*' without requiring the pool tag {POOL_TAG_KEY}")
             for action in actions:
-                if action.startswith("ssm:") and action not in WILDCARD_RESOURCE_ACTIONS:
+                if action == "ssm:DeregisterManagedInstance":
+                    tag = st.get("Condition", {}).get("StringLike", {}).get(f"ssm:resourceTag/{POOL_TAG_KEY}")
+                    if tag != "?*" or not all(":managed-instance/" in json.dumps(r) for r in resources):
+                        problems.append(f"{sid}: {action} reaches nodes that carry no pool tag")
+                elif action.startswith("ssm:") and action not in WILDCARD_RESOURCE_ACTIONS:
                     if not resources or not all(prefix in json.dumps(r) for r in resources):
                         problems.append(f"{sid}: {action} reaches beyond {prefix}")
                 if action.startswith("kms:"):
@@ -569,15 +581,30 @@ def check_least_privilege(cfn: dict) -> list[str]:
                 if action == "iam:PassRole":
                     passed = st.get("Condition", {}).get("StringEquals", {}).get("iam:PassedToService")
                     if role == "TaskRole":
-                        want = (
+                        instance_role = (
                             {"Fn::GetAtt": ["ManagedInstanceRole", "Arn"]}
                             if "ManagedInstanceRole" in res
                             else {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${ExistingInstanceRoleName}"}
                         )
                         if passed != "ssm.amazonaws.com":
                             problems.append(f"{sid}: iam:PassRole without iam:PassedToService ssm.amazonaws.com")
-                        if resources != [want]:
-                            problems.append(f"{sid}: iam:PassRole on {resources}, not the managed-instance role alone")
+                        if not resources or resources[0] != instance_role:
+                            problems.append(f"{sid}: iam:PassRole on {resources}, not the managed-instance role first")
+                        names = set(cfn["_params"].get("PoolRoleNames", "").split(","))
+                        for r in resources[1:]:
+                            # A PoolRoleNames entry: arn:...:role/${Role}, Role selected from the list.
+                            sub = r.get("Fn::Sub") if isinstance(r, dict) else None
+                            pick = sub[1].get("Role") if isinstance(sub, list) and isinstance(sub[1], dict) else None
+                            split = pick.get("Fn::Select", [None, {}])[1] if isinstance(pick, dict) else {}
+                            listed = split.get("Fn::Split", [",", "*"])[1] if isinstance(split, dict) else "*"
+                            listed_only = (
+                                isinstance(sub, list)
+                                and sub[0] == "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${Role}"
+                                and isinstance(listed, str)
+                                and set(listed.split(",")) <= names
+                            )
+                            if not listed_only:
+                                problems.append(f"{sid}: iam:PassRole on {r}, neither the managed-instance role nor a PoolRoleNames entry")
                     else:
                         allowed = [{"Fn::GetAtt": ["TaskRole", "Arn"]}, {"Fn::GetAtt": ["ExecutionRole", "Arn"]}]
                         if passed != "ecs-tasks.amazonaws.com":
@@ -871,15 +898,28 @@ def m_parameters_everywhere(t):
 
 
 def m_passrole_unconditioned(t):
-    del _stmt(_task_statements(t), "PassOnlyTheManagedInstanceRoleToSsm")["Condition"]
+    del _stmt(_task_statements(t), "PassOnlyThePoolRolesToSsm")["Condition"]
 
 
 def m_passrole_any_role(t):
-    _stmt(_task_statements(t), "PassOnlyTheManagedInstanceRoleToSsm")["Resource"] = "*"
+    _stmt(_task_statements(t), "PassOnlyThePoolRolesToSsm")["Resource"] = "*"
+
+
+def m_passrole_any_pool_role(t):
+    st = _stmt(_task_statements(t), "PassOnlyThePoolRolesToSsm")
+    st["Resource"]["Fn::If"][1].append({"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/*"})
 
 
 def m_tagging_unlimited(t):
-    del _stmt(_task_statements(t), "TagActivationsWithThePoolOnly")["Condition"]
+    del _stmt(_task_statements(t), "TagActivationsWithThePoolTag")["Condition"]
+
+
+def m_create_untagged(t):
+    del _stmt(_task_statements(t), "CreateActivationsThatCarryThePoolTag")["Condition"]
+
+
+def m_deregister_any_node(t):
+    del _stmt(_task_statements(t), "DeregisterOnlyPoolNodes")["Condition"]
 
 
 def m_table_scan(t):
@@ -951,7 +991,10 @@ MUTATIONS = [
     ("every parameter", m_parameters_everywhere, check_least_privilege, "brings-key-and-role"),
     ("PassRole without PassedToService", m_passrole_unconditioned, check_least_privilege, "creates-key-and-role"),
     ("PassRole on any role", m_passrole_any_role, check_least_privilege, "brings-key-and-role"),
-    ("tagging any key", m_tagging_unlimited, check_least_privilege, "creates-key-and-role"),
+    ("PassRole on any role beside the pool roles", m_passrole_any_pool_role, check_least_privilege, "pool-roles"),
+    ("tagging without the pool tag", m_tagging_unlimited, check_least_privilege, "creates-key-and-role"),
+    ("activations without the pool tag", m_create_untagged, check_least_privilege, "brings-key-and-role"),
+    ("deregistering any node", m_deregister_any_node, check_least_privilege, "creates-key-and-role"),
     ("table scan (mirror)", m_table_scan, check_task_role_mirrors_function, "source"),
     ("s3:GetObject on *", m_wildcard_s3, check_least_privilege, "creates-key-and-role"),
     ("s3:GetObject on * (mirror)", m_wildcard_s3, check_task_role_mirrors_function, "source"),
