@@ -103,7 +103,12 @@ impl Sweeper {
 
     /// Sweeps every pool that has activations or a config (and `default` always).
     pub async fn sweep_all(&self, now: EpochSecs, options: SweepOptions) -> Result<Vec<SweepReport>, VendError> {
-        let configs = self.pool_configs.read_all().await?;
+        // Without the configs, the activations are still swept; only the opt-in node
+        // clean-up waits for a sweep that can read them.
+        let configs = self.pool_configs.read_all().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the sweep could not read the pool configs; no node clean-up this time");
+            BTreeMap::new()
+        });
         let snapshot = Snapshot::parse(&configs, now, &self.environment);
         // Everything first, then act: deleting while paging would move the pages.
         let (found, listed_all) = self.list(options.until).await;
@@ -122,19 +127,19 @@ impl Sweeper {
                 .lookup(&pool)
                 .ok()
                 .and_then(|p| p.settings.replace_stale_nodes_after);
-            self.tend_nodes(&pool, clean_after, now, options, &mut report).await;
-            metrics::emit(
-                Some(&pool),
-                &[
-                    (
-                        Metric::SweepDeleted,
-                        (report.deleted_orphans.len() + report.deleted_spent.len()) as f64,
-                    ),
-                    (Metric::SweepFailures, report.failed.len() as f64),
-                    (Metric::StaleNodesDeregistered, report.deregistered_nodes.len() as f64),
-                    (Metric::ManagedNodes, report.managed_nodes as f64),
-                ],
-            );
+            let counted = self.tend_nodes(&pool, clean_after, now, options, &mut report).await;
+            let mut figures = vec![
+                (
+                    Metric::SweepDeleted,
+                    (report.deleted_orphans.len() + report.deleted_spent.len()) as f64,
+                ),
+                (Metric::SweepFailures, report.failed.len() as f64),
+                (Metric::StaleNodesDeregistered, report.deregistered_nodes.len() as f64),
+            ];
+            if counted {
+                figures.push((Metric::ManagedNodes, report.managed_nodes as f64));
+            }
+            metrics::emit(Some(&pool), &figures);
             reports.push(report);
         }
         self.count_account_nodes().await;
@@ -184,7 +189,7 @@ impl Sweeper {
     }
 
     /// Counts the pool's nodes and, where the pool opts in, deregisters its stale
-    /// duplicates.
+    /// duplicates. False when the nodes could not be listed (nothing is counted).
     async fn tend_nodes(
         &self,
         pool: &str,
@@ -192,17 +197,17 @@ impl Sweeper {
         now: EpochSecs,
         options: SweepOptions,
         report: &mut SweepReport,
-    ) {
+    ) -> bool {
         let nodes = match self.nodes.of_pool(pool).await {
             Ok(nodes) => nodes,
             Err(e) => {
                 tracing::warn!(pool, error = %e, "the sweep could not list the pool's nodes");
-                return;
+                return false;
             }
         };
         report.managed_nodes = nodes.len();
         let Some(after) = clean_after else {
-            return;
+            return true;
         };
         let after_secs = i64::try_from(after.as_secs()).unwrap_or(i64::MAX);
         for stale in stale_duplicates(pool, &nodes, now, after_secs) {
@@ -223,6 +228,7 @@ impl Sweeper {
             );
             report.deregistered_nodes.push(stale);
         }
+        true
     }
 
     /// The account's hybrid nodes against the standard tier's quota.

@@ -536,7 +536,7 @@ impl PoolStore {
                 .key(PK, pool_key(pool))
                 .update_expression(
                     "SET #id = #sid, #exp = #sexp, #limit = #slimit, #pver = #spver, #fp = #sfp, \
-                     #cfg_at = #scfg_at, #reserved = :one, #rotated = :now, #reason = :reason \
+                     #cfg_at = #scfg_at, #reserved = :one, #rotated = #scommitted, #reason = :reason \
                      REMOVE #sid, #sexp, #slimit, #spver, #sfp, #scfg_at, #scommitted, #sreason",
                 )
                 .condition_expression(
@@ -567,7 +567,6 @@ impl PoolStore {
                 .expression_attribute_values(":fp", s(fingerprint))
                 .expression_attribute_values(":cfg_at", n(config_at))
                 .expression_attribute_values(":one", n(1))
-                .expression_attribute_values(":now", n(now))
                 .expression_attribute_values(":reason", s("standby promoted"))
                 .return_values(ReturnValue::AllNew)
                 .send()
@@ -583,6 +582,8 @@ impl PoolStore {
     /// Notes a failed rotation on the pool's item for `vending status`; best effort
     /// (the failure is logged and counted anyway). `error` never carries a code.
     pub async fn record_rotation_failure(&self, pool: &str, now: EpochSecs, error: &str) {
+        // Short: the pool item is read and written on every vend.
+        let error: String = error.chars().take(200).collect();
         let result = self
             .client
             .update_item()
@@ -591,7 +592,7 @@ impl PoolStore {
             .update_expression("SET #at = :at, #error = :error")
             .set_expression_attribute_names(names(&[("#at", FAILED_AT), ("#error", FAILURE)]))
             .expression_attribute_values(":at", n(now))
-            .expression_attribute_values(":error", s(error))
+            .expression_attribute_values(":error", s(&error))
             .send()
             .await;
         if let Err(e) = result {
