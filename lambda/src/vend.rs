@@ -258,12 +258,17 @@ impl Vendor {
         let mut promoted = None;
         loop {
             let now = epoch_now();
-            let reservation = match promoted.take() {
-                Some(activation) => Reservation::Reserved {
-                    activation,
-                    standby: None,
-                },
-                None => self.store.reserve_slot(name, now, margin, wanted).await?,
+            // The request that promoted the standby leaves the next one to the next
+            // request: nothing on its own path waits on SSM.
+            let (reservation, promoting) = match promoted.take() {
+                Some(activation) => (
+                    Reservation::Reserved {
+                        activation,
+                        standby: None,
+                    },
+                    true,
+                ),
+                None => (self.store.reserve_slot(name, now, margin, wanted).await?, false),
             };
             match reservation {
                 Reservation::Reserved { activation, standby } => {
@@ -279,7 +284,9 @@ impl Vendor {
                     }
                     // Keep a standby ready, so that no request waits on SSM when this
                     // activation is used up or nears its expiry.
-                    if self.config.low_water_percent > 0 && standby_needed(standby.as_ref(), now, margin, pool.wanted())
+                    if self.config.low_water_percent > 0
+                        && !promoting
+                        && standby_needed(standby.as_ref(), now, margin, pool.wanted())
                     {
                         let trigger = rotate_ahead_due(
                             activation.reserved,
