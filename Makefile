@@ -2,13 +2,32 @@
 SHELL := /bin/bash
 VENV := .venv
 
-.PHONY: help setup demo test lint test-emulator test-rust test-scripts test-template bench clean
+.PHONY: help setup demo test lint test-emulator test-rust test-scripts test-template bench clean static build
+
+# One debug build for lint, test-rust and test-scripts: clippy-driver compiles the
+# workspace's own crates (as `cargo clippy` does, which runs `cargo check` with this
+# wrapper and these arguments), but in a build that produces the test binaries, so the
+# dependency tree compiles once instead of once for clippy and once for the tests. Every
+# cargo command on target/debug uses the same wrapper, so nothing recompiles between them.
+CLIPPY_DRIVER := $(shell rustc --print sysroot)/bin/clippy-driver
+CLIPPY := RUSTC_WORKSPACE_WRAPPER=$(CLIPPY_DRIVER) CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
+
+# The statically linked release binary: what the container image ships (the Dockerfile
+# runs the same cargo command; tests/template/test_ecs_template.py keeps them alike), and
+# what `sam build` packages in tests/template/run.sh (same target directory, flags and
+# target, so cargo finds it fresh). The one release build of `make test`. `-p vending`:
+# the features of the vending package alone (as cargo-lambda builds it from lambda/), not
+# unified with vending-bench's, or the two builds would not share a single artifact.
+STATIC_TARGET ?= $(shell uname -m)-unknown-linux-gnu
+STATIC_TARGET_DIR ?= target/static
+STATIC_BIN := $(STATIC_TARGET_DIR)/$(STATIC_TARGET)/release/vending
 
 help:
 	@echo "make demo   bring up the emulator and servers, boot simulated servers, show a rotation, tear down"
 	@echo "make test   everything CI runs: lint, Rust unit+integration tests, boot-script suites, template gates"
 	@echo "make bench  benchmark the hot path and a boot storm (writes target/bench/summary.json)"
-	@echo "make lint   cargo fmt --check, clippy -D warnings, shellcheck"
+	@echo "make lint   cargo fmt --check, clippy -D warnings (building the test binaries), shellcheck"
+	@echo "make static the static release binary the container ships ($(STATIC_BIN))"
 
 setup:
 	scripts/setup.sh
@@ -20,21 +39,31 @@ test: lint test-emulator test-rust test-scripts test-template
 
 lint: setup
 	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets -- -D warnings
+	$(CLIPPY) cargo build --workspace --all-targets
 	$(VENV)/bin/shellcheck scripts/*.sh tests/*/*.sh .ci/run
 
 test-emulator: setup
 	tests/emulator/run.sh
 
 test-rust: setup
-	cargo test --workspace
+	$(CLIPPY) cargo test --workspace
 
+# The boot-script suites run the debug binary the Rust tests run (VENDING_BIN overrides).
 test-scripts: setup
-	tests/bootstrap/run.sh
+	$(CLIPPY) cargo test --workspace --no-run --quiet
+	VENDING_BIN="$${VENDING_BIN:-$(CURDIR)/target/debug/vending}" tests/bootstrap/run.sh
 
 test-template:
 	tests/template/setup.sh
 	tests/template/run.sh
+
+# The shared debug build alone (lint runs it too): .ci/run starts it while the Python
+# tools install.
+build:
+	$(CLIPPY) cargo build --workspace --all-targets
+
+static:
+	CARGO_TARGET_DIR=$(STATIC_TARGET_DIR) RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target $(STATIC_TARGET) -p vending --bin vending
 
 bench: setup
 	scripts/bench.sh
