@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 
-.PHONY: help setup demo test lint test-emulator test-rust test-scripts test-template bench clean static build
+.PHONY: help setup demo test lint test-emulator test-rust test-contract test-scripts test-template bench clean static build print-test-targets
 
 # One debug build for lint, test-rust and test-scripts: clippy-driver compiles the
 # workspace's own crates (as `cargo clippy` does, which runs `cargo check` with this
@@ -35,7 +35,12 @@ setup:
 demo: setup
 	scripts/demo.sh
 
-test: lint test-emulator test-rust test-scripts test-template
+# What `make test` runs, in order; .ci/run runs exactly these, one timed stage each.
+TEST_TARGETS := lint test-emulator test-rust test-contract test-scripts test-template
+test: $(TEST_TARGETS)
+
+print-test-targets:
+	@echo $(TEST_TARGETS)
 
 lint: setup
 	cargo fmt --all -- --check
@@ -47,6 +52,11 @@ test-emulator: setup
 
 test-rust: setup
 	$(CLIPPY) cargo test --workspace
+
+# The published contract (openapi.yaml) against the debug binary the Rust tests run.
+test-contract: setup
+	$(CLIPPY) cargo test --workspace --no-run --quiet
+	VENDING_BIN="$${VENDING_BIN:-$(CURDIR)/target/debug/vending}" tests/contract/run.sh
 
 # The boot-script suites run the debug binary the Rust tests run (VENDING_BIN overrides).
 test-scripts: setup
