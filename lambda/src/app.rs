@@ -44,7 +44,7 @@ pub fn build_state(config: Config, sdk: &SdkConfig) -> AppState {
         PoolStore::new(dynamodb, config.table.clone()),
         CodeVault::new(ssm.clone(), config.parameter_prefix.clone(), config.kms_key_id.clone()),
         PoolConfigSource::new(ssm.clone(), config.parameter_prefix.clone()),
-        ActivationService::new(ssm),
+        ActivationService::new(ssm, config.table.clone()),
         config,
     );
     AppState {
@@ -56,8 +56,8 @@ pub fn build_sweeper(config: &Config, sdk: &SdkConfig) -> Sweeper {
     let ssm = aws_sdk_ssm::Client::new(sdk);
     Sweeper::new(
         PoolStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table.clone()),
-        ActivationService::new(ssm.clone()),
-        ManagedNodes::new(ssm.clone()),
+        ActivationService::new(ssm.clone(), config.table.clone()),
+        ManagedNodes::new(ssm.clone(), config.table.clone()),
         PoolConfigSource::new(ssm, config.parameter_prefix.clone()),
         config,
     )
@@ -73,8 +73,8 @@ pub fn build_status_reader(config: &Config, sdk: &SdkConfig) -> crate::status::S
     let ssm = aws_sdk_ssm::Client::new(sdk);
     crate::status::StatusReader {
         store: PoolStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table.clone()),
-        activations: ActivationService::new(ssm.clone()),
-        nodes: ManagedNodes::new(ssm.clone()),
+        activations: ActivationService::new(ssm.clone(), config.table.clone()),
+        nodes: ManagedNodes::new(ssm.clone(), config.table.clone()),
         pool_configs: PoolConfigSource::new(ssm, config.parameter_prefix.clone()),
     }
 }

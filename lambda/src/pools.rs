@@ -19,6 +19,10 @@ use crate::duration::parse_duration;
 /// their pool. Every activation carries it; a pool config may not set it.
 pub const POOL_TAG: &str = "activation-vending:pool";
 
+/// Tag key that names the deployment (its DynamoDB table) that made an activation, so
+/// that two stacks in one account and Region never sweep or clean each other's.
+pub const DEPLOYMENT_TAG: &str = "activation-vending:deployment";
+
 /// What a pool's `config` parameter may say. Unknown fields are an error.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,7 +180,7 @@ impl PoolSettings {
             if key.to_ascii_lowercase().starts_with("aws:") {
                 return Err(problem(field, "the aws: prefix is reserved by AWS"));
             }
-            if key == POOL_TAG {
+            if key == POOL_TAG || key == DEPLOYMENT_TAG {
                 return Err(problem(field, "is set by the service on every activation"));
             }
             if value.chars().count() > 256 || !tag_text(value) {

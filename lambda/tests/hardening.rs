@@ -361,11 +361,7 @@ async fn the_sweep_gets_through_thousands_of_activations_past_errors() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5_000usize);
-    let tag = aws_sdk_ssm::types::Tag::builder()
-        .key("activation-vending:pool")
-        .value("default")
-        .build()
-        .unwrap();
+    let tags = emulator.our_tags("default");
     let created = Instant::now();
     let batches = (0..total).collect::<Vec<_>>();
     for chunk in batches.chunks(64) {
@@ -373,7 +369,7 @@ async fn the_sweep_gets_through_thousands_of_activations_past_errors() {
             ssm.create_activation()
                 .iam_role(&role)
                 .default_instance_name("vending-default")
-                .tags(tag.clone())
+                .set_tags(Some(tags.clone()))
                 .send()
         }))
         .await

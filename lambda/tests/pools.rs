@@ -74,6 +74,10 @@ async fn two_pools_make_activations_with_their_own_role_limit_and_tags() {
         tags_of(&l),
         HashMap::from([
             ("activation-vending:pool".to_owned(), "linux-prod".to_owned()),
+            (
+                "activation-vending:deployment".to_owned(),
+                emulator.env_value("VENDING_TABLE")
+            ),
             ("env".to_owned(), "prod".to_owned()),
             ("os".to_owned(), "linux".to_owned()),
         ])

@@ -53,18 +53,30 @@ async fn the_sweep_deletes_orphans_and_spent_activations_and_keeps_anything_stil
     // Activation C: current.
     let c = server.get("/activation").await;
     // An orphan: what a rotation that crashed after CreateActivation leaves behind.
-    let tag = Tag::builder()
-        .key("activation-vending:pool")
-        .value("default")
-        .build()
-        .unwrap();
     let orphan = emulator
         .ssm()
         .await
         .create_activation()
         .iam_role(emulator.env_value("VENDING_INSTANCE_ROLE"))
         .default_instance_name("vending-default")
-        .tags(tag)
+        .set_tags(Some(emulator.our_tags("default")))
+        .send()
+        .await
+        .unwrap();
+    // Another stack's activation of a pool with the same name: never ours to sweep.
+    let other_stack = Tag::builder()
+        .key("activation-vending:deployment")
+        .value("another-stacks-table")
+        .build()
+        .unwrap();
+    let neighbour = emulator
+        .ssm()
+        .await
+        .create_activation()
+        .iam_role(emulator.env_value("VENDING_INSTANCE_ROLE"))
+        .default_instance_name("vending-default")
+        .tags(emulator.our_tags("default")[0].clone())
+        .tags(other_stack)
         .send()
         .await
         .unwrap();
@@ -96,7 +108,12 @@ async fn the_sweep_deletes_orphans_and_spent_activations_and_keeps_anything_stil
 
     let mut left = emulator.activation_ids().await;
     left.sort();
-    let mut expected = vec![b1.id(), c.id(), foreign.activation_id().unwrap().to_owned()];
+    let mut expected = vec![
+        b1.id(),
+        c.id(),
+        foreign.activation_id().unwrap().to_owned(),
+        neighbour.activation_id().unwrap().to_owned(),
+    ];
     expected.sort();
     assert_eq!(left, expected);
     assert!(

@@ -7,7 +7,7 @@ use aws_smithy_types::DateTime;
 use super::{classify, Echo};
 use crate::error::VendError;
 use crate::pool::{ActivationInfo, EpochSecs};
-use crate::pools::{PoolSettings, POOL_TAG};
+use crate::pools::{PoolSettings, DEPLOYMENT_TAG, POOL_TAG};
 use crate::secret::ActivationCode;
 
 fn info(a: &aws_sdk_ssm::types::Activation) -> ActivationInfo {
@@ -23,6 +23,9 @@ fn info(a: &aws_sdk_ssm::types::Activation) -> ActivationInfo {
 #[derive(Clone)]
 pub struct ActivationService {
     client: aws_sdk_ssm::Client,
+    /// This deployment's name (its table): the value of every activation's
+    /// deployment tag, and the only activations the sweep looks at.
+    deployment: String,
 }
 
 #[derive(Debug)]
@@ -32,8 +35,11 @@ pub struct NewActivation {
 }
 
 impl ActivationService {
-    pub fn new(client: aws_sdk_ssm::Client) -> Self {
-        Self { client }
+    pub fn new(client: aws_sdk_ssm::Client, deployment: impl Into<String>) -> Self {
+        Self {
+            client,
+            deployment: deployment.into(),
+        }
     }
 
     /// A new activation with the pool's role, limit, name and tags (SSM copies the
@@ -44,7 +50,8 @@ impl ActivationService {
         settings: &PoolSettings,
         expires_at: EpochSecs,
     ) -> Result<NewActivation, VendError> {
-        let tags = std::iter::once((POOL_TAG, pool))
+        let tags = [(POOL_TAG, pool), (DEPLOYMENT_TAG, self.deployment.as_str())]
+            .into_iter()
             .chain(settings.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .map(|(key, value)| Tag::builder().key(key).value(value).build())
             .collect::<Result<Vec<_>, _>>()
@@ -122,6 +129,11 @@ impl ActivationService {
         let found = out
             .activation_list()
             .iter()
+            .filter(|a| {
+                a.tags()
+                    .iter()
+                    .any(|t| t.key() == DEPLOYMENT_TAG && t.value() == self.deployment)
+            })
             .filter_map(|a| {
                 let pool = a.tags().iter().find(|t| t.key() == POOL_TAG)?.value().to_owned();
                 a.activation_id()?;

@@ -7,11 +7,13 @@ use aws_sdk_ssm::types::InstanceInformationStringFilter;
 use super::{classify, Echo};
 use crate::error::VendError;
 use crate::pool::EpochSecs;
-use crate::pools::POOL_TAG;
+use crate::pools::{DEPLOYMENT_TAG, POOL_TAG};
 
 #[derive(Clone)]
 pub struct ManagedNodes {
     client: aws_sdk_ssm::Client,
+    /// This deployment's name: only nodes registered with its activations are its.
+    deployment: String,
 }
 
 /// One managed node as the clean-up and status need it.
@@ -27,15 +29,18 @@ pub struct Node {
 }
 
 impl ManagedNodes {
-    pub fn new(client: aws_sdk_ssm::Client) -> Self {
-        Self { client }
+    pub fn new(client: aws_sdk_ssm::Client, deployment: impl Into<String>) -> Self {
+        Self {
+            client,
+            deployment: deployment.into(),
+        }
     }
 
     /// Every node matching `filter` (tag filters count MaxResults before filtering,
     /// so pages may be short: follow every token).
     async fn list(
         &self,
-        filter: InstanceInformationStringFilter,
+        filters: Vec<InstanceInformationStringFilter>,
         with_pool: Option<&str>,
     ) -> Result<Vec<Node>, VendError> {
         let mut nodes = Vec::new();
@@ -44,7 +49,7 @@ impl ManagedNodes {
             let out = self
                 .client
                 .describe_instance_information()
-                .filters(filter.clone())
+                .set_filters(Some(filters.clone()))
                 .max_results(50)
                 .set_next_token(token)
                 .send()
@@ -68,14 +73,20 @@ impl ManagedNodes {
         }
     }
 
-    /// The nodes registered through `pool`'s activations (they carry its tag).
+    /// The nodes registered through `pool`'s activations of this deployment (they
+    /// carry both tags).
     pub async fn of_pool(&self, pool: &str) -> Result<Vec<Node>, VendError> {
-        let filter = InstanceInformationStringFilter::builder()
-            .key(format!("tag:{POOL_TAG}"))
-            .values(pool)
-            .build()
-            .map_err(|e| VendError::Internal(format!("node filter: {e}")))?;
-        self.list(filter, Some(pool)).await
+        let filters = [(POOL_TAG, pool), (DEPLOYMENT_TAG, self.deployment.as_str())]
+            .into_iter()
+            .map(|(key, value)| {
+                InstanceInformationStringFilter::builder()
+                    .key(format!("tag:{key}"))
+                    .values(value)
+                    .build()
+                    .map_err(|e| VendError::Internal(format!("node filter: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.list(filters, Some(pool)).await
     }
 
     /// Every hybrid (on-premises) node in the account and Region, ours or not: what
@@ -86,7 +97,7 @@ impl ManagedNodes {
             .values("ManagedInstance")
             .build()
             .map_err(|e| VendError::Internal(format!("node filter: {e}")))?;
-        Ok(self.list(filter, None).await?.len())
+        Ok(self.list(vec![filter], None).await?.len())
     }
 
     /// Deregisters a node; one already gone counts as deregistered.

@@ -105,7 +105,8 @@ impl Emulator {
         let process = Killer(child);
         let url = format!("http://127.0.0.1:{port}");
         assert!(
-            wait_until_ok(&format!("{url}/_emulator/health"), Duration::from_secs(30)),
+            // Generous: moto takes seconds to import, more when tests start many at once.
+            wait_until_ok(&format!("{url}/_emulator/health"), Duration::from_secs(90)),
             "the emulator did not start"
         );
         let out = Command::new(&python)
@@ -263,6 +264,18 @@ impl Emulator {
         } else {
             Err(body["error"].as_str().unwrap_or("?").to_owned())
         }
+    }
+
+    /// The tags this deployment's activations of `pool` carry (what a rotation that
+    /// crashed after CreateActivation leaves on its orphan).
+    pub fn our_tags(&self, pool: &str) -> Vec<aws_sdk_ssm::types::Tag> {
+        [
+            ("activation-vending:pool", pool.to_owned()),
+            ("activation-vending:deployment", self.env_value("VENDING_TABLE")),
+        ]
+        .into_iter()
+        .map(|(k, v)| aws_sdk_ssm::types::Tag::builder().key(k).value(v).build().unwrap())
+        .collect()
     }
 
     /// Deletes an activation out of band, as an operator might.
