@@ -226,6 +226,31 @@ async fn the_clean_up_deregisters_exactly_the_stale_duplicates() {
         .await;
         ids.push(id);
     }
+    // A foreign node: registered through an activation this service did not make.
+    let foreign = emulator
+        .ssm()
+        .await
+        .create_activation()
+        .iam_role(&role)
+        .send()
+        .await
+        .unwrap();
+    let foreign_id = emulator
+        .register(
+            foreign.activation_id().unwrap(),
+            foreign.activation_code().unwrap(),
+            "web-01",
+        )
+        .await
+        .unwrap();
+    emulator.saw_code(foreign.activation_code().unwrap());
+    age(
+        &emulator,
+        &foreign_id,
+        json!({"PingStatus": "ConnectionLost", "RegistrationDate": now - 90 * day, "LastPingDateTime": now - 80 * day}),
+    )
+    .await;
+    ids.push(foreign_id);
     let expected = {
         let mut e = vec![ids[0].clone(), ids[1].clone()];
         e.sort();
