@@ -31,11 +31,18 @@ teardown() {
   "$ROOT/scripts/local.sh" down
 }
 
+# A simulated server's machine identity, as the boot scripts send it: the SHA-256
+# digest of its machine ID (here, of its name: every simulated server is a machine).
+machine_id() {
+  printf 'demo-machine-%s' "$1" | sha256sum | cut -d' ' -f1
+}
+
 # One simulated server: fetch an activation, register like the SSM agent would.
 # Prints a table row; the code is masked whole, as the boot scripts do.
 boot_server() {
   local name="$1" url="$2" emulator="$3" body id code registered
-  body="$(curl -fsS --retry 5 --retry-delay 1 "$url/activation?instance=$name")" ||
+  body="$(curl -fsS --retry 5 --retry-delay 1 -H "X-Machine-Id: $(machine_id "$name")" \
+    "$url/activation?instance=$name")" ||
     fail "$name could not fetch an activation from $url"
   id="$(jq -r .ActivationId <<<"$body")"
   code="$(jq -r .ActivationCode <<<"$body")"
@@ -75,15 +82,16 @@ main() {
   echo "  With a limit of $LIMIT registrations per activation, the pool rotated as it filled:"
   echo "  every server got a code SSM accepted; none got RegistrationLimitExceeded."
 
-  say "A server that retries gets the same activation back, without using a slot"
-  curl -fsS "${servers[1]}/activation?instance=web-01" | jq '{ActivationId, Pool, ExpirationDate, ActivationCode: "<masked>"}'
+  say "A server that retries (same name, same machine) gets the same activation back, without using a slot"
+  curl -fsS -H "X-Machine-Id: $(machine_id web-01)" "${servers[1]}/activation?instance=web-01" |
+    jq '{ActivationId, Pool, ExpirationDate, ActivationCode: "<masked>"}'
 
   say "Errors are JSON with the right status"
   curl -sS -w '  (HTTP %{http_code})\n' "${servers[0]}/activation?pool=nosuch"
   curl -sS -w '  (HTTP %{http_code})\n' "${servers[0]}/activation?instance=not%20a%20host"
 
   say "What the servers logged (no activation code anywhere)"
-  grep -h 'rotated' "${LOCAL_STATE_DIR:-$ROOT/.local}"/logs/vending-*.log | sed 's/^/  /' | cut -c1-160
+  grep -hE 'rotated|standby' "${LOCAL_STATE_DIR:-$ROOT/.local}"/logs/vending-*.log | sed 's/^/  /' | cut -c1-160
 
   say "AWS calls the emulator saw"
   curl -fsS "$emulator/_emulator/calls" | jq -r 'to_entries | sort_by(.key)[] | "  \(.key): \(.value)"'
