@@ -50,30 +50,11 @@ impl Rotator {
         }
     }
 
-    /// Rotates `pool` for `reason` if no one else is or has. `seen` is the activation
-    /// the caller found unusable, so a rotation someone finished meanwhile is not
-    /// repeated.
-    pub async fn rotate_under_lease(
-        &self,
-        pool: &Pool,
-        reason: RotationReason,
-        seen: Option<&str>,
-    ) -> Result<Rotation, VendError> {
-        self.install_under_lease(pool, reason, Place::Current, seen).await
-    }
-
-    /// Makes a standby for `pool` if it still needs one once the lease is ours: the
-    /// same steps as a rotation, recorded beside the current activation instead of
-    /// in its place.
-    pub async fn prepare_standby_under_lease(
-        &self,
-        pool: &Pool,
-        reason: RotationReason,
-    ) -> Result<Rotation, VendError> {
-        self.install_under_lease(pool, reason, Place::Standby, None).await
-    }
-
-    async fn install_under_lease(
+    /// Installs a new activation in `place` for `reason` if no one else is or has,
+    /// once the lease is ours: as the current activation (`seen` is the one the
+    /// caller found unusable, so a rotation someone finished meanwhile is not
+    /// repeated), or as the standby beside it (only if the pool still needs one).
+    pub async fn install_under_lease(
         &self,
         pool: &Pool,
         reason: RotationReason,

@@ -12,7 +12,7 @@ use rand::Rng;
 use crate::aws::activations::ActivationService;
 use crate::aws::parameters::CodeVault;
 use crate::aws::parameters::PoolConfigSource;
-use crate::aws::pool_store::{PoolStore, Reservation};
+use crate::aws::pool_store::{Place, PoolStore, Reservation};
 use crate::codes::Codes;
 use crate::config::Config;
 use crate::directory::{Pool, PoolDirectory};
@@ -92,10 +92,6 @@ impl Vendor {
 
     pub fn config(&self) -> &Config {
         &self.config
-    }
-
-    pub fn directory(&self) -> &PoolDirectory {
-        &self.directory
     }
 
     /// Vends within `VENDING_DEADLINE`, so the caller gets a JSON 503 rather than the
@@ -299,7 +295,7 @@ impl Vendor {
                             let reason = trigger.map_or(RotationReason::StandbyMissing, AheadTrigger::reason);
                             // Our slot stays good; a failure here only means a later request
                             // tries again.
-                            let outcome = self.prepare_standby(pool, reason).await;
+                            let outcome = self.run_rotation(pool, reason, Place::Standby, None).await;
                             if let Err(e) = &outcome {
                                 tracing::warn!(pool = name, error = %e, "preparing a standby failed");
                             }
@@ -395,7 +391,7 @@ impl Vendor {
         deadline: Instant,
         waits: &mut u32,
     ) -> Result<(), VendError> {
-        match self.rotate(pool, reason, seen).await? {
+        match self.run_rotation(pool, reason, Place::Current, seen).await? {
             Rotation::Rotated => Ok(()),
             // Someone else changed the pool: reserve again at once, within the deadline.
             Rotation::NotNeeded if Instant::now() < deadline => Ok(()),
@@ -404,12 +400,19 @@ impl Vendor {
         }
     }
 
-    /// Runs a rotation as a task of its own: when the request's deadline cuts the
-    /// request off, the rotation is not dropped halfway with its lease held.
-    async fn rotate(&self, pool: &Pool, reason: RotationReason, seen: Option<&str>) -> Result<Rotation, VendError> {
+    /// Runs a rotation (of the current activation or the standby) as a task of its
+    /// own: when the request's deadline cuts the request off, the rotation is not
+    /// dropped halfway with its lease held.
+    async fn run_rotation(
+        &self,
+        pool: &Pool,
+        reason: RotationReason,
+        place: Place,
+        seen: Option<&str>,
+    ) -> Result<Rotation, VendError> {
         let rotator = self.rotator.clone();
         let (pool, seen) = (pool.clone(), seen.map(str::to_owned));
-        tokio::spawn(async move { rotator.rotate_under_lease(&pool, reason, seen.as_deref()).await })
+        tokio::spawn(async move { rotator.install_under_lease(&pool, reason, place, seen.as_deref()).await })
             .await
             .map_err(|e| VendError::Internal(format!("the rotation task failed: {e}")))?
     }
@@ -452,15 +455,5 @@ impl Vendor {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(pool);
         }
-    }
-
-    /// Prepares the next standby as a task of its own (like a rotation): a request cut
-    /// off by its deadline does not drop it halfway with the lease held.
-    async fn prepare_standby(&self, pool: &Pool, reason: RotationReason) -> Result<Rotation, VendError> {
-        let rotator = self.rotator.clone();
-        let pool = pool.clone();
-        tokio::spawn(async move { rotator.prepare_standby_under_lease(&pool, reason).await })
-            .await
-            .map_err(|e| VendError::Internal(format!("the standby task failed: {e}")))?
     }
 }

@@ -122,11 +122,6 @@ impl ActivationChecks {
         *self.slot(activation_id).lock().await = Some(Verdict::Dead(reason));
     }
 
-    /// Checks that failed (SSM throttled or unavailable) since the process started.
-    pub fn failed_checks(&self) -> u64 {
-        self.failed_checks.load(Ordering::Relaxed)
-    }
-
     fn slot(&self, activation_id: &str) -> Slot {
         let mut verdicts = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = verdicts.get(activation_id) {

@@ -441,6 +441,21 @@ impl PoolStore {
         } else {
             ""
         };
+        let mut attribute_names = vec![
+            ("#id", at.id),
+            ("#exp", at.expires_at),
+            ("#limit", at.limit),
+            ("#pver", at.parameter_version),
+            ("#rotated", at.committed_at),
+            ("#fp", at.fingerprint),
+            ("#cfg_at", at.config_at),
+            ("#reason", at.reason),
+            ("#owner", LEASE_OWNER),
+            ("#until", LEASE_UNTIL),
+        ];
+        if place == Place::Current {
+            attribute_names.push(("#reserved", RESERVED));
+        }
         let update = Update::builder()
             .table_name(&self.table)
             .key(PK, pool_key(pool))
@@ -449,24 +464,7 @@ impl PoolStore {
                  #rotated = :now, #fp = :fp, #cfg_at = :cfg_at, #reason = :reason REMOVE #owner, #until"
             ))
             .condition_expression("#owner = :me AND #until >= :now")
-            .set_expression_attribute_names(Some(
-                names(&[
-                    ("#id", at.id),
-                    ("#exp", at.expires_at),
-                    ("#limit", at.limit),
-                    ("#pver", at.parameter_version),
-                    ("#rotated", at.committed_at),
-                    ("#fp", at.fingerprint),
-                    ("#cfg_at", at.config_at),
-                    ("#reason", at.reason),
-                    ("#owner", LEASE_OWNER),
-                    ("#until", LEASE_UNTIL),
-                ])
-                .into_iter()
-                .flatten()
-                .chain((place == Place::Current).then(|| ("#reserved".to_owned(), RESERVED.to_owned())))
-                .collect(),
-            ))
+            .set_expression_attribute_names(names(&attribute_names))
             .expression_attribute_values(":fp", s(&next.fingerprint))
             .expression_attribute_values(":reason", s(reason))
             .expression_attribute_values(":cfg_at", n(next.config_at))
