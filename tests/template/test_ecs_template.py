@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 from cfn_flip import load_yaml
 
+from cfn_helpers import as_list, of_type, parameter_values, principal_is_everyone, props
+
 ROOT = Path(__file__).resolve().parents[2]
 ECS_TEMPLATE = ROOT / "deploy/ecs/template.yaml"
 LAMBDA_TEMPLATE = ROOT / "template.yaml"
@@ -99,12 +101,6 @@ NOVALUE = object()
 def load(path: Path) -> dict:
     """A template as plain dicts, short-form intrinsics expanded to long form."""
     return json.loads(json.dumps(load_yaml(path.read_text())))
-
-
-def parameter_values(source: dict, overrides: dict) -> dict:
-    values = {name: str(p.get("Default", "")) for name, p in source.get("Parameters", {}).items()}
-    values.update(overrides)
-    return values
 
 
 def param(params: dict, template: dict, name: str):
@@ -231,24 +227,6 @@ def dockerfile_stages(text: str) -> list[list[tuple[str, str]]]:
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def as_list(value):
-    if value is None:
-        return []
-    return value if isinstance(value, list) else [value]
-
-
-def of_type(cfn: dict, type_: str) -> dict:
-    return {n: r for n, r in cfn["Resources"].items() if r.get("Type") == type_}
-
-
-def props(res: dict) -> dict:
-    return res.get("Properties", {})
-
-
-def principal_is_everyone(principal) -> bool:
-    return principal == "*" or (isinstance(principal, dict) and "*" in as_list(principal.get("AWS")))
 
 
 def role_statements(cfn: dict, role: str):

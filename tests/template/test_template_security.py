@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 from cfn_flip import load_yaml
 
+from cfn_helpers import as_list, of_type, parameter_values, principal_is_everyone, props
+
 os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
 logging.getLogger("samtranslator").setLevel(logging.ERROR)
 
@@ -170,12 +172,6 @@ class _NoManagedPolicies:
         return {}
 
 
-def parameter_values(source: dict, overrides: dict) -> dict:
-    values = {name: str(p.get("Default", "")) for name, p in source.get("Parameters", {}).items()}
-    values.update(overrides)
-    return values
-
-
 def translate(source: dict, params: dict) -> dict:
     """Runs the SAM transform, as CloudFormation would at deploy time (CloudFormation hands
     a macro a CommaDelimitedList parameter's value as a list)."""
@@ -270,20 +266,6 @@ def deployed(source: dict, overrides: dict) -> dict:
 # ------------------------------------------------------------------ helpers
 
 
-def as_list(value):
-    if value is None:
-        return []
-    return value if isinstance(value, list) else [value]
-
-
-def of_type(cfn: dict, type_: str) -> dict:
-    return {n: r for n, r in cfn["Resources"].items() if r.get("Type") == type_}
-
-
-def props(res: dict) -> dict:
-    return res.get("Properties", {})
-
-
 def endpoint_ref(cfn: dict):
     """What the API must be pinned to: the created endpoint, or the one given."""
     if "VpcEndpoint" in cfn["Resources"]:
@@ -308,10 +290,6 @@ def identity_statements(cfn: dict):
 def api_policy(api: dict) -> dict:
     p = props(api)
     return p.get("Policy") or p.get("Body", {}).get("x-amazon-apigateway-policy") or {}
-
-
-def principal_is_everyone(principal) -> bool:
-    return principal == "*" or (isinstance(principal, dict) and "*" in as_list(principal.get("AWS")))
 
 
 # ------------------------------------------------------------------ checks
