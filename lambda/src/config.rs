@@ -38,6 +38,9 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Hybrid nodes the account may have in the standard tier (AWS: 1,000 per Region).
     pub node_quota: u32,
+    /// The most slots one reserve takes for a process's queued requests (1: off).
+    /// `vending serve` only: under Lambda it is always 1.
+    pub block_max: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -158,6 +161,7 @@ impl Config {
         }
 
         let node_quota = number("VENDING_NODE_QUOTA", 1000, 1..=1_000_000)?;
+        let block_max = number("VENDING_BLOCK_MAX", 8, 1..=100)?;
         let pool_refresh = duration("VENDING_POOL_REFRESH", "60s")?;
         if pool_refresh < Duration::from_secs(1) {
             return Err(problem(
@@ -198,6 +202,7 @@ impl Config {
             pool_refresh,
             trusted_proxies,
             node_quota,
+            block_max,
         })
     }
 }
@@ -228,6 +233,7 @@ mod tests {
         assert_eq!(config.activation_ttl, Duration::from_secs(86_400));
         assert_eq!(config.expiry_margin, Duration::from_secs(900));
         assert_eq!(config.deadline, Duration::from_secs(20));
+        assert_eq!(config.block_max, 8);
     }
 
     #[test]
@@ -260,6 +266,8 @@ mod tests {
             ("VENDING_DEADLINE", "500ms"),
             ("VENDING_DEADLINE", "soon"),
             ("VENDING_POOL_REFRESH", "0s"),
+            ("VENDING_BLOCK_MAX", "0"),
+            ("VENDING_BLOCK_MAX", "101"),
             ("VENDING_TRUSTED_PROXIES", "10.0.0.0/24, alb"),
             ("VENDING_INSTANCE_ROLE", "arn:aws:iam::123456789012:role/x"),
             ("VENDING_PARAMETER_PREFIX", "no-leading-slash"),

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod aws;
+pub mod blocks;
 pub mod codes;
 pub mod config;
 pub mod directory;

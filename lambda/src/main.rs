@@ -101,6 +101,14 @@ async fn run(command: Option<Command>, config: Config) -> Result<ExitCode, Box<d
     match command {
         None => {
             let sweeper = build_sweeper(&config, &sdk);
+            if std::env::var_os("VENDING_BLOCK_MAX").is_some() && config.block_max > 1 {
+                tracing::info!(
+                    "VENDING_BLOCK_MAX applies to `vending serve`; under Lambda each request takes its own slot"
+                );
+            }
+            // One request per environment: a block would only strand slots in
+            // environments that go cold.
+            let config = Config { block_max: 1, ..config };
             vending::lambda_entry::run(router(build_state(config, &sdk)), sweeper).await?;
         }
         Some(Command::Sweep { dry_run }) => {
@@ -135,12 +143,17 @@ async fn run(command: Option<Command>, config: Config) -> Result<ExitCode, Box<d
             });
         }
         Some(Command::Serve { listen }) => {
-            let app = router(build_state(config, &sdk));
+            let state = build_state(config, &sdk);
+            let vendor = state.vendor.clone();
             let listener = tokio::net::TcpListener::bind(listen).await?;
             tracing::info!(listen = %listener.local_addr()?, "serving");
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(shutdown_signal())
-                .await?;
+            axum::serve(
+                listener,
+                router(state).into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+            vendor.stop();
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -13,6 +13,7 @@ use crate::aws::activations::ActivationService;
 use crate::aws::parameters::CodeVault;
 use crate::aws::parameters::PoolConfigSource;
 use crate::aws::pool_store::{Place, PoolStore, Reservation};
+use crate::blocks::SlotBlocks;
 use crate::codes::Codes;
 use crate::config::Config;
 use crate::directory::{Pool, PoolDirectory};
@@ -39,6 +40,7 @@ pub struct Vended {
 
 pub struct Vendor {
     store: PoolStore,
+    blocks: SlotBlocks,
     directory: PoolDirectory,
     codes: Arc<Codes>,
     checks: ActivationChecks,
@@ -79,6 +81,7 @@ impl Vendor {
         let checks = ActivationChecks::new(activations.clone(), config.verify_interval);
         let rotator = Arc::new(Rotator::new(store.clone(), codes.clone(), activations, config.clone()));
         Self {
+            blocks: SlotBlocks::new(store.clone(), config.block_max),
             store,
             directory,
             codes,
@@ -92,6 +95,13 @@ impl Vendor {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The process is stopping: the slots it reserved and never handed out are
+    /// counted as wasted.
+    pub fn stop(&self) {
+        let wasted = self.blocks.release_all();
+        tracing::info!(slots_wasted = wasted, "stopped vending");
     }
 
     /// Vends within `VENDING_DEADLINE`, so the caller gets a JSON 503 rather than the
@@ -252,6 +262,8 @@ impl Vendor {
         let mut last_seen = None;
         // A standby this request promoted: its first slot is ours already.
         let mut promoted = None;
+        // Counts this request into the size of the process's next block of slots.
+        let mut wanting = None;
         loop {
             let now = epoch_now();
             // The request that promoted the standby leaves the next one to the next
@@ -261,25 +273,43 @@ impl Vendor {
                     Reservation::Reserved {
                         activation,
                         standby: None,
+                        fresh: false,
                     },
                     true,
                 ),
-                None => (self.store.reserve_slot(name, now, margin, wanted).await?, false),
+                None => {
+                    if wanting.is_none() {
+                        wanting = self.blocks.wanting(name);
+                    }
+                    let limit = pool.settings.registration_limit;
+                    (
+                        self.blocks.reserve(name, now, margin, pool.wanted(), limit).await?,
+                        false,
+                    )
+                }
             };
             match reservation {
-                Reservation::Reserved { activation, standby } => {
+                Reservation::Reserved {
+                    activation,
+                    standby,
+                    fresh,
+                } => {
+                    wanting = None;
                     if activation.fingerprint != pool.fingerprint {
                         // Made from a newer read of the pool's config than ours.
                         self.directory.outdated_by(activation.config_at).await;
                     }
                     if let Err(reason) = self.checks.usable(&activation.id, activation.committed_at, now).await {
+                        self.blocks.discard(name, &activation.id, "the activation is unusable");
                         waited = true;
                         self.rotate_or_wait(pool, reason, Some(&activation.id), deadline, &mut waits)
                             .await?;
                         continue;
                     }
                     // Keep a standby ready, so that no request waits on SSM when this
-                    // activation is used up or nears its expiry.
+                    // activation is used up or nears its expiry. A slot from a block
+                    // reserved earlier knows the standby only as it was then, so only the
+                    // low-water slot's holder acts on it.
                     if self.config.low_water_percent > 0
                         && !promoting
                         && standby_needed(standby.as_ref(), now, margin, pool.wanted())
@@ -291,7 +321,9 @@ impl Vendor {
                             margin,
                             self.config.low_water_percent,
                         );
-                        if self.may_prepare_standby(name, trigger) {
+                        if (fresh || trigger == Some(AheadTrigger::LowWaterSlot))
+                            && self.may_prepare_standby(name, trigger)
+                        {
                             let reason = trigger.map_or(RotationReason::StandbyMissing, AheadTrigger::reason);
                             // Our slot stays good; a failure here only means a later request
                             // tries again.
@@ -319,6 +351,7 @@ impl Vendor {
                                 "Parameter Store no longer holds this activation's code; rotating"
                             );
                             self.checks.condemn(&activation.id, RotationReason::CodeMissing).await;
+                            self.blocks.discard(name, &activation.id, "its code is gone");
                             let seen = Some(activation.id.as_str());
                             waited = true;
                             self.rotate_or_wait(pool, RotationReason::CodeMissing, seen, deadline, &mut waits)

@@ -115,14 +115,25 @@ pub struct PoolStore {
     table: String,
 }
 
+/// How many slots one reserve asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotCount {
+    /// One slot, from whatever activation is current.
+    One,
+    /// `count` slots (at least 2), only from an activation whose limit is `limit`.
+    Block { count: u32, limit: u32 },
+}
+
 /// The answer to "give me a slot".
 #[derive(Debug)]
 pub enum Reservation {
     /// The slot is ours: its number is `activation.reserved`. `standby` is the pool's
-    /// standby activation, if it has one.
+    /// standby activation, if it has one, as of the write that took the slot: `fresh`
+    /// when that write was this request's own (not a block reserved earlier).
     Reserved {
         activation: CurrentActivation,
         standby: Option<CurrentActivation>,
+        fresh: bool,
     },
     /// No slot: the pool as it was, to tell why.
     Refused(PoolState),
@@ -318,25 +329,39 @@ impl PoolStore {
         margin_secs: i64,
         wanted: (&str, EpochSecs),
     ) -> Result<Reservation, VendError> {
-        retrying_conflicts(|| self.reserve_slot_once(pool, now, margin_secs, wanted)).await
+        self.reserve_slots(pool, now, margin_secs, wanted, SlotCount::One).await
     }
 
-    async fn reserve_slot_once(
+    /// Like `reserve_slot`, for a block of slots in the same one write: the slots
+    /// are `activation.reserved - count + 1 ..= activation.reserved`. A block is
+    /// only taken whole, and only from an activation whose limit is the one the
+    /// caller expects, so the condition can say "this many are still free".
+    pub async fn reserve_slots(
+        &self,
+        pool: &str,
+        now: EpochSecs,
+        margin_secs: i64,
+        wanted: (&str, EpochSecs),
+        count: SlotCount,
+    ) -> Result<Reservation, VendError> {
+        retrying_conflicts(|| self.reserve_slots_once(pool, now, margin_secs, wanted, count)).await
+    }
+
+    async fn reserve_slots_once(
         &self,
         pool: &str,
         now: EpochSecs,
         margin_secs: i64,
         (fingerprint, config_at): (&str, EpochSecs),
+        count: SlotCount,
     ) -> Result<Reservation, VendError> {
-        let result = self
+        const USABLE: &str = "attribute_exists(#id) AND #exp > :min_exp AND (#fp = :fp OR #cfg_at > :cfg_at)";
+        let request = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(PK, pool_key(pool))
-            .update_expression("ADD #reserved :one")
-            .condition_expression(
-                "attribute_exists(#id) AND #reserved < #limit AND #exp > :min_exp AND (#fp = :fp OR #cfg_at > :cfg_at)",
-            )
+            .update_expression("ADD #reserved :count")
             .set_expression_attribute_names(names(&[
                 ("#id", ACTIVATION_ID),
                 ("#reserved", RESERVED),
@@ -345,21 +370,29 @@ impl PoolStore {
                 ("#fp", CONFIG_FP),
                 ("#cfg_at", CONFIG_AT),
             ]))
-            .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":min_exp", n(now + margin_secs))
             .expression_attribute_values(":fp", s(fingerprint))
             .expression_attribute_values(":cfg_at", n(config_at))
             .return_values(ReturnValue::AllNew)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match conditional_update(result)? {
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        let request = match count {
+            SlotCount::One => request
+                .condition_expression(format!("{USABLE} AND #reserved < #limit"))
+                .expression_attribute_values(":count", n(1)),
+            SlotCount::Block { count, limit } => request
+                .condition_expression(format!("{USABLE} AND #limit = :limit AND #reserved <= :last_start"))
+                .expression_attribute_values(":count", n(i64::from(count)))
+                .expression_attribute_values(":limit", n(i64::from(limit)))
+                .expression_attribute_values(":last_start", n(i64::from(limit) - i64::from(count))),
+        };
+        match conditional_update(request.send().await)? {
             Ok(new) => {
                 let state = pool_state(new.as_ref());
                 match state.activation {
                     Some(activation) => Ok(Reservation::Reserved {
                         activation,
                         standby: state.standby,
+                        fresh: true,
                     }),
                     None => Err(VendError::Internal(
                         "reserved a slot on a pool without an activation".into(),
