@@ -258,6 +258,18 @@ fn log_lengths(local: &Local, servers: usize) -> Vec<usize> {
         .collect()
 }
 
+/// The next phase restarts the servers over their logs: keep the main phase's as
+/// `logs/<scenario>-vending-N.log` for reading afterwards.
+fn keep_main_phase_logs(local: &Local, scenario: Scenario, servers: usize) {
+    for i in 1..=servers {
+        let logs = local.state_dir.join("logs");
+        let _ = std::fs::copy(
+            logs.join(format!("vending-{i}.log")),
+            logs.join(format!("{}-vending-{i}.log", scenario.name())),
+        );
+    }
+}
+
 /// `vended` lines written since `from` that say the request waited for a rotation.
 fn vends_waited(local: &Local, from: &[usize]) -> u64 {
     from.iter()
@@ -544,6 +556,7 @@ impl Context {
         let created = emu.activation_limits().await?.len();
         let rotations = rotations_logged(&self.local, o.servers);
         let waited = vends_waited(&self.local, &logs_before);
+        keep_main_phase_logs(&self.local, scenario, o.servers);
         let wasted = slots_wasted(&emu.activations_in_order().await?, &main.per_activation);
         let mut counts = main.per_activation.clone();
 

@@ -1,8 +1,10 @@
 //! Codes of the last few activations, keyed by ID and parameter version, in front of
 //! Parameter Store: the hot path reads a code from here, not from AWS.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OnceCell;
 
 use crate::aws::parameters::CodeVault;
 use crate::error::VendError;
@@ -11,6 +13,10 @@ use crate::secret::ActivationCode;
 pub struct Codes {
     vault: CodeVault,
     cache: CodeCache,
+    /// Fetches in flight: a process's requests that meet a new activation at once
+    /// (a block of slots, a storm after a rotation elsewhere) share one GetParameter,
+    /// which spends Parameter Store's account-wide 40 reads per second.
+    fetches: Mutex<HashMap<(String, i64), Arc<OnceCell<Option<ActivationCode>>>>>,
 }
 
 impl Codes {
@@ -18,6 +24,7 @@ impl Codes {
         Self {
             vault,
             cache: CodeCache::default(),
+            fetches: Mutex::new(HashMap::new()),
         }
     }
 
@@ -32,11 +39,28 @@ impl Codes {
         if let Some(code) = self.cache.get(activation_id, version) {
             return Ok(Some(code));
         }
-        let code = self.vault.fetch(pool, activation_id, version).await?;
-        if let Some(code) = &code {
-            self.cache.insert(activation_id, version, code.clone());
+        let key = (activation_id.to_owned(), version);
+        let fetch = self.in_flight().entry(key.clone()).or_default().clone();
+        let code = fetch
+            .get_or_try_init(|| async {
+                let code = self.vault.fetch(pool, activation_id, version).await?;
+                if let Some(code) = &code {
+                    self.cache.insert(activation_id, version, code.clone());
+                }
+                Ok::<_, VendError>(code)
+            })
+            .await
+            .cloned();
+        // Done or failed: the next caller reads the cache or tries afresh.
+        let mut in_flight = self.in_flight();
+        if in_flight.get(&key).is_some_and(|f| Arc::ptr_eq(f, &fetch)) {
+            in_flight.remove(&key);
         }
-        Ok(code)
+        code
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i64), Arc<OnceCell<Option<ActivationCode>>>>> {
+        self.fetches.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Stores a new activation's code; returns the parameter version that holds it.

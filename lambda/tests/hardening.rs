@@ -104,6 +104,24 @@ async fn concurrent_checks_of_one_activation_are_one_call_to_ssm() {
     assert_eq!(calls.get("SSM.DescribeActivations"), Some(&1), "{calls:?}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_reads_a_new_activation_s_code_once_however_many_requests_want_it() {
+    // Parameter Store reads share 40 per second per account and Region: a process
+    // whose requests all meet an activation another process made reads its code once.
+    let emulator = Emulator::start();
+    let maker = emulator.serve(&[NO_ROTATE_AHEAD]);
+    assert_eq!(maker.get("/activation").await.status, 200);
+    let reader = emulator.serve(&[NO_ROTATE_AHEAD]);
+    emulator
+        .inject(json!({"operation": "SSM.GetParameter", "delay_ms": 300}))
+        .await;
+    emulator.reset_calls().await;
+    let answers = join_all((0..20).map(|_| reader.get("/activation"))).await;
+    assert!(answers.iter().all(|a| a.status == 200));
+    let calls = emulator.calls().await;
+    assert_eq!(calls.get("SSM.GetParameter"), Some(&1), "{calls:?}");
+}
+
 // ------------------------------------------------------------ transaction conflicts
 
 #[tokio::test(flavor = "multi_thread")]
