@@ -16,8 +16,11 @@ pub struct Codes {
     /// Fetches in flight: a process's requests that meet a new activation at once
     /// (a block of slots, a storm after a rotation elsewhere) share one GetParameter,
     /// which spends Parameter Store's account-wide 40 reads per second.
-    fetches: Mutex<HashMap<(String, i64), Arc<OnceCell<Option<ActivationCode>>>>>,
+    fetches: Mutex<HashMap<(String, i64), Arc<Fetch>>>,
 }
+
+/// One read of a code from Parameter Store, awaited by every request that wants it.
+type Fetch = OnceCell<Option<ActivationCode>>;
 
 impl Codes {
     pub fn new(vault: CodeVault) -> Self {
@@ -59,7 +62,7 @@ impl Codes {
         code
     }
 
-    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i64), Arc<OnceCell<Option<ActivationCode>>>>> {
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i64), Arc<Fetch>>> {
         self.fetches.lock().unwrap_or_else(|p| p.into_inner())
     }
 
