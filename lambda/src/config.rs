@@ -5,6 +5,16 @@ use std::time::Duration;
 
 use crate::duration::parse_duration;
 
+/// Where the process answers requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// `vending serve`: a long-lived process with many requests at once.
+    Server,
+    /// One request per environment, frozen once it has answered: work a request
+    /// starts finishes inside it, and slots are taken one at a time.
+    Lambda,
+}
+
 /// AWS refuses activations that live longer than this.
 pub const MAX_ACTIVATION_TTL: Duration = Duration::from_secs(30 * 86_400);
 
@@ -41,6 +51,8 @@ pub struct Config {
     /// The most slots one reserve takes for a process's queued requests (1: off).
     /// `vending serve` only: under Lambda it is always 1.
     pub block_max: u32,
+    /// Set by the entry point, not the environment.
+    pub runtime: Runtime,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -203,7 +215,17 @@ impl Config {
             trusted_proxies,
             node_quota,
             block_max,
+            runtime: Runtime::Server,
         })
+    }
+
+    /// The settings as they apply under Lambda.
+    pub fn under_lambda(self) -> Self {
+        Self {
+            runtime: Runtime::Lambda,
+            block_max: 1,
+            ..self
+        }
     }
 }
 

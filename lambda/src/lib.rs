@@ -18,6 +18,7 @@ pub mod pools_report;
 pub mod rotation;
 pub mod secret;
 pub mod stale;
+pub mod standby;
 pub mod status;
 pub mod sweep;
 pub mod vend;

@@ -108,7 +108,7 @@ async fn run(command: Option<Command>, config: Config) -> Result<ExitCode, Box<d
             }
             // One request per environment: a block would only strand slots in
             // environments that go cold.
-            let config = Config { block_max: 1, ..config };
+            let config = config.under_lambda();
             vending::lambda_entry::run(router(build_state(config, &sdk)), sweeper).await?;
         }
         Some(Command::Sweep { dry_run }) => {
@@ -153,7 +153,7 @@ async fn run(command: Option<Command>, config: Config) -> Result<ExitCode, Box<d
             )
             .with_graceful_shutdown(shutdown_signal())
             .await?;
-            vendor.stop();
+            vendor.stop().await;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -2,9 +2,8 @@
 //! pair every ID with exactly the code stored beside it, and remember what a named
 //! machine was given. All of it within one deadline.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
@@ -25,6 +24,7 @@ use crate::pool::{
 };
 use crate::rotation::{Rotation, Rotator};
 use crate::secret::ActivationCode;
+use crate::standby::StandbyKeeper;
 use crate::verify::ActivationChecks;
 
 /// What a caller leaves with.
@@ -46,9 +46,7 @@ pub struct Vendor {
     checks: ActivationChecks,
     rotator: Arc<Rotator>,
     config: Config,
-    /// When this process began its last unfinished or unsuccessful try at each pool's
-    /// standby.
-    last_standby_attempt: Mutex<HashMap<String, Instant>>,
+    standby: StandbyKeeper,
     /// One request per process deals with an unusable pool at a time.
     pool_gate: tokio::sync::Mutex<()>,
 }
@@ -80,6 +78,7 @@ impl Vendor {
         let codes = Arc::new(Codes::new(vault));
         let checks = ActivationChecks::new(activations.clone(), config.verify_interval);
         let rotator = Arc::new(Rotator::new(store.clone(), codes.clone(), activations, config.clone()));
+        let standby = StandbyKeeper::new(rotator.clone(), config.lease, config.runtime);
         Self {
             blocks: SlotBlocks::new(store.clone(), config.block_max),
             store,
@@ -87,8 +86,8 @@ impl Vendor {
             codes,
             checks,
             rotator,
+            standby,
             config,
-            last_standby_attempt: Mutex::new(HashMap::new()),
             pool_gate: tokio::sync::Mutex::new(()),
         }
     }
@@ -97,11 +96,16 @@ impl Vendor {
         &self.config
     }
 
-    /// The process is stopping: the slots it reserved and never handed out are
-    /// counted as wasted.
-    pub fn stop(&self) {
+    /// The process is stopping: standby preparations get a lease length to finish,
+    /// and the slots it reserved and never handed out are counted as wasted.
+    pub async fn stop(&self) {
+        let abandoned = self.standby.finish(self.config.lease).await;
         let wasted = self.blocks.release_all();
-        tracing::info!(slots_wasted = wasted, "stopped vending");
+        tracing::info!(
+            slots_wasted = wasted,
+            standby_preparations_abandoned = abandoned,
+            "stopped vending"
+        );
     }
 
     /// Vends within `VENDING_DEADLINE`, so the caller gets a JSON 503 rather than the
@@ -321,20 +325,10 @@ impl Vendor {
                             margin,
                             self.config.low_water_percent,
                         );
-                        if (fresh || trigger == Some(AheadTrigger::LowWaterSlot))
-                            && self.may_prepare_standby(name, trigger)
-                        {
-                            let reason = trigger.map_or(RotationReason::StandbyMissing, AheadTrigger::reason);
-                            // Our slot stays good; a failure here only means a later request
+                        if fresh || trigger == Some(AheadTrigger::LowWaterSlot) {
+                            // Our slot stays good; a failure only means a later request
                             // tries again.
-                            let outcome = self.run_rotation(pool, reason, Place::Standby, None).await;
-                            if let Err(e) = &outcome {
-                                tracing::warn!(pool = name, error = %e, "preparing a standby failed");
-                            }
-                            self.standby_attempt_ended(
-                                name,
-                                matches!(outcome, Ok(Rotation::Rotated | Rotation::NotNeeded)),
-                            );
+                            self.standby.prepare(pool, trigger).await;
                         }
                     }
                     match self
@@ -424,7 +418,7 @@ impl Vendor {
         deadline: Instant,
         waits: &mut u32,
     ) -> Result<(), VendError> {
-        match self.run_rotation(pool, reason, Place::Current, seen).await? {
+        match self.run_rotation(pool, reason, seen).await? {
             Rotation::Rotated => Ok(()),
             // Someone else changed the pool: reserve again at once, within the deadline.
             Rotation::NotNeeded if Instant::now() < deadline => Ok(()),
@@ -433,21 +427,23 @@ impl Vendor {
         }
     }
 
-    /// Runs a rotation (of the current activation or the standby) as a task of its
-    /// own: when the request's deadline cuts the request off, the rotation is not
+    /// Runs a rotation of the current activation as a task of its own: when the request's deadline cuts the request off, the rotation is not
     /// dropped halfway with its lease held.
     async fn run_rotation(
         &self,
         pool: &Pool,
         reason: RotationReason,
-        place: Place,
         seen: Option<&str>,
     ) -> Result<Rotation, VendError> {
         let rotator = self.rotator.clone();
         let (pool, seen) = (pool.clone(), seen.map(str::to_owned));
-        tokio::spawn(async move { rotator.install_under_lease(&pool, reason, place, seen.as_deref()).await })
-            .await
-            .map_err(|e| VendError::Internal(format!("the rotation task failed: {e}")))?
+        tokio::spawn(async move {
+            rotator
+                .install_under_lease(&pool, reason, Place::Current, seen.as_deref())
+                .await
+        })
+        .await
+        .map_err(|e| VendError::Internal(format!("the rotation task failed: {e}")))?
     }
 
     /// Sleeps before looking again, backing off (with jitter) so that waiters do not
@@ -463,30 +459,5 @@ impl Vendor {
         let pause = Duration::from_millis(rand::rng().random_range(ceiling_ms / 2..=ceiling_ms));
         tokio::time::sleep(pause.min(left)).await;
         Ok(())
-    }
-
-    /// Every request that sees no usable standby qualifies, so a process tries once
-    /// at a time per pool, and after a try that failed or found the lease taken, not
-    /// again for a lease length (the holder of the low-water slot always tries).
-    fn may_prepare_standby(&self, pool: &str, trigger: Option<AheadTrigger>) -> bool {
-        let mut last = self.last_standby_attempt.lock().unwrap_or_else(|p| p.into_inner());
-        let blocked = last.get(pool).is_some_and(|t| t.elapsed() < self.config.lease);
-        if blocked && trigger != Some(AheadTrigger::LowWaterSlot) {
-            return false;
-        }
-        if last.len() > 256 {
-            last.clear();
-        }
-        last.insert(pool.to_owned(), Instant::now());
-        true
-    }
-
-    fn standby_attempt_ended(&self, pool: &str, done: bool) {
-        if done {
-            self.last_standby_attempt
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(pool);
-        }
     }
 }

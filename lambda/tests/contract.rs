@@ -208,6 +208,7 @@ async fn head_requests_take_no_slot() {
     let emulator = Emulator::start();
     let server = emulator.serve(&[]);
     assert_eq!(server.get("/activation").await.status, 200);
+    server.log_once_it_says("prepared a standby").await;
     emulator.reset_calls().await;
     for path in ["/", "/activation", "/activation?pool=default"] {
         let answer = server.request(reqwest::Method::HEAD, path, &[]).await;
@@ -225,6 +226,7 @@ async fn the_hot_path_is_one_dynamodb_call_per_vend() {
     let emulator = Emulator::start();
     let server = emulator.serve(&[]);
     assert_eq!(server.get("/activation").await.status, 200, "first vend rotates");
+    server.log_once_it_says("prepared a standby").await;
     emulator.reset_calls().await;
     for _ in 0..20 {
         assert_eq!(server.get("/activation").await.status, 200);

@@ -292,7 +292,9 @@ async fn a_vend_never_outlives_its_deadline_and_the_cut_off_rotation_still_lands
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_code_parameter_brings_a_new_activation_instead_of_500s() {
     let emulator = Emulator::start();
-    let first = emulator.serve(&[]).get("/activation").await;
+    let maker = emulator.serve(&[]);
+    let first = maker.get("/activation").await;
+    maker.log_once_it_says("prepared a standby").await;
     emulator
         .ssm()
         .await

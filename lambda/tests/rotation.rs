@@ -101,11 +101,7 @@ async fn every_slot_is_offered_before_a_ready_standby_takes_over_without_ssm() {
             .await
             .is_ok());
     }
-    assert!(
-        server.log_text().contains("prepared a standby"),
-        "{}",
-        server.log_text()
-    );
+    server.log_once_it_says("prepared a standby").await;
     // The eleventh vend finds the current activation used up: the standby takes over
     // in one conditional write, with no call to SSM on the request's path.
     emulator.reset_calls().await;
@@ -217,7 +213,6 @@ async fn rotating_ahead_of_expiry_says_so_in_the_log() {
     tokio::time::sleep(Duration::from_millis(6_500)).await;
     let served = server.get("/activation").await;
     assert_eq!(served.id(), first.id(), "the old activation still serves this request");
-    let log = server.log_text();
-    assert!(log.contains("reason=ahead of expiry"), "{log}");
+    let log = server.log_once_it_says("reason=ahead of expiry").await;
     assert!(!log.contains("reason=low-water mark"), "{log}");
 }

@@ -28,6 +28,7 @@ async fn a_replaced_standby_is_never_promoted_and_a_standby_is_promoted_once() {
     assert_eq!(server.get("/activation").await.status, 200);
     let sdk = emulator.sdk_config().await;
     let store = store(&emulator, &sdk);
+    server.log_once_it_says("prepared a standby").await;
     let state = store.pool("default").await.unwrap();
     let (current, standby) = (
         state.activation.unwrap(),

@@ -536,6 +536,20 @@ impl Server {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The log once it contains `needle`, for what the server does beside a request
+    /// (a standby prepared after the answer went out); panics after 10 s.
+    pub async fn log_once_it_says(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log_text();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "the log never said {needle:?}: {log}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 fn rand_ms(max: u64) -> u64 {
