@@ -51,6 +51,9 @@ pub struct Config {
     /// The most slots one reserve takes for a process's queued requests (1: off).
     /// `vending serve` only: under Lambda it is always 1.
     pub block_max: u32,
+    /// `vending serve` gives every enabled pool its activation and standby before
+    /// it answers, so the first servers after a deploy wait for no rotation.
+    pub ready_pools: bool,
     /// Set by the entry point, not the environment.
     pub runtime: Runtime,
 }
@@ -174,6 +177,16 @@ impl Config {
 
         let node_quota = number("VENDING_NODE_QUOTA", 1000, 1..=1_000_000)?;
         let block_max = number("VENDING_BLOCK_MAX", 8, 1..=100)?;
+        let ready_pools = match lookup("VENDING_READY_POOLS").as_deref().map(str::trim) {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Err(problem(
+                    "VENDING_READY_POOLS",
+                    format!("`{other}` must be true or false"),
+                ))
+            }
+        };
         let pool_refresh = duration("VENDING_POOL_REFRESH", "60s")?;
         if pool_refresh < Duration::from_secs(1) {
             return Err(problem(
@@ -215,6 +228,7 @@ impl Config {
             trusted_proxies,
             node_quota,
             block_max,
+            ready_pools,
             runtime: Runtime::Server,
         })
     }
@@ -290,6 +304,7 @@ mod tests {
             ("VENDING_POOL_REFRESH", "0s"),
             ("VENDING_BLOCK_MAX", "0"),
             ("VENDING_BLOCK_MAX", "101"),
+            ("VENDING_READY_POOLS", "yes"),
             ("VENDING_TRUSTED_PROXIES", "10.0.0.0/24, alb"),
             ("VENDING_INSTANCE_ROLE", "arn:aws:iam::123456789012:role/x"),
             ("VENDING_PARAMETER_PREFIX", "no-leading-slash"),

@@ -143,8 +143,12 @@ async fn run(command: Option<Command>, config: Config) -> Result<ExitCode, Box<d
             });
         }
         Some(Command::Serve { listen }) => {
+            let ready_pools = config.ready_pools;
             let state = build_state(config, &sdk);
             let vendor = state.vendor.clone();
+            if ready_pools {
+                vendor.ready_pools().await;
+            }
             let listener = tokio::net::TcpListener::bind(listen).await?;
             tracing::info!(listen = %listener.local_addr()?, "serving");
             axum::serve(

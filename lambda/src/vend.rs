@@ -96,6 +96,54 @@ impl Vendor {
         &self.config
     }
 
+    /// Before `vending serve` answers: every enabled, valid pool gets a usable current
+    /// activation (unless a standby can take over) and a standby, so the first boot
+    /// storm after a deploy waits for no rotation. Best effort, within the deadline:
+    /// a pool that cannot be readied now is rotated by its first request as ever.
+    pub async fn ready_pools(&self) {
+        let work = async {
+            let snapshot = match self.directory.snapshot().await {
+                Ok(snapshot) => snapshot,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the pools to ready them");
+                    return;
+                }
+            };
+            for (name, pool) in snapshot.all() {
+                let Ok(pool) = pool.as_ref() else { continue };
+                if !pool.settings.enabled {
+                    continue;
+                }
+                if let Err(e) = self.ready_pool(pool).await {
+                    tracing::warn!(pool = name, error = %e, "could not ready the pool");
+                }
+            }
+            self.standby.finish(self.config.deadline).await;
+        };
+        if tokio::time::timeout(self.config.deadline, work).await.is_err() {
+            tracing::warn!("readying the pools ran out of time; their first requests rotate them");
+        }
+    }
+
+    async fn ready_pool(&self, pool: &Pool) -> Result<(), VendError> {
+        let (now, margin) = (epoch_now(), margin(pool));
+        let state = self.store.pool(&pool.name).await?;
+        let takes_over = state
+            .standby
+            .as_ref()
+            .is_some_and(|s| promotable(s, now, margin, pool.wanted()));
+        if let Some(reason) = why_unusable(state.activation.as_ref(), now, margin, pool.wanted()) {
+            if !takes_over {
+                let seen = state.activation.as_ref().map(|a| a.id.as_str());
+                self.run_rotation(pool, reason, seen).await?;
+            }
+        }
+        if self.config.low_water_percent > 0 && standby_needed(state.standby.as_ref(), now, margin, pool.wanted()) {
+            self.standby.prepare(pool, None).await;
+        }
+        Ok(())
+    }
+
     /// The process is stopping: standby preparations get a lease length to finish,
     /// and the slots it reserved and never handed out are counted as wasted.
     pub async fn stop(&self) {

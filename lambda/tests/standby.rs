@@ -139,3 +139,38 @@ async fn a_process_killed_between_creating_a_standby_and_recording_it_blocks_nob
     let orphans = report[0]["deleted_orphans"].as_array().unwrap().len();
     assert!(orphans <= 1, "at most one orphan per lost rotation: {orphans}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_readies_its_pools_before_it_answers_so_the_first_vend_waits_for_no_rotation() {
+    let emulator = Emulator::start();
+    let role = emulator.env_value("VENDING_INSTANCE_ROLE");
+    emulator.put_pool("web", &json!({"iam_role": role})).await;
+    emulator
+        .put_pool("off", &json!({"iam_role": role, "enabled": false}))
+        .await;
+    let server = emulator.serve(&[("VENDING_READY_POOLS", "true")]);
+    let sdk = emulator.sdk_config().await;
+    let store = store(&emulator, &sdk);
+    for pool in ["default", "web"] {
+        let state = store.pool(pool).await.unwrap();
+        assert!(state.activation.is_some(), "{pool} has its activation before any vend");
+        assert!(state.standby.is_some(), "{pool} has its standby before any vend");
+    }
+    let off = store.pool("off").await.unwrap();
+    assert!(off.activation.is_none() && off.standby.is_none(), "a disabled pool is left alone");
+
+    emulator.reset_calls().await;
+    let answer = server.get("/activation?pool=web").await;
+    assert_eq!(answer.status, 200, "{}", answer.shown());
+    let calls = emulator.calls().await;
+    assert!(!calls.contains_key("SSM.CreateActivation"), "{calls:?}");
+    let log = server.log_text();
+    let vended = log.lines().find(|l| l.contains(" vended ")).expect("a vended line");
+    assert!(vended.contains("waited_for_rotation=false"), "{vended}");
+
+    // A second process finds the pools ready and makes nothing.
+    emulator.reset_calls().await;
+    let _again = emulator.serve(&[("VENDING_READY_POOLS", "true")]);
+    let calls = emulator.calls().await;
+    assert!(!calls.contains_key("SSM.CreateActivation"), "{calls:?}");
+}

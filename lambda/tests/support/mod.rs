@@ -155,6 +155,8 @@ impl Emulator {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "debug")
+            // Tests watch the first vend rotate; `blocks.rs` tests readying on its own.
+            .env("VENDING_READY_POOLS", "false")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
