@@ -51,6 +51,17 @@ impl Emulator {
         resp.json().await.map_err(|e| format!("GET /_emulator/calls: {e}"))
     }
 
+    /// How long each operation held the emulator since the last reset.
+    pub async fn busy(&self) -> Result<Value, String> {
+        let resp = self
+            .http
+            .get(format!("{}/_emulator/busy", self.url))
+            .send()
+            .await
+            .map_err(|e| format!("GET /_emulator/busy: {e}"))?;
+        resp.json().await.map_err(|e| format!("GET /_emulator/busy: {e}"))
+    }
+
     pub async fn reset_calls(&self) -> Result<(), String> {
         self.control(reqwest::Method::DELETE, "calls", None).await
     }

@@ -547,6 +547,7 @@ impl Context {
         .await;
         let cpu1 = cpu_total(&pids, self.ticks);
         let calls = emu.calls().await;
+        let busy = emu.busy().await?;
         if faults.is_some() {
             emu.clear_faults().await?;
         }
@@ -642,6 +643,7 @@ impl Context {
                 "rotations": rotations,
                 "activations_over_their_limit": over_limit,
                 "calls": calls,
+                "emulator_busy": busy,
                 "faults": faults,
                 "emulator_call_ms": latency_summary(&probe),
                 "cold_start_runs_ms": cold_health.iter().map(|v| round(*v, 1)).collect::<Vec<_>>(),

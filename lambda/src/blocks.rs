@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::aws::pool_store::{PoolStore, Reservation, SlotCount};
 use crate::error::VendError;
 use crate::metrics::{self, Metric};
-use crate::pool::{why_unusable, CurrentActivation, EpochSecs, Wanted};
+use crate::pool::{promotable, why_unusable, CurrentActivation, EpochSecs, Wanted};
 
 /// Slots reserved in one write that this process has not handed out yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +149,31 @@ impl PoolSlots {
     }
 }
 
+impl PoolSlots {
+    /// Holds what a write of `count` slots took but its first slot, the caller's.
+    fn keep_block(
+        &self,
+        pool: &str,
+        activation: CurrentActivation,
+        standby: Option<CurrentActivation>,
+        count: u32,
+    ) -> Result<CurrentActivation, VendError> {
+        let mut held = self.held();
+        held.last_seen = Some((activation.limit, activation.reserved));
+        if count <= 1 {
+            return Ok(activation);
+        }
+        let mut block = SlotBlock::new(activation, standby, count);
+        let first = block
+            .take()
+            .ok_or_else(|| VendError::Internal("reserved an empty block of slots".into()))?;
+        if let Some(old) = held.block.replace(block) {
+            count_wasted(pool, &old, "replaced by a newer block");
+        }
+        Ok(first)
+    }
+}
+
 /// Logs and counts the slots `block` never handed out; returns how many.
 fn count_wasted(pool: &str, block: &SlotBlock, reason: &str) -> u32 {
     let slots = block.left();
@@ -184,8 +209,12 @@ impl SlotBlocks {
     }
 
     /// A slot: from the block this process holds, or by one conditional write that
-    /// reserves a block for every request here that wants one (one slot when
-    /// blocks are off). `limit` is the registration limit the pool's settings give.
+    /// reserves a block for every request here that wants one (one slot when blocks
+    /// are off). When the current activation is refused and the standby may take
+    /// over, the same kind of write promotes the standby with the block taken from
+    /// it, while this process's other requests wait for that block instead of
+    /// being refused one by one. `limit` is the registration limit the pool's
+    /// settings give.
     pub async fn reserve(
         &self,
         pool: &str,
@@ -194,11 +223,10 @@ impl SlotBlocks {
         wanted: Wanted<'_>,
         limit: u32,
     ) -> Result<Reservation, VendError> {
-        let condition = (wanted.fingerprint, wanted.config_at);
-        if self.block_max <= 1 {
-            return self.store.reserve_slot(pool, now, margin_secs, condition).await;
-        }
         let slots = self.pool_slots(pool);
+        if self.block_max <= 1 {
+            return self.write(pool, &slots, now, margin_secs, wanted, limit).await;
+        }
         if let Some(reservation) = slots.take_held(pool, now, margin_secs, wanted) {
             return Ok(reservation);
         }
@@ -207,54 +235,80 @@ impl SlotBlocks {
         if let Some(reservation) = slots.take_held(pool, now, margin_secs, wanted) {
             return Ok(reservation);
         }
+        self.write(pool, &slots, now, margin_secs, wanted, limit).await
+    }
+
+    async fn write(
+        &self,
+        pool: &str,
+        slots: &PoolSlots,
+        now: EpochSecs,
+        margin_secs: i64,
+        wanted: Wanted<'_>,
+        limit: u32,
+    ) -> Result<Reservation, VendError> {
+        let condition = (wanted.fingerprint, wanted.config_at);
         let mut limit = limit;
         for _ in 0..BLOCK_ATTEMPTS {
-            let last_seen = slots.held().last_seen;
-            let count = block_size(self.block_max, slots.wanting.load(Ordering::Relaxed), last_seen);
+            let wanting = slots.wanting.load(Ordering::Relaxed);
+            let count = block_size(self.block_max, wanting, slots.held().last_seen);
             let ask = if count > 1 {
                 SlotCount::Block { count, limit }
             } else {
                 SlotCount::One
             };
-            match self.store.reserve_slots(pool, now, margin_secs, condition, ask).await? {
+            let state = match self.store.reserve_slots(pool, now, margin_secs, condition, ask).await? {
                 Reservation::Reserved {
                     activation,
                     standby,
                     fresh,
                 } => {
-                    let mut held = slots.held();
-                    held.last_seen = Some((activation.limit, activation.reserved));
-                    if count == 1 {
-                        return Ok(Reservation::Reserved {
-                            activation,
-                            standby,
-                            fresh,
-                        });
-                    }
-                    let mut block = SlotBlock::new(activation, standby.clone(), count);
-                    let Some(first) = block.take() else {
-                        return Err(VendError::Internal("reserved an empty block of slots".into()));
-                    };
-                    if let Some(old) = held.block.replace(block) {
-                        count_wasted(pool, &old, "replaced by a newer block");
-                    }
+                    let first = slots.keep_block(pool, activation, standby.clone(), count)?;
                     return Ok(Reservation::Reserved {
                         activation: first,
                         standby,
                         fresh,
                     });
                 }
-                Reservation::Refused(state) => {
-                    let usable = why_unusable(state.activation.as_ref(), now, margin_secs, wanted).is_none();
-                    match state.activation.as_ref() {
-                        // Fewer free than asked, or another limit: ask again for what is there.
-                        Some(a) if usable && count > 1 => {
-                            slots.held().last_seen = Some((a.limit, a.reserved));
-                            limit = a.limit;
-                        }
-                        _ => return Ok(Reservation::Refused(state)),
+                Reservation::Refused(state) => state,
+            };
+            let current = state.activation.as_ref();
+            if why_unusable(current, now, margin_secs, wanted).is_none() {
+                match current {
+                    // Fewer free than asked, or another limit: ask again for what is there.
+                    Some(a) if count > 1 => {
+                        slots.held().last_seen = Some((a.limit, a.reserved));
+                        limit = a.limit;
+                        continue;
                     }
+                    _ => return Ok(Reservation::Refused(state)),
                 }
+            }
+            let Some(standby) = state
+                .standby
+                .as_ref()
+                .filter(|s| promotable(s, now, margin_secs, wanted))
+            else {
+                return Ok(Reservation::Refused(state));
+            };
+            // No lease, no SSM: one conditional write swaps the standby in with a block
+            // of its slots. If someone else changed the pool first, reserve again.
+            let count = block_size(self.block_max, wanting, None);
+            if let Some(activation) = self
+                .store
+                .promote_standby(pool, standby, now, margin_secs, condition, count)
+                .await?
+            {
+                tracing::info!(pool, activation_id = %activation.id, "promoted the standby");
+                let count = count.min(activation.reserved);
+                let first = slots.keep_block(pool, activation, None, count)?;
+                // The standby is gone: the promoter leaves preparing the next one to
+                // the next request, so that its own answer waits on nothing.
+                return Ok(Reservation::Reserved {
+                    activation: first,
+                    standby: None,
+                    fresh: false,
+                });
             }
         }
         // Still racing other processes for the last few slots: one slot, as ever.

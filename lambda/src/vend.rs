@@ -305,41 +305,22 @@ impl Vendor {
     async fn reserve_and_pair(&self, pool: &Pool) -> Result<(CurrentActivation, ActivationCode, bool), VendError> {
         let deadline = Instant::now() + self.config.wait;
         let (name, margin) = (pool.name.as_str(), margin(pool));
-        let wanted = (pool.fingerprint.as_str(), pool.config_at);
         // Held from the moment this request takes charge of an unusable pool until it
         // gets a slot: the process's other requests wait on it instead of polling AWS.
         let mut in_charge = None;
         let mut waits = 0;
         let mut waited = false;
         let mut last_seen = None;
-        // A standby this request promoted: its first slot is ours already.
-        let mut promoted = None;
         // Counts this request into the size of the process's next block of slots.
         let mut wanting = None;
         loop {
             let now = epoch_now();
-            // The request that promoted the standby leaves the next one to the next
-            // request: nothing on its own path waits on SSM.
-            let (reservation, promoting) = match promoted.take() {
-                Some(activation) => (
-                    Reservation::Reserved {
-                        activation,
-                        standby: None,
-                        fresh: false,
-                    },
-                    true,
-                ),
-                None => {
-                    if wanting.is_none() {
-                        wanting = self.blocks.wanting(name);
-                    }
-                    let limit = pool.settings.registration_limit;
-                    (
-                        self.blocks.reserve(name, now, margin, pool.wanted(), limit).await?,
-                        false,
-                    )
-                }
-            };
+            if wanting.is_none() {
+                wanting = self.blocks.wanting(name);
+            }
+            let limit = pool.settings.registration_limit;
+            // Promotes the standby when the current activation is refused.
+            let reservation = self.blocks.reserve(name, now, margin, pool.wanted(), limit).await?;
             match reservation {
                 Reservation::Reserved {
                     activation,
@@ -362,9 +343,7 @@ impl Vendor {
                     // activation is used up or nears its expiry. A slot from a block
                     // reserved earlier knows the standby only as it was then, so only the
                     // low-water slot's holder acts on it.
-                    if self.config.low_water_percent > 0
-                        && !promoting
-                        && standby_needed(standby.as_ref(), now, margin, pool.wanted())
+                    if self.config.low_water_percent > 0 && standby_needed(standby.as_ref(), now, margin, pool.wanted())
                     {
                         let trigger = rotate_ahead_due(
                             activation.reserved,
@@ -406,14 +385,10 @@ impl Vendor {
                         .standby
                         .as_ref()
                         .filter(|s| promotable(s, now, margin, pool.wanted()));
-                    if let Some(standby) = standby {
-                        // No lease, no SSM: one conditional write swaps the standby in and
-                        // takes its first slot. If someone else changed the pool first,
-                        // reserve again.
-                        promoted = self.store.promote_standby(name, standby, now, margin, wanted).await?;
-                        if let Some(activation) = &promoted {
-                            tracing::info!(pool = name, activation_id = %activation.id, "promoted the standby");
-                        }
+                    if standby.is_some() {
+                        // Others kept changing the pool as we tried to promote it: a
+                        // moment, then reserve (and promote) again.
+                        self.wait_for_rotation(deadline, &mut waits).await?;
                         continue;
                     }
                     if in_charge.is_none() {

@@ -251,3 +251,42 @@ async fn a_block_of_an_activation_deleted_out_of_band_is_discarded() {
     assert_eq!(blocks.discard("default", &current.id, "deleted out of band"), 2);
     assert_eq!(blocks.release_all(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promotion_takes_a_block_for_the_queued_requests_in_the_same_write() {
+    let emulator = Emulator::start();
+    let server = emulator.serve(&[("VENDING_REGISTRATION_LIMIT", "10"), ("VENDING_BLOCK_MAX", "1")]);
+    for _ in 0..10 {
+        assert_eq!(server.get("/activation").await.status, 200);
+    }
+    server.log_once_it_says("prepared a standby").await;
+    let sdk = emulator.sdk_config().await;
+    let store = store(&emulator, &sdk);
+    let state = store.pool("default").await.unwrap();
+    let (used_up, standby) = (state.activation.unwrap(), state.standby.expect("a standby"));
+    assert_eq!(used_up.reserved, 10);
+
+    let blocks = SlotBlocks::new(store.clone(), 8);
+    let queue: Vec<_> = (0..5).map(|_| blocks.wanting("default")).collect();
+    emulator.reset_calls().await;
+    let now = epoch_now();
+    let mut slots = Vec::new();
+    for _ in 0..5 {
+        slots.push(slot(
+            blocks.reserve("default", now, 60, wanted(&standby), 10).await.unwrap(),
+        ));
+    }
+    drop(queue);
+    let calls = emulator.calls().await;
+    assert_eq!(
+        calls.get("DynamoDB.UpdateItem"),
+        Some(&2),
+        "the refused reserve and the promotion with its block: {calls:?}"
+    );
+    assert!(slots.iter().all(|(id, _)| *id == standby.id), "{slots:?}");
+    let numbers: Vec<u32> = slots.iter().map(|(_, n)| *n).collect();
+    assert_eq!(numbers, vec![1, 2, 3, 4, 5]);
+    let state = store.pool("default").await.unwrap();
+    assert_eq!(state.activation.unwrap().reserved, 5);
+    assert!(state.standby.is_none());
+}

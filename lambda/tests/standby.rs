@@ -38,7 +38,7 @@ async fn a_replaced_standby_is_never_promoted_and_a_standby_is_promoted_once() {
 
     // While the current activation has slots, the standby stays where it is.
     assert!(store
-        .promote_standby("default", &standby, now, 60, wanted(&current))
+        .promote_standby("default", &standby, now, 60, wanted(&current), 1)
         .await
         .unwrap()
         .is_none());
@@ -62,7 +62,7 @@ async fn a_replaced_standby_is_never_promoted_and_a_standby_is_promoted_once() {
 
     // A request that saw the old standby cannot promote it.
     assert!(store
-        .promote_standby("default", &standby, now, 60, wanted(&current))
+        .promote_standby("default", &standby, now, 60, wanted(&current), 1)
         .await
         .unwrap()
         .is_none());
@@ -77,7 +77,7 @@ async fn a_replaced_standby_is_never_promoted_and_a_standby_is_promoted_once() {
         let want = (current.fingerprint.clone(), current.config_at);
         async move {
             store
-                .promote_standby("default", &replacement, now, 60, (&want.0, want.1))
+                .promote_standby("default", &replacement, now, 60, (&want.0, want.1), 1)
                 .await
                 .unwrap()
         }
@@ -157,7 +157,10 @@ async fn a_server_readies_its_pools_before_it_answers_so_the_first_vend_waits_fo
         assert!(state.standby.is_some(), "{pool} has its standby before any vend");
     }
     let off = store.pool("off").await.unwrap();
-    assert!(off.activation.is_none() && off.standby.is_none(), "a disabled pool is left alone");
+    assert!(
+        off.activation.is_none() && off.standby.is_none(),
+        "a disabled pool is left alone"
+    );
 
     emulator.reset_calls().await;
     let answer = server.get("/activation?pool=web").await;

@@ -69,7 +69,10 @@ Control endpoints (not AWS calls: no latency, not counted, no faults):
                               tests; 200 with the node as it is now, 404 {"error":
                               "InvalidInstanceId", "message"} for an unknown ID, 400
                               {"error": "BadRequest", "message"} for anything else.
-  GET    /_emulator/calls     {"DynamoDB.UpdateItem": n, ...}; DELETE resets.
+  GET    /_emulator/calls     {"DynamoDB.UpdateItem": n, ...}; DELETE resets (busy too).
+  GET    /_emulator/busy      {"DynamoDB.UpdateItem": {"calls", "total_ms", "slowest_ms"}, ...}:
+                              how long each operation held the emulator (one call at a
+                              time), to tell the emulator's own cost from the service's.
   GET    /_emulator/faults    the active faults (with what is left of each count).
   POST   /_emulator/faults    add one fault (a JSON object) or several (a list); DELETE
                               clears them all. A fault:
@@ -119,6 +122,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
+import gc
 import io
 import itertools
 import json
@@ -1090,6 +1094,9 @@ class Emulator:
         self.aws_lock = threading.Lock()
         self.state_lock = threading.Lock()
         self.calls: Counter[str] = Counter()
+        # Milliseconds each operation held the AWS lock: total and slowest.
+        self.busy_ms: Counter[str] = Counter()
+        self.slowest_ms: dict[str, float] = {}
         self.faults: list[Fault] = []
         self.latency_ms = 0
         self.jitter_ms = 0
@@ -1131,6 +1138,7 @@ class Emulator:
             time.sleep(plan.return_s)
             return self.aws_error(start_response, fault.status, fault.error, operation, environ, body, fault)
         with self.aws_lock:
+            started = time.perf_counter()
             chunks: list[bytes] = []
             captured: dict[str, Any] = {}
 
@@ -1144,6 +1152,10 @@ class Emulator:
             finally:
                 if hasattr(result, "close"):
                     result.close()
+            busy = (time.perf_counter() - started) * 1000
+        with self.state_lock:
+            self.busy_ms[operation] += busy
+            self.slowest_ms[operation] = max(busy, self.slowest_ms.get(operation, 0.0))
         time.sleep(plan.after_s)
         if fault is not None:  # when == "after": the call is applied, its answer is lost
             if fault.error in CONNECTION_ERRORS:
@@ -1221,7 +1233,15 @@ class Emulator:
                     return 200, dict(self.calls)
                 if method == "DELETE":
                     self.calls.clear()
+                    self.busy_ms.clear()
+                    self.slowest_ms.clear()
                     return 200, {}
+        if path == "/_emulator/busy" and method == "GET":
+            with self.state_lock:
+                return 200, {
+                    op: {"calls": self.calls[op], "total_ms": round(ms, 1), "slowest_ms": round(self.slowest_ms[op], 1)}
+                    for op, ms in self.busy_ms.items()
+                }
         if path == "/_emulator/faults":
             with self.state_lock:
                 if method == "GET":
@@ -1314,7 +1334,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("MOTO_PORT", str(args.port))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    run_simple(args.host, args.port, Emulator(), threaded=True, request_handler=EmulatorRequestHandler)
+    emulator = Emulator()
+    # moto's modules are hundreds of thousands of long-lived objects: left in the
+    # collector's generations they make full collections pause every call for 100 ms
+    # and more, a stall AWS does not have (its latency is set with /_emulator/latency).
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+    run_simple(args.host, args.port, emulator, threaded=True, request_handler=EmulatorRequestHandler)
 
 
 if __name__ == "__main__":

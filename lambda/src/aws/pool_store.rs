@@ -546,8 +546,8 @@ impl PoolStore {
         .await
     }
 
-    /// Makes the standby the current activation and takes its first slot, in one
-    /// conditional write, no lease: only if `standby` is still the pool's standby, it
+    /// Makes the standby the current activation and takes its first `count` slots
+    /// (at most its limit), in one conditional write, no lease: only if `standby` is still the pool's standby, it
     /// outlives the margin, it was made with the wanted settings, and the current
     /// activation cannot be reserved (used up, inside the margin, or made with other
     /// settings). `None` when someone else changed the pool first.
@@ -558,7 +558,9 @@ impl PoolStore {
         now: EpochSecs,
         margin_secs: i64,
         (fingerprint, config_at): (&str, EpochSecs),
+        count: u32,
     ) -> Result<Option<CurrentActivation>, VendError> {
+        let count = count.clamp(1, standby.limit.max(1));
         retrying_conflicts(|| async {
             let result = self
                 .client
@@ -567,7 +569,7 @@ impl PoolStore {
                 .key(PK, pool_key(pool))
                 .update_expression(
                     "SET #id = #sid, #exp = #sexp, #limit = #slimit, #pver = #spver, #fp = #sfp, \
-                     #cfg_at = #scfg_at, #reserved = :one, #rotated = #scommitted, #reason = :reason \
+                     #cfg_at = #scfg_at, #reserved = :count, #rotated = #scommitted, #reason = :reason \
                      REMOVE #sid, #sexp, #slimit, #spver, #sfp, #scfg_at, #scommitted, #sreason",
                 )
                 .condition_expression(
@@ -597,7 +599,7 @@ impl PoolStore {
                 .expression_attribute_values(":min_exp", n(now + margin_secs))
                 .expression_attribute_values(":fp", s(fingerprint))
                 .expression_attribute_values(":cfg_at", n(config_at))
-                .expression_attribute_values(":one", n(1))
+                .expression_attribute_values(":count", n(i64::from(count)))
                 .expression_attribute_values(":reason", s("standby promoted"))
                 .return_values(ReturnValue::AllNew)
                 .send()
