@@ -2,8 +2,9 @@
 //! pair every ID with exactly the code stored beside it, and remember what a named
 //! machine was given. All of it within one deadline.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
@@ -48,7 +49,7 @@ pub struct Vendor {
     config: Config,
     standby: StandbyKeeper,
     /// One request per process deals with an unusable pool at a time.
-    pool_gate: tokio::sync::Mutex<()>,
+    pool_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 pub fn epoch_now() -> EpochSecs {
@@ -88,7 +89,7 @@ impl Vendor {
             rotator,
             standby,
             config,
-            pool_gate: tokio::sync::Mutex::new(()),
+            pool_gates: Mutex::new(HashMap::new()),
         }
     }
 
@@ -313,7 +314,14 @@ impl Vendor {
         let mut last_seen = None;
         // Counts this request into the size of the process's next block of slots.
         let mut wanting = None;
+        let gate = self.pool_gate(name);
         loop {
+            if in_charge.is_none() && gate.try_lock().is_err() {
+                // Another request here is dealing with this pool being unusable: queue
+                // behind it rather than be refused by DynamoDB as well.
+                in_charge = Some(self.queue_at(&gate, deadline).await?);
+                waited = true;
+            }
             let now = epoch_now();
             if wanting.is_none() {
                 wanting = self.blocks.wanting(name);
@@ -392,21 +400,12 @@ impl Vendor {
                         continue;
                     }
                     if in_charge.is_none() {
-                        match self.pool_gate.try_lock() {
+                        match gate.clone().try_lock_owned() {
                             Ok(guard) => in_charge = Some(guard),
                             Err(_) => {
-                                // Another request here is on it. Queue behind it and reserve
-                                // again in turn, still holding the gate: after a rotation the
-                                // queue drains one reserve at a time instead of as a herd, and
-                                // the first to be refused takes charge of the next rotation.
-                                match tokio::time::timeout_at(deadline.into(), self.pool_gate.lock()).await {
-                                    Ok(guard) => {
-                                        waited = true;
-                                        in_charge = Some(guard);
-                                        continue;
-                                    }
-                                    Err(_) => return Err(VendError::NoActivationYet),
-                                }
+                                in_charge = Some(self.queue_at(&gate, deadline).await?);
+                                waited = true;
+                                continue;
                             }
                         }
                     }
@@ -429,6 +428,25 @@ impl Vendor {
                 }
             }
         }
+    }
+
+    /// The gate of a pool's unusable spells: one request per process deals with
+    /// them, the others queue behind it and reserve again in turn, still holding the
+    /// gate, so that after a rotation the queue drains in order instead of as a herd,
+    /// and the first to be refused takes charge of the next rotation.
+    fn pool_gate(&self, pool: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.pool_gates.lock().unwrap_or_else(|p| p.into_inner());
+        gates.entry(pool.to_owned()).or_default().clone()
+    }
+
+    async fn queue_at(
+        &self,
+        gate: &Arc<tokio::sync::Mutex<()>>,
+        deadline: Instant,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, VendError> {
+        tokio::time::timeout_at(deadline.into(), gate.clone().lock_owned())
+            .await
+            .map_err(|_| VendError::NoActivationYet)
     }
 
     /// Rotates if we can take the lease; otherwise waits a moment for whoever holds it,
