@@ -316,6 +316,9 @@ impl Vendor {
         let mut wanting = None;
         let gate = self.pool_gate(name);
         loop {
+            if wanting.is_none() {
+                wanting = self.blocks.wanting(name);
+            }
             if in_charge.is_none() && gate.try_lock().is_err() {
                 // Another request here is dealing with this pool being unusable: queue
                 // behind it rather than be refused by DynamoDB as well.
@@ -323,9 +326,6 @@ impl Vendor {
                 waited = true;
             }
             let now = epoch_now();
-            if wanting.is_none() {
-                wanting = self.blocks.wanting(name);
-            }
             let limit = pool.settings.registration_limit;
             // Promotes the standby when the current activation is refused.
             let reservation = self.blocks.reserve(name, now, margin, pool.wanted(), limit).await?;
