@@ -121,6 +121,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import copy
 import datetime as dt
 import gc
 import io
@@ -146,6 +147,9 @@ from xml.sax.saxutils import escape as xml_escape
 
 from moto.core.responses import ActionResult, EmptyResult
 from moto.dynamodb.exceptions import ERROR_TYPE_PREFIX, DynamodbException, TransactionCanceledException
+from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.models.table import Table
 from moto.dynamodb.responses import DynamoHandler
 from moto.iam.models import iam_backends
 from moto.moto_server.werkzeug_app import (
@@ -863,6 +867,70 @@ def transact_write_items(self: DynamoHandler) -> ActionResult:
 
 
 DynamoHandler.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+
+# moto copies every table a transaction names, whole, so that it can roll back: a
+# cost that grows with the table (tens of milliseconds per commit once the table holds
+# thousands of records, hundreds at worst), which AWS does not have. Here the copy is
+# of the items the transaction touches, restored on any failure; moto's own table
+# copy becomes the table itself for the length of the call.
+_table_copies_are_shallow = threading.local()
+_moto_table_deepcopy = getattr(Table, "__deepcopy__", None)
+
+
+def _table_deepcopy(self: Table, memo: dict[int, Any]) -> Any:
+    if getattr(_table_copies_are_shallow, "on", False):
+        return self
+    if _moto_table_deepcopy is not None:
+        return _moto_table_deepcopy(self, memo)
+    clone = Table.__new__(Table)
+    memo[id(self)] = clone
+    for name, value in self.__dict__.items():
+        setattr(clone, name, copy.deepcopy(value, memo))
+    return clone
+
+
+Table.__deepcopy__ = _table_deepcopy  # type: ignore[attr-defined]
+
+_moto_backend_transact_write_items = DynamoDBBackend.transact_write_items
+
+
+def _touched_items(backend: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> list[tuple[Any, Any, Any, Any]]:
+    """(table, hash key, range key, a copy of the item or None) for each item named."""
+    touched = []
+    for entry in transact_items:
+        _, op = next(iter(entry.items()))
+        table = backend.tables.get(op.get("TableName"))
+        if table is None:
+            continue
+        attrs = op.get("Key") or op.get("Item") or {}
+        if table.hash_key_attr not in attrs:
+            continue
+        hash_key = DynamoType(attrs[table.hash_key_attr])
+        range_key = DynamoType(attrs[table.range_key_attr]) if table.range_key_attr in attrs else None
+        touched.append((table, hash_key, range_key, copy.deepcopy(table.get_item(hash_key, range_key))))
+    return touched
+
+
+def _transact_write_items_restoring_touched_items(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
+    touched = _touched_items(self, transact_items)
+    _table_copies_are_shallow.on = True
+    try:
+        _moto_backend_transact_write_items(self, transact_items)
+    except BaseException:
+        for table, hash_key, range_key, item in reversed(touched):
+            if item is None:
+                table.delete_item(hash_key, range_key)
+            elif range_key is not None:
+                table.items[hash_key][range_key] = item
+            else:
+                table.items[hash_key] = item
+        raise
+    finally:
+        _table_copies_are_shallow.on = False
+
+
+DynamoDBBackend.transact_write_items = _transact_write_items_restoring_touched_items  # type: ignore[method-assign]
 
 
 # --------------------------------------------------------------------------- WSGI wrapper

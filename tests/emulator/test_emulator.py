@@ -675,6 +675,38 @@ def test_all_old_in_transaction_cancellation_reasons(emulator: str, ddb: Any) ->
     assert "Item" not in err.value.response["CancellationReasons"][0]
 
 
+def test_a_cancelled_transaction_leaves_every_item_as_it_was(emulator: str, ddb: Any) -> None:
+    # The emulator rolls back by restoring the items a transaction touched (moto
+    # copies whole tables): updated, put and deleted items all come back.
+    updated, created, deleted, held, bystander = (new_key() for _ in range(5))
+    put(ddb, updated, v={"N": "1"})
+    put(ddb, deleted, v={"N": "3"})
+    put(ddb, held, v={"N": "4"})
+    put(ddb, bystander, v={"N": "5"})
+    with pytest.raises(ddb.exceptions.TransactionCanceledException):
+        ddb.transact_write_items(
+            TransactItems=[
+                {"Update": {"TableName": TABLE, "Key": updated, "UpdateExpression": "SET v = :v",
+                            "ExpressionAttributeValues": {":v": {"N": "2"}}}},
+                {"Put": {"TableName": TABLE, "Item": {**created, "v": {"N": "9"}}}},
+                {"Delete": {"TableName": TABLE, "Key": deleted}},
+                {"Update": {"TableName": TABLE, "Key": held, "UpdateExpression": "SET v = :v",
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                            "ExpressionAttributeValues": {":v": {"N": "8"}}}},
+            ]
+        )
+    assert get(ddb, updated) == {**updated, "v": {"N": "1"}}
+    assert get(ddb, created) is None
+    assert get(ddb, deleted) == {**deleted, "v": {"N": "3"}}
+    assert get(ddb, held) == {**held, "v": {"N": "4"}}
+    assert get(ddb, bystander) == {**bystander, "v": {"N": "5"}}
+
+    ddb.transact_write_items(TransactItems=[add_one(updated), add_one(created), add_one(bystander)])
+    assert get(ddb, updated) == {**updated, "v": {"N": "1"}, "n": {"N": "1"}}
+    assert get(ddb, created) == {**created, "n": {"N": "1"}}
+    assert get(ddb, bystander) == {**bystander, "v": {"N": "5"}, "n": {"N": "1"}}
+
+
 def test_calls_are_counted(emulator: str, ddb: Any) -> None:
     control(emulator, "DELETE", "/_emulator/calls")
     inject(emulator, {"operation": "DynamoDB.GetItem", "error": "ConnectionDropped", "count": 1})
