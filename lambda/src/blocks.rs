@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::aws::pool_store::{PoolStore, Reservation, SlotCount};
+use crate::aws::pool_store::{PoolStore, Reservation, SlotCount, Via};
 use crate::error::VendError;
 use crate::metrics::{self, Metric};
 use crate::pool::{promotable, why_unusable, CurrentActivation, EpochSecs, Wanted};
@@ -144,7 +144,7 @@ impl PoolSlots {
         Some(Reservation::Reserved {
             activation,
             standby,
-            fresh: false,
+            via: Via::Block,
         })
     }
 }
@@ -261,13 +261,13 @@ impl SlotBlocks {
                 Reservation::Reserved {
                     activation,
                     standby,
-                    fresh,
+                    via,
                 } => {
                     let first = slots.keep_block(pool, activation, standby.clone(), count)?;
                     return Ok(Reservation::Reserved {
                         activation: first,
                         standby,
-                        fresh,
+                        via,
                     });
                 }
                 Reservation::Refused(state) => state,
@@ -302,12 +302,10 @@ impl SlotBlocks {
                 tracing::info!(pool, activation_id = %activation.id, "promoted the standby");
                 let count = count.min(activation.reserved);
                 let first = slots.keep_block(pool, activation, None, count)?;
-                // The standby is gone: the promoter leaves preparing the next one to
-                // the next request, so that its own answer waits on nothing.
                 return Ok(Reservation::Reserved {
                     activation: first,
                     standby: None,
-                    fresh: false,
+                    via: Via::Promotion,
                 });
             }
         }

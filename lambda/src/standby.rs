@@ -7,11 +7,26 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::aws::pool_store::Place;
+use crate::aws::pool_store::{Place, Via};
 use crate::config::Runtime;
 use crate::directory::Pool;
 use crate::pool::{AheadTrigger, RotationReason};
 use crate::rotation::{Rotation, Rotator};
+
+/// Whether a request that got its slot `via` this way, with `trigger` due, starts
+/// the pool's next standby (when the pool needs one). A slot from a block reserved
+/// earlier knows the standby only as it was then, so only the low-water slot's
+/// holder acts on it. The promoter knows the pool has none: under `vending serve`
+/// it starts the next at once, beside its answer; under Lambda it leaves it to the
+/// next request, so that its own answer waits on nothing.
+pub fn prepares_standby(via: Via, trigger: Option<AheadTrigger>, runtime: Runtime) -> bool {
+    trigger == Some(AheadTrigger::LowWaterSlot)
+        || match via {
+            Via::Reserve => true,
+            Via::Block => false,
+            Via::Promotion => runtime == Runtime::Server,
+        }
+}
 
 pub struct StandbyKeeper {
     rotator: Arc<Rotator>,
@@ -104,5 +119,39 @@ impl StandbyKeeper {
         let mut running = std::mem::take(&mut *self.running.lock().unwrap_or_else(|p| p.into_inner()));
         let _ = tokio::time::timeout(patience, async { while running.join_next().await.is_some() {} }).await;
         running.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_s_own_reserve_sees_the_standby_and_may_start_the_next() {
+        for runtime in [Runtime::Server, Runtime::Lambda] {
+            assert!(prepares_standby(Via::Reserve, None, runtime));
+            assert!(prepares_standby(Via::Reserve, Some(AheadTrigger::NearExpiry), runtime));
+        }
+    }
+
+    #[test]
+    fn a_slot_from_an_earlier_block_starts_one_only_at_the_low_water_slot() {
+        assert!(!prepares_standby(Via::Block, None, Runtime::Server));
+        assert!(!prepares_standby(
+            Via::Block,
+            Some(AheadTrigger::NearExpiry),
+            Runtime::Server
+        ));
+        assert!(prepares_standby(
+            Via::Block,
+            Some(AheadTrigger::LowWaterSlot),
+            Runtime::Server
+        ));
+    }
+
+    #[test]
+    fn the_promoter_starts_the_next_standby_beside_its_answer_but_never_waits_for_it_under_lambda() {
+        assert!(prepares_standby(Via::Promotion, None, Runtime::Server));
+        assert!(!prepares_standby(Via::Promotion, None, Runtime::Lambda));
     }
 }

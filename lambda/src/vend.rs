@@ -20,12 +20,12 @@ use crate::directory::{Pool, PoolDirectory};
 use crate::error::VendError;
 use crate::metrics::{self, Metric};
 use crate::pool::{
-    lease_is_free, promotable, rotate_ahead_due, standby_needed, why_unusable, AheadTrigger, Caller, CurrentActivation,
-    EpochSecs, InstanceRecord, RotationReason,
+    lease_is_free, promotable, rotate_ahead_due, standby_needed, why_unusable, Caller, CurrentActivation, EpochSecs,
+    InstanceRecord, RotationReason,
 };
 use crate::rotation::{Rotation, Rotator};
 use crate::secret::ActivationCode;
-use crate::standby::StandbyKeeper;
+use crate::standby::{prepares_standby, StandbyKeeper};
 use crate::verify::ActivationChecks;
 
 /// What a caller leaves with.
@@ -333,7 +333,7 @@ impl Vendor {
                 Reservation::Reserved {
                     activation,
                     standby,
-                    fresh,
+                    via,
                 } => {
                     wanting = None;
                     if activation.fingerprint != pool.fingerprint {
@@ -348,9 +348,7 @@ impl Vendor {
                         continue;
                     }
                     // Keep a standby ready, so that no request waits on SSM when this
-                    // activation is used up or nears its expiry. A slot from a block
-                    // reserved earlier knows the standby only as it was then, so only the
-                    // low-water slot's holder acts on it.
+                    // activation is used up or nears its expiry.
                     if self.config.low_water_percent > 0 && standby_needed(standby.as_ref(), now, margin, pool.wanted())
                     {
                         let trigger = rotate_ahead_due(
@@ -360,7 +358,7 @@ impl Vendor {
                             margin,
                             self.config.low_water_percent,
                         );
-                        if fresh || trigger == Some(AheadTrigger::LowWaterSlot) {
+                        if prepares_standby(via, trigger, self.config.runtime) {
                             // Our slot stays good; a failure only means a later request
                             // tries again.
                             self.standby.prepare(pool, trigger).await;

@@ -128,15 +128,26 @@ pub enum SlotCount {
 #[derive(Debug)]
 pub enum Reservation {
     /// The slot is ours: its number is `activation.reserved`. `standby` is the pool's
-    /// standby activation, if it has one, as of the write that took the slot: `fresh`
-    /// when that write was this request's own (not a block reserved earlier).
+    /// standby activation, if it has one, as of the write that took the slot, and
+    /// `via` says which write that was.
     Reserved {
         activation: CurrentActivation,
         standby: Option<CurrentActivation>,
-        fresh: bool,
+        via: Via,
     },
     /// No slot: the pool as it was, to tell why.
     Refused(PoolState),
+}
+
+/// How a request got its slot, which says how much it knows of the standby.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A reserve of its own: the standby as the table has it now.
+    Reserve,
+    /// A block another request of this process reserved: the standby as it was then.
+    Block,
+    /// The promotion of the standby it made: the pool has no standby now.
+    Promotion,
 }
 
 /// The answer to "let me rotate".
@@ -392,7 +403,7 @@ impl PoolStore {
                     Some(activation) => Ok(Reservation::Reserved {
                         activation,
                         standby: state.standby,
-                        fresh: true,
+                        via: Via::Reserve,
                     }),
                     None => Err(VendError::Internal(
                         "reserved a slot on a pool without an activation".into(),
