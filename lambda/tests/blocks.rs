@@ -34,6 +34,48 @@ fn slot(reservation: Reservation) -> (String, u32) {
     }
 }
 
+/// An emulator, a server that has vended once (slot 1 of a limit-100 activation),
+/// and a process's `SlotBlocks` of its own on the same table.
+struct Held {
+    emulator: Emulator,
+    _server: Server,
+    store: PoolStore,
+    current: CurrentActivation,
+    blocks: SlotBlocks,
+}
+
+impl Held {
+    /// `requests` of this process want a slot at once: one reserve takes a block for
+    /// all of them and the first is handed out; then they go away.
+    async fn take_one_of_a_block(&self, requests: usize) -> (String, u32) {
+        let queue: Vec<_> = (0..requests).map(|_| self.blocks.wanting("default")).collect();
+        let first = self
+            .blocks
+            .reserve("default", epoch_now(), 60, wanted(&self.current), 100)
+            .await
+            .unwrap();
+        drop(queue);
+        slot(first)
+    }
+}
+
+async fn one_vend_made() -> Held {
+    let emulator = Emulator::start();
+    let server = emulator.serve(&[("VENDING_REGISTRATION_LIMIT", "100")]);
+    assert_eq!(server.get("/activation").await.status, 200);
+    let sdk = emulator.sdk_config().await;
+    let store = store(&emulator, &sdk);
+    let current = store.pool("default").await.unwrap().activation.unwrap();
+    let blocks = SlotBlocks::new(store.clone(), 8);
+    Held {
+        emulator,
+        _server: server,
+        store,
+        current,
+        blocks,
+    }
+}
+
 async fn burst(server: &Arc<Server>, requests: usize) -> Vec<Answer> {
     let tasks = (0..requests).map(|_| {
         let server = server.clone();
@@ -104,36 +146,47 @@ async fn blocks_hand_each_slot_once_and_never_past_the_limit_in_a_storm() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_block_is_sized_by_the_queue_and_handed_out_slot_by_slot_without_another_write() {
-    let emulator = Emulator::start();
-    let server = emulator.serve(&[("VENDING_REGISTRATION_LIMIT", "100")]);
-    assert_eq!(server.get("/activation").await.status, 200);
-    let sdk = emulator.sdk_config().await;
-    let store = store(&emulator, &sdk);
-    let current = store.pool("default").await.unwrap().activation.unwrap();
-    let blocks = SlotBlocks::new(store.clone(), 8);
+    let held = one_vend_made().await;
     let now = epoch_now();
 
     // Five requests of this process want a slot: the first reserve takes five.
-    let queue: Vec<_> = (0..5).map(|_| blocks.wanting("default")).collect();
-    emulator.reset_calls().await;
+    let queue: Vec<_> = (0..5).map(|_| held.blocks.wanting("default")).collect();
+    held.emulator.reset_calls().await;
     let mut slots = Vec::new();
     for _ in 0..5 {
         slots.push(slot(
-            blocks.reserve("default", now, 60, wanted(&current), 100).await.unwrap(),
+            held.blocks
+                .reserve("default", now, 60, wanted(&held.current), 100)
+                .await
+                .unwrap(),
         ));
     }
     drop(queue);
-    let writes = emulator.calls().await.get("DynamoDB.UpdateItem").copied().unwrap_or(0);
+    let writes = held
+        .emulator
+        .calls()
+        .await
+        .get("DynamoDB.UpdateItem")
+        .copied()
+        .unwrap_or(0);
     assert_eq!(writes, 1, "one write for the block of five");
     let numbers: Vec<u32> = slots.iter().map(|(_, n)| *n).collect();
     assert_eq!(numbers, vec![2, 3, 4, 5, 6], "slot 1 went to the warm-up vend");
-    assert!(slots.iter().all(|(id, _)| *id == current.id));
-    assert_eq!(store.pool("default").await.unwrap().activation.unwrap().reserved, 6);
+    assert!(slots.iter().all(|(id, _)| *id == held.current.id));
+    assert_eq!(
+        held.store.pool("default").await.unwrap().activation.unwrap().reserved,
+        6
+    );
 
-    // Nobody queued: one slot per write, as without blocks.
-    let (_, next) = slot(blocks.reserve("default", now, 60, wanted(&current), 100).await.unwrap());
+    // Nobody queued: one slot per write, as without held.blocks.
+    let (_, next) = slot(
+        held.blocks
+            .reserve("default", now, 60, wanted(&held.current), 100)
+            .await
+            .unwrap(),
+    );
     assert_eq!(next, 7);
-    assert_eq!(blocks.release_all(), 0, "nothing held, nothing wasted");
+    assert_eq!(held.blocks.release_all(), 0, "nothing held, nothing wasted");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -168,20 +221,14 @@ async fn a_block_asks_again_for_what_is_left_and_never_reaches_past_the_limit() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_held_block_inside_the_expiry_margin_is_dropped_and_its_slots_counted_as_wasted() {
-    let emulator = Emulator::start();
-    let server = emulator.serve(&[("VENDING_REGISTRATION_LIMIT", "100")]);
-    assert_eq!(server.get("/activation").await.status, 200);
-    let sdk = emulator.sdk_config().await;
-    let store = store(&emulator, &sdk);
-    let current = store.pool("default").await.unwrap().activation.unwrap();
-    let blocks = SlotBlocks::new(store.clone(), 8);
+    let held = one_vend_made().await;
     let margin = 600;
 
     // A block of four, of which one is handed out before the queue goes away.
-    let queue: Vec<_> = (0..4).map(|_| blocks.wanting("default")).collect();
+    let queue: Vec<_> = (0..4).map(|_| held.blocks.wanting("default")).collect();
     let (_, first) = slot(
-        blocks
-            .reserve("default", epoch_now(), margin, wanted(&current), 100)
+        held.blocks
+            .reserve("default", epoch_now(), margin, wanted(&held.current), 100)
             .await
             .unwrap(),
     );
@@ -190,9 +237,10 @@ async fn a_held_block_inside_the_expiry_margin_is_dropped_and_its_slots_counted_
 
     // Later, the activation has entered its margin: the three held slots go unused and
     // the reserve itself is refused.
-    let later = current.expires_at - margin + 1;
-    match blocks
-        .reserve("default", later, margin, wanted(&current), 100)
+    let later = held.current.expires_at - margin + 1;
+    match held
+        .blocks
+        .reserve("default", later, margin, wanted(&held.current), 100)
         .await
         .unwrap()
     {
@@ -201,9 +249,12 @@ async fn a_held_block_inside_the_expiry_margin_is_dropped_and_its_slots_counted_
             panic!("handed slot {} inside the expiry margin", activation.reserved)
         }
     }
-    assert_eq!(store.pool("default").await.unwrap().activation.unwrap().reserved, 5);
     assert_eq!(
-        blocks.release_all(),
+        held.store.pool("default").await.unwrap().activation.unwrap().reserved,
+        5
+    );
+    assert_eq!(
+        held.blocks.release_all(),
         0,
         "the dropped block's slots were counted when it was dropped"
     );
@@ -211,45 +262,22 @@ async fn a_held_block_inside_the_expiry_margin_is_dropped_and_its_slots_counted_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopping_process_counts_the_slots_it_holds_as_wasted() {
-    let emulator = Emulator::start();
-    let server = emulator.serve(&[("VENDING_REGISTRATION_LIMIT", "100")]);
-    assert_eq!(server.get("/activation").await.status, 200);
-    let sdk = emulator.sdk_config().await;
-    let store = store(&emulator, &sdk);
-    let current = store.pool("default").await.unwrap().activation.unwrap();
-    let blocks = SlotBlocks::new(store.clone(), 8);
-    let queue: Vec<_> = (0..6).map(|_| blocks.wanting("default")).collect();
-    slot(
-        blocks
-            .reserve("default", epoch_now(), 60, wanted(&current), 100)
-            .await
-            .unwrap(),
-    );
-    drop(queue);
-    assert_eq!(blocks.release_all(), 5);
-    assert_eq!(blocks.release_all(), 0, "counted once");
+    let held = one_vend_made().await;
+    held.take_one_of_a_block(6).await;
+    assert_eq!(held.blocks.release_all(), 5);
+    assert_eq!(held.blocks.release_all(), 0, "counted once");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_block_of_an_activation_deleted_out_of_band_is_discarded() {
-    let emulator = Emulator::start();
-    let server = emulator.serve(&[("VENDING_REGISTRATION_LIMIT", "100")]);
-    assert_eq!(server.get("/activation").await.status, 200);
-    let sdk = emulator.sdk_config().await;
-    let store = store(&emulator, &sdk);
-    let current = store.pool("default").await.unwrap().activation.unwrap();
-    let blocks = SlotBlocks::new(store.clone(), 8);
-    let queue: Vec<_> = (0..3).map(|_| blocks.wanting("default")).collect();
-    slot(
-        blocks
-            .reserve("default", epoch_now(), 60, wanted(&current), 100)
-            .await
-            .unwrap(),
+    let held = one_vend_made().await;
+    held.take_one_of_a_block(3).await;
+    assert_eq!(held.blocks.discard("default", "some-other-activation", "test"), 0);
+    assert_eq!(
+        held.blocks.discard("default", &held.current.id, "deleted out of band"),
+        2
     );
-    drop(queue);
-    assert_eq!(blocks.discard("default", "some-other-activation", "test"), 0);
-    assert_eq!(blocks.discard("default", &current.id, "deleted out of band"), 2);
-    assert_eq!(blocks.release_all(), 0);
+    assert_eq!(held.blocks.release_all(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
