@@ -42,24 +42,23 @@ impl Emulator {
     }
 
     pub async fn calls(&self) -> Result<Calls, String> {
-        let resp = self
-            .http
-            .get(format!("{}/_emulator/calls", self.url))
-            .send()
-            .await
-            .map_err(|e| format!("GET /_emulator/calls: {e}"))?;
-        resp.json().await.map_err(|e| format!("GET /_emulator/calls: {e}"))
+        self.read("calls").await
     }
 
     /// How long each operation held the emulator since the last reset.
     pub async fn busy(&self) -> Result<Value, String> {
+        self.read("busy").await
+    }
+
+    /// `GET /_emulator/<route>`, as JSON.
+    async fn read<T: serde::de::DeserializeOwned>(&self, route: &str) -> Result<T, String> {
         let resp = self
             .http
-            .get(format!("{}/_emulator/busy", self.url))
+            .get(format!("{}/_emulator/{route}", self.url))
             .send()
             .await
-            .map_err(|e| format!("GET /_emulator/busy: {e}"))?;
-        resp.json().await.map_err(|e| format!("GET /_emulator/busy: {e}"))
+            .map_err(|e| format!("GET /_emulator/{route}: {e}"))?;
+        resp.json().await.map_err(|e| format!("GET /_emulator/{route}: {e}"))
     }
 
     pub async fn reset_calls(&self) -> Result<(), String> {

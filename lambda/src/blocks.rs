@@ -67,7 +67,7 @@ impl SlotBlock {
         let a = &self.activation;
         if a.expires_at <= now + margin_secs {
             Some("inside the expiry margin")
-        } else if a.fingerprint != wanted.fingerprint && a.config_at <= wanted.config_at {
+        } else if a.config_outdated(wanted) {
             Some("made with outdated settings")
         } else {
             None

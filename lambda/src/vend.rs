@@ -387,11 +387,11 @@ impl Vendor {
                     }
                 }
                 Reservation::Refused(state) => {
-                    let standby = state
+                    let promotable_standby = state
                         .standby
                         .as_ref()
-                        .filter(|s| promotable(s, now, margin, pool.wanted()));
-                    if standby.is_some() {
+                        .is_some_and(|s| promotable(s, now, margin, pool.wanted()));
+                    if promotable_standby {
                         // Others kept changing the pool as we tried to promote it: a
                         // moment, then reserve (and promote) again.
                         self.wait_for_rotation(deadline, &mut waits).await?;
