@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The vending service as a container: `vending serve` on 0.0.0.0:8080, for ECS Fargate
-# behind an internal ALB (deploy/ecs/template.yaml; README, "Container").
+# behind an internal ALB (deploy/ecs/template.yaml; docs/deploy.md, "Container").
 #
 # Build stage: a statically linked binary (glibc, +crt-static). The target triple follows
 # the platform being built, so `--platform linux/arm64` gives an aarch64 binary and
