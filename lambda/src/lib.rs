@@ -25,8 +25,8 @@
 //!   flight, a block of slots for the requests waiting, the standby's promotion with
 //!   its block, the slots held and the wasted ones counted.
 //! - `standby.rs`: `StandbyKeeper`, who prepares the next standby (`prepares_standby`),
-//!   one try at a time per process and pool, beside the request (`vending serve`) or
-//!   awaited (Lambda).
+//!   one try at a time per process and pool (the low-water slot's holder always
+//!   tries), beside the request (`vending serve`) or awaited (Lambda).
 //! - `rotation.rs`: `Rotator`, a new activation under the lease: take it, re-check,
 //!   create, store, commit as current or standby (fencing), `settle_commit`; the
 //!   rotation metrics and the failure record.
