@@ -6,7 +6,9 @@ Fails, printing what is missing, when
     a script (scripts/*.sh, scripts/*.ps1) and named nowhere in README.md or docs/*.md;
   - a route of openapi.yaml (`METHOD /path`) is named nowhere in README.md or docs/*.md;
   - a file under lambda/src is missing from the module map (the `# Layout` section of
-    lambda/src/lib.rs), or the map names a file that does not exist.
+    lambda/src/lib.rs), or the map names a file that does not exist;
+  - a relative link in README.md or docs/*.md leads to no file, or to no heading of
+    a Markdown page (anchors as GitHub makes them).
 
 Standard library only, so it runs before any virtualenv exists.
 Usage: tests/docs/check.py [--root DIR]   (DIR: the repository, default this checkout)
@@ -71,9 +73,43 @@ def openapi_routes(root: Path) -> list[str]:
     return routes
 
 
+def doc_pages(root: Path) -> list[Path]:
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
 def docs_text(root: Path) -> str:
-    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
-    return "\n".join(page.read_text() for page in pages)
+    return "\n".join(page.read_text() for page in doc_pages(root))
+
+
+def anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings (lower case, punctuation dropped,
+    spaces to hyphens, `-1`, `-2`, ... on repeats); code blocks hold no headings."""
+    found, seen, fenced = set(), {}, False
+    for line in page.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        heading = None if fenced else re.match(r"#{1,6} +(.*)", line)
+        if heading:
+            slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+            repeat = seen.get(slug, 0)
+            seen[slug] = repeat + 1
+            found.add(slug if repeat == 0 else f"{slug}-{repeat}")
+    return found
+
+
+def broken_links(root: Path) -> list[str]:
+    broken = []
+    for page in doc_pages(root):
+        for link in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", link):
+                continue
+            path, _, anchor = link.partition("#")
+            target = (page.parent / path) if path else page
+            if not target.exists():
+                broken.append(f"{page.relative_to(root)} links to {link}: no such file")
+            elif anchor and target.suffix == ".md" and anchor not in anchors(target):
+                broken.append(f"{page.relative_to(root)} links to {link}: no such heading")
+    return broken
 
 
 def route_documented(route: str, text: str) -> bool:
@@ -116,7 +152,7 @@ def problems(root: Path) -> list[str]:
         found.append(f"module lambda/src/{name} is missing from the `# Layout` map in lambda/src/lib.rs")
     for name in sorted(mapped - files):
         found.append(f"the `# Layout` map in lambda/src/lib.rs names lambda/src/{name}, which does not exist")
-    return found
+    return found + broken_links(root)
 
 
 def main(argv: list[str]) -> int:
@@ -133,7 +169,7 @@ def main(argv: list[str]) -> int:
     if found:
         print(f"docs check: {len(found)} missing", file=sys.stderr)
         return 1
-    print("docs check: every VENDING_* setting, every openapi.yaml route and every module is documented")
+    print("docs check: every VENDING_* setting, openapi.yaml route and module is documented; every link leads somewhere")
     return 0
 
 

@@ -20,7 +20,7 @@ class DocsCheck(unittest.TestCase):
         self.tmp = tempfile.TemporaryDirectory()
         self.root = Path(self.tmp.name)
         shutil.copytree(REPO / "lambda/src", self.root / "lambda/src")
-        shutil.copytree(REPO / "docs", self.root / "docs", ignore=shutil.ignore_patterns("*.png", "*.svg"))
+        shutil.copytree(REPO / "docs", self.root / "docs")
         (self.root / "scripts").mkdir()
         for script in [*REPO.glob("scripts/*.sh"), *REPO.glob("scripts/*.ps1")]:
             shutil.copy(script, self.root / "scripts")
@@ -76,6 +76,17 @@ class DocsCheck(unittest.TestCase):
             check.problems(self.root),
             ["the `# Layout` map in lambda/src/lib.rs names lambda/src/stale.rs, which does not exist"],
         )
+
+    def test_a_link_to_a_page_that_is_gone_is_reported(self):
+        (self.root / "docs/performance.md").unlink()
+        problems = check.problems(self.root)
+        self.assertIn("README.md links to docs/performance.md: no such file", problems)
+
+    def test_a_link_to_a_heading_that_is_gone_is_reported(self):
+        page = self.root / "docs/operating.md"
+        page.write_text(page.read_text().replace("## Running locally", "## Running it locally"))
+        problems = check.problems(self.root)
+        self.assertIn("docs/performance.md links to operating.md#running-locally: no such heading", problems)
 
     def test_the_openapi_routes_are_read_with_their_methods(self):
         routes = check.openapi_routes(self.root)
