@@ -28,23 +28,25 @@
 //!   one try at a time per process and pool (the low-water slot's holder always
 //!   tries), beside the request (`vending serve`) or awaited (Lambda).
 //! - `rotation.rs`: `Rotator`, a new activation under the lease: take it, re-check,
-//!   create, store, commit as current or standby (fencing), `settle_commit`; the
-//!   rotation metrics and the failure record.
+//!   create, store, commit as current or standby (`install_under_lease`, fencing),
+//!   `settle_commit`; the rotation metrics and the failure record.
 //! - `verify.rs`: `ActivationChecks`, whether SSM still honours an activation, with
 //!   remembered verdicts and concurrent checks collapsed into one call.
 //! - `codes.rs`: `Codes`, the code cache (8 entries, keyed by activation ID and
 //!   parameter version) in front of Parameter Store; concurrent reads of one code are
 //!   one `GetParameter`.
-//! - `pool.rs`: pure decisions over plain data: why a pool is unusable, the low-water
-//!   slot, the standby's triggers, `promotable`, `standby_needed`, lease freedom, name
-//!   rules, machine ids, who may reuse a record, the sweep's verdict.
+//! - `pool.rs`: pure decisions over plain data: why a pool is unusable (a changed
+//!   config included), the low-water slot, the standby's triggers, `promotable`,
+//!   `standby_needed`, lease freedom, name rules, machine ids, who may reuse a
+//!   record, the sweep's verdict.
 //!
 //! Pools:
 //! - `pools.rs`: `PoolSettings`, a pool's config parsed and validated, the
 //!   environment's `default`, the settings fingerprint, who may ask (`admits`,
 //!   `client_address`).
 //! - `directory.rs`: `PoolDirectory`, the pool configs a process vends with, read from
-//!   Parameter Store and shared through the DynamoDB item `directory#pools`.
+//!   Parameter Store and shared through the DynamoDB item `directory#pools`;
+//!   `Snapshot::lookup`.
 //! - `pools_report.rs`: `vending pools`, every pool's effective settings or problem,
 //!   as a table or JSON.
 //!
@@ -78,7 +80,8 @@
 //! - `secret.rs`: `ActivationCode`: no `Display`, redacted `Debug`, read only through
 //!   `expose()`.
 //! - `logging.rs`: text or JSON log lines; the SDK's and HTTP stack's targets capped at
-//!   `info` whatever `RUST_LOG` says.
+//!   `info` whatever `RUST_LOG` says (below it they would print `CreateActivation`'s
+//!   answer and `PutParameter`'s request, which carry the code).
 //! - `lib.rs`: this map and the module list.
 
 pub mod app;
