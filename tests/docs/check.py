@@ -16,6 +16,7 @@ Exit codes: 0 all documented, 1 something missing, 2 bad usage or an unreadable 
 """
 
 import argparse
+import functools
 import re
 import sys
 from pathlib import Path
@@ -81,7 +82,8 @@ def docs_text(root: Path) -> str:
     return "\n".join(page.read_text() for page in doc_pages(root))
 
 
-def anchors(page: Path) -> set[str]:
+@functools.cache
+def anchors(page: Path) -> frozenset[str]:
     """The anchors GitHub gives a page's headings (lower case, punctuation dropped,
     spaces to hyphens, `-1`, `-2`, ... on repeats); code blocks hold no headings."""
     found, seen, fenced = set(), {}, False
@@ -94,7 +96,7 @@ def anchors(page: Path) -> set[str]:
             repeat = seen.get(slug, 0)
             seen[slug] = repeat + 1
             found.add(slug if repeat == 0 else f"{slug}-{repeat}")
-    return found
+    return frozenset(found)
 
 
 def broken_links(root: Path) -> list[str]:
