@@ -22,7 +22,6 @@ ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-COPY .cargo .cargo
 COPY lambda lambda
 COPY bench bench
 # BuildKit cache mounts keep the registry and the target directory between builds; the

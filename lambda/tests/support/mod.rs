@@ -363,6 +363,7 @@ impl Emulator {
 
     pub async fn sdk_config(&self) -> aws_config::SdkConfig {
         aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(vending::app::https_client())
             .endpoint_url(&self.url)
             .region(aws_config::Region::new(self.env_value("AWS_REGION")))
             .credentials_provider(aws_sdk_ssm::config::Credentials::new(
@@ -427,6 +428,92 @@ impl Emulator {
             .send()
             .await
             .expect("put the pool config");
+    }
+
+    /// The emulator behind TLS, as AWS is: a certificate for `localhost` signed by a
+    /// CA of its own (made with `openssl`). Returns the HTTPS endpoint, the CA file
+    /// a client must trust to reach it, and the proxy (stopped when dropped).
+    pub fn behind_tls(&self) -> (String, PathBuf, impl Drop) {
+        let dir = self.dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let subject = |cn: &str| format!("/CN={cn}");
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            &subject("test CA"),
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "tls.key",
+            "-out",
+            "tls.csr",
+            "-subj",
+            &subject("localhost"),
+        ]);
+        std::fs::write(
+            dir.join("tls.ext"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write tls.ext");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "tls.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "tls.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "tls.ext",
+        ]);
+        let port = free_port();
+        let target = self.url.rsplit(':').next().expect("the emulator's port").to_owned();
+        let mut child = Command::new(python())
+            .arg(repo_root().join("lambda/tests/support/tls_proxy.py"))
+            .args([&port.to_string(), &target, "tls.pem", "tls.key"])
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the TLS proxy");
+        let mut ready = [0u8; 10]; // "listening\n"
+        child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_exact(&mut ready)
+            .expect("the TLS proxy did not start");
+        (format!("https://localhost:{port}"), dir.join("ca.pem"), Killer(child))
     }
 
     /// Creates another IAM role SSM may give nodes (what provision.py does for the
