@@ -500,7 +500,7 @@ impl Emulator {
         let port = free_port();
         let target = self.url.rsplit(':').next().expect("the emulator's port").to_owned();
         let mut child = Command::new(python())
-            .arg(repo_root().join("lambda/tests/support/tls_proxy.py"))
+            .arg(repo_root().join("lambda/tests/integration/support/tls_proxy.py"))
             .args([&port.to_string(), &target, "tls.pem", "tls.key"])
             .current_dir(dir)
             .stdout(Stdio::piped())

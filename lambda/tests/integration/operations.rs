@@ -1,7 +1,7 @@
 //! Operating the fleet: `vending status`, metrics as EMF lines, and the clean-up of
 //! stale duplicate nodes, against the emulator's managed nodes.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::process::Command;
