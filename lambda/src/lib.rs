@@ -17,6 +17,7 @@ pub mod pools;
 pub mod pools_report;
 pub mod rotation;
 pub mod secret;
+pub mod serve;
 pub mod stale;
 pub mod standby;
 pub mod status;

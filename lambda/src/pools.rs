@@ -119,7 +119,7 @@ impl PoolSettings {
             tags: BTreeMap::new(),
             default_instance_name: default_instance_name(crate::pool::DEFAULT_POOL),
             description: None,
-            allowed_cidrs: Vec::new(),
+            allowed_cidrs: config.default_allowed_cidrs.clone(),
             enabled: true,
             replace_stale_nodes_after: None,
         }
@@ -265,28 +265,20 @@ impl PoolSettings {
     }
 }
 
-/// The caller's address behind proxies: the peer, or, when the peer is a trusted
-/// proxy, the right-most `X-Forwarded-For` entry that is not one (as an ALB appends
-/// the address it saw last).
+/// The caller's address behind a proxy: the peer, or, when the peer is a trusted
+/// proxy, the one hop that proxy appended to `X-Forwarded-For` (an ALB appends the
+/// address it saw as the last entry). Nothing further left is looked at: every
+/// earlier entry is whatever the caller chose to send. The peer when the last entry
+/// is missing or not an address.
 pub fn client_address(peer: IpAddr, forwarded_for: &[&str], trusted: &[IpNet]) -> IpAddr {
-    let trusted_hop = |ip: &IpAddr| trusted.iter().any(|net| net.contains(&ip.to_canonical()));
-    if !trusted_hop(&peer) {
+    if !trusted.iter().any(|net| net.contains(&peer.to_canonical())) {
         return peer;
     }
-    let hops = forwarded_for
-        .iter()
-        .flat_map(|header| header.split(','))
-        .map(str::trim)
-        .collect::<Vec<_>>();
-    for hop in hops.iter().rev() {
-        match hop.parse::<IpAddr>() {
-            Ok(ip) if trusted_hop(&ip) => continue,
-            Ok(ip) => return ip,
-            // Garbage in the chain: stop trusting it here.
-            Err(_) => return peer,
-        }
-    }
-    peer
+    forwarded_for
+        .last()
+        .and_then(|header| header.rsplit(',').next())
+        .and_then(|hop| hop.trim().parse::<IpAddr>().ok())
+        .unwrap_or(peer)
 }
 
 #[cfg(test)]
@@ -393,15 +385,15 @@ mod tests {
     }
 
     #[test]
-    fn the_client_behind_a_trusted_proxy_is_the_right_most_untrusted_hop() {
+    fn the_client_behind_a_trusted_proxy_is_the_hop_that_proxy_appended() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/24".parse().unwrap()];
         let alb: IpAddr = "10.0.0.5".parse().unwrap();
         let client: IpAddr = "192.0.2.7".parse().unwrap();
         assert_eq!(client_address(alb, &["198.51.100.1, 192.0.2.7"], &trusted), client);
         assert_eq!(
-            client_address(alb, &["192.0.2.7, 10.0.0.9"], &trusted),
+            client_address(alb, &["198.51.100.1", "192.0.2.7"], &trusted),
             client,
-            "skips trusted hops"
+            "the last of several headers"
         );
         let stranger: IpAddr = "203.0.113.9".parse().unwrap();
         assert_eq!(
@@ -411,5 +403,19 @@ mod tests {
         );
         assert_eq!(client_address(alb, &[], &trusted), alb);
         assert_eq!(client_address(alb, &["not-an-ip"], &trusted), alb);
+        assert_eq!(client_address(alb, &["192.0.2.7, not-an-ip"], &trusted), alb);
+    }
+
+    #[test]
+    fn a_trusted_hop_never_vouches_for_the_entries_left_of_it() {
+        // Something inside the trusted range (a NAT, a task in a shared subnet) that
+        // sends its own X-Forwarded-For through the proxy claims nothing.
+        let trusted: Vec<IpNet> = vec!["127.0.0.1/32".parse().unwrap()];
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(client_address(peer, &["10.20.1.1, 127.0.0.1"], &trusted), peer);
+        let alb_subnet: Vec<IpNet> = vec!["10.0.0.0/24".parse().unwrap()];
+        let alb: IpAddr = "10.0.0.5".parse().unwrap();
+        let nat: IpAddr = "10.0.0.9".parse().unwrap();
+        assert_eq!(client_address(alb, &["192.0.2.7, 10.0.0.9"], &alb_subnet), nat);
     }
 }

@@ -13,7 +13,7 @@ use crate::aws::nodes::ManagedNodes;
 use crate::aws::parameters::PoolConfigSource;
 use crate::aws::pool_store::PoolStore;
 use crate::config::Config;
-use crate::directory::Snapshot;
+use crate::directory::{DefaultPool, Snapshot};
 use crate::error::VendError;
 use crate::pool::EpochSecs;
 use crate::pools::PoolSettings;
@@ -22,6 +22,8 @@ use crate::vend::epoch_now;
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub pools: Vec<PoolStatus>,
+    /// Where the `default` pool comes from, or that there is none.
+    pub default_pool: DefaultPool,
     pub account: AccountNodes,
 }
 
@@ -98,6 +100,7 @@ impl StatusReader {
         let percent_of_quota = 100.0 * hybrid_nodes as f64 / f64::from(config.node_quota);
         Ok(Status {
             pools,
+            default_pool: snapshot.default_pool(),
             account: AccountNodes {
                 hybrid_nodes,
                 quota: config.node_quota,
@@ -182,9 +185,10 @@ impl Status {
                 problem
             ));
         }
+        out.push_str(&format!("\n{}\n", self.default_pool.explain()));
         let a = &self.account;
         out.push_str(&format!(
-            "\naccount: {} hybrid nodes of a quota of {} ({}%){}\n",
+            "account: {} hybrid nodes of a quota of {} ({}%){}\n",
             a.hybrid_nodes,
             a.quota,
             a.percent_of_quota,
