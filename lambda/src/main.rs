@@ -98,6 +98,18 @@ fn main() -> ExitCode {
 
 async fn run(command: Option<Command>, config: Config) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
     let sdk = load_sdk_config(&config).await;
+    if matches!(command, None | Some(Command::Serve { .. })) {
+        // Before anything is vended: a code must never go under a key that may not hold it.
+        match vending::app::check_code_key(&config, &sdk).await {
+            Ok(key) => tracing::info!(key = key.arn.as_deref().unwrap_or(&key.key_id), key_manager = %key.key_manager, "the codes' KMS key is customer-managed and enabled"),
+            Err(e @ vending::app::KeyCheckError::Refused(_)) => {
+                tracing::error!(error = %e, "configuration error");
+                eprintln!("vending: configuration error: {e}");
+                return Ok(ExitCode::from(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     match command {
         None => {
             let sweeper = build_sweeper(&config, &sdk);

@@ -127,6 +127,14 @@ impl PoolSettings {
 
     /// Parses and validates a pool's config parameter.
     pub fn from_json(pool: &str, text: &str) -> Result<Self, ConfigProblem> {
+        if let Ok(serde_json::Value::Object(record)) = serde_json::from_str(text) {
+            if let Some(why) = record.get(UNTRUSTED_WRITER) {
+                return Err(problem(
+                    "(writer)",
+                    why.as_str().unwrap_or("written by someone VENDING_POOL_CONFIG_WRITERS does not name"),
+                ));
+            }
+        }
         let raw: PoolConfig = serde_json::from_str(text).map_err(|e| {
             let message = e.to_string();
             // serde names the offending field in its message ("unknown field `x`").
@@ -263,6 +271,40 @@ impl PoolSettings {
         };
         self.allowed_cidrs.iter().any(|net| net.contains(&source))
     }
+}
+
+/// The key of the record `PoolConfigSource` shares in place of a config whose last
+/// writer `VENDING_POOL_CONFIG_WRITERS` does not name (`untrusted_config`).
+const UNTRUSTED_WRITER: &str = "(untrusted writer)";
+
+/// What stands in for an untrusted config's text in every copy of the configs, the
+/// shared one included: any process that parses it finds the pool misconfigured.
+pub fn untrusted_config(why: &str) -> String {
+    serde_json::json!({ UNTRUSTED_WRITER: why }).to_string()
+}
+
+/// Whether `arn` matches `pattern` as IAM's `ArnLike` does: component by component
+/// (the six `:`-separated parts), `*` any run of characters and `?` one, within a part.
+pub fn arn_like(pattern: &str, arn: &str) -> bool {
+    let pattern: Vec<&str> = pattern.splitn(6, ':').collect();
+    let arn: Vec<&str> = arn.splitn(6, ':').collect();
+    pattern.len() == 6 && arn.len() == 6 && pattern.iter().zip(&arn).all(|(p, a)| glob(p.as_bytes(), a.as_bytes()))
+}
+
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match (pattern.first(), text.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => glob(&pattern[1..], text) || (!text.is_empty() && glob(pattern, &text[1..])),
+        (Some(b'?'), Some(_)) => glob(&pattern[1..], &text[1..]),
+        (Some(p), Some(t)) if p == t => glob(&pattern[1..], &text[1..]),
+        _ => false,
+    }
+}
+
+/// Whether a config last written by `writer` may be used: anyone's when no writers
+/// are named (`VENDING_POOL_CONFIG_WRITERS` empty).
+pub fn trusted_writer(writers: &[String], writer: &str) -> bool {
+    writers.is_empty() || writers.iter().any(|pattern| arn_like(pattern, writer))
 }
 
 /// The caller's address behind a proxy: the peer, or, when the peer is a trusted
@@ -404,6 +446,39 @@ mod tests {
         assert_eq!(client_address(alb, &[], &trusted), alb);
         assert_eq!(client_address(alb, &["not-an-ip"], &trusted), alb);
         assert_eq!(client_address(alb, &["192.0.2.7, not-an-ip"], &trusted), alb);
+    }
+
+    #[test]
+    fn writers_match_like_iam_arn_like_one_component_at_a_time() {
+        let writers = vec![
+            "arn:aws:sts::123456789012:assumed-role/pool-admin/*".to_owned(),
+            "arn:aws:iam::123456789012:user/ops-?".to_owned(),
+        ];
+        for ok in [
+            "arn:aws:sts::123456789012:assumed-role/pool-admin/alice",
+            "arn:aws:iam::123456789012:user/ops-1",
+        ] {
+            assert!(trusted_writer(&writers, ok), "{ok}");
+        }
+        for refused in [
+            "arn:aws:sts::123456789012:assumed-role/other/alice",
+            "arn:aws:sts::999999999999:assumed-role/pool-admin/alice",
+            "arn:aws:iam::123456789012:user/ops-12",
+            "N/A",
+            "",
+        ] {
+            assert!(!trusted_writer(&writers, refused), "{refused}");
+        }
+        assert!(!arn_like("arn:*", "arn:aws:iam::1:user/x"), "a * stays inside its component");
+        assert!(trusted_writer(&[], "N/A"), "no writers named: anyone, as before");
+    }
+
+    #[test]
+    fn an_untrusted_config_is_a_misconfigured_pool_naming_its_writer() {
+        let text = untrusted_config("last written by arn:aws:iam::1:user/mallory");
+        let err = PoolSettings::from_json("web", &text).unwrap_err();
+        assert_eq!(err.field, "(writer)");
+        assert!(err.problem.contains("mallory"), "{err}");
     }
 
     #[test]

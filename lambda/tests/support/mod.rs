@@ -369,8 +369,32 @@ impl Emulator {
 
     /// Writes a pool's config parameter, as an operator does with `aws ssm put-parameter`.
     pub async fn put_pool(&self, pool: &str, config: &Value) {
-        self.ssm()
+        self.put_pool_as("test", pool, config).await;
+    }
+
+    /// Maps an access key ID to the principal ARN the emulator records as the writer of
+    /// what that key writes (`LastModifiedUser`).
+    pub async fn set_principal(&self, access_key: &str, arn: &str) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/_emulator/principals", self.url))
+            .json(&serde_json::json!({ access_key: arn }))
+            .send()
             .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+    }
+
+    /// `put_pool` signed with another access key.
+    pub async fn put_pool_as(&self, access_key: &str, pool: &str, config: &Value) {
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.url)
+            .region(aws_config::Region::new(self.env_value("AWS_REGION")))
+            .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+                access_key, "test", None, None, "tests",
+            ))
+            .load()
+            .await;
+        aws_sdk_ssm::Client::new(&sdk)
             .put_parameter()
             .name(format!(
                 "{}/pools/{pool}/config",
