@@ -101,7 +101,9 @@ async fn run(command: Option<Command>, config: Config) -> Result<ExitCode, Box<d
     if matches!(command, None | Some(Command::Serve { .. })) {
         // Before anything is vended: a code must never go under a key that may not hold it.
         match vending::app::check_code_key(&config, &sdk).await {
-            Ok(key) => tracing::info!(key = key.arn.as_deref().unwrap_or(&key.key_id), key_manager = %key.key_manager, "the codes' KMS key is customer-managed and enabled"),
+            Ok(key) => {
+                tracing::info!(key = key.arn.as_deref().unwrap_or(&key.key_id), key_manager = %key.key_manager, "the codes' KMS key is customer-managed and enabled")
+            }
             Err(e @ vending::app::KeyCheckError::Refused(_)) => {
                 tracing::error!(error = %e, "configuration error");
                 eprintln!("vending: configuration error: {e}");

@@ -131,7 +131,8 @@ impl PoolSettings {
             if let Some(why) = record.get(UNTRUSTED_WRITER) {
                 return Err(problem(
                     "(writer)",
-                    why.as_str().unwrap_or("written by someone VENDING_POOL_CONFIG_WRITERS does not name"),
+                    why.as_str()
+                        .unwrap_or("written by someone VENDING_POOL_CONFIG_WRITERS does not name"),
                 ));
             }
         }
@@ -469,7 +470,10 @@ mod tests {
         ] {
             assert!(!trusted_writer(&writers, refused), "{refused}");
         }
-        assert!(!arn_like("arn:*", "arn:aws:iam::1:user/x"), "a * stays inside its component");
+        assert!(
+            !arn_like("arn:*", "arn:aws:iam::1:user/x"),
+            "a * stays inside its component"
+        );
         assert!(trusted_writer(&[], "N/A"), "no writers named: anyone, as before");
     }
 

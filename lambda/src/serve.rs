@@ -92,8 +92,14 @@ fn watch(progress: Progress, now: Instant, limits: &ServeLimits) -> Watch {
         return Watch::Until(now + limits.header_timeout.min(limits.idle_timeout));
     }
     let (deadline, reason) = match progress.head_since {
-        Some(since) => (since + limits.header_timeout, "the request head took longer than VENDING_HEADER_TIMEOUT"),
-        None => (progress.idle_since + limits.idle_timeout, "idle longer than VENDING_IDLE_TIMEOUT"),
+        Some(since) => (
+            since + limits.header_timeout,
+            "the request head took longer than VENDING_HEADER_TIMEOUT",
+        ),
+        None => (
+            progress.idle_since + limits.idle_timeout,
+            "idle longer than VENDING_IDLE_TIMEOUT",
+        ),
     };
     if now >= deadline {
         Watch::Close(reason)

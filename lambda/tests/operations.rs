@@ -125,9 +125,16 @@ async fn status_matches_the_emulator_after_a_storm_over_two_pools() {
         .sum();
     assert_eq!(lost, 1);
     assert_eq!(status["account"]["warning"], total * 10 >= 9 * 40);
-    assert_eq!(status["default_pool"], "none", "web and db have configs, default has none");
+    assert_eq!(
+        status["default_pool"], "none",
+        "web and db have configs, default has none"
+    );
     assert!(
-        !status["pools"].as_array().unwrap().iter().any(|p| p["pool"] == "default"),
+        !status["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["pool"] == "default"),
         "{status}"
     );
 

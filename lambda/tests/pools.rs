@@ -168,7 +168,10 @@ async fn once_a_pool_has_a_config_the_default_without_one_answers_404_and_everyo
         .await;
     let server = emulator.serve(&[NO_STANDBY, ("VENDING_READY_POOLS", "true")]);
     let log = server.log_text();
-    assert!(log.contains("there is NO default pool"), "the start-up log says it: {log}");
+    assert!(
+        log.contains("there is NO default pool"),
+        "the start-up log says it: {log}"
+    );
 
     // From outside every pool's allowed_cidrs, the open default was the way in.
     for path in ["/activation", "/", "/activation?pool=default"] {
@@ -421,7 +424,11 @@ async fn vending_pools_shows_each_pools_settings_and_fails_on_an_invalid_one() {
     let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let pools = listing["pools"].as_array().unwrap();
     let names: Vec<&str> = pools.iter().map(|p| p["pool"].as_str().unwrap()).collect();
-    assert_eq!(names, vec!["linux-prod"], "no implicit default once a pool has a config");
+    assert_eq!(
+        names,
+        vec!["linux-prod"],
+        "no implicit default once a pool has a config"
+    );
     assert_eq!(pools[0]["settings"]["tags"]["env"], "prod");
     assert_eq!(pools[0]["settings"]["registration_limit"], 100);
 

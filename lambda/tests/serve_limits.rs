@@ -125,7 +125,11 @@ async fn connections_beyond_the_cap_wait_while_the_admitted_ones_keep_answering(
     assert!(waiting.is_err(), "a third connection was served past a cap of 2");
 
     let admitted = tokio::time::timeout(Duration::from_secs(2), health_on(&mut first)).await;
-    assert_eq!(admitted.ok().flatten(), Some(200), "an admitted connection stopped answering");
+    assert_eq!(
+        admitted.ok().flatten(),
+        Some(200),
+        "an admitted connection stopped answering"
+    );
 
     drop(second);
     let served = tokio::time::timeout(Duration::from_secs(5), read_health(&mut third)).await;

@@ -20,7 +20,12 @@ const WRITERS: (&str, &str) = (
 fn vending(emulator: &Emulator, args: &[&str], overrides: &[(&str, &str)]) -> std::process::Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_vending"));
     command.args(args).env_clear().env("RUST_LOG", "info");
-    for (k, v) in emulator.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(overrides.iter().copied()) {
+    for (k, v) in emulator
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain(overrides.iter().copied())
+    {
         command.env(k, v);
     }
     command.output().unwrap()
@@ -32,11 +37,19 @@ async fn a_pool_config_written_by_anyone_but_the_named_writers_is_misconfigured(
     let role = emulator.env_value("VENDING_INSTANCE_ROLE");
     emulator.set_principal(ADMIN_KEY, ADMIN).await;
     emulator
-        .put_pool_as(ADMIN_KEY, "site-a", &json!({"iam_role": role, "allowed_cidrs": ["127.0.0.0/8"]}))
+        .put_pool_as(
+            ADMIN_KEY,
+            "site-a",
+            &json!({"iam_role": role, "allowed_cidrs": ["127.0.0.0/8"]}),
+        )
         .await;
     // Anyone else with ssm:PutParameter on the path (here the key "test").
     emulator.put_pool("forged", &json!({"iam_role": role})).await;
-    let server = emulator.serve(&[WRITERS, ("VENDING_POOL_REFRESH", "1s"), ("VENDING_LOW_WATER_PERCENT", "0")]);
+    let server = emulator.serve(&[
+        WRITERS,
+        ("VENDING_POOL_REFRESH", "1s"),
+        ("VENDING_LOW_WATER_PERCENT", "0"),
+    ]);
 
     assert_eq!(server.get("/activation?pool=site-a").await.status, 200);
     let forged = server.get("/activation?pool=forged").await;
@@ -75,7 +88,12 @@ async fn a_pool_config_written_by_anyone_but_the_named_writers_is_misconfigured(
     let out = vending(&emulator, &["pools", "--json"], &[WRITERS]);
     assert_eq!(out.status.code(), Some(1));
     let listing: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let forged = listing["pools"].as_array().unwrap().iter().find(|p| p["pool"] == "forged").unwrap();
+    let forged = listing["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pool"] == "forged")
+        .unwrap();
     assert_eq!(forged["valid"], false);
     assert!(forged["problem"].as_str().unwrap().starts_with("(writer)"), "{forged}");
 }
@@ -94,7 +112,15 @@ async fn without_named_writers_anyone_s_config_is_used_and_no_writer_is_read() {
 async fn an_aws_managed_or_disabled_key_stops_the_start_naming_vending_kms_key_id() {
     let emulator = Emulator::start();
     let kms = aws_sdk_kms::Client::new(&emulator.sdk_config().await);
-    let disabled = kms.create_key().send().await.unwrap().key_metadata().unwrap().key_id().to_owned();
+    let disabled = kms
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata()
+        .unwrap()
+        .key_id()
+        .to_owned();
     kms.disable_key().key_id(&disabled).send().await.unwrap();
     for (key, says) in [("alias/aws/ssm", "AWS-managed"), (disabled.as_str(), "not enabled")] {
         let out = vending(
@@ -104,7 +130,10 @@ async fn an_aws_managed_or_disabled_key_stops_the_start_naming_vending_kms_key_i
         );
         assert_eq!(out.status.code(), Some(2), "{key}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("VENDING_KMS_KEY_ID") && stderr.contains(says), "{key}: {stderr}");
+        assert!(
+            stderr.contains("VENDING_KMS_KEY_ID") && stderr.contains(says),
+            "{key}: {stderr}"
+        );
     }
 }
 
