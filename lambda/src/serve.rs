@@ -39,6 +39,11 @@ use tower::ServiceExt;
 
 use crate::config::Config;
 
+/// The most a connection buffers of a request head (hyper's default is about 400
+/// KB): a vend's head is well under 1 KB, and a larger one is answered 431. It bounds
+/// what slow heads can hold: 1024 connections at most 64 MiB.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// The connection limits of `vending serve`.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeLimits {
@@ -286,6 +291,8 @@ async fn serve_connection(
     };
     let mut connection = pin!(hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_buf_size(MAX_HEAD_BYTES)
         .serve_connection(io, service));
     let mut check_at = Instant::now();
     let mut told_to_close = *closing.borrow();

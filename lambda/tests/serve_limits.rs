@@ -165,3 +165,21 @@ async fn sigterm_with_a_slow_client_exits_within_the_shutdown_grace() {
     assert!(log.contains("stopped vending"), "the clean stop ran: {log}");
     drop(slow);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_head_over_64_kib_is_refused_so_slow_heads_hold_little_memory() {
+    let emulator = Emulator::start();
+    let server = emulator.serve(&[]);
+    let mut stream = TcpStream::connect(server.address()).await.unwrap();
+    let filler = "a".repeat(100 * 1024);
+    let head = format!("GET /health HTTP/1.1\r\nHost: vending\r\nX-Filler: {filler}\r\n\r\n");
+    // The server may close before it has read everything: a write error is an answer too.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 431"),
+        "a 100 KiB head was answered: {text:.80}"
+    );
+}
