@@ -17,7 +17,7 @@ const WRITERS: (&str, &str) = (
     "arn:aws:sts::123456789012:assumed-role/pool-admin/*",
 );
 
-fn vending(emulator: &Emulator, args: &[&str], overrides: &[(&str, &str)]) -> std::process::Output {
+fn vending_command(emulator: &Emulator, args: &[&str], overrides: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_vending"));
     command.args(args).env_clear().env("RUST_LOG", "info");
     for (k, v) in emulator
@@ -28,7 +28,11 @@ fn vending(emulator: &Emulator, args: &[&str], overrides: &[(&str, &str)]) -> st
     {
         command.env(k, v);
     }
-    command.output().unwrap()
+    command
+}
+
+fn vending(emulator: &Emulator, args: &[&str], overrides: &[(&str, &str)]) -> std::process::Output {
+    vending_command(emulator, args, overrides).output().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -123,11 +127,15 @@ async fn an_aws_managed_or_disabled_key_stops_the_start_naming_vending_kms_key_i
         .to_owned();
     kms.disable_key().key_id(&disabled).send().await.unwrap();
     for (key, says) in [("alias/aws/ssm", "AWS-managed"), (disabled.as_str(), "not enabled")] {
-        let out = vending(
-            &emulator,
-            &["serve", "--listen", "127.0.0.1:0"],
-            &[("VENDING_KMS_KEY_ID", key)],
-        );
+        let out = exits_within(
+            vending_command(
+                &emulator,
+                &["serve", "--listen", "127.0.0.1:0"],
+                &[("VENDING_KMS_KEY_ID", key)],
+            ),
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|| panic!("`vending serve` with {key} started serving"));
         assert_eq!(out.status.code(), Some(2), "{key}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -151,4 +159,24 @@ async fn status_shows_the_key_and_fails_on_an_aws_managed_one() {
     assert_eq!(out.status.code(), Some(1));
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("kms key") && table.contains("REFUSED"), "{table}");
+}
+
+/// The process's output once it exits, or `None` (and it is killed) if it still runs
+/// after `within`.
+fn exits_within(mut command: Command, within: Duration) -> Option<std::process::Output> {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while started.elapsed() < within {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
