@@ -10,6 +10,7 @@ use aws_smithy_http_client::tls;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 
 use crate::aws::activations::ActivationService;
+use crate::aws::keys::{CodeKey, KeyFacts};
 use crate::aws::nodes::ManagedNodes;
 use crate::aws::parameters::{CodeVault, PoolConfigSource};
 use crate::aws::pool_store::PoolStore;
@@ -54,7 +55,7 @@ pub fn build_state(config: Config, sdk: &SdkConfig) -> AppState {
     let vendor = Vendor::new(
         PoolStore::new(dynamodb, config.table.clone()),
         CodeVault::new(ssm.clone(), config.parameter_prefix.clone(), config.kms_key_id.clone()),
-        PoolConfigSource::new(ssm.clone(), config.parameter_prefix.clone()),
+        pool_config_source(ssm.clone(), &config),
         ActivationService::new(ssm, config.table.clone()),
         config,
     );
@@ -69,14 +70,19 @@ pub fn build_sweeper(config: &Config, sdk: &SdkConfig) -> Sweeper {
         PoolStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table.clone()),
         ActivationService::new(ssm.clone(), config.table.clone()),
         ManagedNodes::new(ssm.clone(), config.table.clone()),
-        PoolConfigSource::new(ssm, config.parameter_prefix.clone()),
+        pool_config_source(ssm, config),
         config,
     )
 }
 
 /// Reads pool configs from Parameter Store (for `vending pools`).
 pub fn pool_configs(config: &Config, sdk: &SdkConfig) -> PoolConfigSource {
-    PoolConfigSource::new(aws_sdk_ssm::Client::new(sdk), config.parameter_prefix.clone())
+    pool_config_source(aws_sdk_ssm::Client::new(sdk), config)
+}
+
+/// The pool configs, trusting only `VENDING_POOL_CONFIG_WRITERS`' writes.
+fn pool_config_source(ssm: aws_sdk_ssm::Client, config: &Config) -> PoolConfigSource {
+    PoolConfigSource::new(ssm, config.parameter_prefix.clone()).trusting(config.pool_config_writers.clone())
 }
 
 /// Reads what `vending status` shows, with the caller's credentials.
@@ -86,6 +92,34 @@ pub fn build_status_reader(config: &Config, sdk: &SdkConfig) -> crate::status::S
         store: PoolStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table.clone()),
         activations: ActivationService::new(ssm.clone(), config.table.clone()),
         nodes: ManagedNodes::new(ssm.clone(), config.table.clone()),
-        pool_configs: PoolConfigSource::new(ssm, config.parameter_prefix.clone()),
+        pool_configs: pool_config_source(ssm, config),
+        key: code_key(config, sdk),
+    }
+}
+
+/// The codes' KMS key (`VENDING_KMS_KEY_ID`).
+pub fn code_key(config: &Config, sdk: &SdkConfig) -> CodeKey {
+    CodeKey::new(aws_sdk_kms::Client::new(sdk), config.kms_key_id.clone())
+}
+
+/// Why the process must not start: `VENDING_KMS_KEY_ID` names a key that may not
+/// hold the codes (a configuration error), or it could not be described.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyCheckError {
+    #[error("VENDING_KMS_KEY_ID: {0}")]
+    Refused(String),
+    #[error("could not describe VENDING_KMS_KEY_ID: {0}")]
+    Unreadable(crate::error::VendError),
+}
+
+/// Describes the codes' key and refuses one that may not hold them (`KeyFacts::refusal`).
+pub async fn check_code_key(config: &Config, sdk: &SdkConfig) -> Result<KeyFacts, KeyCheckError> {
+    let facts = code_key(config, sdk)
+        .describe()
+        .await
+        .map_err(KeyCheckError::Unreadable)?;
+    match facts.refusal() {
+        Some(problem) => Err(KeyCheckError::Refused(problem)),
+        None => Ok(facts),
     }
 }

@@ -54,6 +54,19 @@ pub struct Config {
     /// `vending serve` gives every enabled pool its activation and standby before
     /// it answers, so the first servers after a deploy wait for no rotation.
     pub ready_pools: bool,
+    /// Who may ask for the environment's implicit `default` pool (empty: anyone).
+    pub default_allowed_cidrs: Vec<ipnet::IpNet>,
+    /// Principal ARN patterns (`*`, `?`) whose pool config writes the service
+    /// trusts; empty: anyone's.
+    pub pool_config_writers: Vec<String>,
+    /// `vending serve`: how long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// `vending serve`: how long a connection may sit idle between requests.
+    pub idle_timeout: Duration,
+    /// `vending serve`: connections open at once; more wait to be accepted.
+    pub max_connections: u32,
+    /// `vending serve`: from SIGTERM to exit, the clean stop included.
+    pub shutdown_grace: Duration,
     /// Set by the entry point, not the environment.
     pub runtime: Runtime,
 }
@@ -194,20 +207,48 @@ impl Config {
                 "must be at least 1s: every read of the pools costs Parameter Store quota",
             ));
         }
-        let trusted_proxies = lookup("VENDING_TRUSTED_PROXIES")
+        let cidrs = |name: &'static str| {
+            lookup(name)
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|cidr| !cidr.is_empty())
+                .map(|cidr| {
+                    cidr.parse::<ipnet::IpNet>()
+                        .map(|net| net.trunc())
+                        .map_err(|_| problem(name, format!("`{cidr}` is not a CIDR like 10.0.0.0/24")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let trusted_proxies = cidrs("VENDING_TRUSTED_PROXIES")?;
+        let default_allowed_cidrs = cidrs("VENDING_DEFAULT_ALLOWED_CIDRS")?;
+        let pool_config_writers = lookup("VENDING_POOL_CONFIG_WRITERS")
             .unwrap_or_default()
             .split(',')
             .map(str::trim)
-            .filter(|cidr| !cidr.is_empty())
-            .map(|cidr| {
-                cidr.parse::<ipnet::IpNet>().map(|net| net.trunc()).map_err(|_| {
-                    problem(
-                        "VENDING_TRUSTED_PROXIES",
-                        format!("`{cidr}` is not a CIDR like 10.0.0.0/24"),
-                    )
-                })
+            .filter(|pattern| !pattern.is_empty())
+            .map(|pattern| {
+                if pattern.starts_with("arn:") && pattern.split(':').count() >= 6 {
+                    Ok(pattern.to_owned())
+                } else {
+                    Err(problem(
+                        "VENDING_POOL_CONFIG_WRITERS",
+                        format!("`{pattern}` is not a principal ARN pattern like arn:aws:iam::123456789012:role/pool-admin or arn:aws:sts::123456789012:assumed-role/pool-admin/*"),
+                    ))
+                }
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let at_least_a_second = |name: &'static str, default: &str| {
+            let value = duration(name, default)?;
+            if value < Duration::from_secs(1) {
+                return Err(problem(name, "must be at least 1s"));
+            }
+            Ok(value)
+        };
+        let header_timeout = at_least_a_second("VENDING_HEADER_TIMEOUT", "10s")?;
+        let idle_timeout = at_least_a_second("VENDING_IDLE_TIMEOUT", "60s")?;
+        let shutdown_grace = at_least_a_second("VENDING_SHUTDOWN_GRACE", "20s")?;
+        let max_connections = number("VENDING_MAX_CONNECTIONS", 1024, 1..=1_000_000)?;
 
         Ok(Self {
             table,
@@ -229,6 +270,12 @@ impl Config {
             node_quota,
             block_max,
             ready_pools,
+            default_allowed_cidrs,
+            pool_config_writers,
+            header_timeout,
+            idle_timeout,
+            max_connections,
+            shutdown_grace,
             runtime: Runtime::Server,
         })
     }
@@ -270,6 +317,11 @@ mod tests {
         assert_eq!(config.expiry_margin, Duration::from_secs(900));
         assert_eq!(config.deadline, Duration::from_secs(20));
         assert_eq!(config.block_max, 8);
+        assert_eq!(config.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.max_connections, 1024);
+        assert_eq!(config.shutdown_grace, Duration::from_secs(20));
+        assert!(config.default_allowed_cidrs.is_empty() && config.pool_config_writers.is_empty());
     }
 
     #[test]
@@ -306,6 +358,12 @@ mod tests {
             ("VENDING_BLOCK_MAX", "101"),
             ("VENDING_READY_POOLS", "yes"),
             ("VENDING_TRUSTED_PROXIES", "10.0.0.0/24, alb"),
+            ("VENDING_DEFAULT_ALLOWED_CIDRS", "10.0.0.0/33"),
+            ("VENDING_POOL_CONFIG_WRITERS", "pool-admin"),
+            ("VENDING_HEADER_TIMEOUT", "0s"),
+            ("VENDING_IDLE_TIMEOUT", "forever"),
+            ("VENDING_SHUTDOWN_GRACE", "500ms"),
+            ("VENDING_MAX_CONNECTIONS", "0"),
             ("VENDING_INSTANCE_ROLE", "arn:aws:iam::123456789012:role/x"),
             ("VENDING_PARAMETER_PREFIX", "no-leading-slash"),
             ("VENDING_PARAMETER_PREFIX", "/trailing/"),

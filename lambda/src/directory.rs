@@ -13,6 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 use crate::aws::parameters::PoolConfigSource;
 use crate::aws::pool_store::PoolStore;
 use crate::config::Config;
@@ -39,14 +41,43 @@ pub struct Pool {
 }
 
 /// One read of every pool's config, parsed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Snapshot {
     pub read_at: EpochSecs,
     pools: HashMap<String, Result<Pool, ConfigProblem>>,
+    default_pool: DefaultPool,
+}
+
+/// Where the `default` pool (what a request without `pool=` asks for) comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultPool {
+    /// No pool has a config: `default` is the environment's settings.
+    Environment,
+    /// `default` has a config of its own.
+    Config,
+    /// Other pools have configs and `default` has none: it does not exist.
+    None,
+}
+
+impl DefaultPool {
+    /// The sentence the start-up log, `vending pools` and `vending status` print.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Self::Environment => {
+                "the default pool comes from the environment (VENDING_INSTANCE_ROLE, VENDING_DEFAULT_ALLOWED_CIDRS, ...): no pool has a config"
+            }
+            Self::Config => "the default pool comes from its own config parameter",
+            Self::None => {
+                "there is NO default pool: other pools have configs and `default` has none, so a request without pool= answers 404 PoolNotFound"
+            }
+        }
+    }
 }
 
 impl Snapshot {
-    /// Parses `configs` (pool name → JSON); `default` falls back to `environment`.
+    /// Parses `configs` (pool name → JSON). `default` is the `environment` only
+    /// while no pool has a config (`DefaultPool`).
     pub fn parse(configs: &BTreeMap<String, String>, read_at: EpochSecs, environment: &PoolSettings) -> Self {
         let mut pools: HashMap<String, Result<Pool, ConfigProblem>> = configs
             .iter()
@@ -56,10 +87,32 @@ impl Snapshot {
                 (name.clone(), pool)
             })
             .collect();
-        pools
-            .entry(DEFAULT_POOL.to_owned())
-            .or_insert_with(|| Ok(Pool::new(DEFAULT_POOL, environment.clone(), read_at)));
-        Self { read_at, pools }
+        if pools.is_empty() {
+            pools.insert(
+                DEFAULT_POOL.to_owned(),
+                Ok(Pool::new(DEFAULT_POOL, environment.clone(), read_at)),
+            );
+            return Self {
+                read_at,
+                pools,
+                default_pool: DefaultPool::Environment,
+            };
+        }
+        let default_pool = if pools.contains_key(DEFAULT_POOL) {
+            DefaultPool::Config
+        } else {
+            DefaultPool::None
+        };
+        Self {
+            read_at,
+            pools,
+            default_pool,
+        }
+    }
+
+    /// Where `default` comes from in this read.
+    pub fn default_pool(&self) -> DefaultPool {
+        self.default_pool
     }
 
     /// The pool a request may vend from, or why not.
@@ -154,6 +207,10 @@ impl PoolDirectory {
         }
         match self.refresh(now, current.snapshot.as_deref()).await {
             Ok(Some(snapshot)) => {
+                let before = current.snapshot.as_ref().map(|s| s.default_pool());
+                if before != Some(snapshot.default_pool()) {
+                    log_default_pool(snapshot.default_pool());
+                }
                 let snapshot = Arc::new(snapshot);
                 *current = Current {
                     snapshot: Some(snapshot.clone()),
@@ -215,6 +272,14 @@ impl PoolDirectory {
     }
 }
 
+/// Said with a process's first read of the pools, and again whenever it changes.
+fn log_default_pool(default_pool: DefaultPool) {
+    match default_pool {
+        DefaultPool::None => tracing::warn!(default_pool = ?default_pool, "{}", default_pool.explain()),
+        _ => tracing::info!(default_pool = ?default_pool, "{}", default_pool.explain()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,8 +312,23 @@ mod tests {
     fn the_default_pool_comes_from_the_environment_until_it_has_a_config() {
         let without = snapshot(&[]);
         assert_eq!(without.lookup("default").unwrap().settings.iam_role, "env-role");
+        assert_eq!(without.default_pool(), DefaultPool::Environment);
         let with = snapshot(&[("default", r#"{"iam_role": "from-parameter"}"#)]);
         assert_eq!(with.lookup("default").unwrap().settings.iam_role, "from-parameter");
+        assert_eq!(with.default_pool(), DefaultPool::Config);
+    }
+
+    #[test]
+    fn once_any_pool_has_a_config_default_exists_only_with_its_own() {
+        let restricted = snapshot(&[("site-a", r#"{"iam_role": "r", "allowed_cidrs": ["10.20.0.0/16"]}"#)]);
+        assert!(matches!(restricted.lookup("default"), Err(VendError::PoolNotFound(_))));
+        assert_eq!(restricted.default_pool(), DefaultPool::None);
+        assert_eq!(restricted.all().len(), 1, "only site-a is listed");
+        let broken = snapshot(&[("site-a", "not json")]);
+        assert!(
+            matches!(broken.lookup("default"), Err(VendError::PoolNotFound(_))),
+            "a misconfigured pool is still a pool config"
+        );
     }
 
     #[test]

@@ -173,7 +173,7 @@ pub fn parse_vend_request(query: Option<&str>, headers: &HeaderMap) -> Result<Ve
 /// The caller's address as the pool's `allowed_cidrs` sees it: API Gateway's
 /// `sourceIp` under Lambda, the right-most `X-Forwarded-For` entry behind an ALB
 /// that invokes Lambda, and under `vending serve` the peer, or behind a trusted
-/// proxy (`VENDING_TRUSTED_PROXIES`) the right-most untrusted forwarded hop.
+/// proxy (`VENDING_TRUSTED_PROXIES`) the one hop that proxy appended (the last entry).
 pub fn source_address(extensions: &Extensions, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
     let forwarded: Vec<&str> = headers
         .get_all("x-forwarded-for")

@@ -13,6 +13,8 @@
 //!   `{"sweep": true}` to the sweep.
 //! - `app.rs`: the SDK configuration and AWS clients, built once for the router, the
 //!   sweeper, `vending status` and `vending pools`.
+//! - `serve.rs`: `vending serve`'s connections: the cap, the header and idle timeouts,
+//!   the drain bounded by `VENDING_SHUTDOWN_GRACE`.
 //! - `http.rs`: the one axum router, strict request parsing (`pool`, `instance`,
 //!   `machine` and their headers), the caller's source address, the `vended` log line.
 //!
@@ -68,6 +70,8 @@
 //!   configs.
 //! - `aws/activations.rs`: `ActivationService`, SSM activations: create, describe,
 //!   delete.
+//! - `aws/keys.rs`: `CodeKey`, KMS: the codes' key described at start, and
+//!   `KeyFacts::refusal` (an AWS-managed or disabled key stops the service).
 //! - `aws/nodes.rs`: `ManagedNodes`, SSM managed nodes: list by pool tag or account,
 //!   deregister.
 //!
@@ -101,6 +105,7 @@ pub mod pools;
 pub mod pools_report;
 pub mod rotation;
 pub mod secret;
+pub mod serve;
 pub mod stale;
 pub mod standby;
 pub mod status;

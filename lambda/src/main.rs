@@ -98,6 +98,20 @@ fn main() -> ExitCode {
 
 async fn run(command: Option<Command>, config: Config) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
     let sdk = load_sdk_config(&config).await;
+    if matches!(command, None | Some(Command::Serve { .. })) {
+        // Before anything is vended: a code must never go under a key that may not hold it.
+        match vending::app::check_code_key(&config, &sdk).await {
+            Ok(key) => {
+                tracing::info!(key = key.arn.as_deref().unwrap_or(&key.key_id), key_manager = %key.key_manager, "the codes' KMS key is customer-managed and enabled")
+            }
+            Err(e @ vending::app::KeyCheckError::Refused(_)) => {
+                tracing::error!(error = %e, "configuration error");
+                eprintln!("vending: configuration error: {e}");
+                return Ok(ExitCode::from(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     match command {
         None => {
             let sweeper = build_sweeper(&config, &sdk);
@@ -149,15 +163,29 @@ async fn run(command: Option<Command>, config: Config) -> Result<ExitCode, Box<d
             if ready_pools {
                 vendor.ready_pools().await;
             }
+            let limits = vending::serve::ServeLimits::from_config(vendor.config());
             let listener = tokio::net::TcpListener::bind(listen).await?;
-            tracing::info!(listen = %listener.local_addr()?, "serving");
-            axum::serve(
-                listener,
-                router(state).into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
-            vendor.stop().await;
+            tracing::info!(
+                listen = %listener.local_addr()?,
+                max_connections = limits.max_connections,
+                header_timeout_ms = limits.header_timeout.as_millis() as u64,
+                idle_timeout_ms = limits.idle_timeout.as_millis() as u64,
+                shutdown_grace_ms = limits.shutdown_grace.as_millis() as u64,
+                "serving"
+            );
+            let signalled = std::sync::Arc::new(std::sync::OnceLock::new());
+            let on_signal = {
+                let signalled = signalled.clone();
+                async move {
+                    shutdown_signal().await;
+                    let _ = signalled.set(tokio::time::Instant::now());
+                    tracing::info!("stopping: no new connections; the open ones are asked to finish");
+                }
+            };
+            vending::serve::serve(listener, router(state), limits, on_signal).await?;
+            // The clean stop gets what the connections left of the grace.
+            let since_signal = signalled.get().map_or(std::time::Duration::ZERO, |at| at.elapsed());
+            vendor.stop(limits.shutdown_grace.saturating_sub(since_signal)).await;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -28,6 +28,7 @@ pub enum Metric {
     SweepFailures,
     StaleNodesDeregistered,
     ManagedNodes,
+    PoolConfigUntrusted,
 }
 
 impl Metric {
@@ -44,6 +45,7 @@ impl Metric {
             Self::SweepFailures => "SweepFailures",
             Self::StaleNodesDeregistered => "StaleNodesDeregistered",
             Self::ManagedNodes => "ManagedNodes",
+            Self::PoolConfigUntrusted => "PoolConfigUntrusted",
         }
     }
 }

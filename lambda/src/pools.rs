@@ -119,7 +119,7 @@ impl PoolSettings {
             tags: BTreeMap::new(),
             default_instance_name: default_instance_name(crate::pool::DEFAULT_POOL),
             description: None,
-            allowed_cidrs: Vec::new(),
+            allowed_cidrs: config.default_allowed_cidrs.clone(),
             enabled: true,
             replace_stale_nodes_after: None,
         }
@@ -127,6 +127,15 @@ impl PoolSettings {
 
     /// Parses and validates a pool's config parameter.
     pub fn from_json(pool: &str, text: &str) -> Result<Self, ConfigProblem> {
+        if let Ok(serde_json::Value::Object(record)) = serde_json::from_str(text) {
+            if let Some(why) = record.get(UNTRUSTED_WRITER) {
+                return Err(problem(
+                    "(writer)",
+                    why.as_str()
+                        .unwrap_or("written by someone VENDING_POOL_CONFIG_WRITERS does not name"),
+                ));
+            }
+        }
         let raw: PoolConfig = serde_json::from_str(text).map_err(|e| {
             let message = e.to_string();
             // serde names the offending field in its message ("unknown field `x`").
@@ -265,28 +274,54 @@ impl PoolSettings {
     }
 }
 
-/// The caller's address behind proxies: the peer, or, when the peer is a trusted
-/// proxy, the right-most `X-Forwarded-For` entry that is not one (as an ALB appends
-/// the address it saw last).
+/// The key of the record `PoolConfigSource` shares in place of a config whose last
+/// writer `VENDING_POOL_CONFIG_WRITERS` does not name (`untrusted_config`).
+const UNTRUSTED_WRITER: &str = "(untrusted writer)";
+
+/// What stands in for an untrusted config's text in every copy of the configs, the
+/// shared one included: any process that parses it finds the pool misconfigured.
+pub fn untrusted_config(why: &str) -> String {
+    serde_json::json!({ UNTRUSTED_WRITER: why }).to_string()
+}
+
+/// Whether `arn` matches `pattern` as IAM's `ArnLike` does: component by component
+/// (the six `:`-separated parts), `*` any run of characters and `?` one, within a part.
+pub fn arn_like(pattern: &str, arn: &str) -> bool {
+    let pattern: Vec<&str> = pattern.splitn(6, ':').collect();
+    let arn: Vec<&str> = arn.splitn(6, ':').collect();
+    pattern.len() == 6 && arn.len() == 6 && pattern.iter().zip(&arn).all(|(p, a)| glob(p.as_bytes(), a.as_bytes()))
+}
+
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match (pattern.first(), text.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => glob(&pattern[1..], text) || (!text.is_empty() && glob(pattern, &text[1..])),
+        (Some(b'?'), Some(_)) => glob(&pattern[1..], &text[1..]),
+        (Some(p), Some(t)) if p == t => glob(&pattern[1..], &text[1..]),
+        _ => false,
+    }
+}
+
+/// Whether a config last written by `writer` may be used: anyone's when no writers
+/// are named (`VENDING_POOL_CONFIG_WRITERS` empty).
+pub fn trusted_writer(writers: &[String], writer: &str) -> bool {
+    writers.is_empty() || writers.iter().any(|pattern| arn_like(pattern, writer))
+}
+
+/// The caller's address behind a proxy: the peer, or, when the peer is a trusted
+/// proxy, the one hop that proxy appended to `X-Forwarded-For` (an ALB appends the
+/// address it saw as the last entry). Nothing further left is looked at: every
+/// earlier entry is whatever the caller chose to send. The peer when the last entry
+/// is missing or not an address.
 pub fn client_address(peer: IpAddr, forwarded_for: &[&str], trusted: &[IpNet]) -> IpAddr {
-    let trusted_hop = |ip: &IpAddr| trusted.iter().any(|net| net.contains(&ip.to_canonical()));
-    if !trusted_hop(&peer) {
+    if !trusted.iter().any(|net| net.contains(&peer.to_canonical())) {
         return peer;
     }
-    let hops = forwarded_for
-        .iter()
-        .flat_map(|header| header.split(','))
-        .map(str::trim)
-        .collect::<Vec<_>>();
-    for hop in hops.iter().rev() {
-        match hop.parse::<IpAddr>() {
-            Ok(ip) if trusted_hop(&ip) => continue,
-            Ok(ip) => return ip,
-            // Garbage in the chain: stop trusting it here.
-            Err(_) => return peer,
-        }
-    }
-    peer
+    forwarded_for
+        .last()
+        .and_then(|header| header.rsplit(',').next())
+        .and_then(|hop| hop.trim().parse::<IpAddr>().ok())
+        .unwrap_or(peer)
 }
 
 #[cfg(test)]
@@ -393,15 +428,15 @@ mod tests {
     }
 
     #[test]
-    fn the_client_behind_a_trusted_proxy_is_the_right_most_untrusted_hop() {
+    fn the_client_behind_a_trusted_proxy_is_the_hop_that_proxy_appended() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/24".parse().unwrap()];
         let alb: IpAddr = "10.0.0.5".parse().unwrap();
         let client: IpAddr = "192.0.2.7".parse().unwrap();
         assert_eq!(client_address(alb, &["198.51.100.1, 192.0.2.7"], &trusted), client);
         assert_eq!(
-            client_address(alb, &["192.0.2.7, 10.0.0.9"], &trusted),
+            client_address(alb, &["198.51.100.1", "192.0.2.7"], &trusted),
             client,
-            "skips trusted hops"
+            "the last of several headers"
         );
         let stranger: IpAddr = "203.0.113.9".parse().unwrap();
         assert_eq!(
@@ -411,5 +446,55 @@ mod tests {
         );
         assert_eq!(client_address(alb, &[], &trusted), alb);
         assert_eq!(client_address(alb, &["not-an-ip"], &trusted), alb);
+        assert_eq!(client_address(alb, &["192.0.2.7, not-an-ip"], &trusted), alb);
+    }
+
+    #[test]
+    fn writers_match_like_iam_arn_like_one_component_at_a_time() {
+        let writers = vec![
+            "arn:aws:sts::123456789012:assumed-role/pool-admin/*".to_owned(),
+            "arn:aws:iam::123456789012:user/ops-?".to_owned(),
+        ];
+        for ok in [
+            "arn:aws:sts::123456789012:assumed-role/pool-admin/alice",
+            "arn:aws:iam::123456789012:user/ops-1",
+        ] {
+            assert!(trusted_writer(&writers, ok), "{ok}");
+        }
+        for refused in [
+            "arn:aws:sts::123456789012:assumed-role/other/alice",
+            "arn:aws:sts::999999999999:assumed-role/pool-admin/alice",
+            "arn:aws:iam::123456789012:user/ops-12",
+            "N/A",
+            "",
+        ] {
+            assert!(!trusted_writer(&writers, refused), "{refused}");
+        }
+        assert!(
+            !arn_like("arn:*", "arn:aws:iam::1:user/x"),
+            "a * stays inside its component"
+        );
+        assert!(trusted_writer(&[], "N/A"), "no writers named: anyone, as before");
+    }
+
+    #[test]
+    fn an_untrusted_config_is_a_misconfigured_pool_naming_its_writer() {
+        let text = untrusted_config("last written by arn:aws:iam::1:user/mallory");
+        let err = PoolSettings::from_json("web", &text).unwrap_err();
+        assert_eq!(err.field, "(writer)");
+        assert!(err.problem.contains("mallory"), "{err}");
+    }
+
+    #[test]
+    fn a_trusted_hop_never_vouches_for_the_entries_left_of_it() {
+        // Something inside the trusted range (a NAT, a task in a shared subnet) that
+        // sends its own X-Forwarded-For through the proxy claims nothing.
+        let trusted: Vec<IpNet> = vec!["127.0.0.1/32".parse().unwrap()];
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(client_address(peer, &["10.20.1.1, 127.0.0.1"], &trusted), peer);
+        let alb_subnet: Vec<IpNet> = vec!["10.0.0.0/24".parse().unwrap()];
+        let alb: IpAddr = "10.0.0.5".parse().unwrap();
+        let nat: IpAddr = "10.0.0.9".parse().unwrap();
+        assert_eq!(client_address(alb, &["192.0.2.7, 10.0.0.9"], &alb_subnet), nat);
     }
 }

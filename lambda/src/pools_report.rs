@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::aws::parameters::PoolConfigSource;
 use crate::config::Config;
-use crate::directory::Snapshot;
+use crate::directory::{DefaultPool, Snapshot};
 use crate::error::VendError;
 use crate::pools::PoolSettings;
 use crate::vend::epoch_now;
@@ -13,6 +13,8 @@ use crate::vend::epoch_now;
 #[derive(Debug, Serialize)]
 pub struct PoolListing {
     pub pools: Vec<PoolEntry>,
+    /// Where the `default` pool comes from, or that there is none.
+    pub default_pool: DefaultPool,
 }
 
 #[derive(Debug, Serialize)]
@@ -61,7 +63,10 @@ pub async fn read(source: &PoolConfigSource, config: &Config) -> Result<PoolList
             }
         })
         .collect();
-    Ok(PoolListing { pools })
+    Ok(PoolListing {
+        pools,
+        default_pool: snapshot.default_pool(),
+    })
 }
 
 impl PoolListing {
@@ -108,6 +113,7 @@ impl PoolListing {
             };
             out.push_str(&line);
         }
+        out.push_str(&format!("\n{}\n", self.default_pool.explain()));
         out
     }
 }

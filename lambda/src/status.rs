@@ -9,11 +9,12 @@ use aws_smithy_types::DateTime;
 use serde::Serialize;
 
 use crate::aws::activations::ActivationService;
+use crate::aws::keys::{CodeKey, KeyFacts};
 use crate::aws::nodes::ManagedNodes;
 use crate::aws::parameters::PoolConfigSource;
 use crate::aws::pool_store::PoolStore;
 use crate::config::Config;
-use crate::directory::Snapshot;
+use crate::directory::{DefaultPool, Snapshot};
 use crate::error::VendError;
 use crate::pool::EpochSecs;
 use crate::pools::PoolSettings;
@@ -21,7 +22,11 @@ use crate::vend::epoch_now;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
+    /// The codes' KMS key and, when it may not hold them, why (`problem`).
+    pub kms_key: KeyStatus,
     pub pools: Vec<PoolStatus>,
+    /// Where the `default` pool comes from, or that there is none.
+    pub default_pool: DefaultPool,
     pub account: AccountNodes,
 }
 
@@ -51,6 +56,13 @@ pub struct PoolStatus {
 }
 
 #[derive(Debug, Serialize)]
+pub struct KeyStatus {
+    #[serde(flatten)]
+    pub facts: KeyFacts,
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
 pub struct AccountNodes {
     pub hybrid_nodes: usize,
     pub quota: u32,
@@ -68,6 +80,7 @@ pub struct StatusReader {
     pub activations: ActivationService,
     pub nodes: ManagedNodes,
     pub pool_configs: PoolConfigSource,
+    pub key: CodeKey,
 }
 
 impl StatusReader {
@@ -94,10 +107,17 @@ impl StatusReader {
                 return Err(VendError::PoolNotFound(only.to_owned()));
             }
         }
+        let facts = self.key.describe().await?;
+        let kms_key = KeyStatus {
+            problem: facts.refusal(),
+            facts,
+        };
         let hybrid_nodes = self.nodes.hybrid_count().await?;
         let percent_of_quota = 100.0 * hybrid_nodes as f64 / f64::from(config.node_quota);
         Ok(Status {
+            kms_key,
             pools,
+            default_pool: snapshot.default_pool(),
             account: AccountNodes {
                 hybrid_nodes,
                 quota: config.node_quota,
@@ -140,9 +160,10 @@ impl StatusReader {
 }
 
 impl Status {
-    /// Exit 1 when a pool is misconfigured or its rotations have been failing.
+    /// Exit 1 when the key may not hold the codes, or a pool is misconfigured or its
+    /// rotations have been failing.
     pub fn healthy(&self) -> bool {
-        self.pools.iter().all(|p| p.valid && !p.rotation_failing)
+        self.kms_key.problem.is_none() && self.pools.iter().all(|p| p.valid && !p.rotation_failing)
     }
 
     pub fn table(&self) -> String {
@@ -182,9 +203,20 @@ impl Status {
                 problem
             ));
         }
+        out.push_str(&format!("\n{}\n", self.default_pool.explain()));
+        let key = &self.kms_key;
+        out.push_str(&format!(
+            "kms key: {} ({}, {}){}\n",
+            key.facts.arn.as_deref().unwrap_or(&key.facts.key_id),
+            key.facts.key_manager,
+            key.facts.key_state,
+            key.problem
+                .as_deref()
+                .map_or_else(String::new, |p| format!(" - REFUSED: {p}"))
+        ));
         let a = &self.account;
         out.push_str(&format!(
-            "\naccount: {} hybrid nodes of a quota of {} ({}%){}\n",
+            "account: {} hybrid nodes of a quota of {} ({}%){}\n",
             a.hybrid_nodes,
             a.quota,
             a.percent_of_quota,

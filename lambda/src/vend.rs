@@ -147,8 +147,9 @@ impl Vendor {
 
     /// The process is stopping: standby preparations get a lease length to finish,
     /// and the slots it reserved and never handed out are counted as wasted.
-    pub async fn stop(&self) {
-        let abandoned = self.standby.finish(self.config.lease).await;
+    /// The clean stop, within `within` (what `VENDING_SHUTDOWN_GRACE` left).
+    pub async fn stop(&self, within: Duration) {
+        let abandoned = self.standby.finish(self.config.lease.min(within)).await;
         let wasted = self.blocks.release_all();
         tracing::info!(
             slots_wasted = wasted,

@@ -106,6 +106,8 @@ Control endpoints (not AWS calls: no latency, not counted, no faults):
       an incomplete response / I/O error (botocore ConnectionClosedError, hyper
       IncompleteMessage) and retry it as transient. ConnectionReset: the same with an RST
       (ECONNRESET).
+  GET    /_emulator/principals  access key ID -> principal ARN, recorded as each parameter
+                              write's LastModifiedUser (principals.py); POST adds, DELETE clears.
   GET    /_emulator/latency   {"ms": N, "jitter_ms": J}
   POST   /_emulator/latency   {"ms": N, "jitter_ms": J (optional, default 0)}: each AWS call
                               takes N ms (uniform in N-J..N+J, never below 0) of network
@@ -161,6 +163,9 @@ from moto.ssm.exceptions import InvalidResourceId, SSMException, ValidationExcep
 from moto.ssm.models import SimpleSystemManagerBackend, ssm_backends
 from moto.ssm.responses import SimpleSystemManagerResponse
 from werkzeug.serving import run_simple
+
+import kms_keys
+import principals
 
 MAX_ACTIVATION_LIFETIME = dt.timedelta(days=30)
 CODE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -932,6 +937,10 @@ def _transact_write_items_restoring_touched_items(self: DynamoDBBackend, transac
 
 DynamoDBBackend.transact_write_items = _transact_write_items_restoring_touched_items  # type: ignore[method-assign]
 
+# Who wrote each parameter (principals.py) and AWS-managed keys (kms_keys.py).
+principals.install()
+kms_keys.install()
+
 
 # --------------------------------------------------------------------------- WSGI wrapper
 
@@ -1226,6 +1235,7 @@ class Emulator:
             finally:
                 if hasattr(result, "close"):
                     result.close()
+            principals.record_writer(operation, environ, body, str(captured.get("status", "")).startswith("2"))
             busy = (time.perf_counter() - started) * 1000
         with self.state_lock:
             self.busy_ms[operation] += busy
@@ -1301,6 +1311,9 @@ class Emulator:
     def route(self, method: str, path: str, raw: bytes, peer: str = "") -> tuple[int, Any]:
         if path == "/_emulator/health" and method == "GET":
             return 200, "OK"
+        handled = principals.route(method, path, raw)
+        if handled is not None:
+            return handled
         if path == "/_emulator/calls":
             with self.state_lock:
                 if method == "GET":

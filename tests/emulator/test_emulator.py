@@ -1144,3 +1144,43 @@ def test_get_parameters_by_path_refuses_what_ssm_refuses(raw_ssm: Any, pools_pre
     with pytest.raises(botocore.exceptions.ClientError) as err:
         raw_ssm.get_parameters_by_path(**args)
     assert error_code(err) == code
+
+
+# --------------------------------------------------------------------------- who wrote a parameter, AWS-managed keys
+
+
+def ssm_as(url: str, access_key: str) -> Any:
+    return boto3.session.Session(
+        aws_access_key_id=access_key, aws_secret_access_key="test", region_name=REGION
+    ).client("ssm", endpoint_url=url)
+
+
+def last_writer(ssm: Any, name: str) -> str:
+    found = ssm.describe_parameters(ParameterFilters=[{"Key": "Name", "Values": [name]}])["Parameters"]
+    return str(found[0]["LastModifiedUser"])
+
+
+def test_a_parameter_s_last_modified_user_is_the_caller_s_principal(emulator: str) -> None:
+    admin = "arn:aws:iam::123456789012:role/pool-admin"
+    control(emulator, "POST", "/_emulator/principals", {"AKIAPOOLADMIN": admin})
+    assert control(emulator, "GET", "/_emulator/principals")["AKIAPOOLADMIN"] == admin
+    name = f"/who/{uuid.uuid4()}/config"
+    ssm_as(emulator, "AKIAPOOLADMIN").put_parameter(Name=name, Value="{}", Type="String")
+    reader = ssm_as(emulator, "test")
+    assert last_writer(reader, name) == admin
+    # Someone else overwrites it: the last writer is who wrote last, unmapped or not.
+    ssm_as(emulator, "AKIASOMEONEELSE").put_parameter(Name=name, Value="{}", Type="String", Overwrite=True)
+    assert last_writer(reader, name) == "arn:aws:iam::123456789012:user/AKIASOMEONEELSE"
+    control(emulator, "DELETE", "/_emulator/principals")
+    assert control(emulator, "GET", "/_emulator/principals") == {}
+
+
+def test_principals_must_be_arns(emulator: str) -> None:
+    assert control_status(emulator, "POST", "/_emulator/principals", {"AKIAX": "pool-admin"}) == 400
+
+
+def test_the_aws_managed_ssm_key_is_described_as_aws_managed(emulator: str) -> None:
+    kms = client(emulator, "kms")
+    assert kms.describe_key(KeyId="alias/aws/ssm")["KeyMetadata"]["KeyManager"] == "AWS"
+    own = kms.create_key(Description="mine")["KeyMetadata"]
+    assert own["KeyManager"] == "CUSTOMER"

@@ -44,6 +44,7 @@ WILDCARD_RESOURCE_ACTIONS = {
     "ssm:DeleteActivation",
     "ssm:AddTagsToResource",
     "ssm:DescribeInstanceInformation",
+    "ssm:DescribeParameters",
     "ecr:GetAuthorizationToken",
 }
 # Actions on "*" that must require the pool tag on the request.
@@ -65,6 +66,12 @@ LAMBDA_ONLY_ENV = {"AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH"}
 # container's logs with the execution role.
 LAMBDA_ONLY_SIDS = {"Logs"}
 CONTAINER_PORT = 8080
+# Parameter Store's encryption context on every use of the codes' key, and the one value
+# the key may be used for: the stack's code parameters.
+PARAMETER_ARN_CONTEXT = "kms:EncryptionContext:PARAMETER_ARN"
+CODE_PARAMETERS = "parameter${ParameterPrefix}/pools/*/activation"
+# The load balancer's idle timeout (the ALB default; the template does not change it).
+ALB_IDLE_TIMEOUT_SECS = 60
 # Names that must never be baked into the image.
 SECRET_NAMES = re.compile(r"(SECRET|PASSWORD|TOKEN|ACCESS_KEY|SESSION|CREDENTIAL|ACTIVATION_CODE)", re.I)
 
@@ -88,7 +95,12 @@ SCENARIOS = {
         ExistingInstanceRoleName="OnPremServers",
         ClientCidrs="172.16.8.0/22",
     ),
-    "pool-roles": dict(COMMON, PoolRoleNames="LinuxProd,WindowsProd"),
+    "pool-roles": dict(
+        COMMON,
+        PoolRoleNames="LinuxProd,WindowsProd",
+        PoolConfigWriters="arn:aws:sts::123456789012:assumed-role/pool-admin/*",
+        AlarmTopicArn="arn:aws:sns:eu-west-1:123456789012:vending-alarms",
+    ),
 }
 LIST_TYPES = ("CommaDelimitedList", "List<AWS::EC2::Subnet::Id>", "List<AWS::EC2::SecurityGroup::Id>")
 
@@ -463,6 +475,9 @@ def check_environment(cfn: dict) -> list[str]:
         elif isinstance(value, dict) and "Ref" in value and value["Ref"] in cfn["_params"]:
             if env[name] != cfn["_params"][value["Ref"]]:
                 problems.append(f"{name} is {env[name]!r}, not the {value['Ref']} parameter")
+    clients = cfn["_params"]["ClientCidrs"]
+    if env.get("VENDING_DEFAULT_ALLOWED_CIDRS") != clients:
+        problems.append(f"VENDING_DEFAULT_ALLOWED_CIDRS is {env.get('VENDING_DEFAULT_ALLOWED_CIDRS')!r}, not ClientCidrs {clients}")
     want = cfn["_params"]["LoadBalancerSubnetCidrs"]
     if env.get("VENDING_TRUSTED_PROXIES") != want:
         problems.append(f"VENDING_TRUSTED_PROXIES is {env.get('VENDING_TRUSTED_PROXIES')!r}, not the load balancer subnets {want}")
@@ -539,10 +554,13 @@ def check_least_privilege(cfn: dict) -> list[str]:
                     if not resources or not all(prefix in json.dumps(r) for r in resources):
                         problems.append(f"{sid}: {action} reaches beyond {prefix}")
                 if action.startswith("kms:"):
-                    via = st.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
-                    if not via or "ssm." not in json.dumps(via):
-                        problems.append(f"{sid}: {action} without kms:ViaService ssm")
-                    if resources == ["*"]:
+                    if action != "kms:DescribeKey":
+                        via = st.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
+                        if not via or "ssm." not in json.dumps(via):
+                            problems.append(f"{sid}: {action} without kms:ViaService ssm")
+                        if not bound_to_code_parameters(st):
+                            problems.append(f"{sid}: {action} not bound to the stack's code parameters ({PARAMETER_ARN_CONTEXT})")
+                    if resources == ["*"] or any("*" in json.dumps(r) for r in resources):
                         problems.append(f"{sid}: {action} on every key")
                 if action.startswith("dynamodb:") and resources != [{"Fn::GetAtt": ["Table", "Arn"]}]:
                     problems.append(f"{sid}: {action} on {resources}, not the table")
@@ -606,6 +624,77 @@ def check_least_privilege(cfn: dict) -> list[str]:
     return problems
 
 
+def bound_to_code_parameters(st: dict) -> bool:
+    """The statement applies only when Parameter Store encrypts or decrypts one of the
+    stack's code parameters (PREFIX/pools/*/activation)."""
+    cond = st.get("Condition", {})
+    value = {**cond.get("StringLike", {}), **cond.get("StringEquals", {})}.get(PARAMETER_ARN_CONTEXT)
+    values = as_list(value)
+    return bool(values) and all(json.dumps(v).endswith(f':{CODE_PARAMETERS}"}}') for v in values)
+
+
+def check_server_limits(cfn: dict) -> list[str]:
+    """`vending serve` exits within VENDING_SHUTDOWN_GRACE, before ECS's SIGKILL at
+    StopTimeout; it keeps idle connections longer than the load balancer does (or the
+    load balancer sends on connections the task just closed: 502s); slow heads and
+    connections are bounded."""
+    problems = []
+    c = task_container(cfn)
+    env = env_of(c)
+    try:
+        grace = duration_secs(env.get("VENDING_SHUTDOWN_GRACE", "20s"))
+        idle = duration_secs(env.get("VENDING_IDLE_TIMEOUT", "60s"))
+        header = duration_secs(env.get("VENDING_HEADER_TIMEOUT", "10s"))
+    except ValueError as err:
+        return [str(err)]
+    stop = c.get("StopTimeout")
+    if not isinstance(stop, int) or not grace < stop:
+        problems.append(f"VENDING_SHUTDOWN_GRACE {grace}s is not below StopTimeout {stop!r}: SIGKILL would cut the clean stop")
+    if not idle > ALB_IDLE_TIMEOUT_SECS:
+        problems.append(f"VENDING_IDLE_TIMEOUT {idle}s is not above the load balancer's {ALB_IDLE_TIMEOUT_SECS}s idle timeout")
+    if not header <= 30:
+        problems.append(f"VENDING_HEADER_TIMEOUT {header}s lets slow heads hold connections")
+    cap = env.get("VENDING_MAX_CONNECTIONS", "1024")
+    if not str(cap).isdigit() or not 1 <= int(cap) <= 4096:
+        problems.append(f"VENDING_MAX_CONNECTIONS {cap!r} is not a cap a 512 MiB task survives")
+    return problems
+
+
+def check_untrusted_config_alarm(cfn: dict) -> list[str]:
+    """A pool config written by someone PoolConfigWriters does not name raises an alarm.
+    The awslogs driver does not mark EMF lines, so a metric filter must count them."""
+    filters = [
+        props(f)
+        for f in of_type(cfn, "AWS::Logs::MetricFilter").values()
+        if props(f).get("LogGroupName") == {"Ref": "LogGroup"} and "PoolConfigUntrusted" in str(props(f).get("FilterPattern"))
+    ]
+    if not filters:
+        return ["no metric filter counts PoolConfigUntrusted in the service's log group"]
+    metrics = {
+        json.dumps([t.get("MetricNamespace"), t.get("MetricName")]) for f in filters for t in f.get("MetricTransformations", [])
+    }
+    for name, alarm in of_type(cfn, "AWS::CloudWatch::Alarm").items():
+        p = props(alarm)
+        if json.dumps([p.get("Namespace"), p.get("MetricName")]) in metrics:
+            fires = p.get("ComparisonOperator") == "GreaterThanThreshold" and p.get("Threshold") == 0
+            topic = cfn["_params"].get("AlarmTopicArn", "")
+            if not fires:
+                return [f"{name}: does not fire on one untrusted config"]
+            if p.get("AlarmActions", []) != ([topic] if topic else []):
+                return [f"{name}: AlarmActions {p.get('AlarmActions')} (AlarmTopicArn {topic!r})"]
+            return []
+    return ["no alarm on the PoolConfigUntrusted metric filter"]
+
+
+def duration_secs(text) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    raw = str(text).strip()
+    parts = re.findall(r"(\d+)(ms|s|m|h|d)", raw)
+    if not parts or "".join(n + u for n, u in parts) != raw:
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(int(n) * units[u] for n, u in parts)
+
+
 def check_key(cfn: dict) -> list[str]:
     problems = []
     res = cfn["Resources"]
@@ -630,6 +719,8 @@ def check_key(cfn: dict) -> list[str]:
             problems.append(f"key policy statement {st.get('Sid')} allows use outside Parameter Store")
         if set(uses) - {"kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"}:
             problems.append(f"key policy statement {st.get('Sid')} allows more than Encrypt/Decrypt/GenerateDataKey: {uses}")
+        if not bound_to_code_parameters(st):
+            problems.append(f"key policy statement {st.get('Sid')} is not bound to the stack's code parameters ({PARAMETER_ARN_CONTEXT})")
     table = props(res.get("Table", {}))
     if table.get("SSESpecification", {}).get("SSEEnabled") not in (True, "true"):
         problems.append("table has no KMS server-side encryption")
@@ -704,6 +795,8 @@ DEPLOYED_CHECKS = [
     check_environment,
     check_least_privilege,
     check_key,
+    check_server_limits,
+    check_untrusted_config_alarm,
 ]
 SOURCE_CHECKS = [check_task_role_mirrors_function, check_client_cidr_rule]
 
@@ -972,6 +1065,34 @@ def m_key_admin_can_decrypt(t):
     _p(t, "Key")["KeyPolicy"]["Statement"][0]["Action"] = "kms:*"
 
 
+def m_stop_before_the_grace(t):
+    _container(t)["StopTimeout"] = 15
+
+
+def m_idle_below_the_load_balancer(t):
+    _env(t, "VENDING_IDLE_TIMEOUT")["Value"] = "30s"
+
+
+def m_open_default_pool(t):
+    _container(t)["Environment"] = [e for e in _container(t)["Environment"] if e["Name"] != "VENDING_DEFAULT_ALLOWED_CIDRS"]
+
+
+def m_key_for_any_parameter(t):
+    del _stmt(_p(t, "Key")["KeyPolicy"]["Statement"], "TasksUseThroughParameterStoreOnly")["Condition"]["StringLike"]
+
+
+def m_role_key_for_any_parameter(t):
+    del _stmt(_p(t, "TaskKeyPolicy")["PolicyDocument"]["Statement"], "KeyThroughParameterStoreOnly")["Condition"]["StringLike"]
+
+
+def m_no_untrusted_metric(t):
+    del t["Resources"]["PoolConfigUntrustedMetric"]
+
+
+def m_untrusted_alarm_silent(t):
+    _p(t, "PoolConfigUntrustedAlarm")["AlarmActions"] = []
+
+
 MUTATIONS = [
     ("internet-facing load balancer", m_internet_facing, check_internal_load_balancer, "creates-key-and-role"),
     ("plain HTTP listener", m_http_listener, check_https_listener, "creates-key-and-role"),
@@ -1013,6 +1134,14 @@ MUTATIONS = [
     ("sweep rule runs any task", m_sweep_any_task, check_least_privilege, "creates-key-and-role"),
     ("key open to everyone", m_key_open_to_all, check_key, "creates-key-and-role"),
     ("key admin may decrypt", m_key_admin_can_decrypt, check_key, "creates-key-and-role"),
+    ("SIGKILL before the grace ends", m_stop_before_the_grace, check_server_limits, "creates-key-and-role"),
+    ("idle connections closed before the load balancer's", m_idle_below_the_load_balancer, check_server_limits, "creates-key-and-role"),
+    ("implicit default pool open to all", m_open_default_pool, check_environment, "creates-key-and-role"),
+    ("key usable for any parameter", m_key_for_any_parameter, check_key, "creates-key-and-role"),
+    ("role may use the key for any parameter", m_role_key_for_any_parameter, check_least_privilege, "brings-key-and-role"),
+    ("role may use the key for any parameter (mirror)", m_role_key_for_any_parameter, check_task_role_mirrors_function, "source"),
+    ("no PoolConfigUntrusted metric filter", m_no_untrusted_metric, check_untrusted_config_alarm, "creates-key-and-role"),
+    ("untrusted-config alarm silent with a topic", m_untrusted_alarm_silent, check_untrusted_config_alarm, "pool-roles"),
 ]
 
 

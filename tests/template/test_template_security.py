@@ -47,6 +47,7 @@ WILDCARD_RESOURCE_ACTIONS = {
     "ssm:DeleteActivation",
     "ssm:AddTagsToResource",
     "ssm:DescribeInstanceInformation",
+    "ssm:DescribeParameters",
 }
 # The tag key every activation the service makes carries (POOL_TAG in lambda/src/pools.rs);
 # SSM copies it onto every node registered with it.
@@ -63,6 +64,8 @@ REQUIRED_ACTIONS = {
     "ssm:GetParametersByPath",
     "ssm:GetParameter",
     "ssm:PutParameter",
+    "ssm:DescribeParameters",
+    "kms:DescribeKey",
     "dynamodb:GetItem",
     "dynamodb:UpdateItem",
     "dynamodb:PutItem",
@@ -97,8 +100,14 @@ REQUIRED_ENV = {
     "VENDING_LEASE",
     "VENDING_DEADLINE",
     "VENDING_NODE_QUOTA",
+    "VENDING_DEFAULT_ALLOWED_CIDRS",
+    "VENDING_POOL_CONFIG_WRITERS",
     "AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH",
 }
+# Parameter Store's encryption context on every use of the codes' key, and the one value
+# the key may be used for: the stack's code parameters.
+PARAMETER_ARN_CONTEXT = "kms:EncryptionContext:PARAMETER_ARN"
+CODE_PARAMETERS = "parameter${ParameterPrefix}/pools/*/activation"
 # API Gateway gives up on an integration after 29 s and answers 504 (not JSON).
 API_GATEWAY_INTEGRATION_TIMEOUT_SECS = 29
 # Condition keys API Gateway is not documented to send when it assumes the account's
@@ -121,7 +130,7 @@ POOL_METRICS = (
     "ManagedNodes",
 )
 # Alarms that must fire on a single failure in any pool, present or future.
-FAILURE_ALARM_METRICS = ("RotationFailures", "SweepFailures")
+FAILURE_ALARM_METRICS = ("RotationFailures", "SweepFailures", "PoolConfigUntrusted")
 # Standard-tier hybrid nodes per account and Region; past it, the paid advanced tier.
 STANDARD_TIER_NODES = 1000
 ALARM_TOPIC = "arn:aws:sns:eu-west-1:123456789012:vending-alarms"
@@ -461,7 +470,18 @@ def check_key(cfn: dict) -> list[str]:
             problems.append(f"key policy statement {st.get('Sid')} allows use outside Parameter Store")
         if set(uses) - {"kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"}:
             problems.append(f"key policy statement {st.get('Sid')} allows more than Encrypt/Decrypt/GenerateDataKey: {uses}")
+        if not bound_to_code_parameters(st):
+            problems.append(f"key policy statement {st.get('Sid')} is not bound to the stack's code parameters ({PARAMETER_ARN_CONTEXT})")
     return problems
+
+
+def bound_to_code_parameters(st: dict) -> bool:
+    """The statement applies only when Parameter Store encrypts or decrypts one of the
+    stack's code parameters (PREFIX/pools/*/activation)."""
+    cond = st.get("Condition", {})
+    value = {**cond.get("StringLike", {}), **cond.get("StringEquals", {})}.get(PARAMETER_ARN_CONTEXT)
+    values = as_list(value)
+    return bool(values) and all(json.dumps(v).endswith(f':{CODE_PARAMETERS}"}}') for v in values)
 
 
 def check_instance_role(cfn: dict) -> list[str]:
@@ -557,10 +577,13 @@ def check_least_privilege(cfn: dict) -> list[str]:
                 if not resources or not all(prefix in json.dumps(r) for r in resources):
                     problems.append(f"{sid}: {action} reaches beyond {prefix}")
             if action.startswith("kms:"):
-                via = st.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
-                if not via or "ssm." not in json.dumps(via):
-                    problems.append(f"{sid}: {action} without kms:ViaService ssm")
-                if resources == ["*"]:
+                if action != "kms:DescribeKey":
+                    via = st.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
+                    if not via or "ssm." not in json.dumps(via):
+                        problems.append(f"{sid}: {action} without kms:ViaService ssm")
+                    if not bound_to_code_parameters(st):
+                        problems.append(f"{sid}: {action} not bound to the stack's code parameters ({PARAMETER_ARN_CONTEXT})")
+                if resources == ["*"] or any("*" in json.dumps(r) for r in resources):
                     problems.append(f"{sid}: {action} on every key")
             if action.startswith("dynamodb:") and resources != [{"Fn::GetAtt": ["Table", "Arn"]}]:
                 problems.append(f"{sid}: {action} on {resources}, not the table")
@@ -689,6 +712,24 @@ def duration_secs(text) -> float:
     return sum(int(n) * units[u] for n, u in parts)
 
 
+def check_trust_settings(source: dict) -> list[str]:
+    """The implicit default pool admits AllowedSourceCidrs alone, and the service trusts
+    the pool configs PoolConfigWriters wrote (both lists, empty by default)."""
+    problems = []
+    env = props(source["Resources"]["Function"]).get("Environment", {}).get("Variables", {})
+    for variable, parameter in (
+        ("VENDING_DEFAULT_ALLOWED_CIDRS", "AllowedSourceCidrs"),
+        ("VENDING_POOL_CONFIG_WRITERS", "PoolConfigWriters"),
+    ):
+        want = {"Fn::Join": [",", {"Ref": parameter}]}
+        if env.get(variable) != want:
+            problems.append(f"{variable} is {env.get(variable)!r}, not {want}")
+        declared = source.get("Parameters", {}).get(parameter, {})
+        if declared.get("Type") != "CommaDelimitedList" or declared.get("Default") != "":
+            problems.append(f"{parameter} is not a CommaDelimitedList defaulting to empty")
+    return problems
+
+
 def check_deadline_and_timeouts(source: dict) -> list[str]:
     """VENDING_DEADLINE < function Timeout < API Gateway's 29 s, so a slow vend ends in
     the service's JSON 503 and never in a Lambda timeout or an API Gateway 504."""
@@ -805,7 +846,7 @@ def check_alarm_actions(cfn: dict) -> list[str]:
     problems = []
     topic = cfn["_params"].get("AlarmTopicArn", "")
     alarms = of_type(cfn, "AWS::CloudWatch::Alarm")
-    for name in ("RotationFailuresAlarm", "SweepFailuresAlarm", "NodeQuotaAlarm"):
+    for name in ("RotationFailuresAlarm", "SweepFailuresAlarm", "PoolConfigUntrustedAlarm", "NodeQuotaAlarm"):
         if name not in alarms:
             problems.append(f"{name} is not deployed")
     for name, alarm in alarms.items():
@@ -899,6 +940,7 @@ SOURCE_CHECKS = [
     check_function,
     check_checkov_skips,
     check_client_cidr_rule,
+    check_trust_settings,
     check_deadline_and_timeouts,
     check_logging,
     check_alarms,
@@ -964,7 +1006,7 @@ def test_template_and_service_agree_on_metrics():
     """The metric names and the namespace the alarms and the dashboard use are the ones the
     service writes, or the alarms watch nothing."""
     text = "\n".join(path.read_text() for path in sorted((ROOT / "lambda/src").rglob("*.rs")))
-    for name in (METRIC_NAMESPACE, *POOL_METRICS):
+    for name in (METRIC_NAMESPACE, *POOL_METRICS, *FAILURE_ALARM_METRICS):
         assert f'"{name}"' in text, f"lambda/src never writes {name!r}"
 
 
@@ -1045,6 +1087,39 @@ def m_key_admin_can_decrypt(t):
 
 def m_key_without_via_service(t):
     del _stmt(_p(t, "Key")["KeyPolicy"]["Statement"], "FunctionUsesThroughParameterStoreOnly")["Condition"]
+
+
+def m_key_for_any_parameter(t):
+    del _stmt(_p(t, "Key")["KeyPolicy"]["Statement"], "FunctionUsesThroughParameterStoreOnly")["Condition"]["StringLike"]
+
+
+def m_role_key_for_any_parameter(t):
+    del _stmt(_p(t, "FunctionKeyPolicy")["PolicyDocument"]["Statement"], "KeyThroughParameterStoreOnly")["Condition"]["StringLike"]
+
+
+def m_drop_describe_parameters(t):
+    _role_statements(t)[:] = [s for s in _role_statements(t) if s.get("Sid") != "ReadPoolConfigWriters"]
+
+
+def m_drop_describe_key(t):
+    statements = _p(t, "FunctionKeyPolicy")["PolicyDocument"]["Statement"]
+    statements[:] = [s for s in statements if s.get("Sid") != "DescribeTheCodesKey"]
+
+
+def m_describe_every_key(t):
+    _stmt(_p(t, "FunctionKeyPolicy")["PolicyDocument"]["Statement"], "DescribeTheCodesKey")["Resource"] = "*"
+
+
+def m_open_default_pool(t):
+    del _p(t, "Function")["Environment"]["Variables"]["VENDING_DEFAULT_ALLOWED_CIDRS"]
+
+
+def m_writers_ignored(t):
+    _p(t, "Function")["Environment"]["Variables"]["VENDING_POOL_CONFIG_WRITERS"] = ""
+
+
+def m_no_untrusted_alarm(t):
+    del t["Resources"]["PoolConfigUntrustedAlarm"]
 
 
 def m_wildcard_s3(t):
@@ -1388,6 +1463,14 @@ MUTATIONS = [
     ("dashboard body not JSON", m_dashboard_broken_json, check_dashboard, "source"),
     ("no dashboard", m_no_dashboard, check_dashboard, "source"),
     ("no dashboard link", m_no_dashboard_output, check_dashboard, "source"),
+    ("key usable for any parameter", m_key_for_any_parameter, check_key, "creates-everything"),
+    ("role may use the key for any parameter", m_role_key_for_any_parameter, check_least_privilege, "brings-endpoint-key-role"),
+    ("no DescribeParameters", m_drop_describe_parameters, check_least_privilege, "creates-everything"),
+    ("no DescribeKey", m_drop_describe_key, check_least_privilege, "creates-everything"),
+    ("DescribeKey on every key", m_describe_every_key, check_least_privilege, "brings-endpoint-key-role"),
+    ("implicit default pool open to all", m_open_default_pool, check_trust_settings, "source"),
+    ("PoolConfigWriters not passed on", m_writers_ignored, check_trust_settings, "source"),
+    ("no untrusted-config alarm", m_no_untrusted_alarm, check_alarms, "source"),
 ]
 
 

@@ -2,6 +2,7 @@
 //! errors into `VendError`, through `classify` below.
 
 pub mod activations;
+pub mod keys;
 pub mod nodes;
 pub mod parameters;
 pub mod pool_store;

@@ -1,13 +1,15 @@
 //! Parameter Store: the pool's activation ID and code, together in one SecureString
 //! under the customer KMS key. Versions pin an ID to its code across rotations.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use aws_sdk_ssm::types::ParameterType;
+use aws_sdk_ssm::types::{ParameterStringFilter, ParameterType};
 use serde::{Deserialize, Serialize};
 
 use super::{classify, Echo};
 use crate::error::VendError;
+use crate::metrics::{self, Metric};
+use crate::pools::{trusted_writer, untrusted_config};
 use crate::secret::ActivationCode;
 
 #[derive(Clone)]
@@ -22,6 +24,8 @@ pub struct CodeVault {
 pub struct PoolConfigSource {
     client: aws_sdk_ssm::Client,
     prefix: String,
+    /// `VENDING_POOL_CONFIG_WRITERS`: empty, anyone's configs are used.
+    writers: Vec<String>,
 }
 
 impl PoolConfigSource {
@@ -29,7 +33,70 @@ impl PoolConfigSource {
         Self {
             client,
             prefix: prefix.into(),
+            writers: Vec::new(),
         }
+    }
+
+    /// Uses only configs last written by a principal `writers` matches (ARN patterns).
+    pub fn trusting(self, writers: Vec<String>) -> Self {
+        Self { writers, ..self }
+    }
+
+    /// Parameter name → (version, `LastModifiedUser`) of every parameter under the
+    /// pools' path, from `DescribeParameters` (50 a page, every page).
+    async fn last_writers(&self) -> Result<HashMap<String, (i64, String)>, VendError> {
+        let filter = ParameterStringFilter::builder()
+            .key("Path")
+            .option("Recursive")
+            .values(self.path().trim_end_matches('/'))
+            .build()
+            .map_err(|e| VendError::Internal(format!("DescribeParameters filter: {e}")))?;
+        let mut writers = HashMap::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .client
+                .describe_parameters()
+                .parameter_filters(filter.clone())
+                .max_results(50)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| classify("SSM.DescribeParameters", e, Echo::Message))?;
+            for parameter in out.parameters() {
+                if let Some(name) = parameter.name() {
+                    let writer = parameter.last_modified_user().unwrap_or_default().to_owned();
+                    writers.insert(name.to_owned(), (parameter.version(), writer));
+                }
+            }
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(writers);
+            }
+        }
+    }
+
+    /// Replaces every config whose version's last writer `VENDING_POOL_CONFIG_WRITERS`
+    /// does not name with `untrusted_config`, with a warning and `PoolConfigUntrusted`.
+    async fn drop_untrusted(&self, configs: &mut BTreeMap<String, (i64, String)>) -> Result<(), VendError> {
+        if self.writers.is_empty() || configs.is_empty() {
+            return Ok(());
+        }
+        let writers = self.last_writers().await?;
+        for (pool, (version, text)) in configs.iter_mut() {
+            let name = format!("{}{pool}/config", self.path());
+            let why = match writers.get(&name) {
+                Some((v, writer)) if v == version && trusted_writer(&self.writers, writer) => continue,
+                Some((v, writer)) if v == version => {
+                    format!("last written by {writer}, whom VENDING_POOL_CONFIG_WRITERS does not name")
+                }
+                _ => "changed while it was read; its writer is checked again at the next refresh".to_owned(),
+            };
+            tracing::warn!(pool = %pool, parameter = %name, version = *version, problem = %why, "pool config not trusted");
+            metrics::count(pool, Metric::PoolConfigUntrusted);
+            *text = untrusted_config(&why);
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> String {
@@ -39,6 +106,8 @@ impl PoolConfigSource {
     /// Pool name → the raw text of `<prefix>/pools/<name>/config`, every page of
     /// `GetParametersByPath` (10 parameters a page: each costs one read of the
     /// account's shared Parameter Store quota).
+    /// With `VENDING_POOL_CONFIG_WRITERS` set, each config's last writer is read in the
+    /// same refresh (`drop_untrusted`).
     pub async fn read_all(&self) -> Result<BTreeMap<String, String>, VendError> {
         let path = self.path();
         let mut configs = BTreeMap::new();
@@ -64,13 +133,14 @@ impl PoolConfigSource {
                 }
                 if let Some(pool) = name.strip_prefix(&path).and_then(|rest| rest.strip_suffix("/config")) {
                     if !pool.contains('/') {
-                        configs.insert(pool.to_owned(), value.to_owned());
+                        configs.insert(pool.to_owned(), (parameter.version(), value.to_owned()));
                     }
                 }
             }
             token = out.next_token().map(str::to_owned);
             if token.is_none() {
-                return Ok(configs);
+                self.drop_untrusted(&mut configs).await?;
+                return Ok(configs.into_iter().map(|(pool, (_, text))| (pool, text)).collect());
             }
         }
     }

@@ -164,7 +164,9 @@ async fn a_throttled_dependency_answers_503_with_retry_after_once_retries_run_ou
 async fn an_unreachable_dependency_answers_503_not_500() {
     let emulator = Emulator::start();
     let dead = format!("http://127.0.0.1:{}", support::free_port());
-    let server = emulator.serve(&[("AWS_ENDPOINT_URL", &dead)]);
+    // DynamoDB and SSM, what a vend calls; KMS stays up for the start-up key check,
+    // which stops a process that cannot describe its key.
+    let server = emulator.serve(&[("AWS_ENDPOINT_URL_DYNAMODB", &dead), ("AWS_ENDPOINT_URL_SSM", &dead)]);
     let answer = server.get("/activation").await;
     assert_eq!(answer.status, 503, "{}", answer.body);
     assert!(answer.header("retry-after").is_some());

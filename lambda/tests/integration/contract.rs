@@ -237,18 +237,21 @@ async fn the_hot_path_is_one_dynamodb_call_per_vend() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn per_service_endpoint_variables_reach_dynamodb_and_ssm() {
+async fn per_service_endpoint_variables_reach_dynamodb_ssm_and_kms() {
     let emulator = Emulator::start();
     let server = emulator.serve(&[
         ("AWS_ENDPOINT_URL", ""),
         ("AWS_ENDPOINT_URL_DYNAMODB", &emulator.url),
         ("AWS_ENDPOINT_URL_SSM", &emulator.url),
+        ("AWS_ENDPOINT_URL_KMS", &emulator.url),
     ]);
     let answer = server.get("/activation").await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let calls = emulator.calls().await;
     assert!(
-        calls.contains_key("DynamoDB.UpdateItem") && calls.contains_key("SSM.CreateActivation"),
+        calls.contains_key("DynamoDB.UpdateItem")
+            && calls.contains_key("SSM.CreateActivation")
+            && calls.contains_key("KMS.DescribeKey"),
         "{calls:?}"
     );
 }

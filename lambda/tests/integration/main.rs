@@ -12,5 +12,7 @@ mod hardening;
 mod operations;
 mod pools;
 mod rotation;
+mod serve_limits;
 mod standby;
 mod sweep;
+mod trust;

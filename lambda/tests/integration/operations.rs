@@ -125,10 +125,23 @@ async fn status_matches_the_emulator_after_a_storm_over_two_pools() {
         .sum();
     assert_eq!(lost, 1);
     assert_eq!(status["account"]["warning"], total * 10 >= 9 * 40);
+    assert_eq!(
+        status["default_pool"], "none",
+        "web and db have configs, default has none"
+    );
+    assert!(
+        !status["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["pool"] == "default"),
+        "{status}"
+    );
 
     let table = vending(&emulator, &["status", "--pool", "web"], &[]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.contains("web") && !text.contains("\ndb "), "{text}");
+    assert!(text.contains("there is NO default pool"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -152,8 +165,12 @@ async fn metrics_are_emf_lines_that_follow_the_specification() {
             &json!({"iam_role": role, "registration_limit": 3, "allowed_cidrs": ["10.0.0.0/8"]}),
         )
         .await;
+    // With another pool's config there, `default` needs one of its own.
+    emulator
+        .put_pool("default", &json!({"iam_role": role, "registration_limit": 2}))
+        .await;
     // No standby: each rotation is one the vends cause.
-    let server = emulator.serve(&[("VENDING_REGISTRATION_LIMIT", "2"), ("VENDING_LOW_WATER_PERCENT", "0")]);
+    let server = emulator.serve(&[("VENDING_LOW_WATER_PERCENT", "0")]);
     for _ in 0..3 {
         assert_eq!(server.get("/activation").await.status, 200);
     }

@@ -150,20 +150,83 @@ async fn a_bad_config_isolates_only_its_own_pool_and_nothing_is_taken() {
     );
 
     assert_eq!(server.get("/activation?pool=good").await.status, 200);
-    assert_eq!(
-        server.get("/activation").await.status,
-        200,
-        "default keeps working from the environment"
-    );
     let pools: Vec<String> = emulator
         .activations()
         .await
         .iter()
         .filter_map(|a| tags_of(a).get("activation-vending:pool").cloned())
         .collect();
-    let mut pools = pools;
-    pools.sort();
-    assert_eq!(pools, vec!["default", "good"], "no activation for a refused pool");
+    assert_eq!(pools, vec!["good"], "no activation for a refused pool");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_a_pool_has_a_config_the_default_without_one_answers_404_and_everyone_says_so() {
+    let emulator = Emulator::start();
+    let role = emulator.env_value("VENDING_INSTANCE_ROLE");
+    emulator
+        .put_pool("site-a", &json!({"iam_role": role, "allowed_cidrs": ["10.20.0.0/16"]}))
+        .await;
+    let server = emulator.serve(&[NO_STANDBY, ("VENDING_READY_POOLS", "true")]);
+    let log = server.log_text();
+    assert!(
+        log.contains("there is NO default pool"),
+        "the start-up log says it: {log}"
+    );
+
+    // From outside every pool's allowed_cidrs, the open default was the way in.
+    for path in ["/activation", "/", "/activation?pool=default"] {
+        let answer = server.get(path).await;
+        assert_eq!(
+            (answer.status, answer.json()["error"]["code"].as_str()),
+            (404, Some("PoolNotFound")),
+            "{path}: {}",
+            answer.shown()
+        );
+    }
+    let for_default = emulator
+        .activations()
+        .await
+        .iter()
+        .filter(|a| tags_of(a).get("activation-vending:pool").map(String::as_str) == Some("default"))
+        .count();
+    assert_eq!(for_default, 0, "nothing made for a pool that does not exist");
+
+    let out = vending_pools(&emulator, &["--json"]);
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listing["default_pool"], "none");
+    let names: Vec<&str> = listing["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pool"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["site-a"]);
+    let table = String::from_utf8_lossy(&vending_pools(&emulator, &[]).stdout).into_owned();
+    assert!(table.contains("there is NO default pool"), "{table}");
+
+    // A config of its own brings it back, with its own rules.
+    emulator
+        .put_pool("default", &json!({"iam_role": role, "allowed_cidrs": ["127.0.0.0/8"]}))
+        .await;
+    let out = vending_pools(&emulator, &["--json"]);
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listing["default_pool"], "config");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_environment_s_default_pool_admits_only_the_default_allowed_cidrs() {
+    let emulator = Emulator::start();
+    let restricted = emulator.serve(&[("VENDING_DEFAULT_ALLOWED_CIDRS", "10.20.0.0/16"), NO_STANDBY]);
+    let refused = restricted.get("/activation").await;
+    assert_eq!(
+        (refused.status, refused.json()["error"]["code"].as_str()),
+        (403, Some("Forbidden")),
+        "{}",
+        refused.shown()
+    );
+    assert!(emulator.activations().await.is_empty());
+    let local = emulator.serve(&[("VENDING_DEFAULT_ALLOWED_CIDRS", "127.0.0.0/8"), NO_STANDBY]);
+    assert_eq!(local.get("/activation").await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -260,6 +323,29 @@ async fn a_caller_outside_the_allowed_networks_takes_no_slot() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trusted_peer_cannot_vouch_for_hops_left_of_the_one_it_appended() {
+    let emulator = Emulator::start();
+    let role = emulator.env_value("VENDING_INSTANCE_ROLE");
+    emulator
+        .put_pool("site-a", &json!({"iam_role": role, "allowed_cidrs": ["10.20.0.0/16"]}))
+        .await;
+    let server = emulator.serve(&[("VENDING_TRUSTED_PROXIES", "127.0.0.1/32"), NO_STANDBY]);
+    // The proxy at 127.0.0.1 appended the address it saw, itself (something else in
+    // the trusted range); the entry left of it is the sender's own claim.
+    let spoofed = server
+        .request(
+            reqwest::Method::GET,
+            "/activation?pool=site-a",
+            &[("X-Forwarded-For", "10.20.1.1, 127.0.0.1")],
+        )
+        .await;
+    assert_eq!(spoofed.status, 403, "{}", spoofed.shown());
+    let log = server.log_text();
+    assert!(!log.contains("source=10.20.1.1"), "{log}");
+    assert!(emulator.activations().await.is_empty(), "no activation made");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_storm_over_three_pools_keeps_each_pools_limit_and_reads_parameter_store_rarely() {
     let emulator = Emulator::start();
@@ -338,10 +424,13 @@ async fn vending_pools_shows_each_pools_settings_and_fails_on_an_invalid_one() {
     let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let pools = listing["pools"].as_array().unwrap();
     let names: Vec<&str> = pools.iter().map(|p| p["pool"].as_str().unwrap()).collect();
-    assert_eq!(names, vec!["default", "linux-prod"]);
-    assert_eq!(pools[0]["source"], "environment");
-    assert_eq!(pools[1]["settings"]["tags"]["env"], "prod");
-    assert_eq!(pools[1]["settings"]["registration_limit"], 100);
+    assert_eq!(
+        names,
+        vec!["linux-prod"],
+        "no implicit default once a pool has a config"
+    );
+    assert_eq!(pools[0]["settings"]["tags"]["env"], "prod");
+    assert_eq!(pools[0]["settings"]["registration_limit"], 100);
 
     emulator
         .put_pool("broken", &json!({"iam_role": role, "expiry_margin": "13h"}))

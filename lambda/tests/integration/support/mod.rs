@@ -415,8 +415,32 @@ impl Emulator {
 
     /// Writes a pool's config parameter, as an operator does with `aws ssm put-parameter`.
     pub async fn put_pool(&self, pool: &str, config: &Value) {
-        self.ssm()
+        self.put_pool_as("test", pool, config).await;
+    }
+
+    /// Maps an access key ID to the principal ARN the emulator records as the writer of
+    /// what that key writes (`LastModifiedUser`).
+    pub async fn set_principal(&self, access_key: &str, arn: &str) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/_emulator/principals", self.url))
+            .json(&serde_json::json!({ access_key: arn }))
+            .send()
             .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+    }
+
+    /// `put_pool` signed with another access key.
+    pub async fn put_pool_as(&self, access_key: &str, pool: &str, config: &Value) {
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.url)
+            .region(aws_config::Region::new(self.env_value("AWS_REGION")))
+            .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+                access_key, "test", None, None, "tests",
+            ))
+            .load()
+            .await;
+        aws_sdk_ssm::Client::new(&sdk)
             .put_parameter()
             .name(format!(
                 "{}/pools/{pool}/config",
@@ -665,6 +689,31 @@ impl Server {
             let _ = p.0.wait();
             std::mem::forget(p);
         }
+    }
+
+    /// `host:port` for raw TCP clients.
+    pub fn address(&self) -> String {
+        self.url.trim_start_matches("http://").to_owned()
+    }
+
+    /// SIGTERM (through `kill`, as ECS sends it) and the time until the process
+    /// exited, or `None` if it still ran after `within` (it is then killed).
+    pub fn terminate(&mut self, within: Duration) -> Option<Duration> {
+        let mut process = self.process.take()?;
+        let started = Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &process.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        while started.elapsed() < within {
+            if process.0.try_wait().expect("wait for vending").is_some() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(process);
+        None
     }
 
     pub fn log_text(&self) -> String {
