@@ -362,12 +362,18 @@ impl Emulator {
     }
 
     pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        self.sdk_config_as("test").await
+    }
+
+    /// The tests' own SDK configuration, signed with `access_key`, through the
+    /// service's HTTPS client (the SDK crates carry none of their own).
+    pub async fn sdk_config_as(&self, access_key: &str) -> aws_config::SdkConfig {
         aws_config::defaults(aws_config::BehaviorVersion::latest())
             .http_client(vending::app::https_client())
             .endpoint_url(&self.url)
             .region(aws_config::Region::new(self.env_value("AWS_REGION")))
             .credentials_provider(aws_sdk_ssm::config::Credentials::new(
-                "test", "test", None, None, "tests",
+                access_key, "test", None, None, "tests",
             ))
             .load()
             .await
@@ -432,14 +438,7 @@ impl Emulator {
 
     /// `put_pool` signed with another access key.
     pub async fn put_pool_as(&self, access_key: &str, pool: &str, config: &Value) {
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(&self.url)
-            .region(aws_config::Region::new(self.env_value("AWS_REGION")))
-            .credentials_provider(aws_sdk_ssm::config::Credentials::new(
-                access_key, "test", None, None, "tests",
-            ))
-            .load()
-            .await;
+        let sdk = self.sdk_config_as(access_key).await;
         aws_sdk_ssm::Client::new(&sdk)
             .put_parameter()
             .name(format!(
