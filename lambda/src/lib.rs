@@ -3,6 +3,7 @@
 pub mod app;
 pub mod aws;
 pub mod blocks;
+pub mod clock;
 pub mod codes;
 pub mod config;
 pub mod directory;

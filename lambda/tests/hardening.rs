@@ -244,6 +244,37 @@ async fn a_write_that_lands_but_loses_its_answer_breaks_no_promise() {
     }
 }
 
+/// The lease take lands, and every one of the SDK's attempts (5) loses its answer:
+/// the request fails, but the lease is read back and given back, so the next request
+/// rotates at once instead of waiting a whole `VENDING_LEASE`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_take_that_lost_every_answer_is_given_back_and_blocks_no_longer_than_a_deadline() {
+    for error in ["InternalServerError", "ConnectionDropped"] {
+        let emulator = Emulator::start();
+        let server = emulator.serve(&[("VENDING_DEADLINE", "3s"), ("VENDING_LEASE", "30s"), NO_ROTATE_AHEAD]);
+        // UpdateItem 1 is the reserve (refused: no activation yet), 2 to 6 the lease take's attempts.
+        emulator
+            .inject(json!({"operation": "DynamoDB.UpdateItem", "error": error, "when": "after", "skip": 1, "count": 5}))
+            .await;
+        let started = Instant::now();
+        let first = server.get("/activation").await;
+        assert_eq!(first.status, 503, "{error}: {}", first.shown());
+        let answer = server.vend_with_retries("/activation", Duration::from_secs(10)).await;
+        assert_eq!(answer.status, 200, "{error}: {}", answer.shown());
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "{error}: the pool was blocked for {:?}",
+            started.elapsed()
+        );
+        assert!(
+            server.log_text().contains("gave the lease back"),
+            "{error}: {}",
+            server.log_text()
+        );
+        assert!(emulator.register(&answer.id(), &answer.code(), "web-01").await.is_ok());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_that_landed_but_answered_an_error_is_kept_not_deleted() {
     let emulator = Emulator::start();

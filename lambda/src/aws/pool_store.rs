@@ -4,7 +4,6 @@
 //! twice, and what keep a late commit and the sweep from both winning.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
@@ -15,9 +14,8 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
-use rand::Rng;
 
-use super::{classify, Echo};
+use super::{back_off, classify, retrying_conflicts, Echo};
 use crate::error::VendError;
 use crate::pool::{CurrentActivation, EpochSecs, InstanceRecord, Lease, PoolState};
 
@@ -46,6 +44,7 @@ const CLAIM_UNTIL: &str = "claim_until";
 const ROTATION_REASON: &str = "rotation_reason";
 const FAILED_AT: &str = "rotation_failed_at";
 const FAILURE: &str = "rotation_failure";
+const UNUSED_REGISTRATIONS: &str = "unused_regs";
 /// The standby activation's attributes on the pool item: the same as the current
 /// one's, prefixed.
 const STANDBY: Attributes = Attributes {
@@ -105,9 +104,16 @@ const DIRECTORY_KEY: &str = "directory#pools";
 /// Committed-activation records and tombstones outlive their activation by a week.
 const RECORD_LINGER_SECS: i64 = 7 * 86_400;
 
-/// Attempts at a write that meets a concurrent transaction on its item. DynamoDB
-/// answers `TransactionConflictException`, which the SDK does not retry.
-const CONFLICT_ATTEMPTS: u32 = 8;
+/// Attempts at a commit that DynamoDB cancelled for throughput (cancellation
+/// reasons the SDK cannot see, so does not retry), with the same token.
+const THROTTLED_COMMIT_ATTEMPTS: u32 = 6;
+
+/// The cancellation reasons that mean "slow down" rather than "conflict" or "no".
+const THROTTLED_CANCELLATIONS: &[&str] = &[
+    "ThrottlingError",
+    "ProvisionedThroughputExceeded",
+    "RequestLimitExceeded",
+];
 
 #[derive(Clone)]
 pub struct PoolStore {
@@ -224,6 +230,7 @@ fn pool_state(item: Option<&Item>) -> PoolState {
         lease,
         last_rotation_reason: get_s(item, ROTATION_REASON).map(str::to_owned),
         last_failure,
+        unused_registrations: get_n(item, UNUSED_REGISTRATIONS).unwrap_or(0).max(0) as u64,
     }
 }
 
@@ -280,29 +287,16 @@ fn names(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
     Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
 }
 
-/// Runs a write again while it meets concurrent transactions, backing off with full
-/// jitter; past the last attempt the caller gets `Contended` (a 503).
-async fn retrying_conflicts<T, F, Fut>(mut attempt: F) -> Result<T, VendError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, VendError>>,
-{
-    let mut tries = 1;
-    loop {
-        match attempt().await {
-            Err(VendError::Contended { .. }) if tries < CONFLICT_ATTEMPTS => {
-                let ceiling_ms = (10u64 << tries.min(5)).min(250);
-                let pause = rand::rng().random_range(1..=ceiling_ms);
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-                tries += 1;
-            }
-            other => return other,
-        }
-    }
+/// Why a commit was not applied, when it was not a failed condition.
+enum CommitFailure {
+    /// Cancelled for throughput: worth another attempt after a pause.
+    Throttled,
+    Other(VendError),
 }
 
 /// A cancelled commit: which reason cancelled it, in DynamoDB's words.
-fn commit_failure(err: SdkError<TransactWriteItemsError, HttpResponse>) -> Result<bool, VendError> {
+fn commit_failure(err: SdkError<TransactWriteItemsError, HttpResponse>) -> Result<bool, CommitFailure> {
+    const COMMIT: &str = "DynamoDB.TransactWriteItems";
     if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() {
         let codes: Vec<&str> = cancelled
             .cancellation_reasons()
@@ -313,12 +307,13 @@ fn commit_failure(err: SdkError<TransactWriteItemsError, HttpResponse>) -> Resul
             return Ok(false);
         }
         if codes.contains(&"TransactionConflict") {
-            return Err(VendError::Contended {
-                operation: "DynamoDB.TransactWriteItems",
-            });
+            return Err(CommitFailure::Other(VendError::Contended { operation: COMMIT }));
+        }
+        if codes.iter().any(|c| THROTTLED_CANCELLATIONS.contains(c)) {
+            return Err(CommitFailure::Throttled);
         }
     }
-    Err(classify("DynamoDB.TransactWriteItems", err, Echo::Message))
+    Err(CommitFailure::Other(classify(COMMIT, err, Echo::Message)))
 }
 
 impl PoolStore {
@@ -415,7 +410,10 @@ impl PoolStore {
     }
 
     /// Takes the pool's lease if it is free or has run out. A retry of a take whose
-    /// answer was lost finds the lease already ours, and counts it as taken.
+    /// answer was lost finds the lease already ours, and counts it as taken. When
+    /// every attempt lost its answer, the take may have landed all the same: the
+    /// lease is read back and given back if it is ours (one conditional write), so
+    /// that a lost answer does not keep the pool from rotating for a whole lease.
     pub async fn take_lease(
         &self,
         pool: &str,
@@ -423,7 +421,20 @@ impl PoolStore {
         now: EpochSecs,
         until: EpochSecs,
     ) -> Result<LeaseAttempt, VendError> {
-        retrying_conflicts(|| self.take_lease_once(pool, owner, now, until)).await
+        let taken = retrying_conflicts(|| self.take_lease_once(pool, owner, now, until)).await;
+        if let Err(VendError::Unavailable { .. }) = &taken {
+            match self.release_lease(pool, owner).await {
+                Ok(true) => tracing::warn!(
+                    pool,
+                    "the lease take had landed but lost its answer; gave the lease back"
+                ),
+                Ok(false) => tracing::debug!(pool, "the lease take whose answer was lost had not landed"),
+                Err(e) => {
+                    tracing::warn!(pool, error = %e, "could not read back a lease take whose answer was lost; it runs out by itself")
+                }
+            }
+        }
+        taken
     }
 
     async fn take_lease_once(
@@ -539,19 +550,31 @@ impl PoolStore {
             .build()
             .map_err(|e| VendError::Internal(format!("commit request: {e}")))?;
         retrying_conflicts(|| async {
-            let result = self
-                .client
-                .transact_write_items()
-                .transact_items(TransactWriteItem::builder().update(update.clone()).build())
-                .transact_items(TransactWriteItem::builder().put(record.clone()).build())
-                // Same token on every retry: a commit that did land is not applied twice,
-                // and its retry answers success instead of "condition failed".
-                .client_request_token(owner)
-                .send()
-                .await;
-            match result {
-                Ok(_) => Ok(true),
-                Err(err) => commit_failure(err),
+            let mut throttled = 0;
+            loop {
+                let result = self
+                    .client
+                    .transact_write_items()
+                    .transact_items(TransactWriteItem::builder().update(update.clone()).build())
+                    .transact_items(TransactWriteItem::builder().put(record.clone()).build())
+                    // Same token on every retry: a commit that did land is not applied twice,
+                    // and its retry answers success instead of "condition failed".
+                    .client_request_token(owner)
+                    .send()
+                    .await;
+                match result.map_or_else(commit_failure, |_| Ok(true)) {
+                    Ok(landed) => return Ok(landed),
+                    Err(CommitFailure::Other(e)) => return Err(e),
+                    Err(CommitFailure::Throttled) => {
+                        throttled += 1;
+                        if throttled >= THROTTLED_COMMIT_ATTEMPTS {
+                            return Err(VendError::Throttled {
+                                operation: "DynamoDB.TransactWriteItems",
+                            });
+                        }
+                        back_off(throttled, 1_000).await;
+                    }
+                }
             }
         })
         .await
@@ -642,6 +665,26 @@ impl PoolStore {
         if let Err(e) = result {
             tracing::debug!(pool, error = %classify("DynamoDB.UpdateItem", e, Echo::Message), "could not record the rotation failure");
         }
+    }
+
+    /// Adds what the sweep found unused on the activations it retired to the pool's
+    /// running total (for `vending status`); best effort, like the sweep's metrics.
+    pub async fn add_unused_registrations(&self, pool: &str, count: u64) -> Result<(), VendError> {
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        retrying_conflicts(|| async {
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .key(PK, pool_key(pool))
+                .update_expression("ADD #unused :count")
+                .expression_attribute_names("#unused", UNUSED_REGISTRATIONS)
+                .expression_attribute_values(":count", n(count))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| classify("DynamoDB.UpdateItem", e, Echo::Message))
+        })
+        .await
     }
 
     /// The sweep's claim on an activation no rotation committed: once laid, the
