@@ -13,6 +13,7 @@ use futures::future::join_all;
 use support::{Answer, Emulator, Server};
 use vending::aws::pool_store::{PoolStore, Reservation};
 use vending::blocks::SlotBlocks;
+use vending::metrics::WasteReason;
 use vending::pool::{CurrentActivation, Wanted};
 use vending::vend::epoch_now;
 
@@ -281,9 +282,9 @@ async fn a_stopping_process_counts_the_slots_it_holds_as_wasted() {
 async fn a_block_of_an_activation_deleted_out_of_band_is_discarded() {
     let held = one_vend_made().await;
     held.take_one_of_a_block(3).await;
-    assert_eq!(held.blocks.discard("default", "some-other-activation", "test"), 0);
+    assert_eq!(held.blocks.discard("default", "some-other-activation", WasteReason::Deleted), 0);
     assert_eq!(
-        held.blocks.discard("default", &held.current.id, "deleted out of band"),
+        held.blocks.discard("default", &held.current.id, WasteReason::Deleted),
         2
     );
     assert_eq!(held.blocks.release_all(), 0);
