@@ -282,7 +282,11 @@ async fn a_stopping_process_counts_the_slots_it_holds_as_wasted() {
 async fn a_block_of_an_activation_deleted_out_of_band_is_discarded() {
     let held = one_vend_made().await;
     held.take_one_of_a_block(3).await;
-    assert_eq!(held.blocks.discard("default", "some-other-activation", WasteReason::Deleted), 0);
+    assert_eq!(
+        held.blocks
+            .discard("default", "some-other-activation", WasteReason::Deleted),
+        0
+    );
     assert_eq!(
         held.blocks.discard("default", &held.current.id, WasteReason::Deleted),
         2

@@ -252,6 +252,8 @@ async fn a_lease_take_that_lost_every_answer_is_given_back_and_blocks_no_longer_
     for error in ["InternalServerError", "ConnectionDropped"] {
         let emulator = Emulator::start();
         let server = emulator.serve(&[("VENDING_DEADLINE", "3s"), ("VENDING_LEASE", "30s"), NO_ROTATE_AHEAD]);
+        // The pool configs read and shared first (their claim and save are UpdateItems too).
+        assert_eq!(server.get("/activation?pool=absent").await.status, 404);
         // UpdateItem 1 is the reserve (refused: no activation yet), 2 to 6 the lease take's attempts.
         emulator
             .inject(json!({"operation": "DynamoDB.UpdateItem", "error": error, "when": "after", "skip": 1, "count": 5}))

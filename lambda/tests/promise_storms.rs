@@ -235,6 +235,8 @@ async fn lost_lease_answers() {
     for _ in 0..5 {
         let emulator = Emulator::start();
         let server = emulator.serve(&[("VENDING_DEADLINE", "3s"), ("VENDING_LOW_WATER_PERCENT", "0")]);
+        // The pool configs read and shared first (their claim and save are UpdateItems too).
+        assert_eq!(server.get("/activation?pool=absent").await.status, 404);
         emulator
             .inject(
                 json!({"operation": "DynamoDB.UpdateItem", "error": "InternalServerError", "when": "after",
