@@ -11,8 +11,8 @@
 //! settings: such a block is dropped, and its slots are counted as wasted, as are
 //! the slots a stopping process still holds. The margin is judged with the clock
 //! of the moment each slot is taken, not of the moment the request started.
-//! A reserve that failed without an answer may have taken its slots all the same:
-//! those are counted as wasted too (`lost_answer`).
+//! A reserve or promotion attempt that got no answer may have taken its slots all
+//! the same: `PoolStore` counts those as wasted too (`lost_answer`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -184,15 +184,6 @@ fn count_wasted(pool: &str, block: &SlotBlock, reason: WasteReason) -> u32 {
     slots
 }
 
-/// A reserve's outcome, counting its slots as wasted (`lost_answer`) when it failed
-/// without an answer: its write may have landed.
-fn counting_lost_answers<T>(pool: &str, slots: u32, result: Result<T, VendError>) -> Result<T, VendError> {
-    if let Err(VendError::Unavailable { .. }) = &result {
-        metrics::slots_wasted(pool, "unknown", slots, WasteReason::LostAnswer);
-    }
-    result
-}
-
 impl SlotBlocks {
     pub fn new(store: PoolStore, block_max: u32) -> Self {
         Self {
@@ -268,8 +259,7 @@ impl SlotBlocks {
                 SlotCount::One
             };
             let now = clock();
-            let reserved = self.store.reserve_slots(pool, now, margin_secs, condition, ask).await;
-            let state = match counting_lost_answers(pool, count, reserved)? {
+            let state = match self.store.reserve_slots(pool, now, margin_secs, condition, ask).await? {
                 Reservation::Reserved {
                     activation,
                     standby,
@@ -306,11 +296,11 @@ impl SlotBlocks {
             // No lease, no SSM: one conditional write swaps the standby in with a block
             // of its slots. If someone else changed the pool first, reserve again.
             let count = block_size(self.block_max, wanting, None);
-            let promoted = self
+            if let Some(activation) = self
                 .store
                 .promote_standby(pool, standby, clock(), margin_secs, condition, count)
-                .await;
-            if let Some(activation) = counting_lost_answers(pool, count, promoted)? {
+                .await?
+            {
                 tracing::info!(pool, activation_id = %activation.id, "promoted the standby");
                 let count = count.min(activation.reserved);
                 let first = slots.keep_block(pool, activation, None, count)?;
@@ -322,8 +312,7 @@ impl SlotBlocks {
             }
         }
         // Still racing other processes for the last few slots: one slot, as ever.
-        let reserved = self.store.reserve_slot(pool, clock(), margin_secs, condition).await;
-        counting_lost_answers(pool, 1, reserved)
+        self.store.reserve_slot(pool, clock(), margin_secs, condition).await
     }
 
     /// Drops the block of an activation that turned out unusable (deleted out of

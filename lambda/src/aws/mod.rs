@@ -7,7 +7,15 @@ pub mod parameters;
 pub mod pool_store;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
 
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
@@ -57,6 +65,36 @@ pub(crate) async fn back_off(tries: u32, max_ms: u64) {
     let ceiling_ms = (10u64 << tries.min(7)).min(max_ms);
     let pause = rand::rng().random_range(1..=ceiling_ms);
     tokio::time::sleep(Duration::from_millis(pause)).await;
+}
+
+/// Counts the attempts of one request (the SDK's retries included) that got no
+/// answer or a 5xx: a write among them may have landed all the same. Added to a
+/// request with `.customize().interceptor(...)`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct UnansweredAttempts(Arc<AtomicU32>);
+
+impl UnansweredAttempts {
+    pub(crate) fn count(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Intercept for UnansweredAttempts {
+    fn name(&self) -> &'static str {
+        "UnansweredAttempts"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if context.response().is_none_or(|r| r.status().as_u16() >= 500) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
 }
 
 /// How much of an AWS error message may be repeated in our logs.

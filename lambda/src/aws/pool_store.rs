@@ -15,8 +15,9 @@ use aws_sdk_dynamodb::types::{
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 
-use super::{back_off, classify, retrying_conflicts, Echo};
+use super::{back_off, classify, retrying_conflicts, Echo, UnansweredAttempts};
 use crate::error::VendError;
+use crate::metrics::{self, WasteReason};
 use crate::pool::{CurrentActivation, EpochSecs, InstanceRecord, Lease, PoolState};
 
 type Item = HashMap<String, AttributeValue>;
@@ -287,6 +288,23 @@ fn names(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
     Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
 }
 
+/// Counts as wasted (`lost_answer`) the slots each unanswered attempt of a reserve
+/// or promotion asked for: its write may have landed, and those slots are then
+/// taken and never handed out (the retry that answered took others).
+fn count_unanswered<T>(pool: &str, unanswered: &UnansweredAttempts, slots: u32, result: &Result<T, VendError>) {
+    let lost = unanswered.count();
+    if lost > 0 {
+        let outcome = if result.is_ok() { "answered at last" } else { "failed" };
+        tracing::info!(
+            pool,
+            unanswered_attempts = lost,
+            outcome,
+            "a slot write lost its answer"
+        );
+        metrics::slots_wasted(pool, "unknown", lost.saturating_mul(slots), WasteReason::LostAnswer);
+    }
+}
+
 /// Why a commit was not applied, when it was not a failed condition.
 enum CommitFailure {
     /// Cancelled for throughput: worth another attempt after a pause.
@@ -350,7 +368,15 @@ impl PoolStore {
         wanted: (&str, EpochSecs),
         count: SlotCount,
     ) -> Result<Reservation, VendError> {
-        retrying_conflicts(|| self.reserve_slots_once(pool, now, margin_secs, wanted, count)).await
+        let unanswered = UnansweredAttempts::default();
+        let result =
+            retrying_conflicts(|| self.reserve_slots_once(pool, now, margin_secs, wanted, count, &unanswered)).await;
+        let slots = match count {
+            SlotCount::One => 1,
+            SlotCount::Block { count, .. } => count,
+        };
+        count_unanswered(pool, &unanswered, slots, &result);
+        result
     }
 
     async fn reserve_slots_once(
@@ -360,6 +386,7 @@ impl PoolStore {
         margin_secs: i64,
         (fingerprint, config_at): (&str, EpochSecs),
         count: SlotCount,
+        unanswered: &UnansweredAttempts,
     ) -> Result<Reservation, VendError> {
         const USABLE: &str = "attribute_exists(#id) AND #exp > :min_exp AND (#fp = :fp OR #cfg_at > :cfg_at)";
         let request = self
@@ -391,7 +418,7 @@ impl PoolStore {
                 .expression_attribute_values(":limit", n(i64::from(limit)))
                 .expression_attribute_values(":last_start", n(i64::from(limit) - i64::from(count))),
         };
-        match conditional_update(request.send().await)? {
+        match conditional_update(request.customize().interceptor(unanswered.clone()).send().await)? {
             Ok(new) => {
                 let state = pool_state(new.as_ref());
                 match state.activation {
@@ -595,7 +622,8 @@ impl PoolStore {
         count: u32,
     ) -> Result<Option<CurrentActivation>, VendError> {
         let count = count.clamp(1, standby.limit.max(1));
-        retrying_conflicts(|| async {
+        let unanswered = UnansweredAttempts::default();
+        let result = retrying_conflicts(|| async {
             let result = self
                 .client
                 .update_item()
@@ -636,6 +664,8 @@ impl PoolStore {
                 .expression_attribute_values(":count", n(i64::from(count)))
                 .expression_attribute_values(":reason", s("standby promoted"))
                 .return_values(ReturnValue::AllNew)
+                .customize()
+                .interceptor(unanswered.clone())
                 .send()
                 .await;
             Ok(match conditional_update(result)? {
@@ -643,7 +673,9 @@ impl PoolStore {
                 Err(_) => None,
             })
         })
-        .await
+        .await;
+        count_unanswered(pool, &unanswered, count, &result);
+        result
     }
 
     /// Notes a failed rotation on the pool's item for `vending status`; best effort
