@@ -289,18 +289,16 @@ fn names(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
 }
 
 /// Counts as wasted (`lost_answer`) the slots each unanswered attempt of a reserve
-/// or promotion asked for: its write may have landed, and those slots are then
-/// taken and never handed out (the retry that answered took others).
-fn count_unanswered<T>(pool: &str, unanswered: &UnansweredAttempts, slots: u32, result: &Result<T, VendError>) {
+/// or promotion asked for, when the write's condition held (`took`: a later attempt
+/// took its slots, or none answered at all): such an attempt most likely landed, and
+/// its slots are then taken and never handed out (the retry that answered took
+/// others). When the last attempt was refused, the lost ones are taken to have been
+/// refused too, and are not counted (the sweep's `unused_registrations` counts
+/// whatever this misses).
+fn count_unanswered(pool: &str, unanswered: &UnansweredAttempts, slots: u32, took: bool) {
     let lost = unanswered.count();
-    if lost > 0 {
-        let outcome = if result.is_ok() { "answered at last" } else { "failed" };
-        tracing::info!(
-            pool,
-            unanswered_attempts = lost,
-            outcome,
-            "a slot write lost its answer"
-        );
+    if lost > 0 && took {
+        tracing::info!(pool, unanswered_attempts = lost, "a slot write lost its answer");
         metrics::slots_wasted(pool, "unknown", lost.saturating_mul(slots), WasteReason::LostAnswer);
     }
 }
@@ -375,7 +373,11 @@ impl PoolStore {
             SlotCount::One => 1,
             SlotCount::Block { count, .. } => count,
         };
-        count_unanswered(pool, &unanswered, slots, &result);
+        let took = matches!(
+            result,
+            Ok(Reservation::Reserved { .. }) | Err(VendError::Unavailable { .. })
+        );
+        count_unanswered(pool, &unanswered, slots, took);
         result
     }
 
@@ -674,7 +676,8 @@ impl PoolStore {
             })
         })
         .await;
-        count_unanswered(pool, &unanswered, count, &result);
+        let took = matches!(result, Ok(Some(_)) | Err(VendError::Unavailable { .. }));
+        count_unanswered(pool, &unanswered, count, took);
         result
     }
 
