@@ -266,18 +266,34 @@ async fn a_slot_that_enters_the_margin_before_it_is_handed_out_is_wasted_and_the
 
 #[test]
 fn an_expiry_margin_not_larger_than_the_deadline_is_refused_at_start_naming_both_settings() {
+    use std::io::Read;
     let emulator = Emulator::start();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vending"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vending"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env_clear()
         .envs(emulator.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("VENDING_EXPIRY_MARGIN", "2s")
         .env("VENDING_ACTIVATION_TTL", "12s")
         .env("VENDING_DEADLINE", "3s")
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vending serve started with a margin not larger than the deadline");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     assert!(
         stderr.contains("VENDING_EXPIRY_MARGIN") && stderr.contains("VENDING_DEADLINE"),
         "{stderr}"
