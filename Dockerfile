@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The vending service as a container: `vending serve` on 0.0.0.0:8080, for ECS Fargate
-# behind an internal ALB (deploy/ecs/template.yaml; README, "Container").
+# behind an internal ALB (deploy/ecs/template.yaml; docs/deploy.md, "Container").
 #
 # Build stage: a statically linked binary (glibc, +crt-static). The target triple follows
 # the platform being built, so `--platform linux/arm64` gives an aarch64 binary and
@@ -22,7 +22,6 @@ ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-COPY .cargo .cargo
 COPY lambda lambda
 COPY bench bench
 # BuildKit cache mounts keep the registry and the target directory between builds; the

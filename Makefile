@@ -26,7 +26,7 @@ help:
 	@echo "make demo   bring up the emulator and servers, boot simulated servers, show a rotation, tear down"
 	@echo "make test   everything CI runs: lint, Rust unit+integration tests, boot-script suites, template gates"
 	@echo "make bench  benchmark the hot path and a boot storm (writes target/bench/summary.json)"
-	@echo "make lint   cargo fmt --check, clippy -D warnings (building the test binaries), shellcheck"
+	@echo "make lint   docs check, cargo fmt --check, clippy -D warnings (building the test binaries), shellcheck"
 	@echo "make static the static release binary the container ships ($(STATIC_BIN))"
 
 setup:
@@ -42,7 +42,10 @@ test: $(TEST_TARGETS)
 print-test-targets:
 	@echo $(TEST_TARGETS)
 
+# The docs check first: stdlib Python, a second, and it names what is missing (tests/docs/).
 lint: setup
+	python3 tests/docs/check.py
+	python3 -m unittest discover -s tests/docs
 	cargo fmt --all -- --check
 	$(CLIPPY) cargo build --workspace --all-targets
 	$(VENV)/bin/shellcheck scripts/*.sh tests/*/*.sh .ci/run

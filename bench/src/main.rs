@@ -1,6 +1,6 @@
 //! vending-bench: drives `scripts/local.sh` (emulator + N `vending serve`) with a boot
 //! storm of concurrent vends and writes what it cost to target/bench/summary.json.
-//! `scripts/bench.sh` builds everything and calls this; see README "Performance".
+//! `scripts/bench.sh` builds everything and calls this; see docs/performance.md.
 #![recursion_limit = "256"]
 
 mod emulator;

@@ -6,6 +6,8 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_smithy_http_client::tls;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 
 use crate::aws::activations::ActivationService;
 use crate::aws::nodes::ManagedNodes;
@@ -17,10 +19,19 @@ use crate::http::AppState;
 use crate::sweep::Sweeper;
 use crate::vend::Vendor;
 
+/// The HTTPS client every SDK client shares: hyper with rustls on ring, trusting the
+/// system's root certificates (what the SDK's default client does on aws-lc-rs).
+pub fn https_client() -> SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .build_https()
+}
+
 /// Shared SDK settings: the standard retry mode (exponential backoff with jitter,
 /// throttling-aware) and timeouts short enough to answer within API Gateway's 29 s.
 pub async fn load_sdk_config(config: &Config) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
+        .http_client(https_client())
         .region(Region::new(config.region.clone()))
         .retry_config(
             RetryConfig::standard()

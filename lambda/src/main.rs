@@ -13,7 +13,7 @@ use vending::http::router;
 /// Hands on-prem servers an AWS Systems Manager hybrid activation at boot.
 ///
 /// Without a command it runs under AWS Lambda (AWS_LAMBDA_RUNTIME_API set).
-/// Configuration comes from VENDING_* environment variables (see README).
+/// Configuration comes from VENDING_* environment variables (see docs/operating.md).
 /// Exit codes: 0 done, 1 runtime failure (or, for `pools`, an invalid pool),
 /// 2 bad usage or configuration.
 #[derive(Parser)]

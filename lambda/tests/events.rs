@@ -5,6 +5,7 @@
 //! One test function on purpose: it sets AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH, as
 //! template.yaml does for the function, before anything else in this process runs.
 
+#[path = "integration/support/mod.rs"]
 mod support;
 
 use std::path::PathBuf;

@@ -13,17 +13,24 @@ import boto3
 from botocore.config import Config
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--endpoint", required=True)
-    parser.add_argument("--region", default="us-east-1")
-    parser.add_argument("--table", default="activation-vending")
-    parser.add_argument("--prefix", default="/activation-vending")
-    parser.add_argument("--role", default="activation-vending-managed-instance")
-    parser.add_argument("--key-alias", default="alias/activation-vending")
-    args = parser.parse_args()
+DEFAULTS = {
+    "region": "us-east-1",
+    "table": "activation-vending",
+    "prefix": "/activation-vending",
+    "role": "activation-vending-managed-instance",
+    "key_alias": "alias/activation-vending",
+}
 
-    session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name=args.region)
+
+def session(region: str = DEFAULTS["region"]) -> boto3.session.Session:
+    return boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name=region)
+
+
+def provision(endpoint: str, warm: boto3.session.Session | None = None, **settings: str) -> list[tuple[str, str]]:
+    """Creates what the service expects at `endpoint`; the settings to run it with.
+    `warm`: a session that has made these clients before (its service models loaded)."""
+    args = argparse.Namespace(endpoint=endpoint, **{**DEFAULTS, **settings})
+    session = warm if warm is not None and warm.region_name == args.region else globals()["session"](args.region)
     config = Config(retries={"mode": "standard", "max_attempts": 5})
     client = lambda name: session.client(name, endpoint_url=args.endpoint, config=config)  # noqa: E731
 
@@ -55,7 +62,7 @@ def main() -> None:
         }
         iam.create_role(RoleName=args.role, AssumeRolePolicyDocument=json.dumps(trust))
 
-    for name, value in (
+    return [
         ("AWS_ENDPOINT_URL", args.endpoint),
         ("AWS_REGION", args.region),
         ("AWS_ACCESS_KEY_ID", "test"),
@@ -64,7 +71,19 @@ def main() -> None:
         ("VENDING_PARAMETER_PREFIX", args.prefix),
         ("VENDING_KMS_KEY_ID", args.key_alias),
         ("VENDING_INSTANCE_ROLE", args.role),
-    ):
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--region", default=DEFAULTS["region"])
+    parser.add_argument("--table", default=DEFAULTS["table"])
+    parser.add_argument("--prefix", default=DEFAULTS["prefix"])
+    parser.add_argument("--role", default=DEFAULTS["role"])
+    parser.add_argument("--key-alias", default=DEFAULTS["key_alias"])
+    args = vars(parser.parse_args())
+    for name, value in provision(args.pop("endpoint"), **args):
         print(f"export {name}={value}")
 
 

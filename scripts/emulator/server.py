@@ -1156,9 +1156,15 @@ class EmulatorRequestHandler(MotoRequestHandler):
         super().connection_dropped(error, environ)
 
 
+# moto's per-service apps, built ahead by a process that forks emulators
+# (zygote.py), so that each emulator does not build them again.
+PREBUILT_APPS: dict[str, Any] = {}
+
+
 class Emulator:
     def __init__(self) -> None:
         self.moto = DomainDispatcherApplication(create_backend_app)
+        self.moto.app_instances.update(PREBUILT_APPS)
         self.aws_lock = threading.Lock()
         self.state_lock = threading.Lock()
         self.calls: Counter[str] = Counter()

@@ -382,7 +382,14 @@ stub_requests() { grep -c . "$STUB_LOG" || true; }
 
 @test "refuses to run as a normal user" {
 	command -v setpriv >/dev/null || skip "setpriv is not installed"
-	run setpriv --reuid 65534 --regid 65534 --clear-groups env -i PATH=/usr/bin:/bin "$BOOTSTRAP_LINUX" --url "$URL"
+	# The checkout may sit where user 65534 cannot enter (a clone under /root, a
+	# mktemp -d): run a copy from a folder that user can read.
+	local readable
+	readable=$(mktemp -d /tmp/bootstrap-normal-user.XXXXXX)
+	chmod 755 "$readable"
+	install -m 755 "$BOOTSTRAP_LINUX" "$readable/bootstrap-linux.sh"
+	run setpriv --reuid 65534 --regid 65534 --clear-groups env -i PATH=/usr/bin:/bin "$readable/bootstrap-linux.sh" --url "$URL"
+	rm -rf "$readable"
 	assert_status 6
 	assert_output_has "must run as root"
 }

@@ -13,7 +13,7 @@
 # Environment:
 #   TEMPLATE_BUILD_ARCH=arm64|x86_64  architecture for `sam build`. Default: arm64
 #       when rustup has the aarch64-unknown-linux-gnu standard library, else
-#       x86_64 (the template still deploys arm64 by default; see README, Deploy).
+#       x86_64 (the template still deploys arm64 by default; see docs/deploy.md).
 #   TEMPLATE_SKIP_BUILD=1             skip the static binary gates and sam build (counted
 #       as skipped).
 #   STATIC_TARGET, STATIC_TARGET_DIR  what `make static` builds and where (defaults: this

@@ -744,6 +744,34 @@ def test_dockerfile_and_make_static_build_alike():
     assert docker == make, f"Dockerfile builds {docker}, make static {make}"
 
 
+# What CI may change of the release build it checks (.ci/run): how hard it optimises,
+# never what it builds (target, RUSTFLAGS, features, the profile's panic and strip).
+CI_PROFILE_OVERRIDES = {"LTO", "CODEGEN_UNITS", "OPT_LEVEL", "DEBUG"}
+
+
+def ci_cargo_overrides(text: str) -> dict[str, str]:
+    """The CARGO_* and RUSTFLAGS settings a shell script exports."""
+    return dict(re.findall(r"^\s*export\s+((?:CARGO_|RUSTFLAGS)[A-Z_]*)=(\S*)", text, re.M))
+
+
+def test_ci_release_build_differs_from_the_shipped_one_only_in_optimisation():
+    """CI builds the static binary without LTO (issue 20): what it checks is still what
+    ships, built from the same command with the same target, flags and features."""
+    exported = ci_cargo_overrides((ROOT / ".ci" / "run").read_text())
+    profile = {k.removeprefix("CARGO_PROFILE_RELEASE_") for k in exported if k.startswith("CARGO_PROFILE_")}
+    assert profile <= CI_PROFILE_OVERRIDES, f".ci/run overrides release profile keys {profile - CI_PROFILE_OVERRIDES}"
+    others = {k for k in exported if not k.startswith("CARGO_PROFILE_RELEASE_")}
+    assert others <= {"CARGO_TERM_COLOR", "CARGO_INCREMENTAL"}, f".ci/run changes the build with {others}"
+    assert not ci_cargo_overrides(DOCKERFILE.read_text()), "the image's build must keep the shipped profile"
+    assert "CARGO_PROFILE_" not in MAKEFILE.read_text(), "make static must keep the shipped profile"
+
+
+def test_ci_override_check_can_fail():
+    text = "export CARGO_PROFILE_RELEASE_PANIC=unwind\nexport RUSTFLAGS=-Ctarget-cpu=native\n"
+    found = ci_cargo_overrides(text)
+    assert found == {"CARGO_PROFILE_RELEASE_PANIC": "unwind", "RUSTFLAGS": "-Ctarget-cpu=native"}
+
+
 def test_dockerignore_keeps_secrets_and_state_out():
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     rules = [line.strip() for line in ignore if line.strip() and not line.startswith("#")]

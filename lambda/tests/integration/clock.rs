@@ -2,7 +2,7 @@
 //! its clock shifted by libfaketime (Debian's `faketime` package), against the
 //! emulator, whose `Date` headers keep the real time.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

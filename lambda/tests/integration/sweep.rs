@@ -1,6 +1,6 @@
 //! The scheduled sweep and the Lambda entry point, against the emulator.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

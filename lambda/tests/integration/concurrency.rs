@@ -1,7 +1,7 @@
 //! Boot storms: many servers, many processes, throttled AWS. No slot is ever handed
 //! out twice, no code SSM would refuse, no request lost.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::sync::Arc;

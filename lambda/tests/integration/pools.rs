@@ -1,7 +1,7 @@
 //! Pools: per-pool role, limit and tags on every activation (and so on every node),
 //! configs read at run time from Parameter Store, and who may ask.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! When and how the pool gets a new activation, against real servers on the emulator.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

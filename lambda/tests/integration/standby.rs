@@ -2,7 +2,7 @@
 //! refused; a replaced standby is never promoted; a process killed while preparing
 //! one blocks nobody and leaves at most one orphan.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

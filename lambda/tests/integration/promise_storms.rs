@@ -3,11 +3,11 @@
 //! default (they take minutes); they assert nothing, so that they run on old code
 //! too. Run one with, e.g.:
 //!
-//!     cargo test -p vending --test promise_storms -- --ignored --nocapture throttled_commits
+//!     cargo test -p vending --test integration promise_storms::throttled_commits -- --ignored --nocapture
 //!
 //! Knobs (environment): STORM_VENDS, STORM_MARGIN, STORM_DEADLINE, STORM_TTL.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

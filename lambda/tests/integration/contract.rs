@@ -1,6 +1,6 @@
 //! The HTTP contract of DESIGN.md, against real servers on the emulator.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! `503` with `Retry-After`, never `500`. Real servers, real SDK, the emulator told
 //! to throttle.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

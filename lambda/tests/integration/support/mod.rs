@@ -81,45 +81,90 @@ pub struct Emulator {
     pub dir: tempfile::TempDir,
     codes: Arc<Mutex<Vec<String>>>,
     logs: Arc<Mutex<Vec<PathBuf>>>,
-    _process: Killer,
+    _process: Forked,
+}
+
+/// The warm emulator factory (scripts/emulator/zygote.py), one per test process: it
+/// imports moto once and forks a fresh emulator per test, which then starts in
+/// milliseconds instead of two CPU-seconds. It ends, and ends every emulator it
+/// forked, when this process ends (its stdin closes).
+struct Zygote {
+    requests: std::process::ChildStdin,
+    answers: std::io::BufReader<std::process::ChildStdout>,
+    _process: Child,
+}
+
+impl Zygote {
+    fn shared() -> &'static Mutex<Zygote> {
+        static ZYGOTE: std::sync::OnceLock<Mutex<Zygote>> = std::sync::OnceLock::new();
+        ZYGOTE.get_or_init(|| {
+            let python = python();
+            assert!(
+                python.exists(),
+                "no Python venv at {}: run scripts/setup.sh first",
+                python.display()
+            );
+            let mut child = Command::new(&python)
+                .arg(repo_root().join("scripts/emulator/zygote.py"))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("start the emulator factory");
+            Mutex::new(Zygote {
+                requests: child.stdin.take().expect("stdin"),
+                answers: std::io::BufReader::new(child.stdout.take().expect("stdout")),
+                _process: child,
+            })
+        })
+    }
+
+    /// One request, one answer line (the factory answers in order).
+    fn ask(request: Value) -> Value {
+        use std::io::{BufRead, Write};
+        let mut zygote = Self::shared().lock().unwrap_or_else(|p| p.into_inner());
+        writeln!(zygote.requests, "{request}").expect("write to the emulator factory");
+        let mut line = String::new();
+        zygote.answers.read_line(&mut line).expect("read the emulator factory");
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("the emulator factory answered {line:?}"))
+    }
+}
+
+/// An emulator the factory forked; stopped when dropped.
+struct Forked(u64);
+
+impl Drop for Forked {
+    fn drop(&mut self) {
+        Zygote::ask(serde_json::json!({"stop": self.0}));
+    }
 }
 
 impl Emulator {
     pub fn start() -> Self {
-        let python = python();
-        assert!(
-            python.exists(),
-            "no Python venv at {}: run scripts/setup.sh first",
-            python.display()
-        );
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let log = std::fs::File::create(dir.path().join("emulator.log")).expect("log file");
-        let child = Command::new(&python)
-            .arg(repo_root().join("scripts/emulator/server.py"))
-            .args(["--port", &port.to_string()])
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start the emulator");
-        let process = Killer(child);
+        let env_file = dir.path().join("provision.env");
+        let answer = Zygote::ask(serde_json::json!({"start": {
+            "port": port,
+            "log": dir.path().join("emulator.log"),
+            "env_file": env_file,
+        }}));
+        let process = Forked(answer["pid"].as_u64().expect("the emulator's pid"));
         let url = format!("http://127.0.0.1:{port}");
-        assert!(
-            // Generous: moto takes seconds to import, more when tests start many at once.
-            wait_until_ok(&format!("{url}/_emulator/health"), Duration::from_secs(90)),
-            "the emulator did not start"
-        );
-        let out = Command::new(&python)
-            .arg(repo_root().join("scripts/emulator/provision.py"))
-            .args(["--endpoint", &url])
-            .output()
-            .expect("run provision.py");
-        assert!(
-            out.status.success(),
-            "provision failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let env = String::from_utf8_lossy(&out.stdout)
+        // It provisions itself once it answers, then writes the settings, whole.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let provisioned = loop {
+            if let Ok(text) = std::fs::read_to_string(&env_file) {
+                break text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the emulator did not start: {}",
+                std::fs::read_to_string(dir.path().join("emulator.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(!provisioned.starts_with("error:"), "provision failed: {provisioned}");
+        let env = provisioned
             .lines()
             .filter_map(|l| l.strip_prefix("export "))
             .filter_map(|l| l.split_once('='))
@@ -318,6 +363,7 @@ impl Emulator {
 
     pub async fn sdk_config(&self) -> aws_config::SdkConfig {
         aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(vending::app::https_client())
             .endpoint_url(&self.url)
             .region(aws_config::Region::new(self.env_value("AWS_REGION")))
             .credentials_provider(aws_sdk_ssm::config::Credentials::new(
@@ -382,6 +428,92 @@ impl Emulator {
             .send()
             .await
             .expect("put the pool config");
+    }
+
+    /// The emulator behind TLS, as AWS is: a certificate for `localhost` signed by a
+    /// CA of its own (made with `openssl`). Returns the HTTPS endpoint, the CA file
+    /// a client must trust to reach it, and the proxy (stopped when dropped).
+    pub fn behind_tls(&self) -> (String, PathBuf, impl Drop) {
+        let dir = self.dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let subject = |cn: &str| format!("/CN={cn}");
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            &subject("test CA"),
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "tls.key",
+            "-out",
+            "tls.csr",
+            "-subj",
+            &subject("localhost"),
+        ]);
+        std::fs::write(
+            dir.join("tls.ext"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write tls.ext");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "tls.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "tls.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "tls.ext",
+        ]);
+        let port = free_port();
+        let target = self.url.rsplit(':').next().expect("the emulator's port").to_owned();
+        let mut child = Command::new(python())
+            .arg(repo_root().join("lambda/tests/integration/support/tls_proxy.py"))
+            .args([&port.to_string(), &target, "tls.pem", "tls.key"])
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the TLS proxy");
+        let mut ready = [0u8; 10]; // "listening\n"
+        child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_exact(&mut ready)
+            .expect("the TLS proxy did not start");
+        (format!("https://localhost:{port}"), dir.join("ca.pem"), Killer(child))
     }
 
     /// Creates another IAM role SSM may give nodes (what provision.py does for the

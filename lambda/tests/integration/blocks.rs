@@ -3,7 +3,7 @@
 //! slot twice, never hands one of an activation inside its expiry margin; slots a
 //! process never hands out are counted as wasted.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::sync::Arc;

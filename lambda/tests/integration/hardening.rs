@@ -3,7 +3,7 @@
 //! that disappears, a commit that arrives after the sweep. Real servers, real SDK,
 //! the emulator told to fail.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Operating the fleet: `vending status`, metrics as EMF lines, and the clean-up of
 //! stale duplicate nodes, against the emulator's managed nodes.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -301,5 +301,28 @@ async fn the_clean_up_deregisters_exactly_the_stale_duplicates() {
     assert!(
         reasons.iter().all(|r| r.contains(&ids[2])),
         "named the newest registration: {reasons:?}"
+    );
+}
+
+#[test]
+fn the_service_reaches_aws_over_tls_trusting_the_system_roots_and_nothing_else() {
+    let emulator = Emulator::start();
+    let (endpoint, ca, _proxy) = emulator.behind_tls();
+    let ca = ca.to_string_lossy().into_owned();
+    // The system's roots, as rustls-native-certs reads them, are here only our CA.
+    let trusted = vending(
+        &emulator,
+        &["pools"],
+        &[("AWS_ENDPOINT_URL", &endpoint), ("SSL_CERT_FILE", &ca)],
+    );
+    assert!(trusted.status.success(), "{}", String::from_utf8_lossy(&trusted.stderr));
+    assert!(String::from_utf8_lossy(&trusted.stdout).contains("default"));
+    // Without our CA the certificate is refused: the client verifies what it reaches.
+    let untrusted = vending(&emulator, &["pools"], &[("AWS_ENDPOINT_URL", &endpoint)]);
+    assert!(!untrusted.status.success());
+    assert!(
+        String::from_utf8_lossy(&untrusted.stderr).contains("invalid peer certificate"),
+        "{}",
+        String::from_utf8_lossy(&untrusted.stderr)
     );
 }
