@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 
-.PHONY: help setup demo test lint test-emulator test-rust test-contract test-scripts test-template bench clean static build print-test-targets
+.PHONY: help setup test-packages demo test lint test-emulator test-rust test-contract test-scripts test-template bench clean static build print-test-targets
 
 # One debug build for lint, test-rust and test-scripts: clippy-driver compiles the
 # workspace's own crates (as `cargo clippy` does, which runs `cargo check` with this
@@ -53,7 +53,11 @@ lint: setup
 test-emulator: setup
 	tests/emulator/run.sh
 
-test-rust: setup
+# The Debian packages the tests use (faketime): a no-op once installed.
+test-packages:
+	scripts/install-test-packages.sh
+
+test-rust: setup test-packages
 	$(CLIPPY) cargo test --workspace
 
 # The published contract (openapi.yaml) against the debug binary the Rust tests run.

@@ -14,6 +14,7 @@ use crate::aws::keys::{CodeKey, KeyFacts};
 use crate::aws::nodes::ManagedNodes;
 use crate::aws::parameters::{CodeVault, PoolConfigSource};
 use crate::aws::pool_store::PoolStore;
+use crate::clock::DateHeaderInterceptor;
 use crate::config::Config;
 use crate::http::AppState;
 use crate::sweep::Sweeper;
@@ -49,9 +50,25 @@ pub async fn load_sdk_config(config: &Config) -> SdkConfig {
         .await
 }
 
+/// An SSM client that also compares AWS's clock with ours (`clock.rs`).
+fn ssm_client(sdk: &SdkConfig) -> aws_sdk_ssm::Client {
+    let config = aws_sdk_ssm::config::Builder::from(sdk)
+        .interceptor(DateHeaderInterceptor)
+        .build();
+    aws_sdk_ssm::Client::from_conf(config)
+}
+
+/// A DynamoDB client that also compares AWS's clock with ours (`clock.rs`).
+fn dynamodb_client(sdk: &SdkConfig) -> aws_sdk_dynamodb::Client {
+    let config = aws_sdk_dynamodb::config::Builder::from(sdk)
+        .interceptor(DateHeaderInterceptor)
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(config)
+}
+
 pub fn build_state(config: Config, sdk: &SdkConfig) -> AppState {
-    let ssm = aws_sdk_ssm::Client::new(sdk);
-    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+    let ssm = ssm_client(sdk);
+    let dynamodb = dynamodb_client(sdk);
     let vendor = Vendor::new(
         PoolStore::new(dynamodb, config.table.clone()),
         CodeVault::new(ssm.clone(), config.parameter_prefix.clone(), config.kms_key_id.clone()),
@@ -65,9 +82,9 @@ pub fn build_state(config: Config, sdk: &SdkConfig) -> AppState {
 }
 
 pub fn build_sweeper(config: &Config, sdk: &SdkConfig) -> Sweeper {
-    let ssm = aws_sdk_ssm::Client::new(sdk);
+    let ssm = ssm_client(sdk);
     Sweeper::new(
-        PoolStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table.clone()),
+        PoolStore::new(dynamodb_client(sdk), config.table.clone()),
         ActivationService::new(ssm.clone(), config.table.clone()),
         ManagedNodes::new(ssm.clone(), config.table.clone()),
         pool_config_source(ssm, config),
@@ -77,7 +94,7 @@ pub fn build_sweeper(config: &Config, sdk: &SdkConfig) -> Sweeper {
 
 /// Reads pool configs from Parameter Store (for `vending pools`).
 pub fn pool_configs(config: &Config, sdk: &SdkConfig) -> PoolConfigSource {
-    pool_config_source(aws_sdk_ssm::Client::new(sdk), config)
+    pool_config_source(ssm_client(sdk), config)
 }
 
 /// The pool configs, trusting only `VENDING_POOL_CONFIG_WRITERS`' writes.
@@ -87,9 +104,9 @@ fn pool_config_source(ssm: aws_sdk_ssm::Client, config: &Config) -> PoolConfigSo
 
 /// Reads what `vending status` shows, with the caller's credentials.
 pub fn build_status_reader(config: &Config, sdk: &SdkConfig) -> crate::status::StatusReader {
-    let ssm = aws_sdk_ssm::Client::new(sdk);
+    let ssm = ssm_client(sdk);
     crate::status::StatusReader {
-        store: PoolStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table.clone()),
+        store: PoolStore::new(dynamodb_client(sdk), config.table.clone()),
         activations: ActivationService::new(ssm.clone(), config.table.clone()),
         nodes: ManagedNodes::new(ssm.clone(), config.table.clone()),
         pool_configs: pool_config_source(ssm, config),

@@ -9,7 +9,10 @@
 //! limit (the write's condition says the whole block is free), and never from an
 //! activation that has entered the expiry margin or was made with outdated
 //! settings: such a block is dropped, and its slots are counted as wasted, as are
-//! the slots a stopping process still holds.
+//! the slots a stopping process still holds. The margin is judged with the clock
+//! of the moment each slot is taken, not of the moment the request started.
+//! A reserve or promotion attempt that got no answer may have taken its slots all
+//! the same: `PoolStore` counts those as wasted too (`lost_answer`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::aws::pool_store::{PoolStore, Reservation, SlotCount, Via};
 use crate::error::VendError;
-use crate::metrics::{self, Metric};
+use crate::metrics::{self, WasteReason};
 use crate::pool::{promotable, why_unusable, CurrentActivation, EpochSecs, Wanted};
 
 /// Slots reserved in one write that this process has not handed out yet.
@@ -63,12 +66,12 @@ impl SlotBlock {
 
     /// Why its slots may no longer be handed out, if so: the reserve's own rule,
     /// less the count of free slots (these are ours already).
-    pub fn unusable(&self, now: EpochSecs, margin_secs: i64, wanted: Wanted<'_>) -> Option<&'static str> {
+    pub fn unusable(&self, now: EpochSecs, margin_secs: i64, wanted: Wanted<'_>) -> Option<WasteReason> {
         let a = &self.activation;
         if a.expires_at <= now + margin_secs {
-            Some("inside the expiry margin")
+            Some(WasteReason::Margin)
         } else if a.config_outdated(wanted) {
-            Some("made with outdated settings")
+            Some(WasteReason::Outdated)
         } else {
             None
         }
@@ -168,19 +171,16 @@ impl PoolSlots {
             .take()
             .ok_or_else(|| VendError::Internal("reserved an empty block of slots".into()))?;
         if let Some(old) = held.block.replace(block) {
-            count_wasted(pool, &old, "replaced by a newer block");
+            count_wasted(pool, &old, WasteReason::Outdated);
         }
         Ok(first)
     }
 }
 
 /// Logs and counts the slots `block` never handed out; returns how many.
-fn count_wasted(pool: &str, block: &SlotBlock, reason: &str) -> u32 {
+fn count_wasted(pool: &str, block: &SlotBlock, reason: WasteReason) -> u32 {
     let slots = block.left();
-    if slots > 0 {
-        tracing::info!(pool, activation_id = %block.activation_id(), slots, reason, "slots wasted");
-        metrics::emit(Some(pool), &[(Metric::SlotsWasted, f64::from(slots))]);
-    }
+    metrics::slots_wasted(pool, block.activation_id(), slots, reason);
     slots
 }
 
@@ -215,34 +215,35 @@ impl SlotBlocks {
     /// it, while this process's other requests wait for that block instead of
     /// being refused one by one. `limit` is the registration limit the pool's
     /// settings give.
+    /// `clock` gives the time each slot is judged by, read when it is taken.
     pub async fn reserve(
         &self,
         pool: &str,
-        now: EpochSecs,
+        clock: impl Fn() -> EpochSecs,
         margin_secs: i64,
         wanted: Wanted<'_>,
         limit: u32,
     ) -> Result<Reservation, VendError> {
         let slots = self.pool_slots(pool);
         if self.block_max <= 1 {
-            return self.write(pool, &slots, now, margin_secs, wanted, limit).await;
+            return self.write(pool, &slots, &clock, margin_secs, wanted, limit).await;
         }
-        if let Some(reservation) = slots.take_held(pool, now, margin_secs, wanted) {
+        if let Some(reservation) = slots.take_held(pool, clock(), margin_secs, wanted) {
             return Ok(reservation);
         }
         let _turn = slots.reserving.lock().await;
         // The block reserved while we queued may have a slot for us.
-        if let Some(reservation) = slots.take_held(pool, now, margin_secs, wanted) {
+        if let Some(reservation) = slots.take_held(pool, clock(), margin_secs, wanted) {
             return Ok(reservation);
         }
-        self.write(pool, &slots, now, margin_secs, wanted, limit).await
+        self.write(pool, &slots, &clock, margin_secs, wanted, limit).await
     }
 
     async fn write(
         &self,
         pool: &str,
         slots: &PoolSlots,
-        now: EpochSecs,
+        clock: &impl Fn() -> EpochSecs,
         margin_secs: i64,
         wanted: Wanted<'_>,
         limit: u32,
@@ -257,6 +258,7 @@ impl SlotBlocks {
             } else {
                 SlotCount::One
             };
+            let now = clock();
             let state = match self.store.reserve_slots(pool, now, margin_secs, condition, ask).await? {
                 Reservation::Reserved {
                     activation,
@@ -296,7 +298,7 @@ impl SlotBlocks {
             let count = block_size(self.block_max, wanting, None);
             if let Some(activation) = self
                 .store
-                .promote_standby(pool, standby, now, margin_secs, condition, count)
+                .promote_standby(pool, standby, clock(), margin_secs, condition, count)
                 .await?
             {
                 tracing::info!(pool, activation_id = %activation.id, "promoted the standby");
@@ -310,12 +312,12 @@ impl SlotBlocks {
             }
         }
         // Still racing other processes for the last few slots: one slot, as ever.
-        self.store.reserve_slot(pool, now, margin_secs, condition).await
+        self.store.reserve_slot(pool, clock(), margin_secs, condition).await
     }
 
     /// Drops the block of an activation that turned out unusable (deleted out of
     /// band, its code gone), counting its slots as wasted; returns how many.
-    pub fn discard(&self, pool: &str, activation_id: &str, reason: &str) -> u32 {
+    pub fn discard(&self, pool: &str, activation_id: &str, reason: WasteReason) -> u32 {
         let slots = self.pool_slots(pool);
         let mut held = slots.held();
         match held.block.take_if(|b| b.activation_id() == activation_id) {
@@ -337,7 +339,7 @@ impl SlotBlocks {
         let mut wasted = 0;
         for (pool, slots) in pools {
             if let Some(block) = slots.held().block.take() {
-                wasted += count_wasted(&pool, &block, "process stopping");
+                wasted += count_wasted(&pool, &block, WasteReason::Stopping);
             }
         }
         wasted
@@ -381,12 +383,12 @@ mod tests {
     fn a_block_of_an_activation_inside_the_margin_or_outdated_is_unusable() {
         let block = SlotBlock::new(activation(7, 10), None, 4);
         assert_eq!(block.unusable(1_000, 600, WANTED), None);
-        assert_eq!(block.unusable(9_500, 600, WANTED), Some("inside the expiry margin"));
+        assert_eq!(block.unusable(9_500, 600, WANTED), Some(WasteReason::Margin));
         let newer = Wanted {
             fingerprint: "other",
             config_at: 200,
         };
-        assert_eq!(block.unusable(1_000, 600, newer), Some("made with outdated settings"));
+        assert_eq!(block.unusable(1_000, 600, newer), Some(WasteReason::Outdated));
         // Made from a newer read than the caller's: the caller's config is the stale one.
         let older = Wanted {
             fingerprint: "other",

@@ -181,6 +181,9 @@ impl Config {
                 "must be at least 1s: a vend takes at least one AWS call",
             ));
         }
+        if let Err(problem_text) = crate::pools::margin_outlasts_deadline(expiry_margin, deadline) {
+            return Err(problem("VENDING_EXPIRY_MARGIN", problem_text));
+        }
         if lease < Duration::from_secs(1) {
             return Err(problem(
                 "VENDING_LEASE",
@@ -322,6 +325,23 @@ mod tests {
         assert_eq!(config.max_connections, 1024);
         assert_eq!(config.shutdown_grace, Duration::from_secs(20));
         assert!(config.default_allowed_cidrs.is_empty() && config.pool_config_writers.is_empty());
+    }
+
+    #[test]
+    fn an_expiry_margin_not_larger_than_the_deadline_is_refused_naming_both() {
+        for (margin, deadline) in [("20s", "20s"), ("10s", "20s")] {
+            let mut env = base();
+            env.insert("VENDING_EXPIRY_MARGIN", margin.to_owned());
+            env.insert("VENDING_DEADLINE", deadline.to_owned());
+            let err = load(&env).unwrap_err();
+            assert_eq!(err.setting, "VENDING_EXPIRY_MARGIN");
+            assert!(err.to_string().contains("VENDING_DEADLINE"), "{err}");
+        }
+        let mut env = base();
+        env.insert("VENDING_EXPIRY_MARGIN", "4s".to_owned());
+        env.insert("VENDING_ACTIVATION_TTL", "12s".to_owned());
+        env.insert("VENDING_DEADLINE", "3s".to_owned());
+        assert!(load(&env).is_ok());
     }
 
     #[test]

@@ -30,6 +30,9 @@ const CLAIM_SECS: i64 = 10;
 /// process reads Parameter Store (or after a failed read).
 const RECHECK_WHILE_OTHERS_READ: Duration = Duration::from_secs(1);
 
+/// At most one read of the configs per process this often for names it does not know.
+const MISS_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
 /// A pool as the directory knows it.
 #[derive(Debug, Clone)]
 pub struct Pool {
@@ -161,6 +164,10 @@ pub struct PoolDirectory {
     environment: PoolSettings,
     refresh_secs: i64,
     current: tokio::sync::Mutex<Current>,
+    /// `VENDING_DEADLINE`, which every pool's expiry margin must outlast.
+    deadline: Duration,
+    /// When a pool-name miss last read the configs.
+    last_miss_refresh: std::sync::Mutex<Option<Instant>>,
 }
 
 /// This process's copy, and when a stale copy may next ask for a fresher one.
@@ -178,11 +185,60 @@ impl PoolDirectory {
             environment: PoolSettings::from_environment(config),
             refresh_secs: secs(config.pool_refresh).max(1),
             current: tokio::sync::Mutex::new(Current::default()),
+            last_miss_refresh: std::sync::Mutex::new(None),
+            deadline: config.deadline,
         }
     }
 
+    /// The pool named `name`. A name this process's copy does not know triggers
+    /// one read of the configs first (at most one such read every
+    /// `MISS_REFRESH_INTERVAL` per process), so that a pool an operator just added
+    /// is found at once rather than after `VENDING_POOL_REFRESH`.
     pub async fn lookup(&self, name: &str) -> Result<Pool, VendError> {
-        self.snapshot().await?.lookup(name)
+        let found = match self.snapshot().await?.lookup(name) {
+            Err(VendError::PoolNotFound(_)) if self.may_refresh_on_miss() => {
+                tracing::info!(
+                    pool = name,
+                    "no such pool in the configs read before; reading them again"
+                );
+                self.refresh_on_miss().await?.lookup(name)
+            }
+            other => other,
+        }?;
+        crate::pools::margin_outlasts_deadline(found.settings.expiry_margin, self.deadline).map_err(|problem| {
+            VendError::PoolMisconfigured {
+                pool: name.to_owned(),
+                problem: format!("expiry_margin: {problem}"),
+            }
+        })?;
+        Ok(found)
+    }
+
+    /// Whether a miss may read the configs now; if so, the next may not for a while.
+    fn may_refresh_on_miss(&self) -> bool {
+        let mut last = self.last_miss_refresh.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < MISS_REFRESH_INTERVAL) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
+    /// Reads Parameter Store now (the shared copy may be as old as
+    /// `VENDING_POOL_REFRESH`), shares the read and makes it this process's copy.
+    async fn refresh_on_miss(&self) -> Result<Arc<Snapshot>, VendError> {
+        let mut current = self.current.lock().await;
+        let now = epoch_now();
+        let configs = self.source.read_all().await?;
+        if let Err(e) = self.store.save_directory_snapshot(&configs, now).await {
+            tracing::debug!(error = %e, "could not share the pool configs read on a miss");
+        }
+        let snapshot = Arc::new(Snapshot::parse(&configs, now, &self.environment));
+        *current = Current {
+            snapshot: Some(snapshot.clone()),
+            recheck_at: None,
+        };
+        Ok(snapshot)
     }
 
     /// Drops this process's copy if it is older than `read_at` (another process

@@ -28,6 +28,9 @@ pub enum VendError {
     /// DynamoDB refused a write because a transaction on the same item was in flight.
     #[error("{operation} kept conflicting with a concurrent transaction")]
     Contended { operation: &'static str },
+    /// The local clock is too far from AWS's to judge expiry margins.
+    #[error("the local clock is {skew_s} s off AWS's (at most {allowed_s} s allowed)")]
+    ClockSkew { skew_s: i64, allowed_s: i64 },
     #[error("AWS {operation} is unavailable: {detail}")]
     Unavailable { operation: &'static str, detail: String },
     #[error("AWS {operation} failed: {code}: {detail}")]
@@ -48,9 +51,11 @@ impl VendError {
             Self::PoolMisconfigured { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
-            Self::NoActivationYet | Self::Throttled { .. } | Self::Contended { .. } | Self::Unavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoActivationYet
+            | Self::Throttled { .. }
+            | Self::Contended { .. }
+            | Self::Unavailable { .. }
+            | Self::ClockSkew { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Aws { .. } | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -68,6 +73,7 @@ impl VendError {
             Self::Throttled { .. } => "Throttled",
             Self::Contended { .. } => "Contended",
             Self::Unavailable { .. } => "ServiceUnavailable",
+            Self::ClockSkew { .. } => "ClockSkew",
             Self::Aws { .. } | Self::Internal(_) => "InternalError",
         }
     }
@@ -77,6 +83,7 @@ impl VendError {
         match self {
             Self::NoActivationYet | Self::Contended { .. } => Some(1),
             Self::Throttled { .. } | Self::Unavailable { .. } => Some(2),
+            Self::ClockSkew { .. } => Some(10),
             _ => None,
         }
     }
@@ -87,6 +94,7 @@ impl VendError {
             Self::Aws { .. } | Self::Internal(_) => "the service failed to vend an activation; see its logs".into(),
             Self::Unavailable { .. } => "an AWS dependency is unavailable; retry later".into(),
             Self::Contended { .. } => "the pool is busy with concurrent writes; retry shortly".into(),
+            Self::ClockSkew { .. } => "the service's clock disagrees with AWS's; retry later".into(),
             other => other.to_string(),
         }
     }
@@ -129,6 +137,10 @@ mod tests {
             VendError::Unavailable {
                 operation: "SSM.GetParameter",
                 detail: "timeout".into(),
+            },
+            VendError::ClockSkew {
+                skew_s: -30,
+                allowed_s: 2,
             },
         ] {
             assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -58,11 +58,15 @@
 //! - `stale.rs`: `stale_duplicates`, which of a pool's nodes the clean-up deregisters,
 //!   and why.
 //! - `status.rs`: `vending status`: `StatusReader`, the table and the JSON.
-//! - `metrics.rs`: CloudWatch embedded-metric-format lines on standard output, and
-//!   `check_emf`.
+//! - `metrics.rs`: CloudWatch embedded-metric-format lines on standard output
+//!   (dimensions `Pool`, and `Reason` for `SlotsWasted`), and `check_emf`.
+//! - `clock.rs`: the local clock against the `Date` of AWS's answers
+//!   (`DateHeaderInterceptor` on every SDK client); `503 ClockSkew` when they disagree.
 //!
 //! AWS adapters (`aws/`, one per service, SDK errors mapped through `aws::classify`):
-//! - `aws/mod.rs`: `classify`, the one mapping of SDK errors into `VendError`.
+//! - `aws/mod.rs`: `classify`, the one mapping of SDK errors into `VendError`;
+//!   `retrying_conflicts`; `UnansweredAttempts`, which counts a request's attempts
+//!   that got no answer.
 //! - `aws/pool_store.rs`: `PoolStore`, DynamoDB: pool items, instance and commit
 //!   records, tombstones, the directory item; every write conditional.
 //! - `aws/parameters.rs`: `CodeVault` and `PoolConfigSource`, Parameter Store: the
@@ -91,6 +95,7 @@
 pub mod app;
 pub mod aws;
 pub mod blocks;
+pub mod clock;
 pub mod codes;
 pub mod config;
 pub mod directory;

@@ -29,6 +29,10 @@ pub enum Metric {
     StaleNodesDeregistered,
     ManagedNodes,
     PoolConfigUntrusted,
+    /// Slots the sweep found never used on an activation it retired.
+    UnusedRegistrations,
+    /// How far the local clock is from AWS's, when it is too far to vend.
+    ClockSkewSeconds,
 }
 
 impl Metric {
@@ -46,8 +50,66 @@ impl Metric {
             Self::StaleNodesDeregistered => "StaleNodesDeregistered",
             Self::ManagedNodes => "ManagedNodes",
             Self::PoolConfigUntrusted => "PoolConfigUntrusted",
+            Self::UnusedRegistrations => "UnusedRegistrations",
+            Self::ClockSkewSeconds => "ClockSkewSeconds",
         }
     }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            Self::ClockSkewSeconds => "Seconds",
+            _ => "Count",
+        }
+    }
+}
+
+/// Why slots were consumed and never handed out: `SlotsWasted`'s `Reason` dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WasteReason {
+    /// A reserve whose write may have landed but whose answer never came.
+    LostAnswer,
+    /// The request was cut off by `VENDING_DEADLINE` while holding its slot.
+    Deadline,
+    /// The activation entered the expiry margin before the slot was handed out.
+    Margin,
+    /// The process stopped with slots of a block in hand.
+    Stopping,
+    /// The activation was deleted out of band, or its code is gone.
+    Deleted,
+    /// The activation was made with outdated settings, or a newer block replaced it.
+    Outdated,
+}
+
+impl WasteReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LostAnswer => "lost_answer",
+            Self::Deadline => "deadline",
+            Self::Margin => "margin",
+            Self::Stopping => "stopping",
+            Self::Deleted => "deleted",
+            Self::Outdated => "outdated",
+        }
+    }
+}
+
+impl std::fmt::Display for WasteReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Counts `slots` of `pool` consumed and never handed out, for `reason` (metric
+/// `SlotsWasted` with the dimensions `Pool` and `Reason`, and a log line).
+pub fn slots_wasted(pool: &str, activation_id: &str, slots: u32, reason: WasteReason) {
+    if slots == 0 {
+        return;
+    }
+    tracing::info!(pool, activation_id, slots, %reason, "slots wasted");
+    emit_with(
+        &[("Pool", pool), ("Reason", reason.as_str())],
+        &[(Metric::SlotsWasted, f64::from(slots))],
+    );
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
@@ -59,26 +121,34 @@ pub fn disable() {
 
 /// One EMF document: `values` (all counts) for `pool`, or account-wide with `None`.
 pub fn document(pool: Option<&str>, values: &[(Metric, f64)], timestamp_ms: u64) -> Value {
+    match pool {
+        Some(pool) => document_with(&[("Pool", pool)], values, timestamp_ms),
+        None => document_with(&[], values, timestamp_ms),
+    }
+}
+
+/// One EMF document of `values` with the dimensions `dimensions` (name, value).
+pub fn document_with(dimensions: &[(&str, &str)], values: &[(Metric, f64)], timestamp_ms: u64) -> Value {
     let mut root = Map::new();
-    let dimensions: Vec<&str> = match pool {
-        Some(pool) => {
-            root.insert("Pool".into(), json!(pool));
-            vec!["Pool"]
-        }
-        None => Vec::new(),
-    };
+    let names: Vec<&str> = dimensions
+        .iter()
+        .map(|(name, value)| {
+            root.insert((*name).into(), json!(value));
+            *name
+        })
+        .collect();
     let metrics: Vec<Value> = values
         .iter()
         .map(|(metric, value)| {
             root.insert(metric.name().into(), json!(value));
-            json!({"Name": metric.name(), "Unit": "Count"})
+            json!({"Name": metric.name(), "Unit": metric.unit()})
         })
         .collect();
     root.insert(
         "_aws".into(),
         json!({
             "Timestamp": timestamp_ms,
-            "CloudWatchMetrics": [{"Namespace": NAMESPACE, "Dimensions": [dimensions], "Metrics": metrics}]
+            "CloudWatchMetrics": [{"Namespace": NAMESPACE, "Dimensions": [names], "Metrics": metrics}]
         }),
     );
     Value::Object(root)
@@ -87,6 +157,14 @@ pub fn document(pool: Option<&str>, values: &[(Metric, f64)], timestamp_ms: u64)
 /// Writes one EMF line to standard output (one `write` call, so lines from
 /// concurrent requests never interleave).
 pub fn emit(pool: Option<&str>, values: &[(Metric, f64)]) {
+    match pool {
+        Some(pool) => emit_with(&[("Pool", pool)], values),
+        None => emit_with(&[], values),
+    }
+}
+
+/// Like `emit`, with any dimensions.
+pub fn emit_with(dimensions: &[(&str, &str)], values: &[(Metric, f64)]) {
     if !ENABLED.load(Ordering::Relaxed) || values.is_empty() {
         return;
     }
@@ -94,7 +172,7 @@ pub fn emit(pool: Option<&str>, values: &[(Metric, f64)]) {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let mut line = document(pool, values, now_ms).to_string();
+    let mut line = document_with(dimensions, values, now_ms).to_string();
     line.push('\n');
     let _ = std::io::stdout().lock().write_all(line.as_bytes());
 }
@@ -208,6 +286,24 @@ mod tests {
         assert_eq!(check_emf(&doc), Ok(()));
         assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([[]]));
         assert!(doc.get("Pool").is_none());
+    }
+
+    #[test]
+    fn wasted_slots_carry_their_reason_as_a_second_dimension() {
+        let doc = document_with(
+            &[("Pool", "web"), ("Reason", WasteReason::Margin.as_str())],
+            &[(Metric::SlotsWasted, 3.0)],
+            1,
+        );
+        assert_eq!(check_emf(&doc), Ok(()));
+        assert_eq!(doc["Reason"], "margin");
+        assert_eq!(
+            doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["Pool", "Reason"]])
+        );
+        let skew = document(None, &[(Metric::ClockSkewSeconds, 31.0)], 1);
+        assert_eq!(check_emf(&skew), Ok(()));
+        assert_eq!(skew["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"], "Seconds");
     }
 
     #[test]

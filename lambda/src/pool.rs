@@ -19,6 +19,8 @@ pub struct PoolState {
     pub last_rotation_reason: Option<String>,
     /// The last rotation that failed, if any (for operators).
     pub last_failure: Option<RotationFailure>,
+    /// Registrations the sweep found unused on the activations it retired, in all.
+    pub unused_registrations: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

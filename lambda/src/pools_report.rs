@@ -43,7 +43,20 @@ pub async fn read(source: &PoolConfigSource, config: &Config) -> Result<PoolList
             } else {
                 "environment".to_owned()
             };
+            let margin_problem = verdict.as_ref().ok().and_then(|pool| {
+                crate::pools::margin_outlasts_deadline(pool.settings.expiry_margin, config.deadline)
+                    .err()
+                    .map(|problem| format!("expiry_margin: {problem}"))
+            });
             match verdict {
+                Ok(_) if margin_problem.is_some() => PoolEntry {
+                    pool: name.to_owned(),
+                    valid: false,
+                    source: origin,
+                    settings: None,
+                    fingerprint: None,
+                    problem: margin_problem,
+                },
                 Ok(pool) => PoolEntry {
                     pool: name.to_owned(),
                     valid: true,

@@ -20,6 +20,7 @@ pub struct StaleNode {
 /// older than the newest one (by `RegistrationDate`, never by last ping) that has
 /// been `ConnectionLost` for longer than `after_secs`. Never an online node, never
 /// the newest registration of a name, never a node without the pool's tag.
+/// Registrations of the same `RegistrationDate` are told apart by `newness`.
 pub fn stale_duplicates(pool: &str, nodes: &[Node], now: EpochSecs, after_secs: i64) -> Vec<StaleNode> {
     let mut by_name: HashMap<String, Vec<&Node>> = HashMap::new();
     for node in nodes
@@ -33,7 +34,7 @@ pub fn stale_duplicates(pool: &str, nodes: &[Node], now: EpochSecs, after_secs: 
     }
     let mut stale = Vec::new();
     for group in by_name.values() {
-        let Some(newest) = group.iter().max_by_key(|n| (n.registered, n.id.as_str())) else {
+        let Some(newest) = group.iter().max_by_key(|n| newness(n)) else {
             continue;
         };
         for node in group {
@@ -54,6 +55,18 @@ pub fn stale_duplicates(pool: &str, nodes: &[Node], now: EpochSecs, after_secs: 
     }
     stale.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
     stale
+}
+
+/// The order of "newer" among one name's registrations: the later
+/// `RegistrationDate`; on the same date an `Online` one, then the later
+/// `LastPingDateTime` (then the ID, only so that the choice is stable).
+fn newness(node: &Node) -> (EpochSecs, bool, EpochSecs, &str) {
+    (
+        node.registered,
+        node.ping_status == "Online",
+        node.last_ping,
+        node.id.as_str(),
+    )
 }
 
 #[cfg(test)]
@@ -124,5 +137,27 @@ mod tests {
         assert_eq!(stale.len(), 1);
         assert_eq!(stale[0].instance_id, "mi-old");
         assert!(stale[0].reason.contains("mi-new"));
+    }
+
+    #[test]
+    fn on_the_same_registration_date_an_online_node_is_the_newer_then_the_later_ping() {
+        let p = Some("web");
+        // The offline registration's ID sorts after the online one's: it must not win.
+        let nodes = vec![
+            node("mi-a-online", "web-01", "Online", 50 * DAY, NOW, p),
+            node("mi-z-offline", "web-01", "ConnectionLost", 50 * DAY, 60 * DAY, p),
+        ];
+        let stale = stale_duplicates("web", &nodes, NOW, 7 * DAY);
+        assert_eq!(stale.len(), 1, "{stale:?}");
+        assert_eq!(stale[0].instance_id, "mi-z-offline");
+        assert!(stale[0].reason.contains("mi-a-online"));
+        // Both offline on the same date: the one that pinged later is the newer.
+        let nodes = vec![
+            node("mi-a-later", "web-01", "ConnectionLost", 50 * DAY, 70 * DAY, p),
+            node("mi-z-earlier", "web-01", "ConnectionLost", 50 * DAY, 60 * DAY, p),
+        ];
+        let stale = stale_duplicates("web", &nodes, NOW, 7 * DAY);
+        assert_eq!(stale.len(), 1, "{stale:?}");
+        assert_eq!(stale[0].instance_id, "mi-z-earlier");
     }
 }

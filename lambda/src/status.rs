@@ -28,6 +28,9 @@ pub struct Status {
     /// Where the `default` pool comes from, or that there is none.
     pub default_pool: DefaultPool,
     pub account: AccountNodes,
+    /// This machine's clock less AWS's, in seconds, from the `Date` of AWS's
+    /// answers to these reads (`clock.rs`); `null` if none was dated.
+    pub clock_skew_s: Option<f64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -53,6 +56,8 @@ pub struct PoolStatus {
     pub rotation_failing: bool,
     /// Nodes registered through the pool's activations, by `PingStatus`.
     pub nodes: BTreeMap<String, usize>,
+    /// Registrations the sweep found unused on the activations it retired, in all.
+    pub unused_registrations: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -124,11 +129,13 @@ impl StatusReader {
                 percent_of_quota: (percent_of_quota * 10.0).round() / 10.0,
                 warning: percent_of_quota >= 90.0,
             },
+            clock_skew_s: crate::clock::skew_s().map(|s| (s * 10.0).round() / 10.0),
         })
     }
 
     async fn fill(&self, pool: &str, status: &mut PoolStatus) -> Result<(), VendError> {
         let state = self.store.pool(pool).await?;
+        status.unused_registrations = state.unused_registrations;
         if let Some(a) = &state.activation {
             status.activation_id = Some(a.id.clone());
             status.expires_at = Some(when(a.expires_at));
@@ -226,6 +233,15 @@ impl Status {
                 ""
             }
         ));
+        if let Some(skew) = self.clock_skew_s {
+            out.push_str(&format!("clock: {skew} s off AWS's\n"));
+        }
+        let unused: u64 = self.pools.iter().map(|p| p.unused_registrations).sum();
+        if unused > 0 {
+            out.push_str(&format!(
+                "unused registrations on retired activations: {unused} (per pool: --json)\n"
+            ));
+        }
         out
     }
 }

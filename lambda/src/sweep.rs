@@ -73,6 +73,11 @@ pub struct SweepReport {
     pub managed_nodes: usize,
     /// Stale duplicates deregistered (or, with `dry_run`, to be), and why.
     pub deregistered_nodes: Vec<StaleNode>,
+    /// Registrations never used on the activations this sweep retired (deleted as
+    /// spent, or with `dry_run` to be): `RegistrationLimit` less SSM's
+    /// `RegistrationsCount`. Slots taken and never handed out end up here, whatever
+    /// the process that took them could see.
+    pub unused_registrations: u64,
 }
 
 /// What became of one activation.
@@ -135,7 +140,17 @@ impl Sweeper {
                 ),
                 (Metric::SweepFailures, report.failed.len() as f64),
                 (Metric::StaleNodesDeregistered, report.deregistered_nodes.len() as f64),
+                (Metric::UnusedRegistrations, report.unused_registrations as f64),
             ];
+            if report.unused_registrations > 0 && !options.dry_run {
+                if let Err(e) = self
+                    .store
+                    .add_unused_registrations(&pool, report.unused_registrations)
+                    .await
+                {
+                    tracing::warn!(pool, error = %e, "could not add the unused registrations to the pool's total");
+                }
+            }
             if counted {
                 figures.push((Metric::ManagedNodes, report.managed_nodes as f64));
             }
@@ -293,7 +308,7 @@ impl Sweeper {
                 return;
             }
         };
-        let outcomes: Vec<(String, Outcome)> = stream::iter(chunk)
+        let outcomes: Vec<(&ActivationInfo, Outcome)> = stream::iter(chunk)
             .map(|info| {
                 let committed = current == Some(info.id.as_str()) || committed.contains(&info.id);
                 let is_standby = standby == Some(info.id.as_str());
@@ -303,17 +318,21 @@ impl Sweeper {
                     } else {
                         self.settle(pool, current, info, committed, now, dry_run).await
                     };
-                    (info.id.clone(), outcome)
+                    (info, outcome)
                 }
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        for (id, outcome) in outcomes {
+        for (info, outcome) in outcomes {
+            let id = info.id.clone();
             match outcome {
                 Outcome::Kept => report.kept += 1,
                 Outcome::Deleted(SweepVerdict::DeleteOrphan) => report.deleted_orphans.push(id),
-                Outcome::Deleted(_) => report.deleted_spent.push(id),
+                Outcome::Deleted(_) => {
+                    report.unused_registrations += u64::from(info.limit.saturating_sub(info.registrations));
+                    report.deleted_spent.push(id);
+                }
                 Outcome::Failed => report.failed.push(id),
             }
         }

@@ -18,7 +18,7 @@ use crate::codes::Codes;
 use crate::config::Config;
 use crate::directory::{Pool, PoolDirectory};
 use crate::error::VendError;
-use crate::metrics::{self, Metric};
+use crate::metrics::{self, Metric, WasteReason};
 use crate::pool::{
     lease_is_free, promotable, rotate_ahead_due, standby_needed, why_unusable, Caller, CurrentActivation, EpochSecs,
     InstanceRecord, RotationReason,
@@ -75,6 +75,7 @@ impl Vendor {
         activations: ActivationService,
         config: Config,
     ) -> Self {
+        crate::clock::margin_in_use(secs(config.expiry_margin));
         let directory = PoolDirectory::new(store.clone(), pool_configs, &config);
         let codes = Arc::new(Codes::new(vault));
         let checks = ActivationChecks::new(activations.clone(), config.verify_interval);
@@ -112,7 +113,9 @@ impl Vendor {
             };
             for (name, pool) in snapshot.all() {
                 let Ok(pool) = pool.as_ref() else { continue };
-                if !pool.settings.enabled {
+                let misconfigured =
+                    crate::pools::margin_outlasts_deadline(pool.settings.expiry_margin, self.config.deadline).is_err();
+                if !pool.settings.enabled || misconfigured {
                     continue;
                 }
                 if let Err(e) = self.ready_pool(pool).await {
@@ -185,6 +188,7 @@ impl Vendor {
                     source_address,
                 });
             }
+            self.clock_agrees(&pool).await?;
             self.vend_unbounded(&pool, instance, machine_id).await
         };
         let result = match tokio::time::timeout(self.config.deadline, vend).await {
@@ -202,6 +206,18 @@ impl Vendor {
             metrics::count(pool, Metric::NoActivationYet);
         }
         result
+    }
+
+    /// Refuses to vend (`ClockSkew`) while the local clock is too far from AWS's.
+    /// Stopped, a process still asks AWS once a second (one read of the pool's item)
+    /// so that it sees when the clock agrees again.
+    async fn clock_agrees(&self, pool: &Pool) -> Result<(), VendError> {
+        crate::clock::margin_in_use(margin(pool));
+        if crate::clock::check().is_err() && crate::clock::measured_ago().is_none_or(|ago| ago > Duration::from_secs(1))
+        {
+            let _ = self.store.pool(&pool.name).await;
+        }
+        crate::clock::check()
     }
 
     async fn vend_unbounded(
@@ -222,53 +238,65 @@ impl Vendor {
                 Err(stale) => replacing = stale,
             }
         }
-        let (activation, code, waited) = self.reserve_and_pair(pool).await?;
-        let slots_left = f64::from(activation.limit.saturating_sub(activation.reserved));
-        metrics::emit(
-            Some(&pool.name),
-            &[(Metric::Vends, 1.0), (Metric::SlotsRemaining, slots_left)],
-        );
-        let vended = Vended {
-            activation_id: activation.id.clone(),
-            code,
-            expires_at: activation.expires_at,
-            pool: pool.name.clone(),
-            waited_for_rotation: waited,
-        };
-        let Some(caller) = caller else {
-            return Ok(vended);
-        };
-        let record = InstanceRecord {
-            activation_id: activation.id,
-            parameter_version: activation.parameter_version,
-            expires_at: activation.expires_at,
-            machine_id: Some(caller.machine_id.to_owned()),
-        };
-        let now = epoch_now();
-        let winner = self
-            .store
-            .remember_instance(&pool.name, caller.name, &record, replacing.as_deref(), now + margin)
-            .await?;
-        match winner {
-            // A concurrent request from the same machine won; hand out its activation so
-            // both callers agree. Our slot goes unused, which is safe.
-            Some(winner) if winner.reusable_by(&caller, now, margin) => {
-                match self
-                    .codes
-                    .code_for(&pool.name, &winner.activation_id, winner.parameter_version)
-                    .await?
-                {
-                    Some(code) => Ok(Vended {
-                        activation_id: winner.activation_id,
-                        code,
-                        expires_at: winner.expires_at,
-                        pool: pool.name.clone(),
-                        waited_for_rotation: waited,
-                    }),
-                    None => Ok(vended),
+        loop {
+            let (activation, code, waited) = self.reserve_and_pair(pool).await?;
+            let slots_left = f64::from(activation.limit.saturating_sub(activation.reserved));
+            let vended = Vended {
+                activation_id: activation.id.clone(),
+                code,
+                expires_at: activation.expires_at,
+                pool: pool.name.clone(),
+                waited_for_rotation: waited,
+            };
+            let Some(caller) = &caller else {
+                metrics::emit(
+                    Some(&pool.name),
+                    &[(Metric::Vends, 1.0), (Metric::SlotsRemaining, slots_left)],
+                );
+                return Ok(vended);
+            };
+            let record = InstanceRecord {
+                activation_id: activation.id,
+                parameter_version: activation.parameter_version,
+                expires_at: activation.expires_at,
+                machine_id: Some(caller.machine_id.to_owned()),
+            };
+            let now = epoch_now();
+            let winner = self
+                .store
+                .remember_instance(&pool.name, caller.name, &record, replacing.as_deref(), now + margin)
+                .await?;
+            let vended = match winner {
+                // A concurrent request from the same machine won; hand out its activation so
+                // both callers agree. Our slot goes unused, which is safe.
+                Some(winner) if winner.reusable_by(caller, now, margin) => {
+                    match self
+                        .codes
+                        .code_for(&pool.name, &winner.activation_id, winner.parameter_version)
+                        .await?
+                    {
+                        Some(code) => Vended {
+                            activation_id: winner.activation_id,
+                            code,
+                            expires_at: winner.expires_at,
+                            pool: pool.name.clone(),
+                            waited_for_rotation: waited,
+                        },
+                        None => vended,
+                    }
                 }
+                _ => vended,
+            };
+            // Remembering took a write: judged once more as it is handed out.
+            if clears_margin(vended.expires_at, epoch_now(), margin) {
+                metrics::emit(
+                    Some(&pool.name),
+                    &[(Metric::Vends, 1.0), (Metric::SlotsRemaining, slots_left)],
+                );
+                return Ok(vended);
             }
-            _ => Ok(vended),
+            metrics::slots_wasted(&pool.name, &vended.activation_id, 1, WasteReason::Margin);
+            replacing = Some(vended.activation_id);
         }
     }
 
@@ -329,7 +357,11 @@ impl Vendor {
             let now = epoch_now();
             let limit = pool.settings.registration_limit;
             // Promotes the standby when the current activation is refused.
-            let reservation = self.blocks.reserve(name, now, margin, pool.wanted(), limit).await?;
+            // The margin is judged with the clock of the moment the slot is taken.
+            let reservation = self
+                .blocks
+                .reserve(name, epoch_now, margin, pool.wanted(), limit)
+                .await?;
             match reservation {
                 Reservation::Reserved {
                     activation,
@@ -337,12 +369,16 @@ impl Vendor {
                     via,
                 } => {
                     wanting = None;
+                    let now = epoch_now();
+                    // Counted as wasted (`deadline`) if the request is cut off holding it.
+                    let slot = SlotInHand::new(name, &activation.id);
                     if activation.fingerprint != pool.fingerprint {
                         // Made from a newer read of the pool's config than ours.
                         self.directory.outdated_by(activation.config_at).await;
                     }
                     if let Err(reason) = self.checks.usable(&activation.id, activation.committed_at, now).await {
-                        self.blocks.discard(name, &activation.id, "the activation is unusable");
+                        slot.wasted(WasteReason::Deleted);
+                        self.blocks.discard(name, &activation.id, WasteReason::Deleted);
                         waited = true;
                         self.rotate_or_wait(pool, reason, Some(&activation.id), deadline, &mut waits)
                             .await?;
@@ -365,13 +401,26 @@ impl Vendor {
                             self.standby.prepare(pool, trigger).await;
                         }
                     }
-                    match self
+                    let code = self
                         .codes
                         .code_for(name, &activation.id, activation.parameter_version)
-                        .await?
-                    {
-                        Some(code) => return Ok((activation, code, waited)),
+                        .await
+                        .inspect_err(|_| slot.failed())?;
+                    match code {
+                        // Judged again as it is handed out: a slot that no longer
+                        // clears the margin is wasted, and the request goes on to the
+                        // next activation.
+                        Some(code) if !clears_margin(activation.expires_at, epoch_now(), margin) => {
+                            drop(code);
+                            slot.wasted(WasteReason::Margin);
+                            waited = true;
+                        }
+                        Some(code) => {
+                            slot.handed_out();
+                            return Ok((activation, code, waited));
+                        }
                         None => {
+                            slot.wasted(WasteReason::Deleted);
                             tracing::warn!(
                                 pool = name,
                                 activation_id = %activation.id,
@@ -379,7 +428,7 @@ impl Vendor {
                                 "Parameter Store no longer holds this activation's code; rotating"
                             );
                             self.checks.condemn(&activation.id, RotationReason::CodeMissing).await;
-                            self.blocks.discard(name, &activation.id, "its code is gone");
+                            self.blocks.discard(name, &activation.id, WasteReason::Deleted);
                             let seen = Some(activation.id.as_str());
                             waited = true;
                             self.rotate_or_wait(pool, RotationReason::CodeMissing, seen, deadline, &mut waits)
@@ -499,5 +548,51 @@ impl Vendor {
         let pause = Duration::from_millis(rand::rng().random_range(ceiling_ms / 2..=ceiling_ms));
         tokio::time::sleep(pause.min(left)).await;
         Ok(())
+    }
+}
+
+/// Whether an activation expiring at `expires_at` may still be handed out at `now`.
+pub fn clears_margin(expires_at: EpochSecs, now: EpochSecs, margin_secs: i64) -> bool {
+    expires_at > now + margin_secs
+}
+
+/// A slot this request took and has not handed out yet. Dropped while still held
+/// (the request was cut off by its deadline), it is counted as wasted.
+struct SlotInHand {
+    pool: String,
+    activation_id: String,
+    held: std::sync::atomic::AtomicBool,
+}
+
+impl SlotInHand {
+    fn new(pool: &str, activation_id: &str) -> Self {
+        Self {
+            pool: pool.to_owned(),
+            activation_id: activation_id.to_owned(),
+            held: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    fn handed_out(&self) {
+        self.held.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Never handed out, for `reason`.
+    fn wasted(&self, reason: WasteReason) {
+        if self.held.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            metrics::slots_wasted(&self.pool, &self.activation_id, 1, reason);
+        }
+    }
+
+    /// The request failed with an error holding it: logged with the error, and
+    /// counted by the sweep (`unused_registrations`) rather than here.
+    fn failed(&self) {
+        self.held.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for SlotInHand {
+    fn drop(&mut self) {
+        self.wasted(WasteReason::Deadline);
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use aws_sdk_ssm::types::{ParameterStringFilter, ParameterType};
 use serde::{Deserialize, Serialize};
 
-use super::{classify, Echo};
+use super::{classify, retrying_conflicts, Echo};
 use crate::error::VendError;
 use crate::metrics::{self, Metric};
 use crate::pools::{trusted_writer, untrusted_config};
@@ -174,18 +174,22 @@ impl CodeVault {
             activation_code: code.expose().to_owned(),
         })
         .map_err(|_| VendError::Internal("could not encode the activation for Parameter Store".into()))?;
-        let out = self
-            .client
-            .put_parameter()
-            .name(self.parameter_name(pool))
-            .description(format!("Current hybrid activation of pool {pool} (activation-vending)"))
-            .value(value)
-            .r#type(ParameterType::SecureString)
-            .key_id(&self.kms_key_id)
-            .overwrite(true)
-            .send()
-            .await
-            .map_err(|e| classify("SSM.PutParameter", e, Echo::Nothing))?;
+        // `TooManyUpdates` (another write of the parameter in flight) is contention:
+        // tried again like a DynamoDB transaction conflict, then `Contended`.
+        let out = retrying_conflicts(|| async {
+            self.client
+                .put_parameter()
+                .name(self.parameter_name(pool))
+                .description(format!("Current hybrid activation of pool {pool} (activation-vending)"))
+                .value(value.clone())
+                .r#type(ParameterType::SecureString)
+                .key_id(&self.kms_key_id)
+                .overwrite(true)
+                .send()
+                .await
+                .map_err(|e| classify("SSM.PutParameter", e, Echo::Nothing))
+        })
+        .await?;
         Ok(out.version())
     }
 

@@ -4,7 +4,6 @@
 //! twice, and what keep a late commit and the sweep from both winning.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
@@ -15,10 +14,10 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
-use rand::Rng;
 
-use super::{classify, Echo};
+use super::{back_off, classify, retrying_conflicts, Echo, UnansweredAttempts};
 use crate::error::VendError;
+use crate::metrics::{self, WasteReason};
 use crate::pool::{CurrentActivation, EpochSecs, InstanceRecord, Lease, PoolState};
 
 type Item = HashMap<String, AttributeValue>;
@@ -46,6 +45,7 @@ const CLAIM_UNTIL: &str = "claim_until";
 const ROTATION_REASON: &str = "rotation_reason";
 const FAILED_AT: &str = "rotation_failed_at";
 const FAILURE: &str = "rotation_failure";
+const UNUSED_REGISTRATIONS: &str = "unused_regs";
 /// The standby activation's attributes on the pool item: the same as the current
 /// one's, prefixed.
 const STANDBY: Attributes = Attributes {
@@ -105,9 +105,16 @@ const DIRECTORY_KEY: &str = "directory#pools";
 /// Committed-activation records and tombstones outlive their activation by a week.
 const RECORD_LINGER_SECS: i64 = 7 * 86_400;
 
-/// Attempts at a write that meets a concurrent transaction on its item. DynamoDB
-/// answers `TransactionConflictException`, which the SDK does not retry.
-const CONFLICT_ATTEMPTS: u32 = 8;
+/// Attempts at a commit that DynamoDB cancelled for throughput (cancellation
+/// reasons the SDK cannot see, so does not retry), with the same token.
+const THROTTLED_COMMIT_ATTEMPTS: u32 = 6;
+
+/// The cancellation reasons that mean "slow down" rather than "conflict" or "no".
+const THROTTLED_CANCELLATIONS: &[&str] = &[
+    "ThrottlingError",
+    "ProvisionedThroughputExceeded",
+    "RequestLimitExceeded",
+];
 
 #[derive(Clone)]
 pub struct PoolStore {
@@ -224,6 +231,7 @@ fn pool_state(item: Option<&Item>) -> PoolState {
         lease,
         last_rotation_reason: get_s(item, ROTATION_REASON).map(str::to_owned),
         last_failure,
+        unused_registrations: get_n(item, UNUSED_REGISTRATIONS).unwrap_or(0).max(0) as u64,
     }
 }
 
@@ -280,29 +288,31 @@ fn names(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
     Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
 }
 
-/// Runs a write again while it meets concurrent transactions, backing off with full
-/// jitter; past the last attempt the caller gets `Contended` (a 503).
-async fn retrying_conflicts<T, F, Fut>(mut attempt: F) -> Result<T, VendError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, VendError>>,
-{
-    let mut tries = 1;
-    loop {
-        match attempt().await {
-            Err(VendError::Contended { .. }) if tries < CONFLICT_ATTEMPTS => {
-                let ceiling_ms = (10u64 << tries.min(5)).min(250);
-                let pause = rand::rng().random_range(1..=ceiling_ms);
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-                tries += 1;
-            }
-            other => return other,
-        }
+/// Counts as wasted (`lost_answer`) the slots each unanswered attempt of a reserve
+/// or promotion asked for, when the write's condition held (`took`: a later attempt
+/// took its slots, or none answered at all): such an attempt most likely landed, and
+/// its slots are then taken and never handed out (the retry that answered took
+/// others). When the last attempt was refused, the lost ones are taken to have been
+/// refused too, and are not counted (the sweep's `unused_registrations` counts
+/// whatever this misses).
+fn count_unanswered(pool: &str, unanswered: &UnansweredAttempts, slots: u32, took: bool) {
+    let lost = unanswered.count();
+    if lost > 0 && took {
+        tracing::info!(pool, unanswered_attempts = lost, "a slot write lost its answer");
+        metrics::slots_wasted(pool, "unknown", lost.saturating_mul(slots), WasteReason::LostAnswer);
     }
 }
 
+/// Why a commit was not applied, when it was not a failed condition.
+enum CommitFailure {
+    /// Cancelled for throughput: worth another attempt after a pause.
+    Throttled,
+    Other(VendError),
+}
+
 /// A cancelled commit: which reason cancelled it, in DynamoDB's words.
-fn commit_failure(err: SdkError<TransactWriteItemsError, HttpResponse>) -> Result<bool, VendError> {
+fn commit_failure(err: SdkError<TransactWriteItemsError, HttpResponse>) -> Result<bool, CommitFailure> {
+    const COMMIT: &str = "DynamoDB.TransactWriteItems";
     if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() {
         let codes: Vec<&str> = cancelled
             .cancellation_reasons()
@@ -313,12 +323,13 @@ fn commit_failure(err: SdkError<TransactWriteItemsError, HttpResponse>) -> Resul
             return Ok(false);
         }
         if codes.contains(&"TransactionConflict") {
-            return Err(VendError::Contended {
-                operation: "DynamoDB.TransactWriteItems",
-            });
+            return Err(CommitFailure::Other(VendError::Contended { operation: COMMIT }));
+        }
+        if codes.iter().any(|c| THROTTLED_CANCELLATIONS.contains(c)) {
+            return Err(CommitFailure::Throttled);
         }
     }
-    Err(classify("DynamoDB.TransactWriteItems", err, Echo::Message))
+    Err(CommitFailure::Other(classify(COMMIT, err, Echo::Message)))
 }
 
 impl PoolStore {
@@ -355,7 +366,19 @@ impl PoolStore {
         wanted: (&str, EpochSecs),
         count: SlotCount,
     ) -> Result<Reservation, VendError> {
-        retrying_conflicts(|| self.reserve_slots_once(pool, now, margin_secs, wanted, count)).await
+        let unanswered = UnansweredAttempts::default();
+        let result =
+            retrying_conflicts(|| self.reserve_slots_once(pool, now, margin_secs, wanted, count, &unanswered)).await;
+        let slots = match count {
+            SlotCount::One => 1,
+            SlotCount::Block { count, .. } => count,
+        };
+        let took = matches!(
+            result,
+            Ok(Reservation::Reserved { .. }) | Err(VendError::Unavailable { .. })
+        );
+        count_unanswered(pool, &unanswered, slots, took);
+        result
     }
 
     async fn reserve_slots_once(
@@ -365,6 +388,7 @@ impl PoolStore {
         margin_secs: i64,
         (fingerprint, config_at): (&str, EpochSecs),
         count: SlotCount,
+        unanswered: &UnansweredAttempts,
     ) -> Result<Reservation, VendError> {
         const USABLE: &str = "attribute_exists(#id) AND #exp > :min_exp AND (#fp = :fp OR #cfg_at > :cfg_at)";
         let request = self
@@ -396,7 +420,7 @@ impl PoolStore {
                 .expression_attribute_values(":limit", n(i64::from(limit)))
                 .expression_attribute_values(":last_start", n(i64::from(limit) - i64::from(count))),
         };
-        match conditional_update(request.send().await)? {
+        match conditional_update(request.customize().interceptor(unanswered.clone()).send().await)? {
             Ok(new) => {
                 let state = pool_state(new.as_ref());
                 match state.activation {
@@ -415,7 +439,10 @@ impl PoolStore {
     }
 
     /// Takes the pool's lease if it is free or has run out. A retry of a take whose
-    /// answer was lost finds the lease already ours, and counts it as taken.
+    /// answer was lost finds the lease already ours, and counts it as taken. When
+    /// every attempt lost its answer, the take may have landed all the same: the
+    /// lease is read back and given back if it is ours (one conditional write), so
+    /// that a lost answer does not keep the pool from rotating for a whole lease.
     pub async fn take_lease(
         &self,
         pool: &str,
@@ -423,7 +450,20 @@ impl PoolStore {
         now: EpochSecs,
         until: EpochSecs,
     ) -> Result<LeaseAttempt, VendError> {
-        retrying_conflicts(|| self.take_lease_once(pool, owner, now, until)).await
+        let taken = retrying_conflicts(|| self.take_lease_once(pool, owner, now, until)).await;
+        if let Err(VendError::Unavailable { .. }) = &taken {
+            match self.release_lease(pool, owner).await {
+                Ok(true) => tracing::warn!(
+                    pool,
+                    "the lease take had landed but lost its answer; gave the lease back"
+                ),
+                Ok(false) => tracing::debug!(pool, "the lease take whose answer was lost had not landed"),
+                Err(e) => {
+                    tracing::warn!(pool, error = %e, "could not read back a lease take whose answer was lost; it runs out by itself")
+                }
+            }
+        }
+        taken
     }
 
     async fn take_lease_once(
@@ -539,19 +579,31 @@ impl PoolStore {
             .build()
             .map_err(|e| VendError::Internal(format!("commit request: {e}")))?;
         retrying_conflicts(|| async {
-            let result = self
-                .client
-                .transact_write_items()
-                .transact_items(TransactWriteItem::builder().update(update.clone()).build())
-                .transact_items(TransactWriteItem::builder().put(record.clone()).build())
-                // Same token on every retry: a commit that did land is not applied twice,
-                // and its retry answers success instead of "condition failed".
-                .client_request_token(owner)
-                .send()
-                .await;
-            match result {
-                Ok(_) => Ok(true),
-                Err(err) => commit_failure(err),
+            let mut throttled = 0;
+            loop {
+                let result = self
+                    .client
+                    .transact_write_items()
+                    .transact_items(TransactWriteItem::builder().update(update.clone()).build())
+                    .transact_items(TransactWriteItem::builder().put(record.clone()).build())
+                    // Same token on every retry: a commit that did land is not applied twice,
+                    // and its retry answers success instead of "condition failed".
+                    .client_request_token(owner)
+                    .send()
+                    .await;
+                match result.map_or_else(commit_failure, |_| Ok(true)) {
+                    Ok(landed) => return Ok(landed),
+                    Err(CommitFailure::Other(e)) => return Err(e),
+                    Err(CommitFailure::Throttled) => {
+                        throttled += 1;
+                        if throttled >= THROTTLED_COMMIT_ATTEMPTS {
+                            return Err(VendError::Throttled {
+                                operation: "DynamoDB.TransactWriteItems",
+                            });
+                        }
+                        back_off(throttled, 1_000).await;
+                    }
+                }
             }
         })
         .await
@@ -572,7 +624,8 @@ impl PoolStore {
         count: u32,
     ) -> Result<Option<CurrentActivation>, VendError> {
         let count = count.clamp(1, standby.limit.max(1));
-        retrying_conflicts(|| async {
+        let unanswered = UnansweredAttempts::default();
+        let result = retrying_conflicts(|| async {
             let result = self
                 .client
                 .update_item()
@@ -613,6 +666,8 @@ impl PoolStore {
                 .expression_attribute_values(":count", n(i64::from(count)))
                 .expression_attribute_values(":reason", s("standby promoted"))
                 .return_values(ReturnValue::AllNew)
+                .customize()
+                .interceptor(unanswered.clone())
                 .send()
                 .await;
             Ok(match conditional_update(result)? {
@@ -620,7 +675,10 @@ impl PoolStore {
                 Err(_) => None,
             })
         })
-        .await
+        .await;
+        let took = matches!(result, Ok(Some(_)) | Err(VendError::Unavailable { .. }));
+        count_unanswered(pool, &unanswered, count, took);
+        result
     }
 
     /// Notes a failed rotation on the pool's item for `vending status`; best effort
@@ -642,6 +700,26 @@ impl PoolStore {
         if let Err(e) = result {
             tracing::debug!(pool, error = %classify("DynamoDB.UpdateItem", e, Echo::Message), "could not record the rotation failure");
         }
+    }
+
+    /// Adds what the sweep found unused on the activations it retired to the pool's
+    /// running total (for `vending status`); best effort, like the sweep's metrics.
+    pub async fn add_unused_registrations(&self, pool: &str, count: u64) -> Result<(), VendError> {
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        retrying_conflicts(|| async {
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .key(PK, pool_key(pool))
+                .update_expression("ADD #unused :count")
+                .expression_attribute_names("#unused", UNUSED_REGISTRATIONS)
+                .expression_attribute_values(":count", n(count))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| classify("DynamoDB.UpdateItem", e, Echo::Message))
+        })
+        .await
     }
 
     /// The sweep's claim on an activation no rotation committed: once laid, the

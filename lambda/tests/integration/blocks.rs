@@ -13,6 +13,7 @@ use futures::future::join_all;
 use support::{Answer, Emulator, Server};
 use vending::aws::pool_store::{PoolStore, Reservation};
 use vending::blocks::SlotBlocks;
+use vending::metrics::WasteReason;
 use vending::pool::{CurrentActivation, Wanted};
 use vending::vend::epoch_now;
 
@@ -51,7 +52,7 @@ impl Held {
         let queue: Vec<_> = (0..requests).map(|_| self.blocks.wanting("default")).collect();
         let first = self
             .blocks
-            .reserve("default", epoch_now(), 60, wanted(&self.current), 100)
+            .reserve("default", epoch_now, 60, wanted(&self.current), 100)
             .await
             .unwrap();
         drop(queue);
@@ -156,7 +157,7 @@ async fn a_block_is_sized_by_the_queue_and_handed_out_slot_by_slot_without_anoth
     for _ in 0..5 {
         slots.push(slot(
             held.blocks
-                .reserve("default", now, 60, wanted(&held.current), 100)
+                .reserve("default", move || now, 60, wanted(&held.current), 100)
                 .await
                 .unwrap(),
         ));
@@ -181,7 +182,7 @@ async fn a_block_is_sized_by_the_queue_and_handed_out_slot_by_slot_without_anoth
     // Nobody queued: one slot per write, as without held.blocks.
     let (_, next) = slot(
         held.blocks
-            .reserve("default", now, 60, wanted(&held.current), 100)
+            .reserve("default", move || now, 60, wanted(&held.current), 100)
             .await
             .unwrap(),
     );
@@ -206,12 +207,21 @@ async fn a_block_asks_again_for_what_is_left_and_never_reaches_past_the_limit() 
     let now = epoch_now();
     let mut taken = HashSet::new();
     for _ in 0..3 {
-        let (id, n) = slot(blocks.reserve("default", now, 60, wanted(&current), 10).await.unwrap());
+        let (id, n) = slot(
+            blocks
+                .reserve("default", move || now, 60, wanted(&current), 10)
+                .await
+                .unwrap(),
+        );
         assert_eq!(id, current.id);
         assert!(taken.insert(n), "slot {n} handed out twice");
     }
     assert_eq!(taken, HashSet::from([8, 9, 10]));
-    match blocks.reserve("default", now, 60, wanted(&current), 10).await.unwrap() {
+    match blocks
+        .reserve("default", move || now, 60, wanted(&current), 10)
+        .await
+        .unwrap()
+    {
         Reservation::Refused(state) => assert_eq!(state.activation.unwrap().reserved, 10),
         Reservation::Reserved { activation, .. } => panic!("slot {} past the limit", activation.reserved),
     }
@@ -228,7 +238,7 @@ async fn a_held_block_inside_the_expiry_margin_is_dropped_and_its_slots_counted_
     let queue: Vec<_> = (0..4).map(|_| held.blocks.wanting("default")).collect();
     let (_, first) = slot(
         held.blocks
-            .reserve("default", epoch_now(), margin, wanted(&held.current), 100)
+            .reserve("default", epoch_now, margin, wanted(&held.current), 100)
             .await
             .unwrap(),
     );
@@ -240,7 +250,7 @@ async fn a_held_block_inside_the_expiry_margin_is_dropped_and_its_slots_counted_
     let later = held.current.expires_at - margin + 1;
     match held
         .blocks
-        .reserve("default", later, margin, wanted(&held.current), 100)
+        .reserve("default", move || later, margin, wanted(&held.current), 100)
         .await
         .unwrap()
     {
@@ -272,9 +282,13 @@ async fn a_stopping_process_counts_the_slots_it_holds_as_wasted() {
 async fn a_block_of_an_activation_deleted_out_of_band_is_discarded() {
     let held = one_vend_made().await;
     held.take_one_of_a_block(3).await;
-    assert_eq!(held.blocks.discard("default", "some-other-activation", "test"), 0);
     assert_eq!(
-        held.blocks.discard("default", &held.current.id, "deleted out of band"),
+        held.blocks
+            .discard("default", "some-other-activation", WasteReason::Deleted),
+        0
+    );
+    assert_eq!(
+        held.blocks.discard("default", &held.current.id, WasteReason::Deleted),
         2
     );
     assert_eq!(held.blocks.release_all(), 0);
@@ -301,7 +315,10 @@ async fn a_promotion_takes_a_block_for_the_queued_requests_in_the_same_write() {
     let mut slots = Vec::new();
     for _ in 0..5 {
         slots.push(slot(
-            blocks.reserve("default", now, 60, wanted(&standby), 10).await.unwrap(),
+            blocks
+                .reserve("default", move || now, 60, wanted(&standby), 10)
+                .await
+                .unwrap(),
         ));
     }
     drop(queue);

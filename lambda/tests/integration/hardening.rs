@@ -244,6 +244,83 @@ async fn a_write_that_lands_but_loses_its_answer_breaks_no_promise() {
     }
 }
 
+/// The lease take lands, and every one of the SDK's attempts (5) loses its answer:
+/// the request fails, but the lease is read back and given back, so the next request
+/// rotates at once instead of waiting a whole `VENDING_LEASE`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_take_that_lost_every_answer_is_given_back_and_blocks_no_longer_than_a_deadline() {
+    for error in ["InternalServerError", "ConnectionDropped"] {
+        let emulator = Emulator::start();
+        let server = emulator.serve(&[("VENDING_DEADLINE", "3s"), ("VENDING_LEASE", "30s"), NO_ROTATE_AHEAD]);
+        // The pool configs read and shared first (their claim and save are UpdateItems too).
+        assert_eq!(server.get("/activation?pool=absent").await.status, 404);
+        // UpdateItem 1 is the reserve (refused: no activation yet), 2 to 6 the lease take's attempts.
+        emulator
+            .inject(json!({"operation": "DynamoDB.UpdateItem", "error": error, "when": "after", "skip": 1, "count": 5}))
+            .await;
+        let started = Instant::now();
+        let first = server.get("/activation").await;
+        assert_eq!(first.status, 503, "{error}: {}", first.shown());
+        let answer = server.vend_with_retries("/activation", Duration::from_secs(10)).await;
+        assert_eq!(answer.status, 200, "{error}: {}", answer.shown());
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "{error}: the pool was blocked for {:?}",
+            started.elapsed()
+        );
+        assert!(
+            server.log_text().contains("gave the lease back"),
+            "{error}: {}",
+            server.log_text()
+        );
+        assert!(emulator.register(&answer.id(), &answer.code(), "web-01").await.is_ok());
+    }
+}
+
+/// `SlotsWasted` by `Reason`, from a server's EMF lines.
+fn slots_wasted(log: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut wasted = std::collections::BTreeMap::new();
+    for doc in log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        if let Some(n) = doc.get("SlotsWasted").and_then(serde_json::Value::as_f64) {
+            let reason = doc["Reason"].as_str().unwrap_or("-").to_owned();
+            *wasted.entry(reason).or_default() += n;
+        }
+    }
+    wasted
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slots_taken_and_never_handed_out_are_counted_with_their_reason() {
+    // A reserve that lands and loses its answer: the SDK's retry takes another slot.
+    let emulator = Emulator::start();
+    let server = emulator.serve(&[NO_ROTATE_AHEAD]);
+    assert_eq!(server.get("/activation").await.status, 200);
+    emulator
+        .inject(json!({"operation": "DynamoDB.UpdateItem", "error": "ConnectionDropped", "when": "after", "count": 1}))
+        .await;
+    let answer = server.get("/activation").await;
+    assert_eq!(answer.status, 200, "{}", answer.shown());
+    let wasted = slots_wasted(&server.log_text());
+    assert_eq!(wasted.get("lost_answer"), Some(&1.0), "{wasted:?}");
+
+    // A request cut off by its deadline while holding its slot: a second process,
+    // which has not read the code yet, reads it slowly.
+    let emulator = Emulator::start();
+    let first = emulator.serve(&[NO_ROTATE_AHEAD]);
+    assert_eq!(first.get("/activation").await.status, 200);
+    let server = emulator.serve(&[NO_ROTATE_AHEAD, ("VENDING_DEADLINE", "2s")]);
+    emulator
+        .inject(json!({"operation": "SSM.GetParameter", "delay_ms": 3_000, "count": 1}))
+        .await;
+    let answer = server.get("/activation").await;
+    assert_eq!(answer.status, 503, "{}", answer.shown());
+    let wasted = slots_wasted(&server.log_text());
+    assert_eq!(wasted.get("deadline"), Some(&1.0), "{wasted:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_that_landed_but_answered_an_error_is_kept_not_deleted() {
     let emulator = Emulator::start();

@@ -6,13 +6,16 @@
 mod support;
 
 mod blocks;
+mod clock;
 mod concurrency;
 mod contract;
 mod hardening;
 mod operations;
 mod pools;
+mod promise_storms;
 mod rotation;
 mod serve_limits;
 mod standby;
 mod sweep;
+mod throttling;
 mod trust;

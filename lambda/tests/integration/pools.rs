@@ -230,6 +230,74 @@ async fn the_environment_s_default_pool_admits_only_the_default_allowed_cidrs() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_pool_added_after_the_process_read_the_configs_is_found_at_once_and_misses_read_at_most_every_5_s() {
+    let emulator = Emulator::start();
+    let role = emulator.env_value("VENDING_INSTANCE_ROLE");
+    // The copy would be good for an hour: only the miss can find the new pool.
+    let server = emulator.serve(&[("VENDING_POOL_REFRESH", "1h"), NO_STANDBY]);
+    assert_eq!(server.get("/activation").await.status, 200, "the process has its copy");
+
+    emulator.put_pool("added", &json!({"iam_role": role})).await;
+    let added = server.get("/activation?pool=added").await;
+    assert_eq!(added.status, 200, "{}", added.shown());
+    assert_eq!(added.json()["Pool"], "added");
+
+    // A storm of unknown names costs Parameter Store one read per process per 5 s.
+    emulator.reset_calls().await;
+    for i in 0..10 {
+        let absent = server.get(&format!("/activation?pool=absent-{i}")).await;
+        assert_eq!(
+            (absent.status, absent.json()["error"]["code"].as_str()),
+            (404, Some("PoolNotFound"))
+        );
+    }
+    let reads = emulator
+        .calls()
+        .await
+        .get("SSM.GetParametersByPath")
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(reads, 0, "the miss that found `added` read within the last 5 s");
+    tokio::time::sleep(Duration::from_millis(5_100)).await;
+    for i in 0..5 {
+        assert_eq!(server.get(&format!("/activation?pool=absent-{i}")).await.status, 404);
+    }
+    let reads = emulator
+        .calls()
+        .await
+        .get("SSM.GetParametersByPath")
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(reads, 1, "five misses after 5 s: one read");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_whose_expiry_margin_does_not_outlast_the_deadline_is_misconfigured() {
+    let emulator = Emulator::start();
+    let role = emulator.env_value("VENDING_INSTANCE_ROLE");
+    emulator
+        .put_pool(
+            "short",
+            &json!({"iam_role": role, "expiry_margin": "20s", "activation_ttl": "1h"}),
+        )
+        .await;
+    let server = emulator.serve(&[("VENDING_DEADLINE", "20s"), NO_STANDBY]);
+    let short = server.get("/activation?pool=short").await;
+    assert_eq!(
+        (short.status, short.json()["error"]["code"].as_str()),
+        (500, Some("PoolMisconfigured")),
+        "{}",
+        short.body
+    );
+    assert!(
+        short.body.contains("expiry_margin") && short.body.contains("VENDING_DEADLINE"),
+        "{}",
+        short.body
+    );
+    assert!(emulator.activations().await.is_empty(), "nothing made for it");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_config_change_rotates_so_no_node_registers_with_stale_tags() {
     let emulator = Emulator::start();
     let role = emulator.env_value("VENDING_INSTANCE_ROLE");

@@ -14,12 +14,14 @@ const NO_ROTATE_AHEAD: (&str, &str) = ("VENDING_LOW_WATER_PERCENT", "0");
 async fn an_expired_activation_is_replaced() {
     let emulator = Emulator::start();
     let server = emulator.serve(&[
-        ("VENDING_ACTIVATION_TTL", "3s"),
-        ("VENDING_EXPIRY_MARGIN", "1s"),
+        ("VENDING_ACTIVATION_TTL", "5s"),
+        ("VENDING_EXPIRY_MARGIN", "2s"),
+        // The margin must outlast the deadline.
+        ("VENDING_DEADLINE", "1s"),
         NO_ROTATE_AHEAD,
     ]);
     let first = server.get("/activation").await;
-    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    tokio::time::sleep(Duration::from_millis(5_200)).await;
     let second = server.get("/activation").await;
     assert_eq!(second.status, 200, "{}", second.body);
     assert_ne!(second.id(), first.id());
@@ -33,6 +35,7 @@ async fn an_activation_inside_the_expiry_margin_is_no_longer_handed_out() {
     let server = emulator.serve(&[
         ("VENDING_ACTIVATION_TTL", "10s"),
         ("VENDING_EXPIRY_MARGIN", "4s"),
+        ("VENDING_DEADLINE", "3s"),
         NO_ROTATE_AHEAD,
     ]);
     let first = server.get("/activation").await;
@@ -206,6 +209,7 @@ async fn rotating_ahead_of_expiry_says_so_in_the_log() {
     let server = emulator.serve(&[
         ("VENDING_ACTIVATION_TTL", "10s"),
         ("VENDING_EXPIRY_MARGIN", "2s"),
+        ("VENDING_DEADLINE", "1s"),
         ("VENDING_LOW_WATER_PERCENT", "20"),
     ]);
     let first = server.get("/activation").await;
@@ -215,4 +219,83 @@ async fn rotating_ahead_of_expiry_says_so_in_the_log() {
     assert_eq!(served.id(), first.id(), "the old activation still serves this request");
     let log = server.log_once_it_says("reason=ahead of expiry").await;
     assert!(!log.contains("reason=low-water mark"), "{log}");
+}
+
+fn epoch_secs_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn expires_at(answer: &support::Answer) -> i64 {
+    let text = answer.json()["ExpirationDate"].as_str().unwrap().to_owned();
+    aws_smithy_types::DateTime::from_str(&text, aws_smithy_types::date_time::Format::DateTime)
+        .unwrap()
+        .secs()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_that_enters_the_margin_before_it_is_handed_out_is_wasted_and_the_next_activation_served() {
+    let emulator = Emulator::start();
+    let server = emulator.serve(&[
+        ("VENDING_ACTIVATION_TTL", "14s"),
+        ("VENDING_EXPIRY_MARGIN", "5s"),
+        ("VENDING_DEADLINE", "4s"),
+        NO_ROTATE_AHEAD,
+    ]);
+    let first = server.get("/activation").await;
+    let expires = expires_at(&first);
+    // The slot is taken 6.5 s before expiry (clear of the 5 s margin), but the
+    // write's answer comes 2.5 s late: handed out then, it would be 4 s from expiry.
+    let wait = expires as f64 - 6.5 - epoch_secs_f64();
+    assert!(wait > 0.0, "the first vend took too long");
+    tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+    emulator
+        .inject(serde_json::json!({"operation": "DynamoDB.UpdateItem", "delay_ms": 2_500, "when": "after", "count": 1}))
+        .await;
+    let second = server.get("/activation").await;
+    let answered_at = epoch_secs_f64();
+    assert_eq!(second.status, 200, "{}", second.shown());
+    assert_ne!(second.id(), first.id(), "handed out inside the margin");
+    assert!(expires_at(&second) as f64 - answered_at > 5.0);
+    let log = server.log_text();
+    assert!(log.contains("slots wasted") && log.contains("reason=margin"), "{log}");
+    assert!(emulator.register(&second.id(), &second.code(), "web-01").await.is_ok());
+}
+
+#[test]
+fn an_expiry_margin_not_larger_than_the_deadline_is_refused_at_start_naming_both_settings() {
+    use std::io::Read;
+    let emulator = Emulator::start();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vending"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_clear()
+        .envs(emulator.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("VENDING_EXPIRY_MARGIN", "2s")
+        .env("VENDING_ACTIVATION_TTL", "12s")
+        .env("VENDING_DEADLINE", "3s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vending serve started with a margin not larger than the deadline");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(
+        stderr.contains("VENDING_EXPIRY_MARGIN") && stderr.contains("VENDING_DEADLINE"),
+        "{stderr}"
+    );
 }

@@ -178,3 +178,40 @@ async fn lambda_takes_api_gateway_events_and_the_scheduled_sweep_event() {
     .await;
     assert!(nonsense.is_err(), "an event of no known shape is an invocation error");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sweep_reports_the_unused_registrations_of_what_it_retires_and_status_keeps_the_total() {
+    let emulator = Emulator::start();
+    let settings = [
+        ("VENDING_REGISTRATION_LIMIT", "3"),
+        ("VENDING_ACTIVATION_TTL", "5s"),
+        ("VENDING_EXPIRY_MARGIN", "2s"),
+        ("VENDING_DEADLINE", "1s"),
+        ("VENDING_LOW_WATER_PERCENT", "0"),
+        ("VENDING_LEASE", "1s"),
+        ("VENDING_SWEEP_GRACE", "2s"),
+    ];
+    let server = emulator.serve(&settings);
+    // Activation A: one of its three registrations used, then it expires.
+    let a = server.get("/activation").await;
+    emulator.register(&a.id(), &a.code(), "a1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5_300)).await;
+    let b = server.get("/activation").await;
+    assert_eq!(b.status, 200, "{}", b.shown());
+    assert_ne!(a.id(), b.id());
+
+    let reports = emulator.sweep(&settings);
+    let report = &reports[0];
+    assert_eq!(report["pool"], "default");
+    assert_eq!(ids(&report["deleted_spent"]), vec![a.id()]);
+    assert_eq!(report["unused_registrations"], 2, "{report}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vending"))
+        .args(["status", "--json"])
+        .env_clear()
+        .envs(emulator.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["pools"][0]["unused_registrations"], 2, "{status}");
+}
