@@ -1084,3 +1084,19 @@ def test_dockerfile_weakening_is_caught(mutate):
     assert weakened != text, "the mutation did not apply"
     assert check_dockerfile(text) == []
     assert check_dockerfile(weakened) != []
+
+
+def test_readme_describes_the_tagging_the_task_role_allows(source):
+    """The README's ECS section says what tagging the task role allows (issue 18, item 8):
+    keys limited to the pool tag only if the policy limits aws:TagKeys, else that tagging
+    requests must carry the pool tag."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Container", 1)[1].split("\n## ", 1)[0]
+    prose = " ".join(section.split())
+    tagging = _stmt(_task_statements(source), "TagActivationsWithThePoolTag")
+    keys_limited = any("aws:TagKeys" in json.dumps(v) for v in tagging.get("Condition", {}).values())
+    if keys_limited:
+        assert "pool tag key only" in prose
+    else:
+        assert "pool tag key only" not in prose, "the README limits tagging to the pool tag key; the policy allows any key"
+        assert "carry the pool tag" in prose
