@@ -309,13 +309,29 @@ def evaluate(records: list[dict[str, Any]], kind: str, source_text: str | None =
     return simulate(simulations(records, kind, source_text))
 
 
-def main() -> int:
+def template_at(revision: str, path: str) -> str:
+    """A template as committed at `revision`, as the JSON the gates read."""
+    from cfn_flip import load_yaml
+
+    text = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=ROOT, capture_output=True, check=True, text=True).stdout
+    return json.dumps(json.loads(json.dumps(load_yaml(text))))
+
+
+def main(argv: list[str]) -> int:
+    """check.py [--templates-from REVISION]: prints every denied request, grouped; exit 1
+    if any. REVISION evaluates the templates as committed there (e.g. main), the records
+    staying this run's."""
+    revision = argv[argv.index("--templates-from") + 1] if "--templates-from" in argv else None
     calls_dir = Path(os.environ.get("IAM_CALLS_DIR") or DEFAULT_CALLS_DIR)
     suites = os.environ.get("IAM_REQUIRED_SUITES", " ".join(DEFAULT_SUITES)).split()
     records = load_records(calls_dir, suites)
     failed = 0
     for kind, label in (("sam", "template.yaml FunctionRole"), ("ecs", "deploy/ecs/template.yaml TaskRole")):
-        results = evaluate(records, kind)
+        source_text = None
+        if revision:
+            source_text = template_at(revision, "template.yaml" if kind == "sam" else "deploy/ecs/template.yaml")
+            label += f" at {revision}"
+        results = evaluate(records, kind, source_text)
         bad = denied(results)
         print(f"{label}: {len(results)} distinct requests from {len(records)} recorded calls, {len(bad)} denied")
         for line in distinct_lines(bad):
@@ -325,4 +341,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
