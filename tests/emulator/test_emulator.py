@@ -20,6 +20,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -124,6 +125,7 @@ def emulator() -> Iterator[str]:
             stop(proc)
         log.close()
         os.unlink(log.name)
+        shutil.rmtree(IAM_CALLS_DIR, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,6 @@ required suite without one, fails: a check over nothing would prove nothing.
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import os
