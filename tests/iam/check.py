@@ -70,6 +70,9 @@ def load_records(calls_dir: Path, suites: Iterable[str]) -> list[dict[str, Any]]
                     found += 1
         if not found:
             empty.append(suite)
+    broken = [r for r in records if r.get("error")]
+    if broken:
+        raise ValueError(f"the emulator could not describe {len(broken)} call(s), e.g. {broken[0]['operation']}: {broken[0]['error']}")
     if empty:
         raise LookupError(
             f"no AWS call of `vending` was recorded for suite(s) {', '.join(empty)} under {calls_dir}: "
