@@ -170,6 +170,14 @@ def test_no_recorded_call_fails_loudly(tmp_path):
         check.load_records(tmp_path, ["rust"])
 
 
+def test_a_call_the_recorder_could_not_describe_fails(tmp_path):
+    (tmp_path / "rust").mkdir()
+    broken = {"operation": "SSM.GetParameter", "service": "ssm", "region": REGION, "error": "KeyError('x')", "requests": []}
+    (tmp_path / "rust" / "emulator-1.jsonl").write_text(json.dumps(broken) + "\n")
+    with pytest.raises(ValueError, match="could not describe"):
+        check.load_records(tmp_path, ["rust"])
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_what_vending_does_is_allowed_in_the_stacks_region(kind):
     assert decisions(what_vending_does(), kind) == {
