@@ -1086,12 +1086,12 @@ def test_dockerfile_weakening_is_caught(mutate):
     assert check_dockerfile(weakened) != []
 
 
-def test_readme_describes_the_tagging_the_task_role_allows(source):
-    """The README's ECS section says what tagging the task role allows (issue 18, item 8):
-    keys limited to the pool tag only if the policy limits aws:TagKeys, else that tagging
-    requests must carry the pool tag."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## Container", 1)[1].split("\n## ", 1)[0]
+def test_the_deploy_page_describes_the_tagging_the_task_role_allows(source):
+    """The ECS section of the deploy page (once the README's) says what tagging the task
+    role allows (issue 18, item 8): keys limited to the pool tag only if the policy limits
+    aws:TagKeys, else that tagging requests must carry the pool tag."""
+    page = (ROOT / "docs" / "deploy.md").read_text()
+    section = page.split("\n## Container", 1)[1].split("\n## ", 1)[0]
     prose = " ".join(section.split())
     tagging = _stmt(_task_statements(source), "TagActivationsWithThePoolTag")
     keys_limited = any("aws:TagKeys" in json.dumps(v) for v in tagging.get("Condition", {}).values())
