@@ -2,7 +2,14 @@
 SHELL := /bin/bash
 VENV := .venv
 
-.PHONY: help setup test-packages demo test lint test-emulator test-rust test-contract test-scripts test-template bench clean static build print-test-targets
+.PHONY: help setup test-packages demo test lint test-emulator test-rust test-contract test-scripts test-template test-iam bench clean static build print-test-targets
+
+# Every suite that runs `vending` against the emulator records the IAM requests of its AWS
+# calls into IAM_CALLS/<suite> (scripts/emulator/iam_calls.py); a suite's run replaces its
+# records. test-template (tests/iam, also `make test-iam` alone) evaluates them all against
+# the templates' policies.
+IAM_CALLS := $(CURDIR)/target/iam-calls
+record_iam_calls = rm -rf $(IAM_CALLS)/$(1) && mkdir -p $(IAM_CALLS)/$(1) && export EMULATOR_IAM_CALLS_DIR=$(IAM_CALLS)/$(1) &&
 
 # One debug build for lint, test-rust and test-scripts: clippy-driver compiles the
 # workspace's own crates (as `cargo clippy` does, which runs `cargo check` with this
@@ -58,21 +65,27 @@ test-packages:
 	scripts/install-test-packages.sh
 
 test-rust: setup test-packages
-	$(CLIPPY) cargo test --workspace
+	$(call record_iam_calls,rust) $(CLIPPY) cargo test --workspace
 
 # The published contract (openapi.yaml) against the debug binary the Rust tests run.
 test-contract: setup
 	$(CLIPPY) cargo test --workspace --no-run --quiet
-	VENDING_BIN="$${VENDING_BIN:-$(CURDIR)/target/debug/vending}" tests/contract/run.sh
+	$(call record_iam_calls,contract) VENDING_BIN="$${VENDING_BIN:-$(CURDIR)/target/debug/vending}" tests/contract/run.sh
 
 # The boot-script suites run the debug binary the Rust tests run (VENDING_BIN overrides).
 test-scripts: setup
 	$(CLIPPY) cargo test --workspace --no-run --quiet
-	VENDING_BIN="$${VENDING_BIN:-$(CURDIR)/target/debug/vending}" tests/bootstrap/run.sh
+	$(call record_iam_calls,scripts) VENDING_BIN="$${VENDING_BIN:-$(CURDIR)/target/debug/vending}" tests/bootstrap/run.sh
 
 test-template:
 	tests/template/setup.sh
-	tests/template/run.sh
+	IAM_CALLS_DIR=$(IAM_CALLS) tests/template/run.sh
+
+# The IAM evaluation of the suites' recorded calls alone (test-template runs it too); run
+# test-rust, test-contract and test-scripts first.
+test-iam:
+	tests/template/setup.sh
+	IAM_CALLS_DIR=$(IAM_CALLS) tests/iam/run.sh
 
 # The shared debug build alone (lint runs it too): .ci/run starts it while the Python
 # tools install.

@@ -2,6 +2,10 @@
 
 Creates (idempotently) the DynamoDB table, a customer KMS key with an alias, and the
 managed-instance IAM role, then prints the matching `export VAR=value` lines.
+
+Provisioning signs with the access key "test"; the printed settings give `vending` its own
+(iam_calls.SERVICE_ACCESS_KEY_ID), by which the emulator tells the service's calls from the
+tests' and records what IAM each needs (EMULATOR_IAM_CALLS_DIR, iam_calls.py).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import json
 
 import boto3
 from botocore.config import Config
+
+from iam_calls import SERVICE_ACCESS_KEY_ID
 
 
 DEFAULTS = {
@@ -65,7 +71,7 @@ def provision(endpoint: str, warm: boto3.session.Session | None = None, **settin
     return [
         ("AWS_ENDPOINT_URL", args.endpoint),
         ("AWS_REGION", args.region),
-        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_ACCESS_KEY_ID", SERVICE_ACCESS_KEY_ID),
         ("AWS_SECRET_ACCESS_KEY", "test"),
         ("VENDING_TABLE", args.table),
         ("VENDING_PARAMETER_PREFIX", args.prefix),

@@ -115,6 +115,11 @@ Control endpoints (not AWS calls: no latency, not counted, no faults):
                               the AWS lock so concurrent calls overlap as they do against
                               AWS. DELETE resets both to 0.
 
+IAM: with EMULATOR_IAM_CALLS_DIR set, every call signed with the service's access key
+(iam_calls.SERVICE_ACCESS_KEY_ID, which provision.py hands `vending`) is recorded with the
+IAM action(s), resource ARN and context keys AWS would evaluate (iam_calls.py), for
+tests/iam/check.py. The emulator itself still enforces no IAM.
+
 Every AWS call itself runs under one lock, so conditional writes are as atomic here as
 they are in DynamoDB (moto's server is threaded and would otherwise race).
 """
@@ -166,6 +171,7 @@ from werkzeug.serving import run_simple
 
 import kms_keys
 import principals
+from iam_calls import Recorder as IamCallRecorder
 
 MAX_ACTIVATION_LIFETIME = dt.timedelta(days=30)
 CODE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -1183,6 +1189,8 @@ class Emulator:
         self.faults: list[Fault] = []
         self.latency_ms = 0
         self.jitter_ms = 0
+        # The IAM requests of the service's calls (iam_calls.py; EMULATOR_IAM_CALLS_DIR).
+        self.iam_calls = IamCallRecorder.from_env()
 
     def plan(self, operation: str) -> Plan:
         """Network time and the faults for one call (under the state lock)."""
@@ -1210,6 +1218,7 @@ class Emulator:
             return self.control(environ, start_response, path)
         body = request_body(environ)
         operation = operation_of(environ)
+        self.iam_calls.observe(environ, body, operation, self.aws_lock)
         with self.state_lock:
             self.calls[operation] += 1
             plan = self.plan(operation)

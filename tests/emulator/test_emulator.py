@@ -20,6 +20,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -44,6 +45,10 @@ SERVER = ROOT / "scripts" / "emulator" / "server.py"
 PROVISION = ROOT / "scripts" / "emulator" / "provision.py"
 TABLE = "activation-vending"
 REGION = "us-east-1"
+# Where the session's emulator records the IAM requests of the service's calls.
+IAM_CALLS_DIR = tempfile.mkdtemp(prefix="emulator-iam-calls-")
+sys.path.insert(0, str(ROOT / "scripts" / "emulator"))
+from iam_calls import SERVICE_ACCESS_KEY_ID  # noqa: E402
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -84,7 +89,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[str]:
-    env = dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION=REGION)
+    env = dict(
+        os.environ,
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",
+        AWS_DEFAULT_REGION=REGION,
+        EMULATOR_IAM_CALLS_DIR=IAM_CALLS_DIR,
+    )
     fixed = os.environ.get("EMULATOR_TEST_PORT")
     log = tempfile.NamedTemporaryFile(prefix="emulator-", suffix=".log", delete=False)
     proc: subprocess.Popen[bytes] | None = None
@@ -114,6 +125,7 @@ def emulator() -> Iterator[str]:
             stop(proc)
         log.close()
         os.unlink(log.name)
+        shutil.rmtree(IAM_CALLS_DIR, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -1184,3 +1196,106 @@ def test_the_aws_managed_ssm_key_is_described_as_aws_managed(emulator: str) -> N
     assert kms.describe_key(KeyId="alias/aws/ssm")["KeyMetadata"]["KeyManager"] == "AWS"
     own = kms.create_key(Description="mine")["KeyMetadata"]
     assert own["KeyManager"] == "CUSTOMER"
+
+
+# --------------------------------------------------------------------------- IAM requests of the service's calls
+
+
+def service_client(url: str, service: str, region: str = REGION) -> Any:
+    """A client signing as `vending` does in the suites (provision.py's access key)."""
+    return boto3.session.Session(
+        aws_access_key_id=SERVICE_ACCESS_KEY_ID, aws_secret_access_key="test", region_name=region
+    ).client(service, endpoint_url=url, config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+
+
+def iam_records() -> list[dict[str, Any]]:
+    return [
+        json.loads(line)
+        for path in sorted(Path(IAM_CALLS_DIR).glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
+
+
+def asked_for(operation: str, marker: str) -> list[dict[str, Any]]:
+    """The IAM requests recorded for `operation` calls whose requests mention `marker`."""
+    return [
+        asked
+        for record in iam_records()
+        if record["operation"] == operation and marker in json.dumps(record)
+        for asked in record["requests"]
+    ]
+
+
+def test_only_the_services_calls_are_recorded(emulator: str, ddb: Any) -> None:
+    mine, theirs = new_key(), new_key()
+    put(ddb, theirs, v={"N": "1"})
+    service_client(emulator, "dynamodb").put_item(TableName=TABLE, Item={**mine, "v": {"N": "1"}})
+    assert asked_for("DynamoDB.PutItem", theirs["pk"]["S"]) == []
+    [asked] = asked_for("DynamoDB.PutItem", mine["pk"]["S"])
+    assert asked["action"] == "dynamodb:PutItem"
+    assert asked["resource"] == f"arn:aws:dynamodb:{REGION}:123456789012:table/{TABLE}"
+    assert asked["context"] == {"aws:RequestedRegion": REGION, "dynamodb:LeadingKeys": [mine["pk"]["S"]]}
+
+
+def test_a_transaction_asks_for_each_items_action(emulator: str) -> None:
+    first, second = new_key(), new_key()
+    service_client(emulator, "dynamodb").transact_write_items(
+        TransactItems=[add_one(first), {"Put": {"TableName": TABLE, "Item": {**second, "v": {"N": "2"}}}}]
+    )
+    asked = asked_for("DynamoDB.TransactWriteItems", first["pk"]["S"])
+    assert [(a["action"], a["context"]["dynamodb:LeadingKeys"]) for a in asked] == [
+        ("dynamodb:UpdateItem", [first["pk"]["S"]]),
+        ("dynamodb:PutItem", [second["pk"]["S"]]),
+    ]
+
+
+def test_a_batch_read_asks_for_batch_get_item(emulator: str) -> None:
+    key = new_key()
+    service_client(emulator, "dynamodb").batch_get_item(RequestItems={TABLE: {"Keys": [key]}})
+    [asked] = asked_for("DynamoDB.BatchGetItem", key["pk"]["S"])
+    assert asked["action"] == "dynamodb:BatchGetItem"
+    assert asked["resource"].endswith(f":table/{TABLE}")
+
+
+def test_a_decrypted_read_asks_kms_through_ssm_for_the_parameters_key(emulator: str) -> None:
+    ssm, kms = service_client(emulator, "ssm"), client(emulator, "kms")
+    key_arn = kms.describe_key(KeyId="alias/activation-vending")["KeyMetadata"]["Arn"]
+    name = f"/iam-{uuid.uuid4().hex[:8]}/pools/p/activation"
+    ssm.put_parameter(Name=name, Value="x", Type="SecureString", KeyId="alias/activation-vending", Overwrite=True)
+    ssm.get_parameter(Name=f"{name}:1", WithDecryption=True)
+    arn = f"arn:aws:ssm:{REGION}:123456789012:parameter{name}"
+    put_asked = asked_for("SSM.PutParameter", name)
+    assert [(a["action"], a["resource"]) for a in put_asked] == [("ssm:PutParameter", arn), ("kms:Encrypt", key_arn)]
+    assert put_asked[0]["context"]["ssm:Overwrite"] == "true"
+    get_asked = asked_for("SSM.GetParameter", name)
+    assert [(a["action"], a["resource"]) for a in get_asked] == [("ssm:GetParameter", arn), ("kms:Decrypt", key_arn)]
+    assert get_asked[1]["context"] == {
+        "aws:RequestedRegion": REGION,
+        "kms:ViaService": f"ssm.{REGION}.amazonaws.com",
+        "kms:CallerAccount": "123456789012",
+        "kms:EncryptionContext:PARAMETER_ARN": arn,
+        "kms:EncryptionContextKeys": ["PARAMETER_ARN"],
+    }
+    [record] = [r for r in iam_records() if r["operation"] == "SSM.GetParameter" and name in json.dumps(r)]
+    assert record["parameter_prefix"] == name.split("/pools")[0]
+
+
+def test_create_activation_asks_for_tags_and_the_passed_role_in_the_signed_region(emulator: str) -> None:
+    region = "eu-central-1"
+    ssm = service_client(emulator, "ssm", region)
+    description = f"iam-{uuid.uuid4()}"
+    ssm.create_activation(
+        IamRole="activation-vending-managed-instance",
+        Description=description,
+        Tags=[{"Key": "activation-vending:pool", "Value": "web"}],
+    )
+    asked = asked_for("SSM.CreateActivation", "activation-vending:pool")
+    tagged = {"aws:RequestedRegion": region, "aws:RequestTag/activation-vending:pool": "web", "aws:TagKeys": ["activation-vending:pool"]}
+    assert {"action": "ssm:CreateActivation", "resource": "*", "context": tagged} in asked
+    assert {"action": "ssm:AddTagsToResource", "resource": "*", "context": tagged} in asked
+    assert {
+        "action": "iam:PassRole",
+        "resource": "arn:aws:iam::123456789012:role/activation-vending-managed-instance",
+        "context": {"aws:RequestedRegion": region, "iam:PassedToService": "ssm.amazonaws.com"},
+    } in asked

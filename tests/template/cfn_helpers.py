@@ -26,3 +26,64 @@ def props(res: dict) -> dict:
 
 def principal_is_everyone(principal) -> bool:
     return principal == "*" or (isinstance(principal, dict) and "*" in as_list(principal.get("AWS")))
+
+
+# The stack's Region as a role policy names it (aws:RequestedRegion condition).
+STACK_REGION = {"Ref": "AWS::Region"}
+
+
+def arn_text(resource) -> str:
+    """An ARN as written (a !Sub's template, a literal); "" for anything else."""
+    import re
+
+    if isinstance(resource, str):
+        return resource
+    if isinstance(resource, dict) and "Fn::Sub" in resource:
+        sub = resource["Fn::Sub"]
+        # ${AWS::Partition} and the like hold colons: one placeholder each.
+        return re.sub(r"\$\{[^}]*\}", "X", sub if isinstance(sub, str) else sub[0])
+    return ""
+
+
+def region_problems(statements) -> list[str]:
+    """Rights in the stack's Region only (issue 18, item 4): every Allow statement requires
+    aws:RequestedRegion to be the stack's Region (StringEquals); every Deny names its
+    resources in every Region ("*" in the ARN's Region field), so that it does not lean on
+    the allows' Region condition. `statements`: (where, statement) pairs."""
+    problems = []
+    for where, st in statements:
+        sid = f"{where}/{st.get('Sid', '?')}"
+        if st.get("Effect") == "Allow":
+            region = st.get("Condition", {}).get("StringEquals", {}).get("aws:RequestedRegion")
+            if region != STACK_REGION:
+                problems.append(f"{sid}: allowed in every Region (no StringEquals aws:RequestedRegion: !Ref AWS::Region)")
+        elif st.get("Effect") == "Deny":
+            for resource in as_list(st.get("Resource")):
+                parts = arn_text(resource).split(":")
+                if resource != "*" and (len(parts) < 4 or parts[3] != "*"):
+                    problems.append(f"{sid}: denies {resource} in one Region only (use * in the ARN's Region)")
+    return problems
+
+
+# Client CIDRs (issue 18, item 8): a prefix of /8 to /32. The widest private block,
+# 10.0.0.0/8, is a /8: a wider range necessarily holds public addresses.
+CIDRS_REFUSED = ("0.0.0.0/0", "0.0.0.0/1", "0.0.0.0/7", "10.0.0.0/7", "10.0.0.0/33", "10.0.0.0")
+CIDRS_ACCEPTED = ("10.0.0.0/8", "10.20.0.0/16", "172.16.0.0/12", "192.168.40.0/24", "10.20.1.1/32")
+
+
+def cidr_pattern_problems(parameter: dict, name: str) -> list[str]:
+    """The parameter's AllowedPattern (CloudFormation applies it to each entry of a
+    CommaDelimitedList) refuses every prefix shorter than /8 and accepts /8 to /32."""
+    import re
+
+    pattern = parameter.get("AllowedPattern")
+    if not pattern:
+        return [f"{name} has no AllowedPattern"]
+    problems = []
+    for cidr in CIDRS_REFUSED:
+        if re.fullmatch(pattern, cidr):
+            problems.append(f"{name} admits {cidr}")
+    for cidr in CIDRS_ACCEPTED:
+        if not re.fullmatch(pattern, cidr):
+            problems.append(f"{name} refuses {cidr}")
+    return problems

@@ -4,7 +4,9 @@
 #   sam validate --lint, cfn-lint and checkov (no failed check) on template.yaml;
 #   cfn-lint and checkov on deploy/ecs/template.yaml; hadolint on the Dockerfile; the
 #   security properties tests (pytest, each case counted: test_template_security.py and
-#   test_ecs_template.py); the static binary the image ships (`make static`: the image's
+#   test_ecs_template.py); the IAM evaluation of every AWS call the suites' `vending` made
+#   against both templates' roles (tests/iam/run.sh, one gate; IAM_CALLS_DIR says where the
+#   suites recorded, default target/iam-calls); the static binary the image ships (`make static`: the image's
 #   target, no ELF interpreter, no shared library, runs, resolves a host name through
 #   /etc/hosts and through DNS); and sam build of the Rust function (its bootstrap must be
 #   an ELF for the architecture built).
@@ -355,6 +357,7 @@ gate "checkov -f deploy/ecs/template.yaml" checkov_scan deploy/ecs/template.yaml
 gate "hadolint Dockerfile" hadolint_scan
 echo "=== gate: security properties (pytest, each case counted)"
 security_tests
+gate "IAM evaluation of the suites' calls (tests/iam)" "$root/tests/iam/run.sh"
 if [[ "${TEMPLATE_SKIP_BUILD:-}" == 1 ]]; then
   echo "=== skipped: static binary, its name resolution, sam build (TEMPLATE_SKIP_BUILD=1)"
   skipped=$((skipped + 3))

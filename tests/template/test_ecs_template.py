@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from cfn_flip import load_yaml
 
-from cfn_helpers import as_list, of_type, parameter_values, principal_is_everyone, props
+from cfn_helpers import as_list, cidr_pattern_problems, of_type, parameter_values, principal_is_everyone, props, region_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 ECS_TEMPLATE = ROOT / "deploy/ecs/template.yaml"
@@ -360,6 +360,15 @@ def check_client_cidr_rule(source: dict) -> list[str]:
             if assertion.get("Assert") == {"Fn::Not": [{"Fn::Contains": [{"Ref": "ClientCidrs"}, "0.0.0.0/0"]}]}:
                 return []
     return ["no rule refuses 0.0.0.0/0 in ClientCidrs"]
+
+
+def check_client_cidr_prefix_bound(source: dict) -> list[str]:
+    return cidr_pattern_problems(source["Parameters"]["ClientCidrs"], "ClientCidrs")
+
+
+def check_region_bound(cfn: dict) -> list[str]:
+    """Every role's rights hold in the stack's Region only (issue 18, item 4)."""
+    return region_problems(pair for role in of_type(cfn, "AWS::IAM::Role") for pair in role_statements(cfn, role))
 
 
 def check_tasks_reachable_from_load_balancer_only(cfn: dict) -> list[str]:
@@ -794,11 +803,12 @@ DEPLOYED_CHECKS = [
     check_task_definition,
     check_environment,
     check_least_privilege,
+    check_region_bound,
     check_key,
     check_server_limits,
     check_untrusted_config_alarm,
 ]
-SOURCE_CHECKS = [check_task_role_mirrors_function, check_client_cidr_rule]
+SOURCE_CHECKS = [check_task_role_mirrors_function, check_client_cidr_rule, check_client_cidr_prefix_bound]
 
 
 @pytest.mark.parametrize("check", DEPLOYED_CHECKS, ids=lambda c: c.__name__)
@@ -940,6 +950,25 @@ def m_tasks_from_vpc(t):
 
 def m_public_ip(t):
     _p(t, "Service")["NetworkConfiguration"]["AwsvpcConfiguration"]["AssignPublicIp"] = "ENABLED"
+
+
+def m_cidrs_any_prefix(t):
+    del t["Parameters"]["ClientCidrs"]["AllowedPattern"]
+
+
+def m_region_free(role, sid):
+    def mutate(t):
+        statements = [st for pol in _p(t, role)["Policies"] for st in pol["PolicyDocument"]["Statement"]]
+        if role == "TaskRole":
+            statements += _p(t, "TaskKeyPolicy")["PolicyDocument"]["Statement"]
+        del _stmt(statements, sid)["Condition"]["StringEquals"]["aws:RequestedRegion"]
+
+    return mutate
+
+
+def m_tag_deny_this_region(t):
+    st = _stmt(_task_statements(t), "NeverTagExistingResources")
+    st["Resource"] = [{"Fn::Sub": r["Fn::Sub"].replace(":*:", ":${AWS::Region}:", 1)} for r in st["Resource"]]
 
 
 def m_drop_cidr_rule(t):
@@ -1101,6 +1130,15 @@ MUTATIONS = [
     ("ssh on the load balancer", m_ssh_ingress, check_client_ingress, "brings-key-and-role"),
     ("every port from the clients", m_all_ports, check_client_ingress, "creates-key-and-role"),
     ("no rule against 0.0.0.0/0", m_drop_cidr_rule, check_client_cidr_rule, "source"),
+    ("ClientCidrs 0.0.0.0/1 admitted", m_cidrs_any_prefix, check_client_cidr_prefix_bound, "source"),
+    ("CreateActivation in every Region", m_region_free("TaskRole", "CreateActivationsThatCarryThePoolTag"), check_region_bound, "creates-key-and-role"),
+    ("tagging in every Region", m_region_free("TaskRole", "TagActivationsWithThePoolTag"), check_region_bound, "creates-key-and-role"),
+    ("DeleteActivation in every Region", m_region_free("TaskRole", "ActivationsAdmitNoResource"), check_region_bound, "creates-key-and-role"),
+    ("PassRole in every Region", m_region_free("TaskRole", "PassOnlyThePoolRolesToSsm"), check_region_bound, "pool-roles"),
+    ("the key in every Region", m_region_free("TaskRole", "KeyThroughParameterStoreOnly"), check_region_bound, "brings-key-and-role"),
+    ("ECR token in every Region", m_region_free("ExecutionRole", "EcrTokenAdmitsNoResource"), check_region_bound, "creates-key-and-role"),
+    ("sweep PassRole in every Region", m_region_free("SweepRole", "PassTheTaskRoles"), check_region_bound, "creates-key-and-role"),
+    ("tag deny in the stack's Region only", m_tag_deny_this_region, check_region_bound, "creates-key-and-role"),
     ("tasks reachable from the VPC", m_tasks_from_vpc, check_tasks_reachable_from_load_balancer_only, "creates-key-and-role"),
     ("tasks with a public IP", m_public_ip, check_tasks_reachable_from_load_balancer_only, "creates-key-and-role"),
     ("health check on /", m_health_root, check_health_check, "creates-key-and-role"),
@@ -1175,3 +1213,19 @@ def test_dockerfile_weakening_is_caught(mutate):
     assert weakened != text, "the mutation did not apply"
     assert check_dockerfile(text) == []
     assert check_dockerfile(weakened) != []
+
+
+def test_the_deploy_page_describes_the_tagging_the_task_role_allows(source):
+    """The ECS section of the deploy page (once the README's) says what tagging the task
+    role allows (issue 18, item 8): keys limited to the pool tag only if the policy limits
+    aws:TagKeys, else that tagging requests must carry the pool tag."""
+    page = (ROOT / "docs" / "deploy.md").read_text()
+    section = page.split("\n## Container", 1)[1].split("\n## ", 1)[0]
+    prose = " ".join(section.split())
+    tagging = _stmt(_task_statements(source), "TagActivationsWithThePoolTag")
+    keys_limited = any("aws:TagKeys" in json.dumps(v) for v in tagging.get("Condition", {}).values())
+    if keys_limited:
+        assert "pool tag key only" in prose
+    else:
+        assert "pool tag key only" not in prose, "the README limits tagging to the pool tag key; the policy allows any key"
+        assert "carry the pool tag" in prose

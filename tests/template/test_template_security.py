@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from cfn_flip import load_yaml
 
-from cfn_helpers import as_list, of_type, parameter_values, principal_is_everyone, props
+from cfn_helpers import as_list, cidr_pattern_problems, of_type, parameter_values, principal_is_everyone, props, region_problems
 
 os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
 logging.getLogger("samtranslator").setLevel(logging.ERROR)
@@ -69,6 +69,7 @@ REQUIRED_ACTIONS = {
     "dynamodb:GetItem",
     "dynamodb:UpdateItem",
     "dynamodb:PutItem",
+    "dynamodb:BatchGetItem",
     "iam:PassRole",
 }
 # SSM resources that exist before the function tags anything: it must never tag them (the
@@ -400,6 +401,15 @@ def check_client_cidr_rule(source: dict) -> list[str]:
             if assertion.get("Assert") == {"Fn::Not": [{"Fn::Equals": [{"Ref": "ClientCidr"}, "0.0.0.0/0"]}]}:
                 return []
     return ["no rule refuses ClientCidr 0.0.0.0/0"]
+
+
+def check_client_cidr_prefix_bound(source: dict) -> list[str]:
+    return cidr_pattern_problems(source["Parameters"]["ClientCidr"], "ClientCidr")
+
+
+def check_region_bound(cfn: dict) -> list[str]:
+    """The function's rights hold in the stack's Region only (issue 18, item 4)."""
+    return region_problems((name, st) for name, st in identity_statements(cfn) if name in ("FunctionRole", "FunctionKeyPolicy"))
 
 
 def check_stage(cfn: dict) -> list[str]:
@@ -934,6 +944,7 @@ DEPLOYED_CHECKS = [
     check_instance_role,
     check_api_logs_role,
     check_least_privilege,
+    check_region_bound,
     check_alarm_actions,
 ]
 SOURCE_CHECKS = [
@@ -941,6 +952,7 @@ SOURCE_CHECKS = [
     check_checkov_skips,
     check_client_cidr_rule,
     check_trust_settings,
+    check_client_cidr_prefix_bound,
     check_deadline_and_timeouts,
     check_logging,
     check_alarms,
@@ -1248,6 +1260,23 @@ def m_drop_cidr_rule(t):
     del t["Rules"]["ClientCidrIsNotTheWorld"]
 
 
+def m_cidr_any_prefix(t):
+    t["Parameters"]["ClientCidr"]["AllowedPattern"] = r"^((\d{1,3}\.){3}\d{1,3}/\d{1,2})?$"
+
+
+def m_region_free(sid):
+    def mutate(t):
+        statements = _role_statements(t) + _p(t, "FunctionKeyPolicy")["PolicyDocument"]["Statement"]
+        del _stmt(statements, sid)["Condition"]["StringEquals"]["aws:RequestedRegion"]
+
+    return mutate
+
+
+def m_tag_deny_this_region(t):
+    st = _stmt(_role_statements(t), "NeverTagExistingResources")
+    st["Resource"] = [{"Fn::Sub": r["Fn::Sub"].replace(":*:", ":${AWS::Region}:", 1)} for r in st["Resource"]]
+
+
 def m_data_trace(t):
     _p(t, "Api")["MethodSettings"][0]["DataTraceEnabled"] = True
 
@@ -1430,6 +1459,13 @@ MUTATIONS = [
     ("endpoint open to 0.0.0.0/0", m_sg_world, check_endpoint, "creates-everything"),
     ("endpoint admits port 22", m_sg_extra_port, check_endpoint, "creates-everything"),
     ("no rule against 0.0.0.0/0", m_drop_cidr_rule, check_client_cidr_rule, "source"),
+    ("ClientCidr 0.0.0.0/1 admitted", m_cidr_any_prefix, check_client_cidr_prefix_bound, "source"),
+    ("CreateActivation in every Region", m_region_free("CreateActivationsThatCarryThePoolTag"), check_region_bound, "creates-everything"),
+    ("tagging in every Region", m_region_free("TagActivationsWithThePoolTag"), check_region_bound, "creates-everything"),
+    ("DeleteActivation in every Region", m_region_free("ActivationsAdmitNoResource"), check_region_bound, "creates-everything"),
+    ("PassRole in every Region", m_region_free("PassOnlyThePoolRolesToSsm"), check_region_bound, "pools-and-source-ranges"),
+    ("the key in every Region", m_region_free("KeyThroughParameterStoreOnly"), check_region_bound, "brings-endpoint-key-role"),
+    ("tag deny in the stack's Region only", m_tag_deny_this_region, check_region_bound, "creates-everything"),
     ("data trace on", m_data_trace, check_stage, "creates-everything"),
     ("no stage throttling", m_no_throttle, check_stage, "creates-everything"),
     ("log group kept forever", m_no_retention, check_stage, "creates-everything"),
