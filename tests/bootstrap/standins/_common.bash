@@ -30,6 +30,7 @@ standin_install_package() {
 			return 1
 		fi
 		ln -sf "$STANDIN_DIR/amazon-ssm-agent" "$BOOTSTRAP_ROOT/usr/bin/amazon-ssm-agent"
+		ln -sf "$STANDIN_DIR/ssm-cli" "$BOOTSTRAP_ROOT/usr/bin/ssm-cli"
 		mkdir -p "$BOOTSTRAP_ROOT/usr/lib/systemd/system"
 		: >"$BOOTSTRAP_ROOT/usr/lib/systemd/system/amazon-ssm-agent.service"
 		;;
@@ -39,4 +40,28 @@ standin_install_package() {
 		;;
 	esac
 	standin_log "installed $what"
+}
+
+# The agent's own paths on the simulated server.
+AGENT_DATA="$BOOTSTRAP_ROOT/var/lib/amazon/ssm"
+AGENT_VAULT="$AGENT_DATA/Vault"
+AGENT_REGISTRATION="$AGENT_DATA/registration"
+AGENT_LOG="$BOOTSTRAP_ROOT/var/log/amazon/ssm/amazon-ssm-agent.log"
+
+# A line as the agent's seelog writes it (format fmtinfo in seelog_unix.xml:
+# "%Date(2006-01-02 15:04:05.0000) %LEVEL %Msg") to its log file (the rollingfile
+# /var/log/amazon/ssm/amazon-ssm-agent.log of seelog_unix.xml:10).
+agent_log_line() { # LEVEL MESSAGE
+	mkdir -p "$(dirname "$AGENT_LOG")"
+	printf '%s %s %s\n' "$(date '+%F %T.0000')" "$1" "$2" >>"$AGENT_LOG"
+}
+# The same line on the console too (seelog_unix.xml:9, <console>): what -register prints.
+agent_say() { # LEVEL MESSAGE
+	agent_log_line "$1" "$2"
+	printf '%s %s %s\n' "$(date '+%F %T.0000')" "$1" "$2"
+}
+# The agent's side of the protocol with SSM (register, checkin, identity), spoken
+# over HTTP to the emulator: ssm_agent_client.py, beside this file.
+agent_client() { # STEP [ARGS...]
+	python3 "$STANDIN_DIR/ssm_agent_client.py" "$1" --endpoint "${STANDIN_EMULATOR_URL:-http://127.0.0.1:9}" --vault "$AGENT_VAULT" "${@:2}"
 }
