@@ -1,10 +1,14 @@
 # shellcheck shell=bash
+# The variables below are read by the stand-ins that source this file:
+# shellcheck disable=SC2034
 # Shared by the stand-ins. They run under the sandboxed PATH of the script being
 # tested, so they switch to the real PATH the test helper recorded.
 # BOOTSTRAP_ROOT is the simulated server's filesystem root (one per server).
 set -euo pipefail
 : "${BOOTSTRAP_ROOT:?stand-ins need BOOTSTRAP_ROOT}"
 : "${STANDIN_REAL_PATH:?stand-ins need STANDIN_REAL_PATH}"
+# The server's own PATH (what a tool run by the script finds there, e.g. gpg or not).
+SERVER_PATH=$PATH
 PATH=$STANDIN_REAL_PATH
 STATE="$BOOTSTRAP_ROOT/.standin"
 mkdir -p "$STATE"
