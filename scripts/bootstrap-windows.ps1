@@ -1199,7 +1199,7 @@ function Save-Download {
 function Assert-AmazonSignature {
     # Verified installs only: a valid Authenticode signature whose signer certificate's CN
     # is exactly "Amazon.com Services LLC", the name ssm-setup-cli itself requires
-    # (agent/setupcli/managers/verificationmanagers/windowsmanager.go); "O=Amazon" anywhere
+    # (agent/setupcli/managers/verificationmanagers/windowsmanager.go); Amazon elsewhere
     # in the subject is not enough.
     # A missing, foreign or broken signature is never accepted; one that cannot be
     # checked (UnknownError, e.g. no way to build the chain yet) only with -AllowUnverified.
