@@ -105,6 +105,9 @@ Advanced (environment only):
                            files beside the downloads
                            (default https://amazon-ssm-REGION.s3.REGION.amazonaws.com).
   BOOTSTRAP_MANIFEST_URL   Passed to ssm-setup-cli as -manifest-url.
+  BOOTSTRAP_REGISTER_TIMEOUT
+                           Seconds `amazon-ssm-agent -register` may take (default 60, as
+                           ssm-setup-cli gives it; 1-3600).
   BOOTSTRAP_ROOT           Prefix for system paths (/etc, /var, /run, /snap, /sys); for
                            tests only. Skips the root check.
 
@@ -154,10 +157,13 @@ xtrace_restore() { if [ "$XTRACE_SAVED" = 1 ]; then set -x; fi; }
 # A line with the activation code and any URL's user:password@ masked. The agent and
 # ssm-setup-cli log every proxy variable's value, credentials included.
 redact_line() { # LINE
-	local line=$1 re='([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@[:space:]]*@'
-	if [ -n "${ACT_CODE:-}" ]; then line=${line//"$ACT_CODE"/$MASK}; fi
-	while [[ $line =~ $re ]]; do line=${line/"${BASH_REMATCH[0]}"/"${BASH_REMATCH[1]}$MASK@"}; done
-	printf '%s' "$line"
+	local rest=$1 out='' re='([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@[:space:]]+@'
+	if [ -n "${ACT_CODE:-}" ]; then rest=${rest//"$ACT_CODE"/$MASK}; fi
+	while [[ $rest =~ $re ]]; do
+		out+="${rest%%"${BASH_REMATCH[0]}"*}${BASH_REMATCH[1]}$MASK@"
+		rest=${rest#*"${BASH_REMATCH[0]}"}
+	done
+	printf '%s' "$out$rest"
 }
 
 # Copies stdin to stderr, masked (redact_line); also to FILE when given.
@@ -379,8 +385,10 @@ validate_downloads() {
 validate_inputs() {
 	validate_seconds --max-wait "$MAX_WAIT" 1 86400
 	validate_seconds --online-wait "$ONLINE_WAIT" 0 3600
+	validate_seconds BOOTSTRAP_REGISTER_TIMEOUT "$REGISTER_TIMEOUT" 1 3600
 	MAX_WAIT=$((10#$MAX_WAIT))
 	ONLINE_WAIT=$((10#$ONLINE_WAIT))
+	REGISTER_TIMEOUT=$((10#$REGISTER_TIMEOUT))
 	[ "$PREPARE_IMAGE" = 1 ] && return 0
 	validate_url
 	validate_names
@@ -1151,7 +1159,7 @@ OVERRIDE=0
 SKIP_SIGNATURE=0
 # `amazon-ssm-agent -register` retries a network error with backoff for minutes;
 # ssm-setup-cli gives it 60 s (agent/setupcli/managers/registermanager/registerManager.go:93).
-readonly REGISTER_TIMEOUT=60
+REGISTER_TIMEOUT=${BOOTSTRAP_REGISTER_TIMEOUT:-60}
 REGISTER_OUT=
 
 # ssm-setup-cli downloads the agent, verifies its signature with gpg (we pass

@@ -48,9 +48,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-
 AGENT_VERSION = "3.3.0.0"
 
 
@@ -149,6 +146,9 @@ def _signed_post(endpoint: str, target: str, body: dict[str, Any], access_key: s
 
 
 def register(endpoint: str, vault: Path, code: str, activation_id: str, region: str) -> str:
+    from cryptography.hazmat.primitives import serialization  # imported where needed: `identity` stays fast
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     private = base64.b64encode(key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())).decode()
     public = base64.b64encode(key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
@@ -162,6 +162,9 @@ def register(endpoint: str, vault: Path, code: str, activation_id: str, region: 
 
 
 def role_token(endpoint: str, vault: Path) -> dict[str, Any]:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
     identity = vault_read(vault)
     key = serialization.load_der_private_key(base64.b64decode(identity["privateKey"]), password=None)
     assert isinstance(key, rsa.RSAPrivateKey)
