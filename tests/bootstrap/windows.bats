@@ -177,8 +177,12 @@ EDITS
 
 @test "checks end at \\z (a trailing newline is no longer accepted), Pool and ExpirationDate are validated before they are logged; the rules catch each regression" {
 	grep -q "'^\[A-Za-z0-9_-\]{1,64}\\\\z'" "$BOOTSTRAP_WINDOWS"
-	! grep -nE "'\^[^']*\\\$'" "$BOOTSTRAP_WINDOWS" | grep -v '(?m)'
-	local bad="$BATS_TEST_TMPDIR/bad.ps1" edit expect
+	local anchored bad="$BATS_TEST_TMPDIR/bad.ps1" edit expect
+	anchored=$(grep -nE "'\^[^']*\\\$'" "$BOOTSTRAP_WINDOWS" | grep -v '(?m)' || true)
+	[ -z "$anchored" ] || {
+		printf 'anchored with $:\n%s\n' "$anchored" >&2
+		return 1
+	}
 	while IFS='|' read -r -u 3 edit expect; do
 		sed "$edit" "$BOOTSTRAP_WINDOWS" >"$bad"
 		run ! cmp -s "$bad" "$BOOTSTRAP_WINDOWS"
