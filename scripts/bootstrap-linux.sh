@@ -618,13 +618,15 @@ stop_service() {
 	fi
 }
 
+# The agent must not inherit this script's lock (fd 9): started by `service` (no
+# systemd), it would hold the lock as long as it runs and block every later run.
 enable_and_start_service() {
 	if have_systemctl; then
-		systemctl daemon-reload </dev/null 2>&1 | mask_stream || true
-		systemctl enable "$SERVICE" </dev/null 2>&1 | mask_stream || return 1
-		systemctl restart "$SERVICE" </dev/null 2>&1 | mask_stream || return 1
+		systemctl daemon-reload </dev/null 9>&- 2>&1 | mask_stream || true
+		systemctl enable "$SERVICE" </dev/null 9>&- 2>&1 | mask_stream || return 1
+		systemctl restart "$SERVICE" </dev/null 9>&- 2>&1 | mask_stream || return 1
 	elif command -v service >/dev/null 2>&1; then
-		service "$SERVICE" restart </dev/null 2>&1 | mask_stream || return 1
+		service "$SERVICE" restart </dev/null 9>&- 2>&1 | mask_stream || return 1
 	else
 		log "neither systemctl nor service found; start $SERVICE by hand"
 		return 1
@@ -1175,7 +1177,8 @@ register_with_setup_cli() {
 	[ "$SKIP_SIGNATURE" = 0 ] || args+=(-skip-signature-validation)
 	[ -z "$MANIFEST_URL" ] || args+=("-manifest-url=$MANIFEST_URL")
 	log "running: ssm-setup-cli -register -activation-code=$MASK -activation-id=$ACT_ID -region=$REGION${MANIFEST_URL:+ -manifest-url=$MANIFEST_URL}$([ "$OVERRIDE" = 0 ] || printf ' -override')$([ "$SKIP_SIGNATURE" = 0 ] || printf ' -skip-signature-validation')"
-	with_timeout 900 "$SETUP_CLI" "${args[@]}" </dev/null 2>&1 | mask_stream "$REGISTER_OUT" || rc=$?
+	# It starts the agent itself: not with this script's lock (fd 9).
+	with_timeout 900 "$SETUP_CLI" "${args[@]}" </dev/null 9>&- 2>&1 | mask_stream "$REGISTER_OUT" || rc=$?
 	args=()
 	xtrace_restore
 	return "$rc"

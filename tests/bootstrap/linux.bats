@@ -88,6 +88,7 @@ stub_requests() { grep -c . "$STUB_LOG" || true; }
 	assert_calls_have "ssm-setup-cli bucket=linux_amd64 -register=1"
 	assert_calls_have "-skip-signature-validation=0"
 	assert_calls_have "systemctl enable amazon-ssm-agent"
+	refute_calls_have "inherited the boot script's lock"
 	[ "$(wc -l <"$SERVER_ROOT/.standin/registrations")" -eq 1 ]
 	[[ $output == *"registered: $(registered_id)"* ]]
 	assert_code_not_leaked
@@ -787,6 +788,7 @@ MODES
 	refute_calls_have "ssm-setup-cli"
 	refute_output_has "downloading ssm-setup-cli"
 	assert_output_has "via installed agent"
+	refute_calls_have "inherited the boot script's lock"
 	assert_registered
 	assert_code_not_leaked
 }
