@@ -1233,6 +1233,9 @@ registration_failed() { # STATUS WHAT
 	if [ "$1" = 124 ]; then
 		die "$EXIT_REGISTER" "$2 did not finish registering within ${REGISTER_TIMEOUT}s: no route to SSM? (proxy: --proxy; network: HTTPS to ssm.$REGION.amazonaws.com)"
 	fi
+	if grep -q 'AWS SSM\. RequestError: ' "$REGISTER_OUT" 2>/dev/null; then
+		die "$EXIT_REGISTER" "$2 could not reach SSM (RequestError, see its output above): no route to SSM? (proxy: --proxy; network: HTTPS to ssm.$REGION.amazonaws.com)"
+	fi
 	die "$EXIT_REGISTER" "$2 could not register this server with activation $ACT_ID (see its output above)"
 }
 

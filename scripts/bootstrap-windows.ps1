@@ -613,6 +613,9 @@ function Stop-FailedRegistration {
     if ($ExitCode -eq 124) {
         Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('{0} did not finish registering within {1}s: no route to SSM? (proxy: -Proxy; network: HTTPS to ssm in the region)' -f $What, $script:RegisterTimeoutSeconds)
     }
+    if ($script:LastOutput -match 'AWS SSM\. RequestError: ') {
+        Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('{0} could not reach SSM (RequestError, see its output above): no route to SSM? (proxy: -Proxy; network: HTTPS to ssm in the region)' -f $What)
+    }
     Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('{0} could not register this server with activation {1} (exit {2}; see its output above)' -f $What, $ActivationId, $ExitCode)
 }
 

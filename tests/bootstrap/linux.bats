@@ -361,6 +361,14 @@ stub_requests() { grep -c . "$STUB_LOG" || true; }
 	assert_output_has "--proxy"
 	refute_output_has "refused:"
 	refute_output_has "registered: mi-"
+	# Refused at once (connection refused): the SDK's RequestError, no refusal either.
+	EXTRA_ENV=("STANDIN_EMULATOR_URL=http://127.0.0.1:9")
+	run bootstrap --url "$URL" --instance "$INSTANCE"
+	assert_status 5
+	assert_output_has "AWS SSM. RequestError: send request failed"
+	assert_output_has "could not reach SSM (RequestError, see its output above): no route to SSM?"
+	assert_output_has "now UNREGISTERED"
+	refute_output_has "refused:"
 }
 
 @test "Fedora and openSUSE go straight to the agent package (ssm-setup-cli has no download folder there) and say why" {
