@@ -1159,7 +1159,9 @@ SETUP_CLI=
 AGENT_VIA=
 OVERRIDE=0
 SKIP_SIGNATURE=0
-# `amazon-ssm-agent -register` retries a network error with backoff for minutes;
+# `amazon-ssm-agent -register` retries a network error with backoff and waits on an
+# endpoint that never answers (the real agent: connection refused fails in ~9 s, a
+# silent endpoint holds it);
 # ssm-setup-cli gives it 60 s (agent/setupcli/managers/registermanager/registerManager.go:93).
 REGISTER_TIMEOUT=${BOOTSTRAP_REGISTER_TIMEOUT:-60}
 REGISTER_OUT=

@@ -221,7 +221,7 @@ $script:ServiceKey = 'HKLM:\SYSTEM\CurrentControlSet\Services\AmazonSSMAgent'
 $script:ProgramFilesDirectory = if ($env:ProgramW6432) { $env:ProgramW6432 } else { $env:ProgramFiles }
 $script:AgentExe = Join-Path $script:ProgramFilesDirectory 'Amazon\SSM\amazon-ssm-agent.exe'
 $script:SsmCliExe = Join-Path $script:ProgramFilesDirectory 'Amazon\SSM\ssm-cli.exe'
-# `amazon-ssm-agent -register` retries a network error for minutes; ssm-setup-cli gives it 60 s.
+# `amazon-ssm-agent -register` retries a network error and waits on an endpoint that never answers; ssm-setup-cli gives it 60 s.
 $script:RegisterTimeoutSeconds = 60
 # Who signs the agent and ssm-setup-cli: the signer certificate's CN, exactly.
 $script:AgentSignerName = 'Amazon.com Services LLC'
