@@ -64,8 +64,18 @@ agent_say() { # LEVEL MESSAGE
 	agent_log_line "$1" "$2"
 	printf '%s %s %s\n' "$(date '+%F %T.0000')" "$1" "$2"
 }
-# The agent's side of the protocol with SSM (register, checkin, identity), spoken
-# over HTTP to the emulator: ssm_agent_client.py, beside this file.
+# The agent's side of the protocol with SSM (register, checkin), spoken over HTTP to
+# the emulator: ssm_agent_client.py, beside this file.
 agent_client() { # STEP [ARGS...]
 	python3 "$STANDIN_DIR/ssm_agent_client.py" "$1" --endpoint "${STANDIN_EMULATOR_URL:-http://127.0.0.1:9}" --vault "$AGENT_VAULT" "${@:2}"
+}
+# The instance ID in the agent's vault (Vault/Store/RegistrationKey, the JSON of
+# instanceInfo: agent/managedInstances/registration/instance_info.go:31-40), or nothing:
+# what registration.InstanceID reads (instance_info.go:59). Read in bash, no Python, so
+# a boot storm of 200 servers stays cheap.
+vault_instance_id() {
+	sed -n 's/.*"instanceID"[[:space:]]*:[[:space:]]*"\(mi-[0-9a-f]*\)".*/\1/p' "$AGENT_VAULT/Store/RegistrationKey" 2>/dev/null || true
+}
+vault_region() {
+	sed -n 's/.*"region"[[:space:]]*:[[:space:]]*"\([a-z0-9-]*\)".*/\1/p' "$AGENT_VAULT/Store/RegistrationKey" 2>/dev/null || true
 }

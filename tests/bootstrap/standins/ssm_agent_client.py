@@ -20,15 +20,14 @@ spoken over HTTP to the endpoint the agent's Ssm.Endpoint would name (the emulat
              ssm_rsaV4.go:121-155]; only then "Credentials ready"
              [core/app/credentialrefresher/credentialrefresher.go:196]; then the worker's
              UpdateInstanceInformation with those credentials (SigV4).
-  identity   what `ssm-cli get-instance-information` prints: local identity only
-             [agent/cli/clicommand/getinstanceinformation.go:72-101], never asks SSM.
 
 The vault is a directory laid out as the agent's file vault [agent/managedInstances/
 vault/fsvault/fsvault.go:30-32]: VAULT/Manifest and VAULT/Store/RegistrationKey, the
 latter the JSON of instanceInfo [instance_info.go:31-40]: instanceID, region,
 privateKey (base64 PKCS#1 DER), privateKeyType.
 Exit codes: 0 done; 1 refused or failed (message on stdout, as the agent logs it);
-3 no identity.
+3 no identity. (What `ssm-cli get-instance-information` reads, the vault's instanceID,
+the stand-ins read in bash: _common.bash vault_instance_id.)
 """
 
 from __future__ import annotations
@@ -146,7 +145,7 @@ def _signed_post(endpoint: str, target: str, body: dict[str, Any], access_key: s
 
 
 def register(endpoint: str, vault: Path, code: str, activation_id: str, region: str) -> str:
-    from cryptography.hazmat.primitives import serialization  # imported where needed: `identity` stays fast
+    from cryptography.hazmat.primitives import serialization  # imported where needed
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -198,7 +197,7 @@ def check_in(endpoint: str, vault: Path, info: dict[str, str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=("register", "checkin", "identity"))
+    parser.add_argument("step", choices=("register", "checkin"))
     parser.add_argument("--endpoint", default=os.environ.get("STANDIN_EMULATOR_URL", ""))
     parser.add_argument("--vault", required=True, type=Path)
     parser.add_argument("--id", default="")
@@ -206,13 +205,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--info", default="{}", help="JSON: ComputerName, PlatformType, PlatformName, PlatformVersion, IPAddress")
     args = parser.parse_args(argv)
     identity = vault_read(args.vault)
-    if args.step == "identity":
-        if not identity.get("instanceID"):
-            # What identity selection says when no identity fits [common/identity/identity/identity_selector.go:99].
-            print("\nerror: failed to find agent identity")
-            return 3
-        print(json.dumps({"instance-id": identity["instanceID"], "region": identity.get("region", ""), "release-version": AGENT_VERSION}))
-        return 0
     try:
         if args.step == "register":
             code = sys.stdin.readline().rstrip("\n")  # never on the command line of this helper
