@@ -82,6 +82,8 @@ Options (each has an environment variable twin; the flag wins):
                                            Run ssm-setup-cli / install the package even when
                                            its signature cannot be checked (no gpg, no key,
                                            no .sig). A signature that fails is never accepted.
+                                           Without gpg, ssm-setup-cli gets
+                                           -skip-signature-validation (it runs gpg itself).
   --force               VENDING_FORCE=1    Re-register even if this server is registered.
   --prepare-image       VENDING_PREPARE_IMAGE=1
                                            Make this machine ready to be captured as an image:
@@ -103,6 +105,9 @@ Advanced (environment only):
                            files beside the downloads
                            (default https://amazon-ssm-REGION.s3.REGION.amazonaws.com).
   BOOTSTRAP_MANIFEST_URL   Passed to ssm-setup-cli as -manifest-url.
+  BOOTSTRAP_REGISTER_TIMEOUT
+                           Seconds `amazon-ssm-agent -register` may take (default 60, as
+                           ssm-setup-cli gives it; 1-3600).
   BOOTSTRAP_ROOT           Prefix for system paths (/etc, /var, /run, /snap, /sys); for
                            tests only. Skips the root check.
 
@@ -117,8 +122,12 @@ Exit codes:
      server's address is not in the pool's allowed_cidrs), 500 PoolMisconfigured
   4  install failed (curl, a download, a signature that cannot be verified or does
      not match, the agent package)
-  5  registration failed (SSM refused the activation, the agent is not registered
-     afterwards, or it was not seen running and connected within --online-wait)
+  5  registration failed: SSM refused the activation ("refused: <Code>" on stdout, e.g.
+     refused: InvalidActivation), -register did not finish within 60 s, the agent's own
+     identity and its registration file do not agree afterwards, or it was not seen
+     getting credentials from SSM within --online-wait. A failed registration leaves
+     the machine UNREGISTERED (the agent clears its identity before asking SSM): the
+     stale registration file is removed and the next run registers afresh.
   6  unsupported platform (distribution, architecture) or not run as root
 EOF
 }
@@ -145,12 +154,25 @@ xtrace_off() {
 }
 xtrace_restore() { if [ "$XTRACE_SAVED" = 1 ]; then set -x; fi; }
 
-# Copies stdin to stderr with the activation code masked.
-mask_stream() {
+# A line with the activation code and any URL's user:password@ masked. The agent and
+# ssm-setup-cli log every proxy variable's value, credentials included.
+redact_line() { # LINE
+	local rest=$1 out='' re='([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@[:space:]]+@'
+	if [ -n "${ACT_CODE:-}" ]; then rest=${rest//"$ACT_CODE"/$MASK}; fi
+	while [[ $rest =~ $re ]]; do
+		out+="${rest%%"${BASH_REMATCH[0]}"*}${BASH_REMATCH[1]}$MASK@"
+		rest=${rest#*"${BASH_REMATCH[0]}"}
+	done
+	printf '%s' "$out$rest"
+}
+
+# Copies stdin to stderr, masked (redact_line); also to FILE when given.
+mask_stream() { # [FILE]
 	local line
 	while IFS= read -r line || [ -n "$line" ]; do
-		if [ -n "${ACT_CODE:-}" ]; then line=${line//"$ACT_CODE"/$MASK}; fi
+		line=$(redact_line "$line")
 		printf '    | %s\n' "$line" >&2
+		if [ -n "${1:-}" ]; then printf '%s\n' "$line" >>"$1"; fi
 	done
 }
 
@@ -363,8 +385,10 @@ validate_downloads() {
 validate_inputs() {
 	validate_seconds --max-wait "$MAX_WAIT" 1 86400
 	validate_seconds --online-wait "$ONLINE_WAIT" 0 3600
+	validate_seconds BOOTSTRAP_REGISTER_TIMEOUT "$REGISTER_TIMEOUT" 1 3600
 	MAX_WAIT=$((10#$MAX_WAIT))
 	ONLINE_WAIT=$((10#$ONLINE_WAIT))
+	REGISTER_TIMEOUT=$((10#$REGISTER_TIMEOUT))
 	[ "$PREPARE_IMAGE" = 1 ] && return 0
 	validate_url
 	validate_names
@@ -530,12 +554,50 @@ detect_agent() {
 REG_FILE=
 IDENTITY_FILE=
 AGENT_LOG=
-registered_instance_id() {
+VAULT_IDENTITY=
+# The managed instance ID in the registration file: a copy the agent writes after a
+# registration succeeds, and never removes (not on a failed registration, not on -clear).
+registration_file_id() {
 	local content
 	[ -s "$REG_FILE" ] || return 1
 	content=$(<"$REG_FILE")
 	[[ $content =~ \"ManagedInstanceID\"[[:space:]]*:[[:space:]]*\"(mi-[0-9a-fA-F]+)\" ]] || return 1
 	printf '%s' "${BASH_REMATCH[1]}"
+}
+
+# Runs a command under `timeout` when the host has it.
+with_timeout() { # SECONDS COMMAND...
+	local seconds=$1
+	shift
+	if command -v timeout >/dev/null 2>&1; then timeout "$seconds" "$@"; else "$@"; fi
+}
+
+# The agent's own identity, its truth: what `ssm-cli get-instance-information` reads
+# from the agent's vault (local only: it never asks SSM); without ssm-cli, the vault's
+# instanceID itself (only the ID is read, never the key beside it). Empty after a failed
+# registration, which blanks it before asking SSM, and after -register -clear.
+agent_identity() {
+	local info re='"instance-id"[[:space:]]*:[[:space:]]*"(mi-[0-9a-fA-F]+)"'
+	if [ -n "$SSM_CLI" ] && [ -x "$SSM_CLI" ]; then
+		info=$(with_timeout 60 "$SSM_CLI" get-instance-information </dev/null 2>/dev/null) || return 1
+		[[ $info =~ $re ]] || return 1
+		printf '%s' "${BASH_REMATCH[1]}"
+		return 0
+	fi
+	[ -r "$VAULT_IDENTITY" ] || return 1
+	info=$(sed -n 's/.*"instanceID"[[:space:]]*:[[:space:]]*"\(mi-[0-9a-fA-F]*\)".*/\1/p' "$VAULT_IDENTITY" 2>/dev/null) || return 1
+	[ -n "$info" ] || return 1
+	printf '%s' "$info"
+}
+
+# Registered means: the agent's own identity and the registration file name the same
+# managed instance. Prints it.
+registered_instance_id() {
+	local file_id agent_id
+	file_id=$(registration_file_id) || return 1
+	agent_id=$(agent_identity) || return 1
+	[ "$file_id" = "$agent_id" ] || return 1
+	printf '%s' "$file_id"
 }
 
 have_systemctl() { command -v systemctl >/dev/null 2>&1; }
@@ -556,13 +618,15 @@ stop_service() {
 	fi
 }
 
+# The agent must not inherit this script's lock (fd 9): started by `service` (no
+# systemd), it would hold the lock as long as it runs and block every later run.
 enable_and_start_service() {
 	if have_systemctl; then
-		systemctl daemon-reload </dev/null 2>&1 | mask_stream || true
-		systemctl enable "$SERVICE" </dev/null 2>&1 | mask_stream || return 1
-		systemctl restart "$SERVICE" </dev/null 2>&1 | mask_stream || return 1
+		systemctl daemon-reload </dev/null 9>&- 2>&1 | mask_stream || true
+		systemctl enable "$SERVICE" </dev/null 9>&- 2>&1 | mask_stream || return 1
+		systemctl restart "$SERVICE" </dev/null 9>&- 2>&1 | mask_stream || return 1
 	elif command -v service >/dev/null 2>&1; then
-		service "$SERVICE" restart </dev/null 2>&1 | mask_stream || return 1
+		service "$SERVICE" restart </dev/null 9>&- 2>&1 | mask_stream || return 1
 	else
 		log "neither systemctl nor service found; start $SERVICE by hand"
 		return 1
@@ -665,7 +729,7 @@ prepare_image() {
 		exit "$EXIT_OK"
 	fi
 	local existing
-	existing=$(registered_instance_id) || existing=
+	existing=$(registration_file_id) || existing=
 	clear_registration
 	log "prepared for imaging: $SERVICE stopped, ${existing:-no} registration cleared${existing:+ (deregister $existing in SSM if it is not coming back)}"
 	log "before capturing: empty /etc/machine-id (systemd regenerates it on the clone's first boot)"
@@ -1094,9 +1158,17 @@ verify_download() {
 SETUP_CLI=
 AGENT_VIA=
 OVERRIDE=0
+SKIP_SIGNATURE=0
+# `amazon-ssm-agent -register` retries a network error with backoff and waits on an
+# endpoint that never answers (the real agent: connection refused fails in ~9 s, a
+# silent endpoint holds it);
+# ssm-setup-cli gives it 60 s (agent/setupcli/managers/registermanager/registerManager.go:93).
+REGISTER_TIMEOUT=${BOOTSTRAP_REGISTER_TIMEOUT:-60}
+REGISTER_OUT=
 
-# ssm-setup-cli downloads the agent, verifies its signature (left on: we never
-# pass -skip-signature-validation), installs, registers and starts it.
+# ssm-setup-cli downloads the agent, verifies its signature with gpg (we pass
+# -skip-signature-validation only with --allow-unverified on a host without gpg, where
+# it cannot verify and would refuse), installs, registers and starts it.
 register_with_setup_cli() {
 	{ xtrace_off; } 2>/dev/null
 	local rc=0
@@ -1104,29 +1176,69 @@ register_with_setup_cli() {
 	# The code is passed as a flag because ssm-setup-cli has no other way to take it.
 	args=(-register "-activation-code=$ACT_CODE" "-activation-id=$ACT_ID" "-region=$REGION")
 	[ "$OVERRIDE" = 0 ] || args+=(-override)
+	[ "$SKIP_SIGNATURE" = 0 ] || args+=(-skip-signature-validation)
 	[ -z "$MANIFEST_URL" ] || args+=("-manifest-url=$MANIFEST_URL")
-	log "running: ssm-setup-cli -register -activation-code=$MASK -activation-id=$ACT_ID -region=$REGION${MANIFEST_URL:+ -manifest-url=$MANIFEST_URL}$([ "$OVERRIDE" = 0 ] || printf ' -override')"
-	if command -v timeout >/dev/null 2>&1; then
-		timeout 900 "$SETUP_CLI" "${args[@]}" </dev/null 2>&1 | mask_stream || rc=$?
-	else
-		"$SETUP_CLI" "${args[@]}" </dev/null 2>&1 | mask_stream || rc=$?
-	fi
+	log "running: ssm-setup-cli -register -activation-code=$MASK -activation-id=$ACT_ID -region=$REGION${MANIFEST_URL:+ -manifest-url=$MANIFEST_URL}$([ "$OVERRIDE" = 0 ] || printf ' -override')$([ "$SKIP_SIGNATURE" = 0 ] || printf ' -skip-signature-validation')"
+	# It starts the agent itself: not with this script's lock (fd 9).
+	with_timeout 900 "$SETUP_CLI" "${args[@]}" </dev/null 9>&- 2>&1 | mask_stream "$REGISTER_OUT" || rc=$?
 	args=()
 	xtrace_restore
 	return "$rc"
 }
 
 # The installed agent registers itself: `amazon-ssm-agent -register ... -y`
-# (-y answers the "already registered, override?" prompt, so nothing waits on stdin).
+# (-y answers the "already registered, override?" prompt, so nothing waits on stdin),
+# given REGISTER_TIMEOUT seconds as ssm-setup-cli gives it. Returns its status (124:
+# timed out).
 register_with_agent() {
 	stop_service
 	{ xtrace_off; } 2>/dev/null
 	local rc=0
-	log "running: $AGENT_BIN -register -code=$MASK -id=$ACT_ID -region=$REGION -y"
+	log "running: $AGENT_BIN -register -code=$MASK -id=$ACT_ID -region=$REGION -y (within ${REGISTER_TIMEOUT}s)"
 	# The code is passed as a flag because the agent has no other way to take it.
-	"$AGENT_BIN" -register "-code=$ACT_CODE" "-id=$ACT_ID" "-region=$REGION" -y </dev/null 2>&1 | mask_stream || rc=$?
+	with_timeout "$REGISTER_TIMEOUT" "$AGENT_BIN" -register "-code=$ACT_CODE" "-id=$ACT_ID" "-region=$REGION" -y </dev/null 2>&1 | mask_stream "$REGISTER_OUT" || rc=$?
 	xtrace_restore
 	return "$rc"
+}
+
+# The code of SSM's refusal in the agent's output ("Registration failed due to error
+# registering the instance with AWS SSM. InvalidActivation: ..."), or nothing (a network
+# error is no refusal).
+refusal_code() {
+	local line re='Registration failed due to .*AWS SSM\. ([A-Za-z][A-Za-z0-9]*): '
+	[ -f "$REGISTER_OUT" ] || return 0
+	while IFS= read -r line || [ -n "$line" ]; do
+		[[ $line =~ $re ]] || continue
+		case "${BASH_REMATCH[1]}" in
+		RequestError | RequestCanceled | SerializationError) ;;
+		*)
+			printf '%s' "${BASH_REMATCH[1]}"
+			return 0
+			;;
+		esac
+	done <"$REGISTER_OUT"
+}
+
+# A registration that failed, first or re-: the agent blanked its own identity before
+# it asked SSM, so this machine is unregistered whatever the registration file says.
+# Removes that stale file (and our record), says so, prints "refused: <Code>" when SSM
+# refused, exits 5. The next run registers afresh.
+registration_failed() { # STATUS WHAT
+	local code
+	code=$(refusal_code)
+	rm -f -- "$REG_FILE" "$IDENTITY_FILE"
+	log "this machine is now UNREGISTERED: the agent clears its own identity before it asks SSM; removed $REG_FILE, the next run registers afresh"
+	if [ -n "$code" ]; then
+		printf 'refused: %s\n' "$code"
+		die "$EXIT_REGISTER" "SSM refused activation $ACT_ID ($code): $2 could not register this server"
+	fi
+	if [ "$1" = 124 ]; then
+		die "$EXIT_REGISTER" "$2 did not finish registering within ${REGISTER_TIMEOUT}s: no route to SSM? (proxy: --proxy; network: HTTPS to ssm.$REGION.amazonaws.com)"
+	fi
+	if grep -q 'AWS SSM\. RequestError: ' "$REGISTER_OUT" 2>/dev/null; then
+		die "$EXIT_REGISTER" "$2 could not reach SSM (RequestError, see its output above): no route to SSM? (proxy: --proxy; network: HTTPS to ssm.$REGION.amazonaws.com)"
+	fi
+	die "$EXIT_REGISTER" "$2 could not register this server with activation $ACT_ID (see its output above)"
 }
 
 # Fallback: the agent package from the same regional bucket, verified, installed
@@ -1136,7 +1248,7 @@ install_agent_package() {
 	case "$FAMILY" in deb) ext=deb ;; *) ext=rpm ;; esac
 	url="$(download_base)/latest/$BUCKET_DIR/amazon-ssm-agent.$ext"
 	file="$WORK/amazon-ssm-agent.$ext"
-	log "fallback: installing the agent package from $url with $PKG"
+	log "installing the agent package from $url with $PKG"
 	download "$url" "$file" || rc=$?
 	[ "$rc" = 0 ] || die "$EXIT_INSTALL" "could not download $url"
 	verify_download "$file" "$url"
@@ -1146,8 +1258,15 @@ install_agent_package() {
 	[ -n "$AGENT_BIN" ] || die "$EXIT_INSTALL" "amazon-ssm-agent is not on PATH after installing the package"
 }
 
+# ssm-setup-cli picks its download folder from os-release ({platform}_{arch},
+# agent/updateutil/updateinfo/updateinfo.go:119) and the bucket has none for Fedora or
+# openSUSE: there it fails its own checksum before installing anything.
+setup_cli_unusable_here() {
+	case "$DISTRO_ID" in fedora | opensuse*) return 0 ;; *) return 1 ;; esac
+}
+
 # Returns 0 registered, 1 when ssm-setup-cli failed before installing the agent
-# (the caller falls back to the package), dies otherwise.
+# (the caller falls back to the package), exits 5 when it could not register.
 try_setup_cli() {
 	local url rc=0
 	url="$(download_base)/latest/$BUCKET_DIR/ssm-setup-cli"
@@ -1164,31 +1283,48 @@ try_setup_cli() {
 	esac
 	verify_download "$SETUP_CLI" "$url"
 	chmod 0700 "$SETUP_CLI"
-	if register_with_setup_cli; then
+	if [ "$ALLOW_UNVERIFIED" = 1 ] && ! find_gpg; then
+		# ssm-setup-cli verifies the agent package by running gpg itself and refuses
+		# without it (verificationmanagers/linuxmanager.go:59-62) unless told to skip.
+		log "WARNING: no gpg, so ssm-setup-cli cannot verify the agent package either: passing -skip-signature-validation (--allow-unverified)"
+		SKIP_SIGNATURE=1
+	fi
+	rc=0
+	register_with_setup_cli || rc=$?
+	detect_agent
+	if [ "$rc" = 0 ]; then
 		AGENT_VIA=ssm-setup-cli
-		detect_agent
 		return 0
 	fi
-	detect_agent
-	[ -z "$AGENT_BIN" ] ||
-		die "$EXIT_REGISTER" "ssm-setup-cli could not register this server with activation $ACT_ID (see its output above)"
+	[ -z "$AGENT_BIN" ] || registration_failed "$rc" "ssm-setup-cli"
 	log "ssm-setup-cli failed before the agent was installed; falling back to the $PKG package"
 	return 1
 }
 
+register_installed_agent() {
+	local rc=0
+	register_with_agent || rc=$?
+	[ "$rc" = 0 ] || registration_failed "$rc" "$SERVICE -register"
+}
+
 install_and_register() {
+	REGISTER_OUT="$WORK/register.out"
 	detect_agent
 	if [ -n "$AGENT_BIN" ]; then
 		# Amazon Linux, the Ubuntu snap, images with the agent: register it directly
 		# rather than have ssm-setup-cli reinstall (and self-update) it.
 		log "the agent is installed ($AGENT_BIN, unit $SERVICE); registering it directly"
-		register_with_agent || die "$EXIT_REGISTER" "$SERVICE -register failed for activation $ACT_ID (see its output above)"
+		register_installed_agent
 		AGENT_VIA="installed agent"
 		return 0
 	fi
-	try_setup_cli && return 0
+	if setup_cli_unusable_here; then
+		log "not using ssm-setup-cli on ${DISTRO_NAME:-$DISTRO_ID}: it picks its download folder from os-release, the bucket has none for '$DISTRO_ID' and it fails its own checksum there; using the $PKG package"
+	elif try_setup_cli; then
+		return 0
+	fi
 	install_agent_package
-	register_with_agent || die "$EXIT_REGISTER" "$SERVICE -register failed for activation $ACT_ID (see its output above)"
+	register_installed_agent
 	AGENT_VIA="$PKG package"
 }
 
@@ -1204,43 +1340,55 @@ agent_log_since() { # OFFSET
 	if [ "$size" -lt "$1" ]; then cat -- "$AGENT_LOG"; else tail -c "+$(($1 + 1))" -- "$AGENT_LOG"; fi
 }
 
-# The agent is online when its own log (since it was started) says it got
-# credentials from SSM ("Credentials ready"), which needs a registration SSM accepts
-# and a way out (proxy). Only where the agent keeps no log file, ssm-cli naming the
-# same instance is accepted. (Matched in bash, not with grep -q in a pipe: pipefail
+# The agent is online when the core agent's own log since this start says it got
+# credentials from SSM ("[CredentialRefresher] Credentials ready"), which needs a
+# registration SSM accepts and a route to SSM (proxy). ssm-cli cannot tell: it reads
+# the local identity only. (Matched in bash, not with grep -q in a pipe: pipefail
 # would turn the writer's SIGPIPE into a miss on a long log.)
-agent_reports_online() { # LOG_SINCE_START INSTANCE_ID
-	local info
-	if [ -f "$AGENT_LOG" ]; then
-		[[ $1 == *'Credentials ready'* ]]
-		return
-	fi
-	[ -n "$SSM_CLI" ] && [ -x "$SSM_CLI" ] || return 1
-	info=$("$SSM_CLI" get-instance-information </dev/null 2>/dev/null) || return 1
-	[[ $info == *"\"$2\""* ]]
+agent_reports_online() { # LOG_SINCE_START
+	[[ $1 == *'Credentials ready'* ]]
 }
 
+# The core's last "Retrieve credentials produced error" line since this start: SSM
+# refused the node (AccessDeniedException: deregistered) or there is no route to SSM.
+agent_credential_error() { # LOG_SINCE_START -> prints the line
+	local rest=$1 last='' re='[^'$'\n'']*Retrieve credentials produced error[^'$'\n'']*'
+	while [[ $rest =~ $re ]]; do
+		last=${BASH_REMATCH[0]}
+		rest=${rest#*"$last"}
+	done
+	[ -n "$last" ] || return 1
+	redact_line "$last"
+}
+
+# The worker's hibernation line (it starts only once credentials are ready).
 agent_hibernating() { # LOG_SINCE_START -> prints the agent's hibernation line
 	local re='[^'$'\n'']*Entering SSM Agent hibernate[^'$'\n'']*'
 	[[ $1 =~ $re ]] || return 1
-	printf '%s' "${BASH_REMATCH[0]}"
+	redact_line "${BASH_REMATCH[0]}"
 }
 
-# Waits up to --online-wait for: a managed instance ID in the registration file,
-# the service running, and the agent online. Dies with exit 5 and the reason.
+# Waits up to --online-wait for: the agent's identity and the registration file
+# agreeing, the service running, and the core agent's "Credentials ready". Dies with
+# exit 5 and the reason.
 INSTANCE_ID=
 wait_until_online() { # LOG_OFFSET
 	local offset=$1 deadline=$((SECONDS + ONLINE_WAIT)) reason line since
 	while :; do
 		since=$(agent_log_since "$offset")
-		if ! INSTANCE_ID=$(registered_instance_id); then
-			reason="the agent does not report a registration ($REG_FILE has no managed instance ID)"
+		if [[ $since == *'failed to find agent identity'* ]]; then
+			rm -f -- "$REG_FILE" "$IDENTITY_FILE"
+			die "$EXIT_REGISTER" "the agent has no identity ('failed to find agent identity' in $AGENT_LOG): this machine is UNREGISTERED; removed $REG_FILE, the next run registers afresh"
+		elif ! INSTANCE_ID=$(registered_instance_id); then
+			reason="not registered: the agent's own identity and $REG_FILE do not name the same managed instance"
 		elif ! service_active; then
 			reason="registered as $INSTANCE_ID but $SERVICE is not running"
 		elif line=$(agent_hibernating "$since"); then
 			die "$EXIT_REGISTER" "registered as $INSTANCE_ID but the agent cannot reach Systems Manager and hibernates: ${line:0:300} (proxy: --proxy; network: HTTPS to ssm, ssmmessages, ec2messages in $REGION)"
-		elif agent_reports_online "$since" "$INSTANCE_ID"; then
+		elif agent_reports_online "$since"; then
 			return 0
+		elif line=$(agent_credential_error "$since"); then
+			reason="registered as $INSTANCE_ID but the agent cannot get credentials from Systems Manager: ${line:0:300} (no route to SSM? proxy: --proxy; network: HTTPS to ssm, ssmmessages, ec2messages in $REGION)"
 		else
 			reason="registered as $INSTANCE_ID and $SERVICE is running, but the agent has not reported connecting to Systems Manager (no 'Credentials ready' in $AGENT_LOG)"
 		fi
@@ -1264,8 +1412,15 @@ acquire_lock() {
 # on (a clone of a registered image, a re-image): then the old registration is
 # cleared. Returns 0 to go on registering.
 check_existing_registration() {
-	local existing recorded
-	existing=$(registered_instance_id) || return 0
+	local existing recorded file_id agent_id
+	file_id=$(registration_file_id) || file_id=
+	agent_id=$(agent_identity) || agent_id=
+	[ -n "$file_id" ] || [ -n "$agent_id" ] || return 0
+	if [ "$file_id" != "$agent_id" ]; then
+		not_registered "$file_id" "$agent_id"
+		return 0
+	fi
+	existing=$file_id
 	if [ "$FORCE" = 1 ]; then
 		log "registered as $existing; --force given, registering again with a fresh activation slot"
 		FRESH_SLOT=1
@@ -1300,6 +1455,21 @@ check_existing_registration() {
 	exit "$EXIT_OK"
 }
 
+# The registration file and the agent's own identity disagree: a registration that
+# failed (the agent blanks its identity before asking SSM and leaves the file), a
+# -register -clear, or a file removed by hand. The machine is not registered: the stale
+# file goes and a fresh activation slot is registered (the old one was used).
+not_registered() { # FILE_ID AGENT_ID
+	log "not registered: $REG_FILE names ${1:-no managed instance} but the agent's own identity is ${2:-empty} (a failed registration or -register -clear blanks it); registering afresh with a fresh activation slot"
+	FRESH_SLOT=1
+	OVERRIDE=1
+	if [ "$DRY_RUN" = 1 ]; then
+		plan "remove the stale $REG_FILE and $IDENTITY_FILE"
+	else
+		rm -f -- "$REG_FILE" "$IDENTITY_FILE"
+	fi
+}
+
 # A registration made by an earlier run that gave up waiting for the agent: start
 # the agent again and wait for it (no new activation), exit 0 or 5.
 confirm_online_after_restart() { # WHY
@@ -1322,7 +1492,9 @@ print_plan() {
 	REGION=$region
 	plan "activation $id for instance '${INSTANCE:-(none)}' (pool ${ACT_POOL:-${POOL:-default}}, region $region, expires ${ACT_EXPIRES:-?}); code $MASK"
 	if [ -n "$AGENT_BIN" ]; then
-		plan "the agent is installed ($AGENT_BIN): run $AGENT_BIN -register -code=$MASK -id=$id -region=$region -y"
+		plan "the agent is installed ($AGENT_BIN): run $AGENT_BIN -register -code=$MASK -id=$id -region=$region -y (within ${REGISTER_TIMEOUT}s)"
+	elif setup_cli_unusable_here; then
+		plan "no ssm-setup-cli on $DISTRO_ID (it picks its download folder from os-release and fails its own checksum here): verify and $(pkg_install_cmd "amazon-ssm-agent.$ext") from $(download_base)/latest/$BUCKET_DIR/, then amazon-ssm-agent -register -code=$MASK -id=$id -region=$region -y"
 	else
 		plan "download $(download_base)/latest/$BUCKET_DIR/ssm-setup-cli and .sig to a private temporary directory; verify with gpg against ${SIGNING_KEY:-$DEFAULT_SIGNING_KEY}$([ "$ALLOW_UNVERIFIED" = 0 ] || printf ' (or run unverified: --allow-unverified)')"
 		plan "run: ssm-setup-cli -register -activation-code=$MASK -activation-id=$id -region=$region${MANIFEST_URL:+ -manifest-url=$MANIFEST_URL}$override"
@@ -1330,7 +1502,7 @@ print_plan() {
 	fi
 	[ -z "$PROXY" ] || plan "write $(proxy_dropin_path): https_proxy/http_proxy=$(redact_url "$PROXY"), no_proxy=$(agent_no_proxy)"
 	plan "systemctl enable $SERVICE && systemctl restart $SERVICE"
-	plan "wait up to ${ONLINE_WAIT}s until $REG_FILE names a managed instance (mi-...), $SERVICE is active and $AGENT_LOG says 'Credentials ready'"
+	plan "wait up to ${ONLINE_WAIT}s until the agent's own identity and $REG_FILE name the same managed instance (mi-...), $SERVICE is active and $AGENT_LOG says 'Credentials ready' since this start"
 	plan "record the machine id digest in $IDENTITY_FILE"
 }
 
@@ -1340,6 +1512,7 @@ main() {
 	REG_FILE="$ROOT/var/lib/amazon/ssm/registration"
 	IDENTITY_FILE="$ROOT/var/lib/amazon/ssm/activation-vending.machine"
 	AGENT_LOG="$ROOT/var/log/amazon/ssm/amazon-ssm-agent.log"
+	VAULT_IDENTITY="$ROOT/var/lib/amazon/ssm/Vault/Store/RegistrationKey"
 
 	if [ "$DRY_RUN" = 0 ] && [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then
 		die "$EXIT_PLATFORM" "must run as root (it installs and registers the SSM Agent); try sudo, or --dry-run"

@@ -85,12 +85,13 @@ Comma-separated hosts or domains not to proxy (default: no_proxy / NO_PROXY).
 
 .PARAMETER OnlineWait
 After starting the agent, waits this many seconds for it to report itself registered
-and connected ("Credentials ready" in its log) before failing with exit 5 (default 90).
+and connected (the core agent's "Credentials ready" in amazon-ssm-agent.log since this
+start) before failing with exit 5 (default 90).
 
 .PARAMETER AllowUnverified
 Runs ssm-setup-cli.exe or the agent installer even when its Authenticode signature
-cannot be checked (status UnknownError). A signature that is missing, not Amazon's or
-does not match is never accepted.
+cannot be checked (status UnknownError). A signature that is missing, whose signer's CN
+is not exactly "Amazon.com Services LLC", or that does not match is never accepted.
 
 .PARAMETER PrepareImage
 Readies this machine to be captured as an image: stops the agent and clears its
@@ -125,31 +126,41 @@ Exit codes (the same as bootstrap-linux.sh):
      for a name or pool the service refuses, malformed response); not retried and
      named with the pool: 404 PoolNotFound, 403 PoolDisabled or Forbidden (this
      server's address is not in the pool's allowed_cidrs), 500 PoolMisconfigured
-  4  install failed (download, signature check, agent installer)
-  5  registration failed (SSM refused the activation, agent not registered afterwards,
-     or not seen running and connected within -OnlineWait)
-  6  unsupported platform (architecture) or not run as Administrator
+  4  install failed (download, signature check, agent installer); the installer's 3010
+     (installed, restart needed) is success with a warning
+  5  registration failed: SSM refused the activation ("refused: <Code>" on the output,
+     e.g. refused: InvalidActivation), -register did not finish within 60 s, the agent's
+     own identity and its registration file do not agree afterwards, or it was not seen
+     getting credentials within -OnlineWait. A failed registration leaves the machine
+     UNREGISTERED (the agent clears its identity before asking SSM): the stale
+     registration file is removed and the next run registers afresh.
+  6  unsupported platform (Windows on ARM64 has no SSM Agent build; other
+     architectures) or not run as Administrator
+The SSM Agent and ssm-setup-cli write the proxy variables' values, credentials included,
+to their own logs; this script masks them in what it prints.
+PowerShell cannot run where this project is tested: the script is checked by parsing
+and review rules only (tests/bootstrap/ps_check.py).
 #>
 [CmdletBinding(SupportsShouldProcess)]
 param(
     [Parameter()]
-    [ValidatePattern('^https?://[^\s?#]+$')]
+    [ValidatePattern('^https?://[^\s?#]+\z')]
     [string]$Url,
 
     [Parameter()]
-    [ValidatePattern('^[A-Za-z0-9_-]{1,64}$')]
+    [ValidatePattern('^[A-Za-z0-9_-]{1,64}\z')]
     [string]$Pool,
 
     [Parameter()]
-    [ValidatePattern('^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$')]
+    [ValidatePattern('^(?=.{1,253}\z)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\z')]
     [string]$Instance,
 
     [Parameter()]
-    [ValidatePattern('^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$')]
+    [ValidatePattern('^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}\z')]
     [string]$Region,
 
     [Parameter()]
-    [ValidatePattern('^[a-z0-9]{1,32}$')]
+    [ValidatePattern('^[a-z0-9]{1,32}\z')]
     [string]$ApiId,
 
     [Parameter()]
@@ -161,11 +172,11 @@ param(
     [int]$MaxWait = 120,
 
     [Parameter()]
-    [ValidatePattern('^https?://[^\s"''\\]+$')]
+    [ValidatePattern('^https?://[^\s"''\\]+\z')]
     [string]$Proxy,
 
     [Parameter()]
-    [ValidatePattern('^[A-Za-z0-9.,:_*/\[\]-]+$')]
+    [ValidatePattern('^[A-Za-z0-9.,:_*/\[\]-]+\z')]
     [string]$NoProxy,
 
     [Parameter()]
@@ -199,20 +210,32 @@ $script:Mask = '********'
 $script:ServiceName = 'AmazonSSMAgent'
 $script:RegistrationFile = Join-Path $env:ProgramData 'Amazon\SSM\InstanceData\registration'
 $script:IdentityFile = Join-Path $env:ProgramData 'Amazon\SSM\InstanceData\activation-vending.machine'
+# The core agent logs here; its worker (ssm-agent-worker.exe) writes a log of its own on
+# Windows, where "Entering SSM Agent hibernate" appears.
 $script:AgentLog = Join-Path $env:ProgramData 'Amazon\SSM\Logs\amazon-ssm-agent.log'
+$script:WorkerLog = Join-Path $env:ProgramData 'Amazon\SSM\Logs\ssm-agent-worker.log'
+# The agent's own identity (its truth): the vault, read through ssm-cli.exe when present.
+$script:VaultIdentity = Join-Path $env:ProgramData 'Amazon\SSM\InstanceData\Vault\Store\RegistrationKey'
 $script:ServiceKey = 'HKLM:\SYSTEM\CurrentControlSet\Services\AmazonSSMAgent'
 # The agent is 64-bit: a 32-bit PowerShell sees the 32-bit folder in ProgramFiles.
 $script:ProgramFilesDirectory = if ($env:ProgramW6432) { $env:ProgramW6432 } else { $env:ProgramFiles }
 $script:AgentExe = Join-Path $script:ProgramFilesDirectory 'Amazon\SSM\amazon-ssm-agent.exe'
+$script:SsmCliExe = Join-Path $script:ProgramFilesDirectory 'Amazon\SSM\ssm-cli.exe'
+# `amazon-ssm-agent -register` retries a network error and waits on an endpoint that never answers; ssm-setup-cli gives it 60 s.
+$script:RegisterTimeoutSeconds = 60
+# Who signs the agent and ssm-setup-cli: the signer certificate's CN, exactly.
+$script:AgentSignerName = 'Amazon.com Services LLC'
+# The last output Invoke-MaskedProcess relayed (masked), to read a refusal's code from.
+$script:LastOutput = ''
 # Our own log, never a transcript: it holds what the console shows, with the code masked.
 $script:LogFile = Join-Path $env:ProgramData 'ActivationVending\bootstrap.log'
 $script:LogToFile = $false
 # The instance metadata address never goes through a proxy (AWS's proxy guidance for the agent).
 $script:ImdsNoProxy = '169.254.169.254'
-$script:InstancePattern = '^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$'
-$script:PoolPattern = '^[A-Za-z0-9_-]{1,64}$'
-$script:ProxyPattern = '^https?://[^\s"''\\]+$'
-$script:NoProxyPattern = '^[A-Za-z0-9.,:_*/\[\]-]+$'
+$script:InstancePattern = '^(?=.{1,253}\z)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\z'
+$script:PoolPattern = '^[A-Za-z0-9_-]{1,64}\z'
+$script:ProxyPattern = '^https?://[^\s"''\\]+\z'
+$script:NoProxyPattern = '^[A-Za-z0-9.,:_*/\[\]-]+\z'
 $script:MachineId = ''
 $script:ProxyUrl = ''
 $script:NoProxyList = ''
@@ -321,9 +344,10 @@ function ConvertTo-MaskedText {
         return ''
     }
     if (-not [string]::IsNullOrEmpty($script:ActivationCode)) {
-        return $Text.Replace($script:ActivationCode, $script:Mask)
+        $Text = $Text.Replace($script:ActivationCode, $script:Mask)
     }
-    return $Text
+    # The agent and ssm-setup-cli log every proxy variable's value, credentials included.
+    return ($Text -replace '([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@', ('$1' + $script:Mask + '@'))
 }
 
 # ------------------------------------------------------------------- input
@@ -415,7 +439,7 @@ function Resolve-SecondsSetting {
     if ($script:BoundParameters.ContainsKey($Name) -or [string]::IsNullOrEmpty($fromEnv)) {
         return $Value
     }
-    if ($fromEnv -notmatch '^[0-9]{1,5}$' -or [int]$fromEnv -lt $Minimum -or [int]$fromEnv -gt $Maximum) {
+    if ($fromEnv -notmatch '^[0-9]{1,5}\z' -or [int]$fromEnv -lt $Minimum -or [int]$fromEnv -gt $Maximum) {
         Stop-Bootstrap -ExitCode $script:ExitUsage -Message ('{0} must be a whole number of seconds from {1} to {2}: {3}' -f $EnvName, $Minimum, $Maximum, $fromEnv)
     }
     return [int]$fromEnv
@@ -428,7 +452,7 @@ function Test-RegionName {
         [AllowEmptyString()]
         [string]$Name
     )
-    return ($Name -cmatch '^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$')
+    return ($Name -cmatch '^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}\z')
 }
 
 # ---------------------------------------------------------------- platform
@@ -454,7 +478,7 @@ function Get-BucketDirectory {
             return 'windows_amd64'
         }
         'ARM64' {
-            return 'windows_arm64'
+            Stop-Bootstrap -ExitCode $script:ExitPlatform -Message 'no SSM Agent build for Windows on ARM64: AWS publishes the Windows agent and ssm-setup-cli for AMD64 only'
         }
         default {
             Stop-Bootstrap -ExitCode $script:ExitPlatform -Message ('unsupported architecture {0}; supported: AMD64, ARM64' -f $arch)
@@ -477,7 +501,9 @@ function Get-DownloadBase {
 
 # ------------------------------------------------------------ registration
 
-function Get-RegisteredInstanceId {
+function Get-RegistrationFileId {
+    # The managed instance ID in the registration file: a copy the agent writes after a
+    # registration succeeds and never removes (not on a failed registration, not on -clear).
     [CmdletBinding()]
     param()
     if (-not (Test-Path -LiteralPath $script:RegistrationFile -PathType Leaf)) {
@@ -492,10 +518,105 @@ function Get-RegisteredInstanceId {
         return ''
     }
     $property = $registration.PSObject.Properties['ManagedInstanceID']
-    if ($null -ne $property -and ([string]$property.Value) -match '^mi-[0-9a-fA-F]+$') {
+    if ($null -ne $property -and ([string]$property.Value) -match '^mi-[0-9a-fA-F]+\z') {
         return [string]$property.Value
     }
     return ''
+}
+
+function Get-AgentIdentity {
+    # The agent's own identity: what ssm-cli.exe get-instance-information reads from the
+    # agent's vault (local only, it never asks SSM); without ssm-cli.exe the vault's
+    # instanceID (only the ID is kept, never the key beside it). Empty after a failed
+    # registration, which blanks it before asking SSM, and after -register -clear.
+    [CmdletBinding()]
+    param()
+    $text = ''
+    $pattern = '"instanceID"\s*:\s*"(mi-[0-9a-fA-F]+)"'
+    if (Test-Path -LiteralPath $script:SsmCliExe -PathType Leaf) {
+        try {
+            $text = (& $script:SsmCliExe get-instance-information 2>$null) -join "`n"
+        } catch {
+            $text = ''
+        }
+        $pattern = '"instance-id"\s*:\s*"(mi-[0-9a-fA-F]+)"'
+    } elseif (Test-Path -LiteralPath $script:VaultIdentity -PathType Leaf) {
+        try {
+            $text = [IO.File]::ReadAllText($script:VaultIdentity)
+        } catch {
+            $text = ''
+        }
+    }
+    if ($text -match $pattern) {
+        $id = $Matches[1]
+        $text = ''
+        return $id
+    }
+    $text = ''
+    return ''
+}
+
+function Get-RegisteredInstanceId {
+    # Registered means: the agent's own identity and the registration file name the
+    # same managed instance.
+    [CmdletBinding()]
+    param()
+    $fileId = Get-RegistrationFileId
+    if (-not $fileId) {
+        return ''
+    }
+    if ((Get-AgentIdentity) -ne $fileId) {
+        return ''
+    }
+    return $fileId
+}
+
+function Get-RefusalCode {
+    # The code of SSM's refusal in the agent's output ("Registration failed due to error
+    # registering the instance with AWS SSM. InvalidActivation: ..."); a network error is
+    # no refusal.
+    [CmdletBinding()]
+    param()
+    if ($script:LastOutput -match 'Registration failed due to .*AWS SSM\. ([A-Za-z][A-Za-z0-9]*): ') {
+        if (@('RequestError', 'RequestCanceled', 'SerializationError') -notcontains $Matches[1]) {
+            return $Matches[1]
+        }
+    }
+    return ''
+}
+
+function Stop-FailedRegistration {
+    # A registration that failed, first or re-: the agent blanked its own identity before
+    # it asked SSM, so this machine is unregistered whatever the registration file says.
+    # Removes that stale file (and our record), says so, writes "refused: <Code>" when SSM
+    # refused, exits 5. The next run registers afresh.
+    [CmdletBinding()]
+    param(
+        [Parameter(Mandatory = $true)]
+        [int]$ExitCode,
+
+        [Parameter(Mandatory = $true)]
+        [string]$What,
+
+        [Parameter(Mandatory = $true)]
+        [string]$ActivationId
+    )
+    foreach ($file in @($script:RegistrationFile, $script:IdentityFile)) {
+        Remove-Item -LiteralPath $file -Force -ErrorAction SilentlyContinue
+    }
+    Write-BootstrapLog -Message ('this machine is now UNREGISTERED: the agent clears its own identity before it asks SSM; removed {0}, the next run registers afresh' -f $script:RegistrationFile)
+    $refusal = Get-RefusalCode
+    if ($refusal) {
+        Write-Output ('refused: {0}' -f $refusal)
+        Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('SSM refused activation {0} ({1}): {2} could not register this server' -f $ActivationId, $refusal, $What)
+    }
+    if ($ExitCode -eq 124) {
+        Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('{0} did not finish registering within {1}s: no route to SSM? (proxy: -Proxy; network: HTTPS to ssm in the region)' -f $What, $script:RegisterTimeoutSeconds)
+    }
+    if ($script:LastOutput -match 'AWS SSM\. RequestError: ') {
+        Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('{0} could not reach SSM (RequestError, see its output above): no route to SSM? (proxy: -Proxy; network: HTTPS to ssm in the region)' -f $What)
+    }
+    Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('{0} could not register this server with activation {1} (exit {2}; see its output above)' -f $What, $ActivationId, $ExitCode)
 }
 
 function Get-MachineIdDigest {
@@ -517,7 +638,7 @@ function Get-MachineIdDigest {
     }
     foreach ($candidate in $candidates) {
         $value = ([string]$candidate).Trim()
-        if (-not $value -or $value -match '^[0-]+$' -or $value -match '^[fF-]+$') {
+        if (-not $value -or $value -match '^[0-]+\z' -or $value -match '^[fF-]+\z') {
             continue
         }
         $sha = [System.Security.Cryptography.SHA256]::Create()
@@ -540,7 +661,7 @@ function Get-RecordedIdentity {
         return $recorded
     }
     foreach ($line in (Get-Content -LiteralPath $script:IdentityFile)) {
-        if ($line -match '^(machine|instance|online)=(.*)$') {
+        if ($line -match '^(machine|instance|online)=(.*)\z') {
             $recorded[$Matches[1]] = $Matches[2]
         }
     }
@@ -610,25 +731,31 @@ function Set-AgentProxy {
 
 function Get-AgentLogSize {
     [CmdletBinding()]
-    param()
-    if (Test-Path -LiteralPath $script:AgentLog -PathType Leaf) {
-        return [long](Get-Item -LiteralPath $script:AgentLog).Length
+    param(
+        [Parameter()]
+        [string]$Path = $script:AgentLog
+    )
+    if (Test-Path -LiteralPath $Path -PathType Leaf) {
+        return [long](Get-Item -LiteralPath $Path).Length
     }
     return [long]0
 }
 
 function Get-AgentLogSince {
-    # The agent's log from byte Offset on (from the start after a rotation); the agent
+    # An agent log from byte Offset on (from the start after a rotation); the agent
     # keeps it open, so it is read with FileShare.ReadWrite.
     [CmdletBinding()]
     param(
         [Parameter(Mandatory = $true)]
-        [long]$Offset
+        [long]$Offset,
+
+        [Parameter()]
+        [string]$Path = $script:AgentLog
     )
-    if (-not (Test-Path -LiteralPath $script:AgentLog -PathType Leaf)) {
+    if (-not (Test-Path -LiteralPath $Path -PathType Leaf)) {
         return ''
     }
-    $stream = New-Object System.IO.FileStream($script:AgentLog, [IO.FileMode]::Open, [IO.FileAccess]::Read, [IO.FileShare]::ReadWrite)
+    $stream = New-Object System.IO.FileStream($Path, [IO.FileMode]::Open, [IO.FileAccess]::Read, [IO.FileShare]::ReadWrite)
     try {
         if ($stream.Length -ge $Offset) {
             $null = $stream.Seek($Offset, [IO.SeekOrigin]::Begin)
@@ -641,13 +768,18 @@ function Get-AgentLogSince {
 }
 
 function Wait-AgentOnline {
-    # Success means online: a managed instance ID in the registration file, the service
-    # running, and "Credentials ready" in the agent's log since it was started (it got
-    # credentials from Systems Manager). "Entering SSM Agent hibernate" fails at once.
+    # Success means online: the agent's own identity and the registration file agreeing,
+    # the service running, and the core agent's "Credentials ready" in amazon-ssm-agent.log
+    # since it was started (it got credentials from Systems Manager). Each log is read
+    # where it is written: the core's credential lines in amazon-ssm-agent.log, the
+    # worker's "Entering SSM Agent hibernate" in ssm-agent-worker.log (fails at once).
     [CmdletBinding()]
     param(
         [Parameter(Mandatory = $true)]
         [long]$LogOffset,
+
+        [Parameter(Mandatory = $true)]
+        [long]$WorkerLogOffset,
 
         [Parameter(Mandatory = $true)]
         [int]$Seconds
@@ -655,15 +787,23 @@ function Wait-AgentOnline {
     $clock = [Diagnostics.Stopwatch]::StartNew()
     while ($true) {
         $instanceId = Get-RegisteredInstanceId
-        $logText = Get-AgentLogSince -Offset $LogOffset
-        if (-not $instanceId) {
-            $reason = 'the agent does not report a registration ({0} has no managed instance ID)' -f $script:RegistrationFile
+        $logText = Get-AgentLogSince -Offset $LogOffset -Path $script:AgentLog
+        $workerText = Get-AgentLogSince -Offset $WorkerLogOffset -Path $script:WorkerLog
+        if ($logText -match 'failed to find agent identity') {
+            foreach ($file in @($script:RegistrationFile, $script:IdentityFile)) {
+                Remove-Item -LiteralPath $file -Force -ErrorAction SilentlyContinue
+            }
+            Stop-Bootstrap -ExitCode $script:ExitRegister -Message ("the agent has no identity ('failed to find agent identity' in {0}): this machine is UNREGISTERED; removed {1}, the next run registers afresh" -f $script:AgentLog, $script:RegistrationFile)
+        } elseif (-not $instanceId) {
+            $reason = "not registered: the agent's own identity and {0} do not name the same managed instance" -f $script:RegistrationFile
         } elseif (-not (Test-AgentRunning)) {
             $reason = 'registered as {0} but {1} is not running' -f $instanceId, $script:ServiceName
-        } elseif ($logText -match '(?m)^.*Entering SSM Agent hibernate.*$') {
-            Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('registered as {0} but the agent cannot reach Systems Manager and hibernates: {1} (proxy: -Proxy; network: HTTPS to ssm, ssmmessages, ec2messages)' -f $instanceId, $Matches[0].Trim())
+        } elseif ($workerText -match '(?m)^.*Entering SSM Agent hibernate.*$') {
+            Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('registered as {0} but the agent cannot reach Systems Manager and hibernates: {1} (proxy: -Proxy; network: HTTPS to ssm, ssmmessages, ec2messages)' -f $instanceId, (ConvertTo-MaskedText -Text $Matches[0].Trim()))
         } elseif ($logText -match 'Credentials ready') {
             return $instanceId
+        } elseif ($logText -match '(?m)^.*Retrieve credentials produced error.*$') {
+            $reason = 'registered as {0} but the agent cannot get credentials from Systems Manager: {1} (no route to SSM? proxy: -Proxy; network: HTTPS to ssm, ssmmessages, ec2messages)' -f $instanceId, (ConvertTo-MaskedText -Text $Matches[0].Trim())
         } else {
             $reason = "registered as {0} and {1} is running, but the agent has not reported connecting to Systems Manager (no 'Credentials ready' in {2})" -f $instanceId, $script:ServiceName, $script:AgentLog
         }
@@ -821,7 +961,7 @@ function Get-HttpFailure {
             $retryAfter = [string][int]$response.Headers.RetryAfter.Delta.TotalSeconds
         }
     }
-    if ($retryAfter -match '^\s*[0-9]{1,5}\s*$') {
+    if ($retryAfter -match '^\s*[0-9]{1,5}\s*\z') {
         $result.RetryAfter = [int]$retryAfter
     }
     return $result
@@ -973,10 +1113,10 @@ function Test-ActivationResponse {
             return $false
         }
     }
-    if ($Response.ActivationId -notmatch '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$') {
+    if ($Response.ActivationId -notmatch '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\z') {
         return $false
     }
-    return ($Response.ActivationCode -match '^[A-Za-z0-9+/=_-]{1,256}$')
+    return ($Response.ActivationCode -match '^[A-Za-z0-9+/=_-]{1,256}\z')
 }
 
 function Get-OptionalProperty {
@@ -1060,7 +1200,10 @@ function Save-Download {
 }
 
 function Assert-AmazonSignature {
-    # Verified installs only: a valid Authenticode signature whose signer is Amazon.
+    # Verified installs only: a valid Authenticode signature whose signer certificate's CN
+    # is exactly "Amazon.com Services LLC", the name ssm-setup-cli itself requires
+    # (agent/setupcli/managers/verificationmanagers/windowsmanager.go); Amazon elsewhere
+    # in the subject is not enough.
     # A missing, foreign or broken signature is never accepted; one that cannot be
     # checked (UnknownError, e.g. no way to build the chain yet) only with -AllowUnverified.
     [CmdletBinding()]
@@ -1073,10 +1216,12 @@ function Assert-AmazonSignature {
     )
     $signature = Get-AuthenticodeSignature -FilePath $Path
     $signer = ''
+    $signerName = ''
     if ($null -ne $signature.SignerCertificate) {
         $signer = $signature.SignerCertificate.Subject
+        $signerName = $signature.SignerCertificate.GetNameInfo([Security.Cryptography.X509Certificates.X509NameType]::SimpleName, $false)
     }
-    if ([string]$signature.Status -eq 'Valid' -and $signer -match 'O=Amazon') {
+    if ([string]$signature.Status -eq 'Valid' -and $signerName -ceq $script:AgentSignerName) {
         Write-BootstrapLog -Message ('verified {0}: signed by {1}' -f (Split-Path -Leaf $Path), $signer)
         return
     }
@@ -1107,6 +1252,7 @@ function Invoke-MaskedProcess {
         [int]$TimeoutSeconds = 900
     )
     Write-BootstrapLog -Message ('running: {0}' -f $Display)
+    $script:LastOutput = ''
     $startInfo = New-Object System.Diagnostics.ProcessStartInfo
     $startInfo.FileName = $FilePath
     $startInfo.Arguments = $Arguments
@@ -1130,24 +1276,28 @@ function Invoke-MaskedProcess {
             Write-BootstrapLog -Message 'could not stop the timed-out process'
         }
         Write-BootstrapLog -Message ('{0} did not finish within {1}s' -f (Split-Path -Leaf $FilePath), $TimeoutSeconds)
+        $script:LastOutput = ''
         return 124
     }
     $process.WaitForExit()
+    $relayed = New-Object System.Collections.Generic.List[string]
     foreach ($text in @($stdout.Result, $stderr.Result)) {
         foreach ($line in ($text -split "`r?`n")) {
             if ($line.Trim()) {
-                $masked = '    | ' + (ConvertTo-MaskedText -Text $line)
-                Write-Information -MessageData $masked -InformationAction Continue
-                Add-BootstrapLogLine -Line $masked
+                $masked = ConvertTo-MaskedText -Text $line
+                $relayed.Add($masked)
+                Write-Information -MessageData ('    | ' + $masked) -InformationAction Continue
+                Add-BootstrapLogLine -Line ('    | ' + $masked)
             }
         }
     }
+    $script:LastOutput = $relayed -join "`n"
     return $process.ExitCode
 }
 
 function Register-WithSetupCli {
-    # ssm-setup-cli installs the agent (verifying its signature: we never pass
-    # -skip-signature-validation), registers and starts it.
+    # ssm-setup-cli installs the agent (verifying its Authenticode signature itself: we
+    # never pass -skip-signature-validation), registers and starts it.
     [CmdletBinding()]
     param(
         [Parameter(Mandatory = $true)]
@@ -1186,8 +1336,8 @@ function Register-WithAgent {
     Stop-Service -Name $script:ServiceName -Force -ErrorAction SilentlyContinue
     $tail = ' -id={0} -region={1} -y' -f $ActivationId, $RegionName
     $arguments = '-register -code=' + $script:ActivationCode + $tail
-    $display = 'amazon-ssm-agent.exe -register -code=' + $script:Mask + $tail
-    return (Invoke-MaskedProcess -FilePath $script:AgentExe -Arguments $arguments -Display $display)
+    $display = 'amazon-ssm-agent.exe -register -code=' + $script:Mask + $tail + (' (within {0}s)' -f $script:RegisterTimeoutSeconds)
+    return (Invoke-MaskedProcess -FilePath $script:AgentExe -Arguments $arguments -Display $display -TimeoutSeconds $script:RegisterTimeoutSeconds)
 }
 
 function Install-AgentPackage {
@@ -1221,7 +1371,13 @@ function Install-AgentPackage {
     $tail = ' ID={0} REGION={1}' -f $ActivationId, $RegionName
     $arguments = '/q /log "' + $log + '" CODE=' + $script:ActivationCode + $tail
     $display = 'AmazonSSMAgentSetup.exe /q /log install.log CODE=' + $script:Mask + $tail
-    return (Invoke-MaskedProcess -FilePath $installer -Arguments $arguments -Display $display)
+    $exitCode = Invoke-MaskedProcess -FilePath $installer -Arguments $arguments -Display $display
+    if ($exitCode -eq 3010) {
+        # ERROR_SUCCESS_REBOOT_REQUIRED: installed; Windows wants a restart to finish.
+        Write-BootstrapLog -Message 'WARNING: the agent installer succeeded (exit 3010) but Windows must be restarted to complete the installation; restart this server when you can'
+        return 0
+    }
+    return $exitCode
 }
 
 # --------------------------------------------------------------------- main
@@ -1238,7 +1394,7 @@ function Invoke-PrepareImage {
         Write-Output 'dry run complete: nothing was changed'
         return
     }
-    $existing = Get-RegisteredInstanceId
+    $existing = Get-RegistrationFileId
     Clear-AgentRegistration
     Write-BootstrapLog -Message ('prepared for imaging: {0} stopped, registration {1} cleared; generalize the image (sysprep) so clones get their own MachineGuid' -f $script:ServiceName, $(if ($existing) { $existing } else { '(none)' }))
     Write-Output 'image prepared: the agent is stopped and unregistered'
@@ -1255,7 +1411,8 @@ function Confirm-AgentOnline {
     if ($script:ProxyUrl) {
         Set-AgentProxy -ProxyAddress $script:ProxyUrl -Bypass $script:NoProxyList
     }
-    $offset = Get-AgentLogSize
+    $offset = Get-AgentLogSize -Path $script:AgentLog
+    $workerOffset = Get-AgentLogSize -Path $script:WorkerLog
     $pending = Get-RegisteredInstanceId
     if ($pending) {
         # If the agent is not seen online now, the next run checks again.
@@ -1266,7 +1423,7 @@ function Confirm-AgentOnline {
     } catch {
         Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('could not start {0}: {1}' -f $script:ServiceName, $_.Exception.Message)
     }
-    $instanceId = Wait-AgentOnline -LogOffset $offset -Seconds $OnlineWaitSeconds
+    $instanceId = Wait-AgentOnline -LogOffset $offset -WorkerLogOffset $workerOffset -Seconds $OnlineWaitSeconds
     Save-RecordedIdentity -InstanceId $instanceId -Online '1'
     return $instanceId
 }
@@ -1276,11 +1433,11 @@ function Invoke-Bootstrap {
     param()
 
     $settings = @{
-        Url      = Resolve-Setting -Name 'Url' -Value $Url -EnvName 'VENDING_URL' -Pattern '^https?://[^\s?#]+$'
+        Url      = Resolve-Setting -Name 'Url' -Value $Url -EnvName 'VENDING_URL' -Pattern '^https?://[^\s?#]+\z'
         Pool     = Resolve-Setting -Name 'Pool' -Value $Pool -EnvName 'VENDING_POOL' -Pattern $script:PoolPattern
         Instance = Resolve-Setting -Name 'Instance' -Value $Instance -EnvName 'VENDING_INSTANCE' -Pattern $script:InstancePattern
-        Region   = Resolve-Setting -Name 'Region' -Value $Region -EnvName 'VENDING_REGION' -Pattern '^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$'
-        ApiId    = Resolve-Setting -Name 'ApiId' -Value $ApiId -EnvName 'VENDING_API_ID' -Pattern '^[a-z0-9]{1,32}$'
+        Region   = Resolve-Setting -Name 'Region' -Value $Region -EnvName 'VENDING_REGION' -Pattern '^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}\z'
+        ApiId    = Resolve-Setting -Name 'ApiId' -Value $ApiId -EnvName 'VENDING_API_ID' -Pattern '^[a-z0-9]{1,32}\z'
         CaBundle = Resolve-Setting -Name 'CaBundle' -Value $CaBundle -EnvName 'VENDING_CA_BUNDLE'
         Proxy    = Resolve-Setting -Name 'Proxy' -Value $Proxy -EnvName 'VENDING_PROXY' -Pattern $script:ProxyPattern
         NoProxy  = Resolve-Setting -Name 'NoProxy' -Value $NoProxy -EnvName 'VENDING_NO_PROXY' -Pattern $script:NoProxyPattern
@@ -1338,7 +1495,7 @@ function Invoke-Bootstrap {
             $settings.Instance = ''
         }
     }
-    if ($settings.Instance -match '^(localhost(\.localdomain)?|ip-[0-9].*)$') {
+    if ($settings.Instance -match '^(localhost(\.localdomain)?|ip-[0-9].*)\z') {
         Write-BootstrapLog -Message ('note: the service does not key a default name like {0} (clones share it): every retry takes a fresh slot; pass -Instance with a unique name' -f $settings.Instance)
     }
     if ($script:ProxyUrl) {
@@ -1360,9 +1517,28 @@ function Invoke-Bootstrap {
     $bucketDirectory = Get-BucketDirectory
     $script:MachineId = Get-MachineIdDigest
 
-    $existing = Get-RegisteredInstanceId
+    $fileId = Get-RegistrationFileId
+    $agentId = Get-AgentIdentity
+    $existing = ''
     $freshSlot = $false
     $override = $isForce
+    if ($fileId -ne $agentId) {
+        # A failed registration (the agent blanks its identity before asking SSM and
+        # leaves the file), a -register -clear or a file removed by hand: not registered.
+        # The stale file goes and a fresh activation slot is registered.
+        Write-BootstrapLog -Message ("not registered: {0} names {1} but the agent's own identity is {2} (a failed registration or -register -clear blanks it); registering afresh with a fresh activation slot" -f $script:RegistrationFile, $(if ($fileId) { $fileId } else { 'no managed instance' }), $(if ($agentId) { $agentId } else { 'empty' }))
+        $freshSlot = $true
+        $override = $true
+        if ($isDryRun) {
+            Write-PlanStep -Step ('remove the stale {0} and {1}' -f $script:RegistrationFile, $script:IdentityFile)
+        } else {
+            foreach ($file in @($script:RegistrationFile, $script:IdentityFile)) {
+                Remove-Item -LiteralPath $file -Force -ErrorAction SilentlyContinue
+            }
+        }
+    } else {
+        $existing = $fileId
+    }
     if ($existing) {
         $recorded = Get-RecordedIdentity
         if ($isForce) {
@@ -1433,6 +1609,16 @@ function Invoke-Bootstrap {
     $expires = Get-OptionalProperty -InputObject $response -Name 'ExpirationDate'
     $activationPool = Get-OptionalProperty -InputObject $response -Name 'Pool'
     $response = $null
+    # Logged only when they look as they must (as the Linux script checks them).
+    if ($activationRegion -cnotmatch '^[a-z0-9-]{0,32}\z') {
+        $activationRegion = ''
+    }
+    if ($expires -cnotmatch '^[0-9A-Za-z:.+-]{0,40}\z') {
+        $expires = ''
+    }
+    if ($activationPool -cnotmatch '^[A-Za-z0-9_-]{0,64}\z') {
+        $activationPool = ''
+    }
     Write-BootstrapLog -Message ('got activation {0} (pool {1}, region {2}, expires {3}); code {4}' -f $activationId, $activationPool, $activationRegion, $expires, $script:Mask)
 
     $regionName = $settings.Region
@@ -1462,7 +1648,7 @@ function Invoke-Bootstrap {
             Write-PlanStep -Step ('set {0}\Environment: https_proxy, http_proxy={1}, no_proxy={2}' -f $script:ServiceKey, (ConvertTo-RedactedUrl -Address $script:ProxyUrl), ($script:ImdsNoProxy + $(if ($script:NoProxyList) { ',' + $script:NoProxyList } else { '' })))
         }
         Write-PlanStep -Step ('Set-Service {0} -StartupType Automatic; Restart-Service {0}' -f $script:ServiceName)
-        Write-PlanStep -Step ("wait up to {0}s until {1} names a managed instance (mi-...), {2} is running and {3} says 'Credentials ready'" -f $onlineWaitSeconds, $script:RegistrationFile, $script:ServiceName, $script:AgentLog)
+        Write-PlanStep -Step ("wait up to {0}s until the agent's own identity and {1} name the same managed instance (mi-...), {2} is running and {3} says 'Credentials ready' since this start" -f $onlineWaitSeconds, $script:RegistrationFile, $script:ServiceName, $script:AgentLog)
         Write-PlanStep -Step ('record the machine id digest in {0}' -f $script:IdentityFile)
         Clear-Secret
         Write-Output 'dry run complete: nothing was changed'
@@ -1475,7 +1661,7 @@ function Invoke-Bootstrap {
         Write-BootstrapLog -Message ('the agent is installed ({0}); registering it directly' -f $script:AgentExe)
         $exitCode = Register-WithAgent -ActivationId $activationId -RegionName $regionName
         if ($exitCode -ne 0) {
-            Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('registration with activation {0} failed (exit {1}; see the output above)' -f $activationId, $exitCode)
+            Stop-FailedRegistration -ExitCode $exitCode -What 'amazon-ssm-agent.exe -register' -ActivationId $activationId
         }
     } else {
         $work = New-WorkDirectory
@@ -1487,7 +1673,7 @@ function Invoke-Bootstrap {
         if (Save-Download -Source $source -Destination $setupCli -MaxWaitSeconds $maxWaitSeconds) {
             $exitCode = Register-WithSetupCli -SetupCli $setupCli -ActivationId $activationId -RegionName $regionName -Override:$override
             if ($exitCode -ne 0 -and (Test-Path -LiteralPath $script:AgentExe -PathType Leaf)) {
-                Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('ssm-setup-cli could not register this server with activation {0} (exit {1}; see its output above)' -f $activationId, $exitCode)
+                Stop-FailedRegistration -ExitCode $exitCode -What 'ssm-setup-cli' -ActivationId $activationId
             }
         }
         if ($exitCode -ne 0) {
@@ -1498,7 +1684,7 @@ function Invoke-Bootstrap {
                 if (-not (Test-Path -LiteralPath $script:AgentExe -PathType Leaf)) {
                     Stop-Bootstrap -ExitCode $script:ExitInstall -Message ('the agent installer failed (exit {0})' -f $exitCode)
                 }
-                Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('registration with activation {0} failed (exit {1}; see the output above)' -f $activationId, $exitCode)
+                Stop-FailedRegistration -ExitCode $exitCode -What 'AmazonSSMAgentSetup.exe' -ActivationId $activationId
             }
         }
     }

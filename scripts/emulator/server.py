@@ -7,7 +7,12 @@ Adds to moto 5.2.5:
     with AWS's validation (limit 1..1000, expiry in the future and within 30 days,
     IAM role by name, tags in SSM's tag alphabet: keys 1-128, values 0-256 characters
     of letters, digits, spaces and _.:/=+-@, no aws: prefix).
-  * SSM managed nodes, made by POST /_emulator/register (below):
+  * The SSM Agent's own calls (RegisterManagedInstance unsigned, RequestManagedInstanceRoleToken
+    RSA-signed, UpdateInstanceInformation, the worker's polling): agent_protocol.py, whose
+    docstring says what each does and refuses. They count, take latency and faults as
+    every AWS call does ("SSM.RegisterManagedInstance", ...).
+  * SSM managed nodes, made by the agent's RegisterManagedInstance or POST
+    /_emulator/register (below):
     DescribeInstanceInformation with Filters (ActivationIds, AgentVersion,
     AssociationStatus, IamRole, InstanceIds, PingStatus, PlatformTypes, ResourceType,
     SourceIds, SourceTypes, tag-key, tag:KEY; tag filters cannot be combined with the
@@ -44,12 +49,14 @@ Adds to moto 5.2.5:
 
 Control endpoints (not AWS calls: no latency, not counted, no faults):
   GET    /_emulator/health    "OK" once the server is up.
-  POST   /_emulator/register  {"ActivationId", "ActivationCode", "InstanceName"}: what the
-                              SSM agent's registration does with an ID + code; 200
+  POST   /_emulator/register  {"ActivationId", "ActivationCode", "InstanceName"}: a shortcut
+                              for an agent that registers and checks in: the same verdict
+                              code as RegisterManagedInstance (and the same count against the
+                              limit), then the check-in of UpdateInstanceInformation; 200
                               {"InstanceId": "mi-" + 17 hex} or 400 {"error":
                               "InvalidActivation" (unknown, deleted, wrong code) |
                               "ActivationExpired" | "RegistrationLimitExceeded"}. A success
-                              creates the managed node: ComputerName = InstanceName
+                              leaves the managed node checked in: ComputerName = InstanceName
                               ("localhost" when empty), IamRole and Name (the activation's
                               DefaultInstanceName) from the activation, PingStatus Online,
                               LastPingDateTime = RegistrationDate = now, ResourceType
@@ -169,9 +176,12 @@ from moto.ssm.models import SimpleSystemManagerBackend, ssm_backends
 from moto.ssm.responses import SimpleSystemManagerResponse
 from werkzeug.serving import run_simple
 
-import kms_keys
-import principals
-from iam_calls import Recorder as IamCallRecorder
+# The emulator's own modules, next to this file (also when imported, by zygote.py).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kms_keys  # noqa: E402
+import principals  # noqa: E402
+from agent_protocol import AgentProtocol, Refused, Ssm  # noqa: E402
+from iam_calls import Recorder as IamCallRecorder  # noqa: E402
 
 MAX_ACTIVATION_LIFETIME = dt.timedelta(days=30)
 CODE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -460,22 +470,24 @@ _node_sequence = itertools.count(1)
 class ManagedNode:
     """A hybrid managed node ("mi-..."), as SSM keeps it once an agent registered."""
 
-    def __init__(self, activation: Activation, computer_name: str, details: dict[str, str]) -> None:
+    def __init__(self, activation: Activation) -> None:
+        """A node as RegisterManagedInstance leaves it: ConnectionLost and nothing known of
+        the machine until the agent checks in (agent_protocol.AgentProtocol.check_in)."""
         now = dt.datetime.now(dt.timezone.utc)
         self.seq = next(_node_sequence)  # registration order: what NextToken cursors follow
         self.instance_id = "mi-" + secrets.token_hex(9)[:17]
         self.activation_id = activation.activation_id
         self.iam_role = activation.iam_role
         self.name = activation.default_instance_name
-        self.computer_name = computer_name
-        self.ping_status = "Online"
+        self.ping_status = "ConnectionLost"
         self.last_ping = now
         self.registered = now
-        self.platform_type = details.get("PlatformType") or "Linux"
-        self.platform_name = details.get("PlatformName") or ("Microsoft Windows Server 2022 Datacenter" if self.platform_type == "Windows" else "Amazon Linux")
-        self.platform_version = details.get("PlatformVersion") or ("10.0.20348" if self.platform_type == "Windows" else "2023")
-        self.agent_version = details.get("AgentVersion") or AGENT_VERSION
-        self.ip_address = details.get("IPAddress") or "127.0.0.1"
+        self.computer_name: str | None = None
+        self.platform_type: str | None = None
+        self.platform_name: str | None = None
+        self.platform_version: str | None = None
+        self.agent_version: str | None = None
+        self.ip_address: str | None = None
 
     def describe(self) -> dict[str, Any]:
         """One InstanceInformation, the fields AWS returns for a hybrid node without associations."""
@@ -484,7 +496,7 @@ class ManagedNode:
             "PingStatus": self.ping_status,
             "LastPingDateTime": self.last_ping,
             "AgentVersion": self.agent_version,
-            "IsLatestVersion": self.agent_version == AGENT_VERSION,
+            "IsLatestVersion": self.agent_version == AGENT_VERSION if self.agent_version else None,
             "PlatformType": self.platform_type,
             "PlatformName": self.platform_name,
             "PlatformVersion": self.platform_version,
@@ -499,7 +511,7 @@ class ManagedNode:
         }
         if self.name:
             out["Name"] = self.name
-        return out
+        return {k: v for k, v in out.items() if v is not None}
 
     def as_json(self) -> dict[str, Any]:
         """The same for the control endpoints, dates as ISO 8601 UTC."""
@@ -694,9 +706,35 @@ def add_tags_to_resource(self: SimpleSystemManagerResponse) -> ActionResult:
 SimpleSystemManagerResponse.add_tags_to_resource = add_tags_to_resource  # type: ignore[method-assign]
 
 
+def _find_activation(activation_id: str) -> tuple[SimpleSystemManagerBackend, Activation] | None:
+    for backend in _all_backends():
+        activation = _activations(backend).get(activation_id)
+        if activation is not None:  # deleted activations are gone from here too
+            return backend, activation
+    return None
+
+
+def _new_node(backend: SimpleSystemManagerBackend, activation: Activation) -> ManagedNode:
+    """Stores a node for a registration SSM accepted, tagged with the activation's tags."""
+    nodes = _nodes(backend)
+    node = ManagedNode(activation)
+    while node.instance_id in nodes or _find_node(node.instance_id) is not None:
+        node.instance_id = "mi-" + secrets.token_hex(9)[:17]
+    nodes[node.instance_id] = node
+    tags = {t["Key"]: t["Value"] for t in activation.tags}
+    if tags:
+        backend._resource_tags["ManagedInstance"][node.instance_id] = tags
+    return node
+
+
+# The agent's own protocol (RegisterManagedInstance, RequestManagedInstanceRoleToken,
+# UpdateInstanceInformation, the worker's polling): scripts/emulator/agent_protocol.py.
+AGENT = AgentProtocol(Ssm(find_activation=_find_activation, new_node=_new_node, find_node=_find_node))
+
+
 def register_instance(body: dict[str, Any], source_ip: str = "") -> tuple[int, dict[str, Any]]:
-    """What `amazon-ssm-agent -register` does against SSM, reduced to its verdicts; a
-    success creates the managed node, tagged with the activation's tags."""
+    """/_emulator/register: RegisterManagedInstance's verdict on an ID + code (the same
+    code as the agent's call), then the node checks in as UpdateInstanceInformation does."""
     unknown = set(body) - REGISTER_FIELDS
     if unknown:
         raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -704,31 +742,19 @@ def register_instance(body: dict[str, Any], source_ip: str = "") -> tuple[int, d
     platform = body.get("PlatformType")
     if platform is not None and platform not in PLATFORM_TYPES:
         raise ValueError(f"PlatformType must be one of {', '.join(PLATFORM_TYPES)}")
-    for backend in _all_backends():
-        activation = _activations(backend).get(activation_id)
-        if activation is None:
-            continue  # deleted activations are gone from here too: InvalidActivation below
-        if not secrets.compare_digest(activation.code, code):
-            return 400, {"error": "InvalidActivation"}
-        if activation.expired:
-            return 400, {"error": "ActivationExpired"}
-        if activation.registrations >= activation.limit:
-            return 400, {"error": "RegistrationLimitExceeded"}
-        activation.registrations += 1
-        name = str(body.get("InstanceName") or "") or "localhost"
-        activation.instances.append(name)
-        details = {k: str(body[k]) for k in ("PlatformType", "PlatformName", "PlatformVersion", "IPAddress", "AgentVersion") if body.get(k)}
-        details.setdefault("IPAddress", source_ip)
-        nodes = _nodes(backend)
-        node = ManagedNode(activation, name[:255], details)
-        while node.instance_id in nodes or _find_node(node.instance_id) is not None:
-            node.instance_id = "mi-" + secrets.token_hex(9)[:17]
-        nodes[node.instance_id] = node
-        tags = {t["Key"]: t["Value"] for t in activation.tags}
-        if tags:
-            backend._resource_tags["ManagedInstance"][node.instance_id] = tags
-        return 200, {"InstanceId": node.instance_id}
-    return 400, {"error": "InvalidActivation"}
+    try:
+        node = AGENT.register(activation_id, code)
+    except Refused as refused:
+        return 400, {"error": refused.code}
+    name = str(body.get("InstanceName") or "") or "localhost"
+    info = {k: str(body[k]) for k in ("PlatformType", "PlatformName", "PlatformVersion", "IPAddress", "AgentVersion") if body.get(k)}
+    windows = info.setdefault("PlatformType", "Linux") == "Windows"
+    info.setdefault("PlatformName", "Microsoft Windows Server 2022 Datacenter" if windows else "Amazon Linux")
+    info.setdefault("PlatformVersion", "10.0.20348" if windows else "2023")
+    info.setdefault("AgentVersion", AGENT_VERSION)
+    info.setdefault("IPAddress", source_ip or "127.0.0.1")
+    AGENT.check_in(node, {**info, "ComputerName": name})
+    return 200, {"InstanceId": node.instance_id}
 
 
 def update_node(instance_id: str, body: Any) -> tuple[int, dict[str, Any]]:
@@ -956,6 +982,7 @@ JSON_TARGET_SERVICES = {
     "DynamoDB_20120810": "DynamoDB",
     "DynamoDBStreams_20120810": "DynamoDBStreams",
     "TrentService": "KMS",
+    "EC2WindowsMessageDeliveryService": "EC2Messages",
 }
 
 
@@ -1238,7 +1265,7 @@ class Emulator:
                 captured["status"], captured["headers"] = status, headers
                 return chunks.append
 
-            result = self.moto(environ, capture)
+            result = (AGENT if AGENT.handles(environ) else self.moto)(environ, capture)
             try:
                 chunks.extend(result)
             finally:

@@ -218,6 +218,18 @@ refute_calls_have() {
 	}
 }
 
+# A server registered before this test: the agent's vault names ID (as the agent keeps
+# it, Vault/Store/RegistrationKey) and the registration file is its copy.
+seed_registration() { # ID
+	mkdir -p "$SERVER_ROOT/var/lib/amazon/ssm/Vault/Store"
+	printf '{"instanceID":"%s","region":"us-east-1","privateKey":"","privateKeyType":"Rsa"}' "$1" \
+		>"$SERVER_ROOT/var/lib/amazon/ssm/Vault/Store/RegistrationKey"
+	printf '{"ManagedInstanceID":"%s","Region":"us-east-1"}' "$1" >"$SERVER_ROOT/var/lib/amazon/ssm/registration"
+}
+# The managed instance ID the agent's own vault holds (empty when blanked).
+vault_id() {
+	jq -r '.instanceID // ""' "$SERVER_ROOT/var/lib/amazon/ssm/Vault/Store/RegistrationKey" 2>/dev/null || true
+}
 registered_id() { # prints the mi- id from the server's registration file
 	local f="$SERVER_ROOT/var/lib/amazon/ssm/registration"
 	[ -s "$f" ] && jq -r .ManagedInstanceID "$f"
@@ -233,6 +245,8 @@ assert_registered() { # [UNIT]
 	[ -e "$SERVER_ROOT/.standin/systemd/$unit.active" ] || fail "agent service $unit not started"
 	[ -e "$SERVER_ROOT/.standin/systemd/$unit.enabled" ] || fail "agent service $unit not enabled"
 	grep -q 'Credentials ready' "$SERVER_ROOT/var/log/amazon/ssm/amazon-ssm-agent.log" || fail "the agent never connected"
+	[ "$(vault_id)" = "$id" ] || fail "the agent's own identity ($(vault_id)) is not the registration file's $id"
+	[ "$(emulator GET "/_emulator/nodes/$id" | jq -r .PingStatus)" = Online ] || fail "SSM does not show $id Online"
 	grep -qx "machine=$(machine_digest "$SERVER_ROOT")" "$SERVER_ROOT/var/lib/amazon/ssm/activation-vending.machine" ||
 		fail "the machine identity is not recorded beside the registration"
 }

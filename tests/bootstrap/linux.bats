@@ -88,6 +88,7 @@ stub_requests() { grep -c . "$STUB_LOG" || true; }
 	assert_calls_have "ssm-setup-cli bucket=linux_amd64 -register=1"
 	assert_calls_have "-skip-signature-validation=0"
 	assert_calls_have "systemctl enable amazon-ssm-agent"
+	refute_calls_have "inherited the boot script's lock"
 	[ "$(wc -l <"$SERVER_ROOT/.standin/registrations")" -eq 1 ]
 	[[ $output == *"registered: $(registered_id)"* ]]
 	assert_code_not_leaked
@@ -127,7 +128,15 @@ stub_requests() { grep -c . "$STUB_LOG" || true; }
 		run bootstrap --url "$URL" --instance "$INSTANCE-$name" --dry-run
 		assert_status 0
 		assert_output_has "($family family, $pm), amd64"
-		assert_output_has "/latest/${bucket}_amd64/ssm-setup-cli"
+		case "$name" in
+		fedora | opensuse)
+			# ssm-setup-cli has no download folder for them: the package, and why.
+			assert_output_has "no ssm-setup-cli on"
+			assert_output_has "/latest/${bucket}_amd64/, then amazon-ssm-agent -register"
+			refute_output_has "/latest/${bucket}_amd64/ssm-setup-cli"
+			;;
+		*) assert_output_has "/latest/${bucket}_amd64/ssm-setup-cli" ;;
+		esac
 	done
 }
 
@@ -159,8 +168,7 @@ stub_requests() { grep -c . "$STUB_LOG" || true; }
 }
 
 @test "already registered: exits 0 without fetching a code, starts a stopped agent" {
-	mkdir -p "$SERVER_ROOT/var/lib/amazon/ssm"
-	printf '{"ManagedInstanceID":"mi-0123456789abcdef0","Region":"us-east-1"}' >"$SERVER_ROOT/var/lib/amazon/ssm/registration"
+	seed_registration mi-0123456789abcdef0
 	mkdir -p "$SERVER_ROOT/usr/lib/systemd/system" && : >"$SERVER_ROOT/usr/lib/systemd/system/amazon-ssm-agent.service"
 	run bootstrap --url "$STUB_URL/echo" --instance "$INSTANCE"
 	assert_status 0
@@ -285,14 +293,119 @@ stub_requests() { grep -c . "$STUB_LOG" || true; }
 	[ "$(stub_requests)" -eq 0 ]
 }
 
-@test "SSM refuses the activation: exit 5, the refusal is shown" {
+@test "SSM refuses the activation: exit 5, 'refused: <Code>' read from the agent's output, the machine says it is unregistered" {
 	run bootstrap --url "$STUB_URL/refused" --instance "$INSTANCE"
 	assert_status 5
-	assert_output_has "InvalidActivation"
+	[[ $output == *$'\nrefused: InvalidActivation\n'* ]] || [[ $output == "refused: InvalidActivation"$'\n'* ]] || {
+		show_run
+		fail "no 'refused: InvalidActivation' line"
+	}
 	assert_output_has "could not register this server"
+	assert_output_has "now UNREGISTERED"
 	grep -qx InvalidActivation "$SERVER_ROOT/.standin/register-errors"
 	[ ! -e "$SERVER_ROOT/var/lib/amazon/ssm/registration" ]
 	assert_code_not_leaked
+}
+
+@test "a refused re-registration leaves the machine unregistered (the agent blanked its identity): exit 5, the stale file removed; the next run registers afresh" {
+	run bootstrap --url "$URL" --instance "$INSTANCE"
+	assert_status 0
+	local first
+	first=$(registered_id)
+	# Re-registration with an activation SSM refuses: the agent blanks its identity first.
+	run bootstrap --url "$STUB_URL/refused" --instance "$INSTANCE" --force
+	assert_status 5
+	assert_output_has "refused: InvalidActivation"
+	assert_output_has "now UNREGISTERED"
+	[ -z "$(vault_id)" ]
+	[ ! -e "$SERVER_ROOT/var/lib/amazon/ssm/registration" ]
+	[ ! -e "$SERVER_ROOT/var/lib/amazon/ssm/activation-vending.machine" ]
+	# Nothing can use the old node now: the agent has no identity and dies at start.
+	run env STANDIN_DIR="$STANDINS" STANDIN_REAL_PATH="$PATH" BOOTSTRAP_ROOT="$SERVER_ROOT" "$STANDINS/ssm-cli" get-instance-information
+	[ "$status" -eq 255 ] && [[ $output == *"failed to find agent identity"* ]]
+	# The next boot: not "already registered", a clean registration.
+	run bootstrap --url "$URL" --instance "$INSTANCE"
+	assert_status 0
+	refute_output_has "already registered"
+	assert_output_has "registered: mi-"
+	[ "$(registered_id)" != "$first" ]
+	assert_registered
+	assert_code_not_leaked
+}
+
+@test "a registration file the agent's own identity does not back is no registration (e.g. after -register -clear): registers afresh" {
+	run bootstrap --url "$URL" --instance "$INSTANCE"
+	assert_status 0
+	local first
+	first=$(registered_id)
+	run env STANDIN_DIR="$STANDINS" STANDIN_REAL_PATH="$PATH" BOOTSTRAP_ROOT="$SERVER_ROOT" "$STANDINS/amazon-ssm-agent" -register -clear
+	[ "$status" -eq 0 ]
+	[ "$(registered_id)" = "$first" ] # -clear leaves the file
+	run bootstrap --url "$URL" --instance "$INSTANCE"
+	assert_status 0
+	assert_output_has "not registered: $SERVER_ROOT/var/lib/amazon/ssm/registration names $first but the agent's own identity is empty"
+	assert_output_has "registered: mi-"
+	[ "$(registered_id)" != "$first" ]
+	assert_registered
+}
+
+@test "a -register that cannot reach SSM is stopped after its timeout: exit 5, no route named, the machine unregistered" {
+	ln -s "$STANDINS/amazon-ssm-agent" "$SERVER_ROOT/usr/bin/amazon-ssm-agent"
+	mkdir -p "$SERVER_ROOT/usr/lib/systemd/system" && : >"$SERVER_ROOT/usr/lib/systemd/system/amazon-ssm-agent.service"
+	EXTRA_ENV=("STANDIN_AGENT_REGISTER_HANG=1" "BOOTSTRAP_REGISTER_TIMEOUT=2")
+	SECONDS=0
+	run bootstrap --url "$URL" --instance "$INSTANCE"
+	assert_status 5
+	[ "$SECONDS" -lt 60 ]
+	assert_output_has "did not finish registering within 2s: no route to SSM?"
+	assert_output_has "--proxy"
+	refute_output_has "refused:"
+	refute_output_has "registered: mi-"
+	# Refused at once (connection refused): the SDK's RequestError, no refusal either.
+	EXTRA_ENV=("STANDIN_EMULATOR_URL=http://127.0.0.1:9")
+	run bootstrap --url "$URL" --instance "$INSTANCE"
+	assert_status 5
+	assert_output_has "AWS SSM. RequestError: send request failed"
+	assert_output_has "could not reach SSM (RequestError, see its output above): no route to SSM?"
+	assert_output_has "now UNREGISTERED"
+	refute_output_has "refused:"
+}
+
+@test "Fedora and openSUSE go straight to the agent package (ssm-setup-cli has no download folder there) and say why" {
+	local distro
+	for distro in fedora opensuse; do
+		new_server "$BATS_TEST_TMPDIR/$distro" "$distro"
+		run bootstrap --url "$URL" --instance "$INSTANCE-$distro"
+		assert_status 0
+		assert_output_has "not using ssm-setup-cli on"
+		assert_output_has "fails its own checksum there"
+		refute_calls_have "ssm-setup-cli"
+		assert_output_has "installing the agent package from file://$MIRROR/latest/linux_amd64/amazon-ssm-agent.rpm"
+		assert_calls_have "/amazon-ssm-agent.rpm"
+		assert_registered
+	done
+}
+
+@test "--allow-unverified without gpg: ssm-setup-cli gets -skip-signature-validation, without which it refuses to install (it runs gpg itself)" {
+	TOOLBOX=$TOOLBOX_NOGPG
+	run bootstrap --url "$URL" --instance "$INSTANCE" --allow-unverified
+	assert_status 0
+	assert_output_has "running ssm-setup-cli UNVERIFIED"
+	assert_output_has "passing -skip-signature-validation"
+	assert_calls_have "-skip-signature-validation=1"
+	assert_registered
+}
+
+@test "proxy credentials are never printed, though the agent and ssm-setup-cli log them" {
+	local proxy='http://agent:s3cr3t-pw@proxy.example.internal:3128'
+	EXTRA_ENV=("STANDIN_AGENT_NETWORK=proxy=$proxy")
+	run bootstrap --url "$URL" --instance "$INSTANCE" --proxy "$proxy"
+	assert_status 0
+	refute_output_has "s3cr3t-pw"
+	assert_output_has "http://********@proxy.example.internal:3128"
+	# The agent itself writes them to its log (the docs say so): this is why.
+	grep -q 's3cr3t-pw' "$SERVER_ROOT/var/log/amazon/ssm/amazon-ssm-agent.log"
+	assert_registered
 }
 
 @test "fallback: ssm-setup-cli fails before installing, the agent rpm is installed with dnf and registered with -y" {
@@ -541,13 +654,17 @@ MODES
 	assert_code_not_leaked
 }
 
-@test "success means online: an agent that cannot reach SSM (it needs a proxy nobody gave it) exits 5, never 'registered:'" {
+@test "success means online: an agent with no route to SSM (it needs a proxy nobody gave it) exits 5 within --online-wait, from the core's credential error, never 'registered:'" {
 	EXTRA_ENV=("STANDIN_AGENT_NETWORK=proxy=http://proxy.example.internal:3128")
-	run bootstrap --url "$URL" --instance "$INSTANCE" --online-wait 5
+	run bootstrap --url "$URL" --instance "$INSTANCE" --online-wait 3
 	assert_status 5
-	assert_output_has "cannot reach Systems Manager and hibernates"
-	assert_output_has "--proxy"
+	assert_output_has "not online after --online-wait 3s"
+	assert_output_has "the agent cannot get credentials from Systems Manager"
+	assert_output_has "Retrieve credentials produced error"
+	assert_output_has "no route to SSM? proxy: --proxy"
 	refute_output_has "registered: mi-"
+	# SSM never saw it check in.
+	[ "$(emulator GET "/_emulator/nodes/$(registered_id)" | jq -r .PingStatus)" = ConnectionLost ]
 }
 
 @test "success means online: registered and running but never connecting exits 5 after --online-wait; the next boot checks again" {
@@ -679,6 +796,7 @@ MODES
 	refute_calls_have "ssm-setup-cli"
 	refute_output_has "downloading ssm-setup-cli"
 	assert_output_has "via installed agent"
+	refute_calls_have "inherited the boot script's lock"
 	assert_registered
 	assert_code_not_leaked
 }

@@ -1,11 +1,13 @@
-"""Checks that the boot scripts accept exactly the instance and pool names the
+r"""Checks that the boot scripts accept exactly the instance and pool names the
 service accepts (lambda/src/pool.rs: valid_instance_name, valid_pool_name).
 
   names.py WINDOWS_PATTERNS_JSON LINUX_VERDICTS_FILE
 
 WINDOWS_PATTERNS_JSON is `ps_check.py patterns` output (.NET patterns, run here with
-Python's re, which reads these constructs the same way; PowerShell's -match ignores
-case, so re.IGNORECASE). LINUX_VERDICTS_FILE has one "kind<TAB>name<TAB>0|1" line per
+Python's re, which reads these constructs the same way once .NET's \z, the very end of
+the string, is written as Python's \Z; PowerShell's -match ignores case, so
+re.IGNORECASE). Every name the service accepts is also tried with a trailing newline,
+which the Windows patterns must refuse ($ would accept it). LINUX_VERDICTS_FILE has one "kind<TAB>name<TAB>0|1" line per
 name in NAMES, from bootstrap-linux.sh's own functions. Prints each disagreement;
 exit 1 if there is any.
 """
@@ -46,6 +48,11 @@ def service_pool(name: str) -> bool:
     return 0 < len(name.encode()) <= 64 and all(c.isascii() and (c.isalnum() or c in "-_") for c in name)
 
 
+def python_pattern(dotnet: str) -> str:
+    r"""A .NET pattern for Python's re: .NET's \z (end of string) is Python's \Z."""
+    return re.sub(r"(?<!\\)((?:\\\\)*)\\z", r"\1\\Z", dotnet)
+
+
 def main() -> int:
     windows = json.loads(open(sys.argv[1], encoding="utf-8").read())
     linux = {}
@@ -53,7 +60,7 @@ def main() -> int:
         kind, name, verdict = line.rstrip("\n").split("\t")
         linux[(kind, name)] = verdict == "1"
     service = {"instance": service_instance, "pool": service_pool}
-    pattern = {"instance": windows["Instance"], "pool": windows["Pool"]}
+    pattern = {"instance": python_pattern(windows["Instance"]), "pool": python_pattern(windows["Pool"])}
     bad = 0
     for kind, names in NAMES.items():
         for name in names:
@@ -63,6 +70,9 @@ def main() -> int:
             if win != want or lin != want:
                 bad += 1
                 print(f"{kind} {name!r}: service {want}, Windows {win}, Linux {lin}")
+            if want and re.search(pattern[kind], name + "\n", re.IGNORECASE) is not None:
+                bad += 1
+                print(f"{kind} {name + chr(10)!r}: the Windows pattern accepts a trailing newline")
     print(f"{sum(map(len, NAMES.values()))} names checked, {bad} disagreements")
     return 1 if bad else 0
 

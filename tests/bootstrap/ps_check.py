@@ -25,7 +25,16 @@ itself cannot run on our machines).
                                 file, failed 5.1 responses closed, -Instance help;
                                 issue 10: a pool's verdict (404 PoolNotFound, 403
                                 PoolDisabled/Forbidden, 500 PoolMisconfigured) is
-                                final and names the pool and the reason
+                                final and names the pool and the reason;
+                                issue 18.8: checks anchored with \z (not $, which
+                                accepts a trailing newline), Pool and ExpirationDate
+                                validated before they are logged;
+                                issue 19: registered = the agent's identity and the
+                                registration file agree, a failed registration removes
+                                the stale file and says "refused: <Code>", online from
+                                the core's log and hibernation from the worker's, a
+                                -register timeout, the exact signer CN, 3010, ARM64,
+                                proxy credentials masked
   ps_check.py patterns FILE   prints the -Instance and -Pool ValidatePatterns as JSON
                               (tests run them against the service's name rules)
 
@@ -302,6 +311,48 @@ def contract(path: Path) -> list[str]:
          and "$detail = $(if ($failure.Detail) { ': ' + $failure.Detail }" in fetch,
          "the pool verdict message does not name the pool, the reason and the service's message")
     need("-PoolName $settings.Pool" in fn("Invoke-Bootstrap"), "the fetch is not told the pool's name")
+
+    # Issue 18.8: anchored checks end with \z; what the service returns is validated before it is logged.
+    for match in re.finditer(r"'\^(?:[^']|'')*?\$'", source):
+        if "(?m)" not in match.group(0):
+            line = source.count("\n", 0, match.start()) + 1
+            findings.append(f"{path}:{line}: a check anchored with $ accepts a trailing newline (use \\z): {match.group(0)[:60]}")
+    main_text = fn("Invoke-Bootstrap")
+    logged_at = main_text.find("'got activation {0}")
+    for var in ("$activationPool", "$expires", "$activationRegion"):
+        checked_at = main_text.find(f"if ({var} -cnotmatch '^")
+        need(0 <= checked_at < logged_at, f"{var} from the service is logged without being validated")
+
+    # Issue 19: registered means the agent's own identity and the registration file agree.
+    need("Get-AgentIdentity" in fn("Get-RegisteredInstanceId") and "Get-RegistrationFileId" in fn("Get-RegisteredInstanceId"),
+         "a registration file alone is taken for a registration (the agent's own identity is not asked)")
+    need("get-instance-information" in fn("Get-AgentIdentity") and "$script:VaultIdentity" in fn("Get-AgentIdentity"),
+         "the agent's identity is not read from ssm-cli.exe or its vault")
+    need(re.search(r"if \(\$fileId -ne \$agentId\) \{.*?Remove-Item -LiteralPath \$file", main_text, re.DOTALL) is not None,
+         "a registration file the agent's identity disagrees with is not removed before registering afresh")
+    failed = fn("Stop-FailedRegistration")
+    need("$script:RegistrationFile" in failed and "Remove-Item" in failed and "Write-Output ('refused: {0}'" in failed
+         and "Get-RefusalCode" in failed and "UNREGISTERED" in failed,
+         "a failed registration does not remove the stale file, say the machine is unregistered and print 'refused: <Code>'")
+    need("Registration failed due to .*AWS SSM" in fn("Get-RefusalCode"), "the refusal's code is not read from the agent's output")
+    need(main_text.count("Stop-FailedRegistration -ExitCode $exitCode") == 3 and "registration with activation {0} failed" not in main_text,
+         "a registration failure exits without leaving the machine visibly unregistered")
+    online = fn("Wait-AgentOnline")
+    need("-Path $script:WorkerLog" in online and "$workerText -match '(?m)^.*Entering SSM Agent hibernate" in online
+         and "ssm-agent-worker.log" in source,
+         "the worker's hibernation is not read from ssm-agent-worker.log, where the worker writes it on Windows")
+    need("Retrieve credentials produced error" in online and "failed to find agent identity" in online,
+         "the core agent's credential errors (no route, no identity) are not read")
+    need("-TimeoutSeconds $script:RegisterTimeoutSeconds" in fn("Register-WithAgent") and "$script:RegisterTimeoutSeconds = 60" in source,
+         "amazon-ssm-agent.exe -register runs without a timeout")
+    signature = fn("Assert-AmazonSignature")
+    need("$script:AgentSignerName = 'Amazon.com Services LLC'" in source and "-ceq $script:AgentSignerName" in signature
+         and "X509NameType]::SimpleName" in signature and "O=Amazon" not in signature,
+         "the signer is not checked by its exact CN 'Amazon.com Services LLC'")
+    need("$exitCode -eq 3010" in fn("Install-AgentPackage"), "the installer's 3010 (success, restart needed) is taken for a failure")
+    need("windows_arm64" not in fn("Get-BucketDirectory") and "no SSM Agent build for Windows on ARM64" in fn("Get-BucketDirectory"),
+         "Windows on ARM64 is not told plainly that there is no agent build")
+    need("[^/@\\s]*@" in fn("ConvertTo-MaskedText"), "proxy credentials in the tools' output are not masked")
 
     # Issue 9.8: -Instance says what it does.
     help_block = re.search(r"\.PARAMETER Instance\n(.*?)\n\n", source, re.DOTALL)

@@ -108,7 +108,7 @@ s/'Credentials ready'/'Started'/|until its log says it connected
 s/    \$instanceId = Confirm-AgentOnline -OnlineWaitSeconds \$onlineWaitSeconds/    $instanceId = Get-RegisteredInstanceId/|without having seen the agent online
 s/\$recorded\.machine -ne \$script:MachineId/$false/|a clone
 s/^    Stop-Bootstrap -ExitCode \$script:ExitInstall -Message ('{0}: signature is/    Write-BootstrapLog -Message ('{0}: signature is/|exit 4
-s/\[ValidatePattern('^\[A-Za-z0-9_-\]{1,64}\$')\]/[ValidatePattern('^[A-Za-z0-9._-]{1,64}$')]/|-Pool's ValidatePattern
+s/\[ValidatePattern('^\[A-Za-z0-9_-\]{1,64}\\z')\]/[ValidatePattern('^[A-Za-z0-9._-]{1,64}\\z')]/|-Pool's ValidatePattern
 s/                    400 {/                    401 {/|400 is retried
 s/proxyArguments = Get-ProxyArgument -Address \$Uri/proxyArguments = @{}/|-Proxy
 s/^    \$values = \(.*\)'no_proxy=' + \$noProxy)/    $values = \1'x=1')/|registry Environment
@@ -170,5 +170,54 @@ s/\$result\.Code = \$Matches\[1\]/$null = $Matches[1]/|the error body's code is 
 s/                    Stop-Bootstrap -ExitCode \$script:ExitFetch -Message ('pool ''{0}''/                    Write-BootstrapLog -Message ('pool ''{0}''/|does not stop with exit 3
 s/-f \$poolLabel, \$verdict\.Reason, \$failure\.Status, \$failure\.Code, \$detail/-f 'x', $verdict.Reason, $failure.Status, $failure.Code, $detail/|does not name the pool
 s/ -PoolName \$settings\.Pool//|not told the pool's name
+EDITS
+}
+
+# ---------------------------------------------------- issues 18 (item 8) and 19
+
+@test "checks end at \\z (a trailing newline is no longer accepted), Pool and ExpirationDate are validated before they are logged; the rules catch each regression" {
+	grep -q "'^\[A-Za-z0-9_-\]{1,64}\\\\z'" "$BOOTSTRAP_WINDOWS"
+	local anchored bad="$BATS_TEST_TMPDIR/bad.ps1" edit expect
+	anchored=$(grep -nE "'\^[^']*\\\$'" "$BOOTSTRAP_WINDOWS" | grep -v '(?m)' || true)
+	[ -z "$anchored" ] || {
+		printf 'anchored with $:\n%s\n' "$anchored" >&2
+		return 1
+	}
+	while IFS='|' read -r -u 3 edit expect; do
+		sed "$edit" "$BOOTSTRAP_WINDOWS" >"$bad"
+		run ! cmp -s "$bad" "$BOOTSTRAP_WINDOWS"
+		run ps_check contract "$bad"
+		[ "$status" -eq 1 ] && [[ $output == *"$expect"* ]] || {
+			printf 'edit %s: expected a finding "%s", got:\n%s\n' "$edit" "$expect" "$output" >&2
+			return 1
+		}
+	done 3<<'EDITS'
+s/'\^\[0-9\]{1,5}\\z'/'^[0-9]{1,5}$'/|accepts a trailing newline
+/if (\$activationPool -cnotmatch/d|$activationPool from the service is logged without being validated
+/if (\$expires -cnotmatch/d|$expires from the service is logged without being validated
+EDITS
+}
+
+@test "issue 19: the Windows script judges from the agent itself; the rules catch each regression on a copy" {
+	local bad="$BATS_TEST_TMPDIR/bad.ps1" edit expect
+	while IFS='|' read -r -u 3 edit expect; do
+		sed "$edit" "$BOOTSTRAP_WINDOWS" >"$bad"
+		run ! cmp -s "$bad" "$BOOTSTRAP_WINDOWS"
+		run ps_check contract "$bad"
+		[ "$status" -eq 1 ] && [[ $output == *"$expect"* ]] || {
+			printf 'edit %s: expected a finding "%s", got:\n%s\n' "$edit" "$expect" "$output" >&2
+			return 1
+		}
+	done 3<<'EDITS'
+s/    if ((Get-AgentIdentity) -ne \$fileId) {/    if ($false) {/|a registration file alone is taken for a registration
+s/    if (\$fileId -ne \$agentId) {/    if ($false) {/|not removed before registering afresh
+s/Write-Output ('refused: {0}' -f \$refusal)/$null = $refusal/|print 'refused: <Code>'
+s/Stop-FailedRegistration -ExitCode \$exitCode -What 'ssm-setup-cli'/Stop-Bootstrap -ExitCode $exitCode -Message 'ssm-setup-cli'/|a registration failure exits without
+s/-Path \$script:WorkerLog/-Path $script:AgentLog/|ssm-agent-worker.log
+s/ -TimeoutSeconds \$script:RegisterTimeoutSeconds)/)/|without a timeout
+s/\$signerName -ceq \$script:AgentSignerName/$signer -match 'Amazon'/|exact CN
+s/\$exitCode -eq 3010/$exitCode -eq 0/|3010
+s/Stop-Bootstrap -ExitCode \$script:ExitPlatform -Message 'no SSM Agent build for Windows on ARM64[^']*'/return 'windows_arm64'/|ARM64
+/return (\$Text -replace '(\[A-Za-z\]/c\    return $Text|proxy credentials
 EDITS
 }
