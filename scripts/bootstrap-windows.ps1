@@ -1366,12 +1366,19 @@ function Install-AgentPackage {
     if (-not (Save-Download -Source $source -Destination $installer -MaxWaitSeconds $MaxWaitSeconds)) {
         Stop-Bootstrap -ExitCode $script:ExitInstall -Message ('could not download {0}' -f $source)
     }
-    # The installer log stays in the working directory, which is deleted at the end.
+    # The installer writes its command line, CODE= included, into its log: the log goes
+    # to the working directory (without /log it would land in %TEMP% and stay) and is
+    # deleted as soon as the installer exits, not only with the working directory.
     $log = Join-Path $script:WorkDir 'install.log'
     $tail = ' ID={0} REGION={1}' -f $ActivationId, $RegionName
     $arguments = '/q /log "' + $log + '" CODE=' + $script:ActivationCode + $tail
     $display = 'AmazonSSMAgentSetup.exe /q /log install.log CODE=' + $script:Mask + $tail
-    $exitCode = Invoke-MaskedProcess -FilePath $installer -Arguments $arguments -Display $display
+    try {
+        $exitCode = Invoke-MaskedProcess -FilePath $installer -Arguments $arguments -Display $display
+    }
+    finally {
+        Remove-Item -LiteralPath $log -Force -ErrorAction SilentlyContinue
+    }
     if ($exitCode -eq 3010) {
         # ERROR_SUCCESS_REBOOT_REQUIRED: installed; Windows wants a restart to finish.
         Write-BootstrapLog -Message 'WARNING: the agent installer succeeded (exit 3010) but Windows must be restarted to complete the installation; restart this server when you can'

@@ -350,6 +350,8 @@ def contract(path: Path) -> list[str]:
          and "X509NameType]::SimpleName" in signature and "O=Amazon" not in signature,
          "the signer is not checked by its exact CN 'Amazon.com Services LLC'")
     need("$exitCode -eq 3010" in fn("Install-AgentPackage"), "the installer's 3010 (success, restart needed) is taken for a failure")
+    need(re.search(r"finally \{\s*Remove-Item -LiteralPath \$log", fn("Install-AgentPackage")) is not None,
+         "the installer's log, which holds its command line with CODE=, outlives the installer")
     need("windows_arm64" not in fn("Get-BucketDirectory") and "no SSM Agent build for Windows on ARM64" in fn("Get-BucketDirectory"),
          "Windows on ARM64 is not told plainly that there is no agent build")
     need("[^/@\\s]*@" in fn("ConvertTo-MaskedText"), "proxy credentials in the tools' output are not masked")

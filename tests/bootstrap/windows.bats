@@ -217,6 +217,7 @@ s/-Path \$script:WorkerLog/-Path $script:AgentLog/|ssm-agent-worker.log
 s/ -TimeoutSeconds \$script:RegisterTimeoutSeconds)/)/|without a timeout
 s/\$signerName -ceq \$script:AgentSignerName/$signer -match 'Amazon'/|exact CN
 s/\$exitCode -eq 3010/$exitCode -eq 0/|3010
+/Remove-Item -LiteralPath \$log -Force/d|outlives the installer
 s/Stop-Bootstrap -ExitCode \$script:ExitPlatform -Message 'no SSM Agent build for Windows on ARM64[^']*'/return 'windows_arm64'/|ARM64
 /return (\$Text -replace '(\[A-Za-z\]/c\    return $Text|proxy credentials
 EDITS
