@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests need beyond Rust and Python: `faketime`
-# (libfaketime), with which lambda/tests/clock.rs runs the service with a shifted
-# clock. Does nothing when they are installed already. Run as root (or with sudo
-# available); .ci/run runs it in the background before the Rust tests.
+# (libfaketime), with which lambda/tests/integration/clock.rs runs the service
+# with a shifted clock. Does nothing when they are installed already. Run as root
+# (or with sudo available); .ci/run runs it in the background before the Rust
+# tests.
 set -euo pipefail
 
 readonly PACKAGES=(faketime)
