@@ -439,8 +439,9 @@ impl PoolStore {
     }
 
     /// Takes the pool's lease if it is free or has run out. A retry of a take whose
-    /// answer was lost finds the lease already ours, and counts it as taken. When
-    /// every attempt lost its answer, the take may have landed all the same: the
+    /// answer was lost finds the lease already ours, and counts it as taken. When the
+    /// take fails (every attempt lost its answer, or a later attempt was throttled
+    /// after an earlier one landed unanswered), it may have landed all the same: the
     /// lease is read back and given back if it is ours (one conditional write), so
     /// that a lost answer does not keep the pool from rotating for a whole lease.
     pub async fn take_lease(
@@ -451,7 +452,9 @@ impl PoolStore {
         until: EpochSecs,
     ) -> Result<LeaseAttempt, VendError> {
         let taken = retrying_conflicts(|| self.take_lease_once(pool, owner, now, until)).await;
-        if let Err(VendError::Unavailable { .. }) = &taken {
+        // Any failure, not only a lost last answer: an earlier attempt may have landed
+        // before the later ones were throttled or refused.
+        if taken.is_err() {
             match self.release_lease(pool, owner).await {
                 Ok(true) => tracing::warn!(
                     pool,

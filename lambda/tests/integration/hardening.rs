@@ -249,15 +249,29 @@ async fn a_write_that_lands_but_loses_its_answer_breaks_no_promise() {
 /// rotates at once instead of waiting a whole `VENDING_LEASE`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lease_take_that_lost_every_answer_is_given_back_and_blocks_no_longer_than_a_deadline() {
-    for error in ["InternalServerError", "ConnectionDropped"] {
+    // UpdateItem 1 is the reserve (refused: no activation yet), 2 to 6 the lease take's
+    // attempts: each lands and loses its answer; or the first lands and loses its answer
+    // and the SDK's retries are throttled, so the take ends in another error than a
+    // lost answer while the lease is ours all the same.
+    let lost = |error: &str| {
+        vec![json!({"operation": "DynamoDB.UpdateItem", "error": error, "when": "after", "skip": 1, "count": 5})]
+    };
+    let landed_then_throttled = vec![
+        json!({"operation": "DynamoDB.UpdateItem", "error": "ConnectionDropped", "when": "after", "skip": 1, "count": 1}),
+        json!({"operation": "DynamoDB.UpdateItem", "error": "ThrottlingException", "skip": 1, "count": 4}),
+    ];
+    for (error, faults) in [
+        ("InternalServerError", lost("InternalServerError")),
+        ("ConnectionDropped", lost("ConnectionDropped")),
+        ("ConnectionDropped then ThrottlingException", landed_then_throttled),
+    ] {
         let emulator = Emulator::start();
         let server = emulator.serve(&[("VENDING_DEADLINE", "3s"), ("VENDING_LEASE", "30s"), NO_ROTATE_AHEAD]);
         // The pool configs read and shared first (their claim and save are UpdateItems too).
         assert_eq!(server.get("/activation?pool=absent").await.status, 404);
-        // UpdateItem 1 is the reserve (refused: no activation yet), 2 to 6 the lease take's attempts.
-        emulator
-            .inject(json!({"operation": "DynamoDB.UpdateItem", "error": error, "when": "after", "skip": 1, "count": 5}))
-            .await;
+        for fault in faults {
+            emulator.inject(fault).await;
+        }
         let started = Instant::now();
         let first = server.get("/activation").await;
         assert_eq!(first.status, 503, "{error}: {}", first.shown());
