@@ -3,6 +3,13 @@ test_ecs_template.py): plain reads of a template as a dict, nothing template-spe
 
 from __future__ import annotations
 
+import json
+
+# The encryption context Parameter Store gives KMS, and the code parameters the
+# stack's key and roles are bound to.
+PARAMETER_ARN_CONTEXT = "kms:EncryptionContext:PARAMETER_ARN"
+CODE_PARAMETERS = "parameter${ParameterPrefix}/pools/*/activation"
+
 
 def parameter_values(source: dict, overrides: dict) -> dict:
     values = {name: str(p.get("Default", "")) for name, p in source.get("Parameters", {}).items()}
@@ -87,3 +94,12 @@ def cidr_pattern_problems(parameter: dict, name: str) -> list[str]:
         if not re.fullmatch(pattern, cidr):
             problems.append(f"{name} refuses {cidr}")
     return problems
+
+
+def bound_to_code_parameters(st: dict) -> bool:
+    """The statement applies only when Parameter Store encrypts or decrypts one of the
+    stack's code parameters (PREFIX/pools/*/activation)."""
+    cond = st.get("Condition", {})
+    value = {**cond.get("StringLike", {}), **cond.get("StringEquals", {})}.get(PARAMETER_ARN_CONTEXT)
+    values = as_list(value)
+    return bool(values) and all(json.dumps(v).endswith(f':{CODE_PARAMETERS}"}}') for v in values)

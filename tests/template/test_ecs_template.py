@@ -28,7 +28,17 @@ from pathlib import Path
 import pytest
 from cfn_flip import load_yaml
 
-from cfn_helpers import as_list, cidr_pattern_problems, of_type, parameter_values, principal_is_everyone, props, region_problems
+from cfn_helpers import (
+    PARAMETER_ARN_CONTEXT,
+    as_list,
+    bound_to_code_parameters,
+    cidr_pattern_problems,
+    of_type,
+    parameter_values,
+    principal_is_everyone,
+    props,
+    region_problems,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ECS_TEMPLATE = ROOT / "deploy/ecs/template.yaml"
@@ -68,8 +78,6 @@ LAMBDA_ONLY_SIDS = {"Logs"}
 CONTAINER_PORT = 8080
 # Parameter Store's encryption context on every use of the codes' key, and the one value
 # the key may be used for: the stack's code parameters.
-PARAMETER_ARN_CONTEXT = "kms:EncryptionContext:PARAMETER_ARN"
-CODE_PARAMETERS = "parameter${ParameterPrefix}/pools/*/activation"
 # The load balancer's idle timeout (the ALB default; the template does not change it).
 ALB_IDLE_TIMEOUT_SECS = 60
 # Names that must never be baked into the image.
@@ -631,15 +639,6 @@ def check_least_privilege(cfn: dict) -> list[str]:
         if st.get("Condition", {}).get("StringEquals", {}).get("aws:SourceAccount") != {"Ref": "AWS::AccountId"}:
             problems.append("TaskRole trust is not limited by aws:SourceAccount")
     return problems
-
-
-def bound_to_code_parameters(st: dict) -> bool:
-    """The statement applies only when Parameter Store encrypts or decrypts one of the
-    stack's code parameters (PREFIX/pools/*/activation)."""
-    cond = st.get("Condition", {})
-    value = {**cond.get("StringLike", {}), **cond.get("StringEquals", {})}.get(PARAMETER_ARN_CONTEXT)
-    values = as_list(value)
-    return bool(values) and all(json.dumps(v).endswith(f':{CODE_PARAMETERS}"}}') for v in values)
 
 
 def check_server_limits(cfn: dict) -> list[str]:

@@ -28,7 +28,17 @@ from pathlib import Path
 import pytest
 from cfn_flip import load_yaml
 
-from cfn_helpers import as_list, cidr_pattern_problems, of_type, parameter_values, principal_is_everyone, props, region_problems
+from cfn_helpers import (
+    PARAMETER_ARN_CONTEXT,
+    as_list,
+    bound_to_code_parameters,
+    cidr_pattern_problems,
+    of_type,
+    parameter_values,
+    principal_is_everyone,
+    props,
+    region_problems,
+)
 
 os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
 logging.getLogger("samtranslator").setLevel(logging.ERROR)
@@ -107,8 +117,6 @@ REQUIRED_ENV = {
 }
 # Parameter Store's encryption context on every use of the codes' key, and the one value
 # the key may be used for: the stack's code parameters.
-PARAMETER_ARN_CONTEXT = "kms:EncryptionContext:PARAMETER_ARN"
-CODE_PARAMETERS = "parameter${ParameterPrefix}/pools/*/activation"
 # API Gateway gives up on an integration after 29 s and answers 504 (not JSON).
 API_GATEWAY_INTEGRATION_TIMEOUT_SECS = 29
 # Condition keys API Gateway is not documented to send when it assumes the account's
@@ -483,15 +491,6 @@ def check_key(cfn: dict) -> list[str]:
         if not bound_to_code_parameters(st):
             problems.append(f"key policy statement {st.get('Sid')} is not bound to the stack's code parameters ({PARAMETER_ARN_CONTEXT})")
     return problems
-
-
-def bound_to_code_parameters(st: dict) -> bool:
-    """The statement applies only when Parameter Store encrypts or decrypts one of the
-    stack's code parameters (PREFIX/pools/*/activation)."""
-    cond = st.get("Condition", {})
-    value = {**cond.get("StringLike", {}), **cond.get("StringEquals", {})}.get(PARAMETER_ARN_CONTEXT)
-    values = as_list(value)
-    return bool(values) and all(json.dumps(v).endswith(f':{CODE_PARAMETERS}"}}') for v in values)
 
 
 def check_instance_role(cfn: dict) -> list[str]:
