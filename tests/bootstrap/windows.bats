@@ -11,6 +11,22 @@ load helpers
 
 ps_check() { "$TEST_PYTHON" "$BATS_TEST_DIRNAME/ps_check.py" "$@"; }
 
+# Each line of standard input is `SED_EDIT|EXPECTED`: the edit, applied to a copy of the
+# script, must change it, and the contract rules must then fail naming EXPECTED. The
+# lines are read on fd 3, so that nothing the loop runs can consume them.
+contract_catches_each_edit() {
+	local bad="$BATS_TEST_TMPDIR/bad.ps1" edit expect
+	while IFS='|' read -r -u 3 edit expect; do
+		sed "$edit" "$BOOTSTRAP_WINDOWS" >"$bad"
+		run ! cmp -s "$bad" "$BOOTSTRAP_WINDOWS"
+		run ps_check contract "$bad"
+		[ "$status" -eq 1 ] && [[ $output == *"$expect"* ]] || {
+			printf 'edit %s: expected a finding "%s", got:\n%s\n' "$edit" "$expect" "$output" >&2
+			return 1
+		}
+	done 3<&0 </dev/null
+}
+
 @test "bootstrap-windows.ps1 parses without a syntax error (tree-sitter-powershell)" {
 	run ps_check parse "$BOOTSTRAP_WINDOWS"
 	[ "$status" -eq 0 ] || {
@@ -90,16 +106,7 @@ ps_check() { "$TEST_PYTHON" "$BATS_TEST_DIRNAME/ps_check.py" "$@"; }
 }
 
 @test "the contract rules catch each regression on a copy" {
-	local bad="$BATS_TEST_TMPDIR/bad.ps1" edit expect
-	while IFS='|' read -r edit expect; do
-		sed "$edit" "$BOOTSTRAP_WINDOWS" >"$bad"
-		run ! cmp -s "$bad" "$BOOTSTRAP_WINDOWS"
-		run ps_check contract "$bad"
-		[ "$status" -eq 1 ] && [[ $output == *"$expect"* ]] || {
-			printf 'edit %s: expected a finding "%s", got:\n%s\n' "$edit" "$expect" "$output" >&2
-			return 1
-		}
-	done <<'EDITS'
+	contract_catches_each_edit <<'EDITS'
 s/\$headers\['X-Machine-Id'\] = \$script:MachineId/$null = $script:MachineId/|X-Machine-Id
 s/if (\$env:ProgramW6432) { \$env:ProgramW6432 } else { \$env:ProgramFiles }/$env:ProgramFiles/|ProgramW6432
 s/            \$response\.Close()/            $null = $response/|not closed
@@ -151,18 +158,9 @@ EDITS
 # ------------------------------------------------------------ issue 10
 
 @test "a pool's verdict (404 PoolNotFound, 403 PoolDisabled or Forbidden, 500 PoolMisconfigured) is final and names the pool and the reason; the rules catch each regression" {
-	local bad="$BATS_TEST_TMPDIR/bad.ps1" edit expect
 	grep -q "'403:Forbidden'" "$BOOTSTRAP_WINDOWS"
 	grep -q 'not retried' "$BOOTSTRAP_WINDOWS"
-	while IFS='|' read -r -u 3 edit expect; do
-		sed "$edit" "$BOOTSTRAP_WINDOWS" >"$bad"
-		run ! cmp -s "$bad" "$BOOTSTRAP_WINDOWS"
-		run ps_check contract "$bad"
-		[ "$status" -eq 1 ] && [[ $output == *"$expect"* ]] || {
-			printf 'edit %s: expected a finding "%s", got:\n%s\n' "$edit" "$expect" "$output" >&2
-			return 1
-		}
-	done 3<<'EDITS'
+	contract_catches_each_edit <<'EDITS'
 /'500:PoolMisconfigured'/d|500:PoolMisconfigured is not a final verdict
 s/'403:PoolDisabled'/'403:Disabled'/|403:PoolDisabled is not a final verdict
 /'404:PoolNotFound'/d|404:PoolNotFound is not a final verdict
@@ -177,21 +175,13 @@ EDITS
 
 @test "checks end at \\z (a trailing newline is no longer accepted), Pool and ExpirationDate are validated before they are logged; the rules catch each regression" {
 	grep -q "'^\[A-Za-z0-9_-\]{1,64}\\\\z'" "$BOOTSTRAP_WINDOWS"
-	local anchored bad="$BATS_TEST_TMPDIR/bad.ps1" edit expect
+	local anchored
 	anchored=$(grep -nE "'\^[^']*\\\$'" "$BOOTSTRAP_WINDOWS" | grep -v '(?m)' || true)
 	[ -z "$anchored" ] || {
 		printf 'anchored with $:\n%s\n' "$anchored" >&2
 		return 1
 	}
-	while IFS='|' read -r -u 3 edit expect; do
-		sed "$edit" "$BOOTSTRAP_WINDOWS" >"$bad"
-		run ! cmp -s "$bad" "$BOOTSTRAP_WINDOWS"
-		run ps_check contract "$bad"
-		[ "$status" -eq 1 ] && [[ $output == *"$expect"* ]] || {
-			printf 'edit %s: expected a finding "%s", got:\n%s\n' "$edit" "$expect" "$output" >&2
-			return 1
-		}
-	done 3<<'EDITS'
+	contract_catches_each_edit <<'EDITS'
 s/'\^\[0-9\]{1,5}\\z'/'^[0-9]{1,5}$'/|accepts a trailing newline
 /if (\$activationPool -cnotmatch/d|$activationPool from the service is logged without being validated
 /if (\$expires -cnotmatch/d|$expires from the service is logged without being validated
@@ -199,16 +189,7 @@ EDITS
 }
 
 @test "issue 19: the Windows script judges from the agent itself; the rules catch each regression on a copy" {
-	local bad="$BATS_TEST_TMPDIR/bad.ps1" edit expect
-	while IFS='|' read -r -u 3 edit expect; do
-		sed "$edit" "$BOOTSTRAP_WINDOWS" >"$bad"
-		run ! cmp -s "$bad" "$BOOTSTRAP_WINDOWS"
-		run ps_check contract "$bad"
-		[ "$status" -eq 1 ] && [[ $output == *"$expect"* ]] || {
-			printf 'edit %s: expected a finding "%s", got:\n%s\n' "$edit" "$expect" "$output" >&2
-			return 1
-		}
-	done 3<<'EDITS'
+	contract_catches_each_edit <<'EDITS'
 s/    if ((Get-AgentIdentity) -ne \$fileId) {/    if ($false) {/|a registration file alone is taken for a registration
 s/    if (\$fileId -ne \$agentId) {/    if ($false) {/|not removed before registering afresh
 s/Write-Output ('refused: {0}' -f \$refusal)/$null = $refusal/|print 'refused: <Code>'
