@@ -28,7 +28,7 @@ DEFAULTS = {
 }
 
 
-def session(region: str = DEFAULTS["region"]) -> boto3.session.Session:
+def new_session(region: str = DEFAULTS["region"]) -> boto3.session.Session:
     return boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name=region)
 
 
@@ -36,7 +36,7 @@ def provision(endpoint: str, warm: boto3.session.Session | None = None, **settin
     """Creates what the service expects at `endpoint`; the settings to run it with.
     `warm`: a session that has made these clients before (its service models loaded)."""
     args = argparse.Namespace(endpoint=endpoint, **{**DEFAULTS, **settings})
-    session = warm if warm is not None and warm.region_name == args.region else globals()["session"](args.region)
+    session = warm if warm is not None and warm.region_name == args.region else new_session(args.region)
     config = Config(retries={"mode": "standard", "max_attempts": 5})
     client = lambda name: session.client(name, endpoint_url=args.endpoint, config=config)  # noqa: E731
 

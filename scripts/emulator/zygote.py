@@ -36,7 +36,7 @@ import server
 
 # What every child would otherwise load again: botocore's service models for the
 # provisioning clients, and moto's empty backends for the default account and Region.
-WARM_SESSION = provision.session()
+WARM_SESSION = provision.new_session()
 for _service in ("dynamodb", "kms", "iam"):
     WARM_SESSION.client(_service, endpoint_url="http://127.0.0.1:9")
 del _service
