@@ -141,6 +141,7 @@ bootstrap_env() {
 		"STANDIN_DIR=$STANDINS"
 		"STANDIN_REAL_PATH=$PATH"
 		"STANDIN_EMULATOR_URL=${BOOTSTRAP_TEST_EMULATOR_URL:-http://127.0.0.1:9}"
+		"STANDIN_AGENT_SOCKET=${STANDIN_AGENT_SOCKET:-}"
 	)
 	if [ -n "${SIGNING_KEY_FILE:-}" ] && [ "${USE_SIGNING_KEY:-1}" = 1 ]; then envs+=("VENDING_SIGNING_KEY=$SIGNING_KEY_FILE"); fi
 	printf '%s\n' "${envs[@]}" ${EXTRA_ENV[@]+"${EXTRA_ENV[@]}"}

@@ -43,10 +43,28 @@ unset VENDING_URL VENDING_URLS VENDING_POOL VENDING_INSTANCE VENDING_REGION VEND
 	VENDING_CA_BUNDLE VENDING_MAX_WAIT VENDING_FORCE VENDING_DRY_RUN
 
 service_started=0
+agent_daemon=''
 stop_service() {
+	if [ -n "$agent_daemon" ]; then kill "$agent_daemon" 2>/dev/null || true; fi
 	if [ "$service_started" = 1 ]; then
 		"$ROOT/scripts/local.sh" down >/dev/null 2>&1 || true
 	fi
+}
+
+# The stand-in agent's protocol client as one daemon (ssm_agent_client.py serve): the
+# stand-ins reach it over STANDIN_AGENT_SOCKET instead of starting Python for each step.
+start_agent_daemon() {
+	export STANDIN_AGENT_SOCKET="$LOCAL_STATE_DIR/agent-client.sock"
+	"$VENV/bin/python" "$HERE/standins/ssm_agent_client.py" serve "$STANDIN_AGENT_SOCKET" \
+		>"$LOCAL_STATE_DIR/agent-client.log" 2>&1 &
+	agent_daemon=$!
+	local tries
+	for ((tries = 0; tries < 100; tries++)); do
+		[ -S "$STANDIN_AGENT_SOCKET" ] && return 0
+		sleep 0.05
+	done
+	echo "the stand-in agent client did not start: $LOCAL_STATE_DIR/agent-client.log" >&2
+	return 1
 }
 trap stop_service EXIT
 trap 'exit 130' INT
@@ -71,6 +89,7 @@ if [ "$needs_service" = 1 ]; then
 		BOOTSTRAP_TEST_VENDING_URLS=$(sed -n 's/^VENDING_URLS=//p' "$up_out")
 		BOOTSTRAP_TEST_EMULATOR_URL=$(sed -n 's/^EMULATOR_URL=//p' "$up_out")
 		export BOOTSTRAP_TEST_VENDING_URL BOOTSTRAP_TEST_VENDING_URLS BOOTSTRAP_TEST_EMULATOR_URL
+		start_agent_daemon
 		echo "service: $BOOTSTRAP_TEST_VENDING_URLS; emulator: $BOOTSTRAP_TEST_EMULATOR_URL"
 	else
 		echo "scripts/local.sh up failed; the suites that need the service are not run:" >&2

@@ -66,8 +66,21 @@ agent_say() { # LEVEL MESSAGE
 }
 # The agent's side of the protocol with SSM (register, checkin), spoken over HTTP to
 # the emulator: ssm_agent_client.py, beside this file.
+# The register step reads the code on standard input (never on a command line). With
+# STANDIN_AGENT_SOCKET, the same step runs in the client's daemon (`serve`): the request
+# is the input line then one argument per line; the answer, the exit status then the output.
 agent_client() { # STEP [ARGS...]
-	python3 "$STANDIN_DIR/ssm_agent_client.py" "$1" --endpoint "${STANDIN_EMULATOR_URL:-http://127.0.0.1:9}" --vault "$AGENT_VAULT" "${@:2}"
+	local -a args=("$1" --endpoint "${STANDIN_EMULATOR_URL:-http://127.0.0.1:9}" --vault "$AGENT_VAULT" "${@:2}")
+	if [ -z "${STANDIN_AGENT_SOCKET:-}" ] || [ ! -S "$STANDIN_AGENT_SOCKET" ]; then
+		python3 "$STANDIN_DIR/ssm_agent_client.py" "${args[@]}"
+		return
+	fi
+	local input='' answer
+	if [ "$1" = register ]; then IFS= read -r input || true; fi
+	answer=$(printf '%s\n' "$input" "${args[@]}" |
+		curl -sS --fail --unix-socket "$STANDIN_AGENT_SOCKET" --data-binary @- http://agent/run) || return 70
+	if [[ "$answer" == *$'\n'* ]]; then printf '%s\n' "${answer#*$'\n'}"; fi
+	return "${answer%%$'\n'*}"
 }
 # The instance ID in the agent's vault (Vault/Store/RegistrationKey, the JSON of
 # instanceInfo: agent/managedInstances/registration/instance_info.go:31-40), or nothing:

@@ -25,6 +25,9 @@ The vault is a directory laid out as the agent's file vault [agent/managedInstan
 vault/fsvault/fsvault.go:30-32]: VAULT/Manifest and VAULT/Store/RegistrationKey, the
 latter the JSON of instanceInfo [instance_info.go:31-40]: instanceID, region,
 privateKey (base64 PKCS#1 DER), privateKeyType.
+`serve SOCKET` answers the same steps over a Unix socket (the stand-ins use it when
+STANDIN_AGENT_SOCKET names one: tests/bootstrap/run.sh starts it), so a boot storm's
+servers do not each pay for Python's start; the steps and their answers are the same.
 Exit codes: 0 done; 1 refused or failed (message on stdout, as the agent logs it);
 3 no identity. (What `ssm-cli get-instance-information` reads, the vault's instanceID,
 the stand-ins read in bash: _common.bash vault_instance_id.)
@@ -37,15 +40,18 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
+import http.server
+import io
 import json
 import os
+import socketserver
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 AGENT_VERSION = "3.3.0.0"
 
@@ -195,7 +201,9 @@ def check_in(endpoint: str, vault: Path, info: dict[str, str]) -> None:
 # ---------------------------------------------------------------------------- CLI
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, stdin: TextIO | None = None, out: TextIO | None = None) -> int:
+    """One step, as `python3 ssm_agent_client.py STEP ...` runs it (or the `serve` daemon, per request)."""
+    stdin, out = stdin or sys.stdin, out or sys.stdout
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=("register", "checkin"))
     parser.add_argument("--endpoint", default=os.environ.get("STANDIN_EMULATOR_URL", ""))
@@ -203,25 +211,78 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--id", default="")
     parser.add_argument("--region", default="")
     parser.add_argument("--info", default="{}", help="JSON: ComputerName, PlatformType, PlatformName, PlatformVersion, IPAddress")
+    parser.add_argument("--computer-name", help="checkin: the info of a Rocky Linux 9.4 server of this name (instead of --info)")
+    parser.add_argument("--registration", type=Path, help="register: the registration file the agent writes on success")
     args = parser.parse_args(argv)
     identity = vault_read(args.vault)
     try:
         if args.step == "register":
-            code = sys.stdin.readline().rstrip("\n")  # never on the command line of this helper
-            print(register(args.endpoint, args.vault, code, args.id, args.region))
+            code = stdin.readline().rstrip("\n")  # never on the command line of this helper
+            instance_id = register(args.endpoint, args.vault, code, args.id, args.region)
+            if args.registration:  # the agent's copy [core/agent_parser.go:253-266]
+                args.registration.parent.mkdir(parents=True, exist_ok=True)
+                args.registration.write_text(json.dumps({"ManagedInstanceID": instance_id, "Region": args.region}, separators=(",", ":")) + "\n")
+            print(instance_id, file=out)
             return 0
         if not identity.get("instanceID"):
-            print("failed to get identity: failed to find agent identity")
+            print("failed to get identity: failed to find agent identity", file=out)
             return 3
-        check_in(args.endpoint, args.vault, json.loads(args.info))
+        info = json.loads(args.info)
+        if args.computer_name is not None:
+            info = {"ComputerName": args.computer_name, "PlatformType": "Linux", "PlatformName": "Rocky Linux", "PlatformVersion": "9.4"}
+        check_in(args.endpoint, args.vault, info)
         return 0
     except SsmError as err:
-        print(str(err))
+        print(str(err), file=out)
         return 1
     except (OSError, urllib.error.URLError) as err:
-        print(f"RequestError: send request failed caused by: {err}")
+        print(f"RequestError: send request failed caused by: {err}", file=out)
         return 1
+
+
+# ------------------------------------------------------------------- the daemon
+
+
+class _StepHandler(http.server.BaseHTTPRequestHandler):
+    """POST /run: the body's first line is the step's standard input (the code, or empty),
+    the other lines its arguments; the answer is the exit status on the first line, then
+    what the step printed. The same main() as a process runs, without a process."""
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()
+        lines = body.removesuffix("\n").split("\n")
+        out = io.StringIO()
+        try:
+            rc = main(lines[1:], io.StringIO(lines[0] + "\n"), out)
+        except SystemExit as exit_:  # argparse refusing the arguments
+            rc = exit_.code if isinstance(exit_.code, int) else 2
+        except Exception as err:  # noqa: BLE001 (a stand-in's own bug: reported, never a hang)
+            rc, out = 70, io.StringIO(f"stand-in error: {type(err).__name__}: {err}\n")
+        answer = f"{rc}\n{out.getvalue()}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
+        pass  # requests carry the code: nothing logged
+
+
+class _StepServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    request_queue_size = 1024  # a boot storm connects all at once
+
+
+def serve(socket_path: str) -> None:
+    """Answers steps over a Unix socket until killed: a storm's servers then pay for the
+    protocol's work (keys, signatures, HTTP), not for a Python start per step."""
+    if os.path.exists(socket_path):
+        os.unlink(socket_path)
+    with _StepServer(socket_path, _StepHandler) as server:
+        server.serve_forever()
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"]:
+        serve(sys.argv[2])
     sys.exit(main())
