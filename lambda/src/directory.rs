@@ -17,11 +17,11 @@ use serde::Serialize;
 
 use crate::aws::parameters::PoolConfigSource;
 use crate::aws::pool_store::PoolStore;
+use crate::clock::{epoch_now, secs};
 use crate::config::Config;
 use crate::error::VendError;
 use crate::pool::{EpochSecs, DEFAULT_POOL};
 use crate::pools::{ConfigProblem, PoolSettings};
-use crate::vend::{epoch_now, secs};
 
 /// How long a claim on the next read of Parameter Store holds.
 const CLAIM_SECS: i64 = 10;
@@ -205,7 +205,7 @@ impl PoolDirectory {
             }
             other => other,
         }?;
-        crate::pools::margin_outlasts_deadline(found.settings.expiry_margin, self.deadline).map_err(|problem| {
+        crate::config::margin_outlasts_deadline(found.settings.expiry_margin, self.deadline).map_err(|problem| {
             VendError::PoolMisconfigured {
                 pool: name.to_owned(),
                 problem: format!("expiry_margin: {problem}"),

@@ -4,7 +4,8 @@
 //!
 //! The one module map of the service (README.md and docs/DESIGN.md link here); one
 //! line per module, its one job. `tests/docs/check.py` (in `make lint`) fails when a
-//! file under `lambda/src` is missing from this list.
+//! file under `lambda/src` is missing from this list; `tests/layout/check.py` fails
+//! on an import circle between modules and on a file over 600 lines.
 //!
 //! Entry points:
 //! - `main.rs`: the binary `vending`: command line (`clap`), exit codes, the runtime;
@@ -60,8 +61,9 @@
 //! - `status.rs`: `vending status`: `StatusReader`, the table and the JSON.
 //! - `metrics.rs`: CloudWatch embedded-metric-format lines on standard output
 //!   (dimensions `Pool`, and `Reason` for `SlotsWasted`), and `check_emf`.
-//! - `clock.rs`: the local clock against the `Date` of AWS's answers
-//!   (`DateHeaderInterceptor` on every SDK client); `503 ClockSkew` when they disagree.
+//! - `clock.rs`: at the bottom of the crate: `EpochSecs`, `epoch_now`, and the local
+//!   clock against the `Date` of AWS's answers (`DateHeaderInterceptor` on every SDK
+//!   client); `503 ClockSkew` when they disagree.
 //!
 //! AWS adapters (`aws/`, one per service, SDK errors mapped through `aws::classify`):
 //! - `aws/mod.rs`: `classify`, the one mapping of SDK errors into `VendError`;
@@ -81,7 +83,7 @@
 //!
 //! Foundations:
 //! - `config.rs`: the environment's `VENDING_*` settings read once into a validated
-//!   `Config`; every problem names its variable.
+//!   `Config`; every problem names its variable; `margin_outlasts_deadline`.
 //! - `duration.rs`: the service's duration spellings (`30s`, `15m`, `24h`, `7d`,
 //!   `1h30m`, `500ms`).
 //! - `error.rs`: `VendError` and its one mapping to status, code, message and headers.

@@ -128,7 +128,7 @@ async fn run(command: Option<Command>, config: Config) -> Result<ExitCode, Box<d
         Some(Command::Sweep { dry_run }) => {
             let options = vending::sweep::SweepOptions { until: None, dry_run };
             let reports = build_sweeper(&config, &sdk)
-                .sweep_all(vending::vend::epoch_now(), options)
+                .sweep_all(vending::clock::epoch_now(), options)
                 .await?;
             println!("{}", serde_json::to_string_pretty(&reports)?);
         }

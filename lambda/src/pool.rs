@@ -3,8 +3,7 @@
 
 use std::fmt;
 
-/// Seconds since the Unix epoch. DynamoDB conditions compare these as numbers.
-pub type EpochSecs = i64;
+pub use crate::clock::EpochSecs;
 
 pub const DEFAULT_POOL: &str = "default";
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 
@@ -14,6 +14,7 @@ use crate::aws::parameters::CodeVault;
 use crate::aws::parameters::PoolConfigSource;
 use crate::aws::pool_store::{Place, PoolStore, Reservation};
 use crate::blocks::SlotBlocks;
+use crate::clock::{epoch_now, secs};
 use crate::codes::Codes;
 use crate::config::Config;
 use crate::directory::{Pool, PoolDirectory};
@@ -50,17 +51,6 @@ pub struct Vendor {
     standby: StandbyKeeper,
     /// One request per process deals with an unusable pool at a time.
     pool_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-pub fn epoch_now() -> EpochSecs {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as EpochSecs)
-        .unwrap_or(0)
-}
-
-pub(crate) fn secs(d: Duration) -> i64 {
-    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 fn margin(pool: &Pool) -> i64 {
@@ -114,7 +104,7 @@ impl Vendor {
             for (name, pool) in snapshot.all() {
                 let Ok(pool) = pool.as_ref() else { continue };
                 let misconfigured =
-                    crate::pools::margin_outlasts_deadline(pool.settings.expiry_margin, self.config.deadline).is_err();
+                    crate::config::margin_outlasts_deadline(pool.settings.expiry_margin, self.config.deadline).is_err();
                 if !pool.settings.enabled || misconfigured {
                     continue;
                 }

@@ -13,9 +13,9 @@ use futures::future::join_all;
 use support::{Answer, Emulator, Server};
 use vending::aws::pool_store::{PoolStore, Reservation};
 use vending::blocks::SlotBlocks;
+use vending::clock::epoch_now;
 use vending::metrics::WasteReason;
 use vending::pool::{CurrentActivation, Wanted};
-use vending::vend::epoch_now;
 
 fn store(emulator: &Emulator, sdk: &aws_config::SdkConfig) -> PoolStore {
     PoolStore::new(aws_sdk_dynamodb::Client::new(sdk), emulator.env_value("VENDING_TABLE"))

@@ -10,8 +10,8 @@ use futures::future::join_all;
 use serde_json::json;
 use support::Emulator;
 use vending::aws::pool_store::{LeaseAttempt, Place, PoolStore};
+use vending::clock::epoch_now;
 use vending::pool::CurrentActivation;
-use vending::vend::epoch_now;
 
 fn store(emulator: &Emulator, sdk: &aws_config::SdkConfig) -> PoolStore {
     PoolStore::new(aws_sdk_dynamodb::Client::new(sdk), emulator.env_value("VENDING_TABLE"))
