@@ -248,7 +248,6 @@ impl SlotBlocks {
         wanted: Wanted<'_>,
         limit: u32,
     ) -> Result<Reservation, VendError> {
-        let condition = (wanted.fingerprint, wanted.config_at);
         let mut limit = limit;
         for _ in 0..BLOCK_ATTEMPTS {
             let wanting = slots.wanting.load(Ordering::Relaxed);
@@ -259,7 +258,7 @@ impl SlotBlocks {
                 SlotCount::One
             };
             let now = clock();
-            let state = match self.store.reserve_slots(pool, now, margin_secs, condition, ask).await? {
+            let state = match self.store.reserve_slots(pool, now, margin_secs, wanted, ask).await? {
                 Reservation::Reserved {
                     activation,
                     standby,
@@ -298,7 +297,7 @@ impl SlotBlocks {
             let count = block_size(self.block_max, wanting, None);
             if let Some(activation) = self
                 .store
-                .promote_standby(pool, standby, clock(), margin_secs, condition, count)
+                .promote_standby(pool, standby, clock(), margin_secs, wanted, count)
                 .await?
             {
                 tracing::info!(pool, activation_id = %activation.id, "promoted the standby");
@@ -312,7 +311,7 @@ impl SlotBlocks {
             }
         }
         // Still racing other processes for the last few slots: one slot, as ever.
-        self.store.reserve_slot(pool, clock(), margin_secs, condition).await
+        self.store.reserve_slot(pool, clock(), margin_secs, wanted).await
     }
 
     /// Drops the block of an activation that turned out unusable (deleted out of

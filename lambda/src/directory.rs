@@ -296,9 +296,13 @@ impl PoolDirectory {
     async fn refresh(&self, now: EpochSecs, have: Option<&Snapshot>) -> Result<Option<Snapshot>, VendError> {
         let stale_before = now - self.refresh_secs;
         let shared = self.store.directory_snapshot().await?;
-        if let Some((configs, read_at)) = &shared {
-            if *read_at > stale_before {
-                return Ok(Some(Snapshot::parse(configs, *read_at, &self.environment)));
+        if let Some(shared) = &shared {
+            if shared.read_at > stale_before {
+                return Ok(Some(Snapshot::parse(
+                    &shared.configs,
+                    shared.read_at,
+                    &self.environment,
+                )));
             }
         }
         if self
@@ -315,11 +319,19 @@ impl PoolDirectory {
             (Some(_), _) => Ok(None),
             // A cold process: the shared copy, stale as it is, beats nothing; with no
             // copy anywhere, wait for the claimant's read briefly, then read ourselves.
-            (None, Some((configs, read_at))) => Ok(Some(Snapshot::parse(&configs, read_at, &self.environment))),
+            (None, Some(shared)) => Ok(Some(Snapshot::parse(
+                &shared.configs,
+                shared.read_at,
+                &self.environment,
+            ))),
             (None, None) => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Some((configs, read_at)) = self.store.directory_snapshot().await? {
-                    return Ok(Some(Snapshot::parse(&configs, read_at, &self.environment)));
+                if let Some(shared) = self.store.directory_snapshot().await? {
+                    return Ok(Some(Snapshot::parse(
+                        &shared.configs,
+                        shared.read_at,
+                        &self.environment,
+                    )));
                 }
                 let configs = self.source.read_all().await?;
                 Ok(Some(Snapshot::parse(&configs, now, &self.environment)))

@@ -69,8 +69,20 @@
 //! - `aws/mod.rs`: `classify`, the one mapping of SDK errors into `VendError`;
 //!   `retrying_conflicts`; `UnansweredAttempts`, which counts a request's attempts
 //!   that got no answer.
-//! - `aws/pool_store.rs`: `PoolStore`, DynamoDB: pool items, instance and commit
-//!   records, tombstones, the directory item; every write conditional.
+//! - `aws/pool_store/mod.rs`: `PoolStore`, DynamoDB: pool items, instance and commit
+//!   records, tombstones, the directory item; every write conditional. Its parts:
+//! - `aws/pool_store/schema.rs`: the table's attribute names, keys and constants;
+//!   `Place` (current or standby, and where each lives on the pool item).
+//! - `aws/pool_store/codec.rs`: items to `PoolState`, `InstanceRecord`,
+//!   `ActivationRecord`, `DirectorySnapshot` and back; pure, unit-tested.
+//! - `aws/pool_store/conditions.rs`: every conditional write as a value (update,
+//!   condition, names, values): "never a slot twice", fencing; pure, unit-tested.
+//! - `aws/pool_store/store.rs`: the client and table, the consistent read, what a
+//!   conditional update's answer means (`Conditional`).
+//! - `aws/pool_store/pool_item.rs`: the pool item: reserve (a slot or a block),
+//!   lease, commit (with its record, one transaction), promote the standby.
+//! - `aws/pool_store/records.rs`: instance records, commit records, tombstones.
+//! - `aws/pool_store/directory.rs`: the directory item `directory#pools`.
 //! - `aws/parameters.rs`: `CodeVault` and `PoolConfigSource`, Parameter Store: the
 //!   codes (SecureString under the customer KMS key, pinned by version) and the pool
 //!   configs.
