@@ -6,8 +6,8 @@ use aws_sdk_ssm::types::InstanceInformationStringFilter;
 
 use super::{classify, Echo};
 use crate::error::VendError;
-use crate::pool::EpochSecs;
-use crate::pools::{DEPLOYMENT_TAG, POOL_TAG};
+use crate::pool::settings::{DEPLOYMENT_TAG, POOL_TAG};
+use crate::pool::state::EpochSecs;
 
 #[derive(Clone)]
 pub struct ManagedNodes {

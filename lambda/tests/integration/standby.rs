@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use serde_json::json;
 use support::Emulator;
-use vending::aws::pool_store::{LeaseAttempt, Place, PoolStore};
-use vending::clock::epoch_now;
-use vending::pool::{CurrentActivation, Wanted};
+use vending::{epoch_now, CurrentActivation, LeaseAttempt, Place, PoolStore, Wanted};
 
 fn store(emulator: &Emulator, sdk: &aws_config::SdkConfig) -> PoolStore {
     PoolStore::new(aws_sdk_dynamodb::Client::new(sdk), emulator.env_value("VENDING_TABLE"))

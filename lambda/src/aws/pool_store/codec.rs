@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use super::schema::*;
 use crate::clock::EpochSecs;
 use crate::error::VendError;
-use crate::pool::{CurrentActivation, InstanceRecord, Lease, PoolState, RotationFailure};
+use crate::pool::state::{CurrentActivation, InstanceRecord, Lease, PoolState, RotationFailure};
 
 /// What the table says about an activation the service created.
 #[derive(Debug, Clone, PartialEq, Eq)]

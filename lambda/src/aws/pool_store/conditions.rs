@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use super::codec::{n, s};
 use super::schema::*;
 use crate::clock::EpochSecs;
-use crate::pool::{CurrentActivation, InstanceRecord, Wanted};
+use crate::pool::state::{CurrentActivation, InstanceRecord, Wanted};
 
 /// How many slots one reserve asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

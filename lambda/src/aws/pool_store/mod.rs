@@ -18,7 +18,6 @@ mod schema;
 mod store;
 
 pub use codec::ActivationRecord;
-pub use codec::DirectorySnapshot;
 pub use conditions::SlotCount;
 pub use pool_item::{LeaseAttempt, Reservation, Via};
 pub use records::Tombstone;

@@ -15,7 +15,7 @@ use crate::aws::{back_off, classify, retrying_conflicts, Echo, UnansweredAttempt
 use crate::clock::EpochSecs;
 use crate::error::VendError;
 use crate::metrics::{self, WasteReason};
-use crate::pool::{CurrentActivation, PoolState, Wanted};
+use crate::pool::state::{CurrentActivation, PoolState, Wanted};
 
 /// Attempts at a commit that DynamoDB cancelled for throughput (cancellation
 /// reasons the SDK cannot see, so does not retry), with the same token.

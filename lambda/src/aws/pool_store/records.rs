@@ -14,7 +14,7 @@ use super::store::PoolStore;
 use crate::aws::{classify, retrying_conflicts, Echo};
 use crate::clock::EpochSecs;
 use crate::error::VendError;
-use crate::pool::InstanceRecord;
+use crate::pool::state::InstanceRecord;
 
 /// The sweep's claim on an uncommitted activation.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,8 +20,8 @@ use crate::aws::pool_store::PoolStore;
 use crate::clock::{epoch_now, secs};
 use crate::config::Config;
 use crate::error::VendError;
-use crate::pool::{EpochSecs, DEFAULT_POOL};
-use crate::pools::{ConfigProblem, PoolSettings};
+use crate::pool::settings::{ConfigProblem, PoolSettings};
+use crate::pool::state::{EpochSecs, DEFAULT_POOL};
 
 /// How long a claim on the next read of Parameter Store holds.
 const CLAIM_SECS: i64 = 10;
@@ -84,7 +84,7 @@ impl Snapshot {
     pub fn parse(configs: &BTreeMap<String, String>, read_at: EpochSecs, environment: &PoolSettings) -> Self {
         let mut pools: HashMap<String, Result<Pool, ConfigProblem>> = configs
             .iter()
-            .filter(|(name, _)| crate::pool::valid_pool_name(name))
+            .filter(|(name, _)| crate::pool::state::valid_pool_name(name))
             .map(|(name, text)| {
                 let pool = PoolSettings::from_json(name, text).map(|settings| Pool::new(name, settings, read_at));
                 (name.clone(), pool)
@@ -141,8 +141,8 @@ impl Snapshot {
 
 impl Pool {
     /// What an activation of this pool must have been made with.
-    pub fn wanted(&self) -> crate::pool::Wanted<'_> {
-        crate::pool::Wanted {
+    pub fn wanted(&self) -> crate::pool::state::Wanted<'_> {
+        crate::pool::state::Wanted {
             fingerprint: &self.fingerprint,
             config_at: self.config_at,
         }

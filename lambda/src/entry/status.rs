@@ -15,10 +15,10 @@ use crate::aws::parameters::PoolConfigSource;
 use crate::aws::pool_store::PoolStore;
 use crate::clock::epoch_now;
 use crate::config::Config;
-use crate::directory::{DefaultPool, Snapshot};
 use crate::error::VendError;
-use crate::pool::EpochSecs;
-use crate::pools::PoolSettings;
+use crate::pool::directory::{DefaultPool, Snapshot};
+use crate::pool::settings::PoolSettings;
+use crate::pool::state::EpochSecs;
 
 #[derive(Debug, Serialize)]
 pub struct Status {

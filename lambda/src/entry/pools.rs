@@ -6,9 +6,9 @@ use serde::Serialize;
 use crate::aws::parameters::PoolConfigSource;
 use crate::clock::epoch_now;
 use crate::config::Config;
-use crate::directory::{DefaultPool, Snapshot};
 use crate::error::VendError;
-use crate::pools::PoolSettings;
+use crate::pool::directory::{DefaultPool, Snapshot};
+use crate::pool::settings::PoolSettings;
 
 #[derive(Debug, Serialize)]
 pub struct PoolListing {

@@ -14,6 +14,8 @@
 //! (`complete: false`; the next sweep carries on). `dry_run` decides and reports
 //! without changing anything.
 
+pub mod stale;
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -25,12 +27,12 @@ use crate::aws::nodes::ManagedNodes;
 use crate::aws::parameters::PoolConfigSource;
 use crate::aws::pool_store::{PoolStore, Tombstone};
 use crate::config::Config;
-use crate::directory::Snapshot;
 use crate::error::VendError;
 use crate::metrics::{self, Metric};
-use crate::pool::{sweep_verdict, ActivationInfo, EpochSecs, SweepVerdict, DEFAULT_POOL};
-use crate::pools::PoolSettings;
-use crate::stale::{stale_duplicates, StaleNode};
+use crate::pool::directory::Snapshot;
+use crate::pool::settings::PoolSettings;
+use crate::pool::state::{sweep_verdict, ActivationInfo, EpochSecs, SweepVerdict, DEFAULT_POOL};
+use crate::sweep::stale::{stale_duplicates, StaleNode};
 
 /// Deletions in flight at once: enough to finish thousands within a Lambda timeout,
 /// few enough to stay inside SSM's request rate with the SDK's retries.

@@ -117,7 +117,7 @@ impl PoolSettings {
             activation_ttl: config.activation_ttl,
             expiry_margin: config.expiry_margin,
             tags: BTreeMap::new(),
-            default_instance_name: default_instance_name(crate::pool::DEFAULT_POOL),
+            default_instance_name: default_instance_name(crate::pool::state::DEFAULT_POOL),
             description: None,
             allowed_cidrs: config.default_allowed_cidrs.clone(),
             enabled: true,

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::aws::pool_store::{PoolStore, Reservation, SlotCount, Via};
 use crate::error::VendError;
 use crate::metrics::{self, WasteReason};
-use crate::pool::{promotable, why_unusable, CurrentActivation, EpochSecs, Wanted};
+use crate::pool::state::{promotable, why_unusable, CurrentActivation, EpochSecs, Wanted};
 
 /// Slots reserved in one write that this process has not handed out yet.
 #[derive(Debug, Clone, PartialEq, Eq)]

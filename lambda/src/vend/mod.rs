@@ -2,6 +2,12 @@
 //! pair every ID with exactly the code stored beside it, and remember what a named
 //! machine was given. All of it within one deadline.
 
+pub mod blocks;
+pub mod codes;
+pub mod rotation;
+pub mod standby;
+pub mod verify;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -13,21 +19,21 @@ use crate::aws::activations::ActivationService;
 use crate::aws::parameters::CodeVault;
 use crate::aws::parameters::PoolConfigSource;
 use crate::aws::pool_store::{Place, PoolStore, Reservation};
-use crate::blocks::SlotBlocks;
 use crate::clock::{epoch_now, secs};
-use crate::codes::Codes;
 use crate::config::Config;
-use crate::directory::{Pool, PoolDirectory};
 use crate::error::VendError;
 use crate::metrics::{self, Metric, WasteReason};
-use crate::pool::{
+use crate::pool::directory::{Pool, PoolDirectory};
+use crate::pool::state::{
     lease_is_free, promotable, rotate_ahead_due, standby_needed, why_unusable, Caller, CurrentActivation, EpochSecs,
     InstanceRecord, RotationReason,
 };
-use crate::rotation::{Rotation, Rotator};
 use crate::secret::ActivationCode;
-use crate::standby::{prepares_standby, StandbyKeeper};
-use crate::verify::ActivationChecks;
+use crate::vend::blocks::SlotBlocks;
+use crate::vend::codes::Codes;
+use crate::vend::rotation::{Rotation, Rotator};
+use crate::vend::standby::{prepares_standby, StandbyKeeper};
+use crate::vend::verify::ActivationChecks;
 
 /// What a caller leaves with.
 #[derive(Debug)]
