@@ -34,6 +34,8 @@
 //! - `vend/blocks.rs`: `SlotBlocks`, the reserve as a process sends it: one write per
 //!   pool in flight, a block of slots for the requests waiting, the standby's
 //!   promotion with its block, the slots held and the wasted ones counted.
+//! - `vend/slot.rs`: `SlotInHand`, a slot taken and not handed out yet; counted as
+//!   wasted (`deadline`) when the request is dropped holding it.
 //! - `vend/standby.rs`: `StandbyKeeper`, who prepares the next standby
 //!   (`prepares_standby`), one try at a time per process and pool (the low-water
 //!   slot's holder always tries), beside the request (`vending serve`) or awaited

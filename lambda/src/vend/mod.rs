@@ -5,6 +5,7 @@
 pub mod blocks;
 pub mod codes;
 pub mod rotation;
+mod slot;
 pub mod standby;
 pub mod verify;
 
@@ -32,6 +33,7 @@ use crate::secret::ActivationCode;
 use crate::vend::blocks::SlotBlocks;
 use crate::vend::codes::Codes;
 use crate::vend::rotation::{Rotation, Rotator};
+use crate::vend::slot::SlotInHand;
 use crate::vend::standby::{prepares_standby, StandbyKeeper};
 use crate::vend::verify::ActivationChecks;
 
@@ -44,6 +46,22 @@ pub struct Vended {
     pub pool: String,
     /// The request waited for a rotation on its way (the storm's costly path).
     pub waited_for_rotation: bool,
+}
+
+/// What a named machine's earlier record gives.
+enum Again {
+    /// Its activation, still good, handed out again.
+    Reused(Vended),
+    /// A fresh vend; `replacing` is the record's activation, which may be replaced.
+    Fresh { replacing: Option<String> },
+}
+
+/// A slot and the code that goes with it.
+struct Paired {
+    activation: CurrentActivation,
+    code: ActivationCode,
+    /// The request waited for a rotation on its way (its own or another request's).
+    waited_for_rotation: bool,
 }
 
 pub struct Vendor {
@@ -227,15 +245,19 @@ impl Vendor {
         let mut replacing = None;
         if let Some(caller) = &caller {
             match self.vend_again(pool, caller).await? {
-                Ok(vended) => {
+                Again::Reused(vended) => {
                     metrics::count(&pool.name, Metric::Vends);
                     return Ok(vended);
                 }
-                Err(stale) => replacing = stale,
+                Again::Fresh { replacing: stale } => replacing = stale,
             }
         }
         loop {
-            let (activation, code, waited) = self.reserve_and_pair(pool).await?;
+            let Paired {
+                activation,
+                code,
+                waited_for_rotation: waited,
+            } = self.reserve_and_pair(pool).await?;
             let slots_left = f64::from(activation.limit.saturating_sub(activation.reserved));
             let vended = Vended {
                 activation_id: activation.id.clone(),
@@ -296,13 +318,15 @@ impl Vendor {
         }
     }
 
-    /// A named machine's earlier activation, if it is still good. `Err(Some(id))`
-    /// means the record exists but may not be reused and may be replaced.
-    async fn vend_again(&self, pool: &Pool, caller: &Caller<'_>) -> Result<Result<Vended, Option<String>>, VendError> {
+    /// A named machine's earlier activation, if it is still good; otherwise a fresh
+    /// vend, replacing the record if there is one.
+    async fn vend_again(&self, pool: &Pool, caller: &Caller<'_>) -> Result<Again, VendError> {
         let Some(record) = self.store.instance(&pool.name, caller.name).await? else {
-            return Ok(Err(None));
+            return Ok(Again::Fresh { replacing: None });
         };
-        let stale = Err(Some(record.activation_id.clone()));
+        let stale = Again::Fresh {
+            replacing: Some(record.activation_id.clone()),
+        };
         let now = epoch_now();
         if !record.reusable_by(caller, now, margin(pool))
             || self.checks.usable(&record.activation_id, 0, now).await.is_err()
@@ -314,7 +338,7 @@ impl Vendor {
             .code_for(&pool.name, &record.activation_id, record.parameter_version)
             .await?
         {
-            Some(code) => Ok(Ok(Vended {
+            Some(code) => Ok(Again::Reused(Vended {
                 activation_id: record.activation_id,
                 code,
                 expires_at: record.expires_at,
@@ -328,7 +352,7 @@ impl Vendor {
     /// Takes a slot and the code that goes with it, rotating or waiting as needed.
     /// Also says whether the request waited for a rotation on its way (its own or
     /// another request's), which a storm should make rare.
-    async fn reserve_and_pair(&self, pool: &Pool) -> Result<(CurrentActivation, ActivationCode, bool), VendError> {
+    async fn reserve_and_pair(&self, pool: &Pool) -> Result<Paired, VendError> {
         let deadline = Instant::now() + self.config.wait;
         let (name, margin) = (pool.name.as_str(), margin(pool));
         // Held from the moment this request takes charge of an unusable pool until it
@@ -413,7 +437,11 @@ impl Vendor {
                         }
                         Some(code) => {
                             slot.handed_out();
-                            return Ok((activation, code, waited));
+                            return Ok(Paired {
+                                activation,
+                                code,
+                                waited_for_rotation: waited,
+                            });
                         }
                         None => {
                             slot.wasted(WasteReason::Deleted);
@@ -550,45 +578,4 @@ impl Vendor {
 /// Whether an activation expiring at `expires_at` may still be handed out at `now`.
 pub fn clears_margin(expires_at: EpochSecs, now: EpochSecs, margin_secs: i64) -> bool {
     expires_at > now + margin_secs
-}
-
-/// A slot this request took and has not handed out yet. Dropped while still held
-/// (the request was cut off by its deadline), it is counted as wasted.
-struct SlotInHand {
-    pool: String,
-    activation_id: String,
-    held: std::sync::atomic::AtomicBool,
-}
-
-impl SlotInHand {
-    fn new(pool: &str, activation_id: &str) -> Self {
-        Self {
-            pool: pool.to_owned(),
-            activation_id: activation_id.to_owned(),
-            held: std::sync::atomic::AtomicBool::new(true),
-        }
-    }
-
-    fn handed_out(&self) {
-        self.held.store(false, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Never handed out, for `reason`.
-    fn wasted(&self, reason: WasteReason) {
-        if self.held.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            metrics::slots_wasted(&self.pool, &self.activation_id, 1, reason);
-        }
-    }
-
-    /// The request failed with an error holding it: logged with the error, and
-    /// counted by the sweep (`unused_registrations`) rather than here.
-    fn failed(&self) {
-        self.held.store(false, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl Drop for SlotInHand {
-    fn drop(&mut self) {
-        self.wasted(WasteReason::Deadline);
-    }
 }
