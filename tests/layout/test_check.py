@@ -110,6 +110,18 @@ class LayoutCheck(unittest.TestCase):
         [problem] = check.problems(self.root)
         self.assertTrue(problem.startswith("lambda/src/c.rs has 704 lines"), problem)
 
+    def test_a_file_that_is_wholly_a_test_module_is_not_counted_nor_in_the_graph(self):
+        self.write("lambda/src/c.rs", "pub struct C;\n#[cfg(test)]\nmod tests;\n")
+        self.write("lambda/src/c/tests.rs", "use crate::a::A;\n" + "fn t() {}\n" * (check.MAX_LINES + 1))
+        self.write("lambda/src/a.rs", "use crate::b::B;\nuse crate::c::C;\npub struct A;\n")
+        self.assertEqual(check.problems(self.root), [])
+
+    def test_a_long_file_declared_without_cfg_test_is_counted(self):
+        self.write("lambda/src/c.rs", "pub struct C;\nmod helpers;\n")
+        self.write("lambda/src/c/helpers.rs", "fn t() {}\n" * (check.MAX_LINES + 1))
+        [problem] = check.problems(self.root)
+        self.assertTrue(problem.startswith("lambda/src/c/helpers.rs has 601 lines"), problem)
+
     def test_an_allowance_for_a_file_that_is_short_now_must_go(self):
         check.TOO_LONG_FOR_NOW["lambda/src/c.rs"] = "was long"
         [problem] = check.problems(self.root)
