@@ -13,12 +13,11 @@ use crate::aws::keys::{CodeKey, KeyFacts};
 use crate::aws::nodes::ManagedNodes;
 use crate::aws::parameters::PoolConfigSource;
 use crate::aws::pool_store::PoolStore;
-use crate::clock::epoch_now;
+use crate::clock::{epoch_now, EpochSecs};
 use crate::config::Config;
 use crate::error::VendError;
 use crate::pool::directory::{DefaultPool, Snapshot};
 use crate::pool::settings::PoolSettings;
-use crate::pool::state::EpochSecs;
 
 #[derive(Debug, Serialize)]
 pub struct Status {

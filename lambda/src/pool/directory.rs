@@ -17,11 +17,11 @@ use serde::Serialize;
 
 use crate::aws::parameters::PoolConfigSource;
 use crate::aws::pool_store::PoolStore;
-use crate::clock::{epoch_now, secs};
+use crate::clock::{epoch_now, secs, EpochSecs};
 use crate::config::Config;
 use crate::error::VendError;
 use crate::pool::settings::{ConfigProblem, PoolSettings};
-use crate::pool::state::{EpochSecs, DEFAULT_POOL};
+use crate::pool::state::DEFAULT_POOL;
 
 /// How long a claim on the next read of Parameter Store holds.
 const CLAIM_SECS: i64 = 10;

@@ -1,9 +1,9 @@
 //! The pool's state and every decision about it, as plain functions over plain data.
-//! Nothing here talks to AWS; `vend.rs` asks these functions what to do.
+//! Nothing here talks to AWS; `vend/mod.rs` asks these functions what to do.
 
 use std::fmt;
 
-pub use crate::clock::EpochSecs;
+use crate::clock::EpochSecs;
 
 pub const DEFAULT_POOL: &str = "default";
 

@@ -4,7 +4,7 @@
 //! that may still register a server that is booting right now, nor an activation a
 //! late commit made current (a tombstone makes the commit and the deletion exclusive).
 //! Where a pool opts in (`replace_stale_nodes_after`), it also deregisters the stale
-//! duplicates of re-imaged or re-registered hosts (`stale.rs`), and it counts the
+//! duplicates of re-imaged or re-registered hosts (`sweep/stale.rs`), and it counts the
 //! managed nodes per pool and in the account (metrics).
 //!
 //! It lists every page of the account's activations first (those with the pool tag
@@ -26,12 +26,13 @@ use crate::aws::activations::ActivationService;
 use crate::aws::nodes::ManagedNodes;
 use crate::aws::parameters::PoolConfigSource;
 use crate::aws::pool_store::{PoolStore, Tombstone};
+use crate::clock::EpochSecs;
 use crate::config::Config;
 use crate::error::VendError;
 use crate::metrics::{self, Metric};
 use crate::pool::directory::Snapshot;
 use crate::pool::settings::PoolSettings;
-use crate::pool::state::{sweep_verdict, ActivationInfo, EpochSecs, SweepVerdict, DEFAULT_POOL};
+use crate::pool::state::{sweep_verdict, ActivationInfo, SweepVerdict, DEFAULT_POOL};
 use crate::sweep::stale::{stale_duplicates, StaleNode};
 
 /// Deletions in flight at once: enough to finish thousands within a Lambda timeout,

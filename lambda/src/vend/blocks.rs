@@ -19,9 +19,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::aws::pool_store::{PoolStore, Reservation, SlotCount, Via};
+use crate::clock::EpochSecs;
 use crate::error::VendError;
 use crate::metrics::{self, WasteReason};
-use crate::pool::state::{promotable, why_unusable, CurrentActivation, EpochSecs, Wanted};
+use crate::pool::state::{promotable, why_unusable, CurrentActivation, Wanted};
 
 /// Slots reserved in one write that this process has not handed out yet.
 #[derive(Debug, Clone, PartialEq, Eq)]

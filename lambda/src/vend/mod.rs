@@ -20,13 +20,13 @@ use crate::aws::activations::ActivationService;
 use crate::aws::parameters::CodeVault;
 use crate::aws::parameters::PoolConfigSource;
 use crate::aws::pool_store::{Place, PoolStore, Reservation};
-use crate::clock::{epoch_now, secs};
+use crate::clock::{epoch_now, secs, EpochSecs};
 use crate::config::Config;
 use crate::error::VendError;
 use crate::metrics::{self, Metric, WasteReason};
 use crate::pool::directory::{Pool, PoolDirectory};
 use crate::pool::state::{
-    lease_is_free, promotable, rotate_ahead_due, standby_needed, why_unusable, Caller, CurrentActivation, EpochSecs,
+    lease_is_free, promotable, rotate_ahead_due, standby_needed, why_unusable, Caller, CurrentActivation,
     InstanceRecord, RotationReason,
 };
 use crate::secret::ActivationCode;
