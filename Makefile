@@ -49,10 +49,13 @@ test: $(TEST_TARGETS)
 print-test-targets:
 	@echo $(TEST_TARGETS)
 
-# The docs check first: stdlib Python, a second, and it names what is missing (tests/docs/).
+# The docs and layout checks first: stdlib Python, a second, and they name what is missing
+# or wrong (tests/docs/, tests/layout/: no import circle in lambda/src, no file over 600 lines).
 lint: setup
 	python3 tests/docs/check.py
 	python3 -m unittest discover -s tests/docs
+	python3 tests/layout/check.py
+	python3 -m unittest discover -s tests/layout
 	cargo fmt --all -- --check
 	$(CLIPPY) cargo build --workspace --all-targets
 	$(VENV)/bin/shellcheck scripts/*.sh tests/*/*.sh .ci/run

@@ -287,7 +287,7 @@ url_host() {
 	printf '%s' "$rest"
 }
 
-# The service's rules (lambda/src/pool.rs): a host name of DNS labels (plus `_`).
+# The service's rules (lambda/src/pool/state.rs): a host name of DNS labels (plus `_`).
 valid_instance_name() {
 	local name=$1 label
 	[ -n "$name" ] && [ "${#name}" -le 253 ] || return 1

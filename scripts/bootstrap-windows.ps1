@@ -406,7 +406,7 @@ function Test-LoopbackUrl {
 }
 
 function Test-InstanceName {
-    # The service's rules (lambda/src/pool.rs): a host name of DNS labels (plus _).
+    # The service's rules (lambda/src/pool/state.rs): a host name of DNS labels (plus _).
     [CmdletBinding()]
     param(
         [Parameter()]

@@ -7,7 +7,7 @@
 //! margin in use stops vending (`503 ClockSkew`) until it agrees again.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextRef;
@@ -31,6 +31,22 @@ static SMALLEST_MARGIN_S: AtomicI64 = AtomicI64::new(i64::MAX);
 /// Whether vending is stopped for skew, to log each change once.
 static STOPPED: AtomicBool = AtomicBool::new(false);
 static MEASURED_AT: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+
+/// Seconds since the Unix epoch. DynamoDB conditions compare these as numbers.
+pub type EpochSecs = i64;
+
+/// Seconds since the Unix epoch, by the local clock.
+pub fn epoch_now() -> EpochSecs {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as EpochSecs)
+        .unwrap_or(0)
+}
+
+/// A duration in whole seconds, as the epoch arithmetic counts them.
+pub(crate) fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
 
 fn local_now_ms() -> i64 {
     SystemTime::now()

@@ -181,7 +181,7 @@ impl Config {
                 "must be at least 1s: a vend takes at least one AWS call",
             ));
         }
-        if let Err(problem_text) = crate::pools::margin_outlasts_deadline(expiry_margin, deadline) {
+        if let Err(problem_text) = margin_outlasts_deadline(expiry_margin, deadline) {
             return Err(problem("VENDING_EXPIRY_MARGIN", problem_text));
         }
         if lease < Duration::from_secs(1) {
@@ -290,6 +290,20 @@ impl Config {
             block_max: 1,
             ..self
         }
+    }
+}
+
+/// An expiry margin must outlast `VENDING_DEADLINE`: a slot that clears the margin
+/// when it is taken must still be good for SSM when the request that took it
+/// answers, however long the request ran. `Err` says why not, naming the deadline.
+pub fn margin_outlasts_deadline(margin: Duration, deadline: Duration) -> Result<(), String> {
+    if margin > deadline {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be larger than VENDING_DEADLINE ({} ms), or a slot judged good when taken may expire before it is handed out",
+            deadline.as_millis()
+        ))
     }
 }
 

@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use vending::app::{build_state, build_status_reader, build_sweeper, load_sdk_config, pool_configs};
-use vending::config::Config;
-use vending::http::router;
+use vending::{build_state, build_status_reader, build_sweeper, load_sdk_config, pool_configs, router, Config};
 
 /// Hands on-prem servers an AWS Systems Manager hybrid activation at boot.
 ///
@@ -76,10 +74,10 @@ fn main() -> ExitCode {
         Some(Command::Sweep { .. } | Command::Pools { .. } | Command::Status { .. })
     ) {
         // Their standard output is the report.
-        vending::metrics::disable();
+        vending::disable_metrics();
     }
     let json_logs = cli.command.is_none() || std::env::var("VENDING_LOG_FORMAT").is_ok_and(|f| f == "json");
-    vending::logging::init(json_logs);
+    vending::init_logging(json_logs);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -100,11 +98,11 @@ async fn run(command: Option<Command>, config: Config) -> Result<ExitCode, Box<d
     let sdk = load_sdk_config(&config).await;
     if matches!(command, None | Some(Command::Serve { .. })) {
         // Before anything is vended: a code must never go under a key that may not hold it.
-        match vending::app::check_code_key(&config, &sdk).await {
+        match vending::check_code_key(&config, &sdk).await {
             Ok(key) => {
                 tracing::info!(key = key.arn.as_deref().unwrap_or(&key.key_id), key_manager = %key.key_manager, "the codes' KMS key is customer-managed and enabled")
             }
-            Err(e @ vending::app::KeyCheckError::Refused(_)) => {
+            Err(e @ vending::KeyCheckError::Refused(_)) => {
                 tracing::error!(error = %e, "configuration error");
                 eprintln!("vending: configuration error: {e}");
                 return Ok(ExitCode::from(2));
@@ -123,12 +121,12 @@ async fn run(command: Option<Command>, config: Config) -> Result<ExitCode, Box<d
             // One request per environment: a block would only strand slots in
             // environments that go cold.
             let config = config.under_lambda();
-            vending::lambda_entry::run(router(build_state(config, &sdk)), sweeper).await?;
+            vending::run_lambda(router(build_state(config, &sdk)), sweeper).await?;
         }
         Some(Command::Sweep { dry_run }) => {
-            let options = vending::sweep::SweepOptions { until: None, dry_run };
+            let options = vending::SweepOptions { until: None, dry_run };
             let reports = build_sweeper(&config, &sdk)
-                .sweep_all(vending::vend::epoch_now(), options)
+                .sweep_all(vending::epoch_now(), options)
                 .await?;
             println!("{}", serde_json::to_string_pretty(&reports)?);
         }
@@ -148,7 +146,7 @@ async fn run(command: Option<Command>, config: Config) -> Result<ExitCode, Box<d
             });
         }
         Some(Command::Pools { json }) => {
-            let listing = vending::pools_report::read(&pool_configs(&config, &sdk), &config).await?;
+            let listing = vending::read_pools(&pool_configs(&config, &sdk), &config).await?;
             print!("{}", if json { listing.json()? } else { listing.table() });
             return Ok(if listing.all_valid() {
                 ExitCode::SUCCESS
@@ -163,7 +161,7 @@ async fn run(command: Option<Command>, config: Config) -> Result<ExitCode, Box<d
             if ready_pools {
                 vendor.ready_pools().await;
             }
-            let limits = vending::serve::ServeLimits::from_config(vendor.config());
+            let limits = vending::ServeLimits::from_config(vendor.config());
             let listener = tokio::net::TcpListener::bind(listen).await?;
             tracing::info!(
                 listen = %listener.local_addr()?,
@@ -182,7 +180,7 @@ async fn run(command: Option<Command>, config: Config) -> Result<ExitCode, Box<d
                     tracing::info!("stopping: no new connections; the open ones are asked to finish");
                 }
             };
-            vending::serve::serve(listener, router(state), limits, on_signal).await?;
+            vending::serve(listener, router(state), limits, on_signal).await?;
             // The clean stop gets what the connections left of the grace.
             let since_signal = signalled.get().map_or(std::time::Duration::ZERO, |at| at.elapsed());
             vendor.stop(limits.shutdown_grace.saturating_sub(since_signal)).await;

@@ -119,8 +119,10 @@ pub fn disable() {
     ENABLED.store(false, Ordering::Relaxed);
 }
 
-/// One EMF document: `values` (all counts) for `pool`, or account-wide with `None`.
-pub fn document(pool: Option<&str>, values: &[(Metric, f64)], timestamp_ms: u64) -> Value {
+/// One EMF document: `values` (all counts) for `pool`, or account-wide with `None`
+/// (the tests' shorthand for `document_with`).
+#[cfg(test)]
+fn document(pool: Option<&str>, values: &[(Metric, f64)], timestamp_ms: u64) -> Value {
     match pool {
         Some(pool) => document_with(&[("Pool", pool)], values, timestamp_ms),
         None => document_with(&[], values, timestamp_ms),

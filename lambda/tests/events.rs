@@ -103,7 +103,7 @@ fn every_sample_event_gets_the_contract_answer_from_the_real_router() {
 
         let emulator = Emulator::start();
         let sdk = emulator.sdk_config().await;
-        let app = vending::http::router(vending::app::build_state(emulator.config(&[]), &sdk));
+        let app = vending::router(vending::build_state(emulator.config(&[]), &sdk));
 
         for name in ["vend", "root"] {
             let answer = send(&app, name).await;

@@ -1,5 +1,5 @@
 r"""Checks that the boot scripts accept exactly the instance and pool names the
-service accepts (lambda/src/pool.rs: valid_instance_name, valid_pool_name).
+service accepts (lambda/src/pool/state.rs: valid_instance_name, valid_pool_name).
 
   names.py WINDOWS_PATTERNS_JSON LINUX_VERDICTS_FILE
 

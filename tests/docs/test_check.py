@@ -71,10 +71,10 @@ class DocsCheck(unittest.TestCase):
         )
 
     def test_a_map_entry_without_its_file_is_reported(self):
-        (self.root / "lambda/src/stale.rs").unlink()
+        (self.root / "lambda/src/sweep/stale.rs").unlink()
         self.assertEqual(
             check.problems(self.root),
-            ["the `# Layout` map in lambda/src/lib.rs names lambda/src/stale.rs, which does not exist"],
+            ["the `# Layout` map in lambda/src/lib.rs names lambda/src/sweep/stale.rs, which does not exist"],
         )
 
     def test_a_link_to_a_page_that_is_gone_is_reported(self):

@@ -59,7 +59,7 @@ WILDCARD_RESOURCE_ACTIONS = {
     "ssm:DescribeInstanceInformation",
     "ssm:DescribeParameters",
 }
-# The tag key every activation the service makes carries (POOL_TAG in lambda/src/pools.rs);
+# The tag key every activation the service makes carries (POOL_TAG in lambda/src/pool/settings.rs);
 # SSM copies it onto every node registered with it.
 POOL_TAG_KEY = "activation-vending:pool"
 # Every action the service calls (lambda/src/aws/*.rs): a check that the role still grants

@@ -5,9 +5,10 @@ use aws_sdk_ssm::types::{DescribeActivationsFilter, DescribeActivationsFilterKey
 use aws_smithy_types::DateTime;
 
 use super::{classify, Echo};
+use crate::clock::EpochSecs;
 use crate::error::VendError;
-use crate::pool::{ActivationInfo, EpochSecs};
-use crate::pools::{PoolSettings, DEPLOYMENT_TAG, POOL_TAG};
+use crate::pool::settings::{PoolSettings, DEPLOYMENT_TAG, POOL_TAG};
+use crate::pool::state::ActivationInfo;
 use crate::secret::ActivationCode;
 
 fn info(a: &aws_sdk_ssm::types::Activation) -> ActivationInfo {

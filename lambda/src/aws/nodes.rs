@@ -5,9 +5,9 @@ use aws_sdk_ssm::operation::deregister_managed_instance::DeregisterManagedInstan
 use aws_sdk_ssm::types::InstanceInformationStringFilter;
 
 use super::{classify, Echo};
+use crate::clock::EpochSecs;
 use crate::error::VendError;
-use crate::pool::EpochSecs;
-use crate::pools::{DEPLOYMENT_TAG, POOL_TAG};
+use crate::pool::settings::{DEPLOYMENT_TAG, POOL_TAG};
 
 #[derive(Clone)]
 pub struct ManagedNodes {

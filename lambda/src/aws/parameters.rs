@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{classify, retrying_conflicts, Echo};
 use crate::error::VendError;
 use crate::metrics::{self, Metric};
-use crate::pools::{trusted_writer, untrusted_config};
+use crate::pool::settings::{trusted_writer, untrusted_config};
 use crate::secret::ActivationCode;
 
 #[derive(Clone)]

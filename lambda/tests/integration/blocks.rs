@@ -11,11 +11,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use support::{Answer, Emulator, Server};
-use vending::aws::pool_store::{PoolStore, Reservation};
-use vending::blocks::SlotBlocks;
-use vending::metrics::WasteReason;
-use vending::pool::{CurrentActivation, Wanted};
-use vending::vend::epoch_now;
+use vending::{epoch_now, CurrentActivation, PoolStore, Reservation, SlotBlocks, Wanted, WasteReason};
 
 fn store(emulator: &Emulator, sdk: &aws_config::SdkConfig) -> PoolStore {
     PoolStore::new(aws_sdk_dynamodb::Client::new(sdk), emulator.env_value("VENDING_TABLE"))

@@ -183,7 +183,7 @@ async fn metrics_are_emf_lines_that_follow_the_specification() {
         .collect();
     assert!(!docs.is_empty(), "no EMF lines");
     for doc in &docs {
-        vending::metrics::check_emf(doc).unwrap_or_else(|e| panic!("{e}: {doc}"));
+        vending::check_emf(doc).unwrap_or_else(|e| panic!("{e}: {doc}"));
     }
     let sum = |pool: &str, metric: &str| -> f64 {
         docs.iter()

@@ -9,16 +9,17 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use serde_json::json;
 use support::Emulator;
-use vending::aws::pool_store::{LeaseAttempt, Place, PoolStore};
-use vending::pool::CurrentActivation;
-use vending::vend::epoch_now;
+use vending::{epoch_now, CurrentActivation, LeaseAttempt, Place, PoolStore, Wanted};
 
 fn store(emulator: &Emulator, sdk: &aws_config::SdkConfig) -> PoolStore {
     PoolStore::new(aws_sdk_dynamodb::Client::new(sdk), emulator.env_value("VENDING_TABLE"))
 }
 
-fn wanted(a: &CurrentActivation) -> (&str, i64) {
-    (a.fingerprint.as_str(), a.config_at)
+fn wanted(a: &CurrentActivation) -> Wanted<'_> {
+    Wanted {
+        fingerprint: a.fingerprint.as_str(),
+        config_at: a.config_at,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -77,7 +78,17 @@ async fn a_replaced_standby_is_never_promoted_and_a_standby_is_promoted_once() {
         let want = (current.fingerprint.clone(), current.config_at);
         async move {
             store
-                .promote_standby("default", &replacement, now, 60, (&want.0, want.1), 1)
+                .promote_standby(
+                    "default",
+                    &replacement,
+                    now,
+                    60,
+                    Wanted {
+                        fingerprint: &want.0,
+                        config_at: want.1,
+                    },
+                    1,
+                )
                 .await
                 .unwrap()
         }

@@ -8,9 +8,7 @@ use aws_sdk_ssm::types::Tag;
 use lambda_http::{Context, LambdaEvent};
 use serde_json::Value;
 use support::{repo_root, Emulator};
-use vending::app::{build_state, build_sweeper};
-use vending::http::router;
-use vending::lambda_entry::handle_event;
+use vending::{build_state, build_sweeper, handle_event, router};
 
 const SETTINGS: [(&str, &str); 4] = [
     ("VENDING_REGISTRATION_LIMIT", "2"),

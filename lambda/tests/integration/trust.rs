@@ -84,7 +84,7 @@ async fn a_pool_config_written_by_anyone_but_the_named_writers_is_misconfigured(
         .collect();
     assert!(untrusted.iter().any(|d| d["Pool"] == "forged"), "{log}");
     for doc in &untrusted {
-        vending::metrics::check_emf(doc).unwrap();
+        vending::check_emf(doc).unwrap();
     }
     assert!(emulator.calls().await.contains_key("SSM.DescribeParameters"));
 

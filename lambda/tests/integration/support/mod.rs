@@ -369,7 +369,7 @@ impl Emulator {
     /// service's HTTPS client (the SDK crates carry none of their own).
     pub async fn sdk_config_as(&self, access_key: &str) -> aws_config::SdkConfig {
         aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(vending::app::https_client())
+            .http_client(vending::https_client())
             .endpoint_url(&self.url)
             .region(aws_config::Region::new(self.env_value("AWS_REGION")))
             .credentials_provider(aws_sdk_ssm::config::Credentials::new(
@@ -380,12 +380,12 @@ impl Emulator {
     }
 
     /// Service configuration as `vending` would read it from this emulator's settings.
-    pub fn config(&self, overrides: &[(&str, &str)]) -> vending::config::Config {
+    pub fn config(&self, overrides: &[(&str, &str)]) -> vending::Config {
         let mut env: HashMap<String, String> = self.env.iter().cloned().collect();
         for (k, v) in overrides {
             env.insert((*k).to_owned(), (*v).to_owned());
         }
-        vending::config::Config::from_lookup(|k| env.get(k).cloned()).expect("valid config")
+        vending::Config::from_lookup(|k| env.get(k).cloned()).expect("valid config")
     }
 
     /// Activation IDs SSM knows about.

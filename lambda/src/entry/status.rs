@@ -13,12 +13,11 @@ use crate::aws::keys::{CodeKey, KeyFacts};
 use crate::aws::nodes::ManagedNodes;
 use crate::aws::parameters::PoolConfigSource;
 use crate::aws::pool_store::PoolStore;
+use crate::clock::{epoch_now, EpochSecs};
 use crate::config::Config;
-use crate::directory::{DefaultPool, Snapshot};
 use crate::error::VendError;
-use crate::pool::EpochSecs;
-use crate::pools::PoolSettings;
-use crate::vend::epoch_now;
+use crate::pool::directory::{DefaultPool, Snapshot};
+use crate::pool::settings::PoolSettings;
 
 #[derive(Debug, Serialize)]
 pub struct Status {

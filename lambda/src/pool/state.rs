@@ -1,10 +1,9 @@
 //! The pool's state and every decision about it, as plain functions over plain data.
-//! Nothing here talks to AWS; `vend.rs` asks these functions what to do.
+//! Nothing here talks to AWS; `vend/mod.rs` asks these functions what to do.
 
 use std::fmt;
 
-/// Seconds since the Unix epoch. DynamoDB conditions compare these as numbers.
-pub type EpochSecs = i64;
+use crate::clock::EpochSecs;
 
 pub const DEFAULT_POOL: &str = "default";
 

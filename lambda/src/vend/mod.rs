@@ -2,10 +2,17 @@
 //! pair every ID with exactly the code stored beside it, and remember what a named
 //! machine was given. All of it within one deadline.
 
+pub mod blocks;
+pub mod codes;
+pub mod rotation;
+mod slot;
+pub mod standby;
+pub mod verify;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 
@@ -13,20 +20,22 @@ use crate::aws::activations::ActivationService;
 use crate::aws::parameters::CodeVault;
 use crate::aws::parameters::PoolConfigSource;
 use crate::aws::pool_store::{Place, PoolStore, Reservation};
-use crate::blocks::SlotBlocks;
-use crate::codes::Codes;
+use crate::clock::{epoch_now, secs, EpochSecs};
 use crate::config::Config;
-use crate::directory::{Pool, PoolDirectory};
 use crate::error::VendError;
 use crate::metrics::{self, Metric, WasteReason};
-use crate::pool::{
-    lease_is_free, promotable, rotate_ahead_due, standby_needed, why_unusable, Caller, CurrentActivation, EpochSecs,
+use crate::pool::directory::{Pool, PoolDirectory};
+use crate::pool::state::{
+    lease_is_free, promotable, rotate_ahead_due, standby_needed, why_unusable, Caller, CurrentActivation,
     InstanceRecord, RotationReason,
 };
-use crate::rotation::{Rotation, Rotator};
 use crate::secret::ActivationCode;
-use crate::standby::{prepares_standby, StandbyKeeper};
-use crate::verify::ActivationChecks;
+use crate::vend::blocks::SlotBlocks;
+use crate::vend::codes::Codes;
+use crate::vend::rotation::{Rotation, Rotator};
+use crate::vend::slot::SlotInHand;
+use crate::vend::standby::{prepares_standby, StandbyKeeper};
+use crate::vend::verify::ActivationChecks;
 
 /// What a caller leaves with.
 #[derive(Debug)]
@@ -37,6 +46,22 @@ pub struct Vended {
     pub pool: String,
     /// The request waited for a rotation on its way (the storm's costly path).
     pub waited_for_rotation: bool,
+}
+
+/// What a named machine's earlier record gives.
+enum Again {
+    /// Its activation, still good, handed out again.
+    Reused(Vended),
+    /// A fresh vend; `replacing` is the record's activation, which may be replaced.
+    Fresh { replacing: Option<String> },
+}
+
+/// A slot and the code that goes with it.
+struct Paired {
+    activation: CurrentActivation,
+    code: ActivationCode,
+    /// The request waited for a rotation on its way (its own or another request's).
+    waited_for_rotation: bool,
 }
 
 pub struct Vendor {
@@ -50,17 +75,6 @@ pub struct Vendor {
     standby: StandbyKeeper,
     /// One request per process deals with an unusable pool at a time.
     pool_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-pub fn epoch_now() -> EpochSecs {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as EpochSecs)
-        .unwrap_or(0)
-}
-
-pub(crate) fn secs(d: Duration) -> i64 {
-    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 fn margin(pool: &Pool) -> i64 {
@@ -114,7 +128,7 @@ impl Vendor {
             for (name, pool) in snapshot.all() {
                 let Ok(pool) = pool.as_ref() else { continue };
                 let misconfigured =
-                    crate::pools::margin_outlasts_deadline(pool.settings.expiry_margin, self.config.deadline).is_err();
+                    crate::config::margin_outlasts_deadline(pool.settings.expiry_margin, self.config.deadline).is_err();
                 if !pool.settings.enabled || misconfigured {
                     continue;
                 }
@@ -231,15 +245,19 @@ impl Vendor {
         let mut replacing = None;
         if let Some(caller) = &caller {
             match self.vend_again(pool, caller).await? {
-                Ok(vended) => {
+                Again::Reused(vended) => {
                     metrics::count(&pool.name, Metric::Vends);
                     return Ok(vended);
                 }
-                Err(stale) => replacing = stale,
+                Again::Fresh { replacing: stale } => replacing = stale,
             }
         }
         loop {
-            let (activation, code, waited) = self.reserve_and_pair(pool).await?;
+            let Paired {
+                activation,
+                code,
+                waited_for_rotation: waited,
+            } = self.reserve_and_pair(pool).await?;
             let slots_left = f64::from(activation.limit.saturating_sub(activation.reserved));
             let vended = Vended {
                 activation_id: activation.id.clone(),
@@ -300,13 +318,15 @@ impl Vendor {
         }
     }
 
-    /// A named machine's earlier activation, if it is still good. `Err(Some(id))`
-    /// means the record exists but may not be reused and may be replaced.
-    async fn vend_again(&self, pool: &Pool, caller: &Caller<'_>) -> Result<Result<Vended, Option<String>>, VendError> {
+    /// A named machine's earlier activation, if it is still good; otherwise a fresh
+    /// vend, replacing the record if there is one.
+    async fn vend_again(&self, pool: &Pool, caller: &Caller<'_>) -> Result<Again, VendError> {
         let Some(record) = self.store.instance(&pool.name, caller.name).await? else {
-            return Ok(Err(None));
+            return Ok(Again::Fresh { replacing: None });
         };
-        let stale = Err(Some(record.activation_id.clone()));
+        let stale = Again::Fresh {
+            replacing: Some(record.activation_id.clone()),
+        };
         let now = epoch_now();
         if !record.reusable_by(caller, now, margin(pool))
             || self.checks.usable(&record.activation_id, 0, now).await.is_err()
@@ -318,7 +338,7 @@ impl Vendor {
             .code_for(&pool.name, &record.activation_id, record.parameter_version)
             .await?
         {
-            Some(code) => Ok(Ok(Vended {
+            Some(code) => Ok(Again::Reused(Vended {
                 activation_id: record.activation_id,
                 code,
                 expires_at: record.expires_at,
@@ -332,7 +352,7 @@ impl Vendor {
     /// Takes a slot and the code that goes with it, rotating or waiting as needed.
     /// Also says whether the request waited for a rotation on its way (its own or
     /// another request's), which a storm should make rare.
-    async fn reserve_and_pair(&self, pool: &Pool) -> Result<(CurrentActivation, ActivationCode, bool), VendError> {
+    async fn reserve_and_pair(&self, pool: &Pool) -> Result<Paired, VendError> {
         let deadline = Instant::now() + self.config.wait;
         let (name, margin) = (pool.name.as_str(), margin(pool));
         // Held from the moment this request takes charge of an unusable pool until it
@@ -417,7 +437,11 @@ impl Vendor {
                         }
                         Some(code) => {
                             slot.handed_out();
-                            return Ok((activation, code, waited));
+                            return Ok(Paired {
+                                activation,
+                                code,
+                                waited_for_rotation: waited,
+                            });
                         }
                         None => {
                             slot.wasted(WasteReason::Deleted);
@@ -554,45 +578,4 @@ impl Vendor {
 /// Whether an activation expiring at `expires_at` may still be handed out at `now`.
 pub fn clears_margin(expires_at: EpochSecs, now: EpochSecs, margin_secs: i64) -> bool {
     expires_at > now + margin_secs
-}
-
-/// A slot this request took and has not handed out yet. Dropped while still held
-/// (the request was cut off by its deadline), it is counted as wasted.
-struct SlotInHand {
-    pool: String,
-    activation_id: String,
-    held: std::sync::atomic::AtomicBool,
-}
-
-impl SlotInHand {
-    fn new(pool: &str, activation_id: &str) -> Self {
-        Self {
-            pool: pool.to_owned(),
-            activation_id: activation_id.to_owned(),
-            held: std::sync::atomic::AtomicBool::new(true),
-        }
-    }
-
-    fn handed_out(&self) {
-        self.held.store(false, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Never handed out, for `reason`.
-    fn wasted(&self, reason: WasteReason) {
-        if self.held.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            metrics::slots_wasted(&self.pool, &self.activation_id, 1, reason);
-        }
-    }
-
-    /// The request failed with an error holding it: logged with the error, and
-    /// counted by the sweep (`unused_registrations`) rather than here.
-    fn failed(&self) {
-        self.held.store(false, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl Drop for SlotInHand {
-    fn drop(&mut self) {
-        self.wasted(WasteReason::Deadline);
-    }
 }

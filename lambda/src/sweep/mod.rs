@@ -4,7 +4,7 @@
 //! that may still register a server that is booting right now, nor an activation a
 //! late commit made current (a tombstone makes the commit and the deletion exclusive).
 //! Where a pool opts in (`replace_stale_nodes_after`), it also deregisters the stale
-//! duplicates of re-imaged or re-registered hosts (`stale.rs`), and it counts the
+//! duplicates of re-imaged or re-registered hosts (`sweep/stale.rs`), and it counts the
 //! managed nodes per pool and in the account (metrics).
 //!
 //! It lists every page of the account's activations first (those with the pool tag
@@ -13,6 +13,8 @@
 //! tried again next time) and stops starting work when its time budget runs out
 //! (`complete: false`; the next sweep carries on). `dry_run` decides and reports
 //! without changing anything.
+
+pub mod stale;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -24,13 +26,14 @@ use crate::aws::activations::ActivationService;
 use crate::aws::nodes::ManagedNodes;
 use crate::aws::parameters::PoolConfigSource;
 use crate::aws::pool_store::{PoolStore, Tombstone};
+use crate::clock::EpochSecs;
 use crate::config::Config;
-use crate::directory::Snapshot;
 use crate::error::VendError;
 use crate::metrics::{self, Metric};
-use crate::pool::{sweep_verdict, ActivationInfo, EpochSecs, SweepVerdict, DEFAULT_POOL};
-use crate::pools::PoolSettings;
-use crate::stale::{stale_duplicates, StaleNode};
+use crate::pool::directory::Snapshot;
+use crate::pool::settings::PoolSettings;
+use crate::pool::state::{sweep_verdict, ActivationInfo, SweepVerdict, DEFAULT_POOL};
+use crate::sweep::stale::{stale_duplicates, StaleNode};
 
 /// Deletions in flight at once: enough to finish thousands within a Lambda timeout,
 /// few enough to stay inside SSM's request rate with the SDK's retries.

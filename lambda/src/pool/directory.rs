@@ -17,11 +17,11 @@ use serde::Serialize;
 
 use crate::aws::parameters::PoolConfigSource;
 use crate::aws::pool_store::PoolStore;
+use crate::clock::{epoch_now, secs, EpochSecs};
 use crate::config::Config;
 use crate::error::VendError;
-use crate::pool::{EpochSecs, DEFAULT_POOL};
-use crate::pools::{ConfigProblem, PoolSettings};
-use crate::vend::{epoch_now, secs};
+use crate::pool::settings::{ConfigProblem, PoolSettings};
+use crate::pool::state::DEFAULT_POOL;
 
 /// How long a claim on the next read of Parameter Store holds.
 const CLAIM_SECS: i64 = 10;
@@ -84,7 +84,7 @@ impl Snapshot {
     pub fn parse(configs: &BTreeMap<String, String>, read_at: EpochSecs, environment: &PoolSettings) -> Self {
         let mut pools: HashMap<String, Result<Pool, ConfigProblem>> = configs
             .iter()
-            .filter(|(name, _)| crate::pool::valid_pool_name(name))
+            .filter(|(name, _)| crate::pool::state::valid_pool_name(name))
             .map(|(name, text)| {
                 let pool = PoolSettings::from_json(name, text).map(|settings| Pool::new(name, settings, read_at));
                 (name.clone(), pool)
@@ -141,8 +141,8 @@ impl Snapshot {
 
 impl Pool {
     /// What an activation of this pool must have been made with.
-    pub fn wanted(&self) -> crate::pool::Wanted<'_> {
-        crate::pool::Wanted {
+    pub fn wanted(&self) -> crate::pool::state::Wanted<'_> {
+        crate::pool::state::Wanted {
             fingerprint: &self.fingerprint,
             config_at: self.config_at,
         }
@@ -205,7 +205,7 @@ impl PoolDirectory {
             }
             other => other,
         }?;
-        crate::pools::margin_outlasts_deadline(found.settings.expiry_margin, self.deadline).map_err(|problem| {
+        crate::config::margin_outlasts_deadline(found.settings.expiry_margin, self.deadline).map_err(|problem| {
             VendError::PoolMisconfigured {
                 pool: name.to_owned(),
                 problem: format!("expiry_margin: {problem}"),
@@ -296,9 +296,13 @@ impl PoolDirectory {
     async fn refresh(&self, now: EpochSecs, have: Option<&Snapshot>) -> Result<Option<Snapshot>, VendError> {
         let stale_before = now - self.refresh_secs;
         let shared = self.store.directory_snapshot().await?;
-        if let Some((configs, read_at)) = &shared {
-            if *read_at > stale_before {
-                return Ok(Some(Snapshot::parse(configs, *read_at, &self.environment)));
+        if let Some(shared) = &shared {
+            if shared.read_at > stale_before {
+                return Ok(Some(Snapshot::parse(
+                    &shared.configs,
+                    shared.read_at,
+                    &self.environment,
+                )));
             }
         }
         if self
@@ -315,11 +319,19 @@ impl PoolDirectory {
             (Some(_), _) => Ok(None),
             // A cold process: the shared copy, stale as it is, beats nothing; with no
             // copy anywhere, wait for the claimant's read briefly, then read ourselves.
-            (None, Some((configs, read_at))) => Ok(Some(Snapshot::parse(&configs, read_at, &self.environment))),
+            (None, Some(shared)) => Ok(Some(Snapshot::parse(
+                &shared.configs,
+                shared.read_at,
+                &self.environment,
+            ))),
             (None, None) => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Some((configs, read_at)) = self.store.directory_snapshot().await? {
-                    return Ok(Some(Snapshot::parse(&configs, read_at, &self.environment)));
+                if let Some(shared) = self.store.directory_snapshot().await? {
+                    return Ok(Some(Snapshot::parse(
+                        &shared.configs,
+                        shared.read_at,
+                        &self.environment,
+                    )));
                 }
                 let configs = self.source.read_all().await?;
                 Ok(Some(Snapshot::parse(&configs, now, &self.environment)))

@@ -4,11 +4,11 @@
 use serde::Serialize;
 
 use crate::aws::parameters::PoolConfigSource;
+use crate::clock::epoch_now;
 use crate::config::Config;
-use crate::directory::{DefaultPool, Snapshot};
 use crate::error::VendError;
-use crate::pools::PoolSettings;
-use crate::vend::epoch_now;
+use crate::pool::directory::{DefaultPool, Snapshot};
+use crate::pool::settings::PoolSettings;
 
 #[derive(Debug, Serialize)]
 pub struct PoolListing {
@@ -44,7 +44,7 @@ pub async fn read(source: &PoolConfigSource, config: &Config) -> Result<PoolList
                 "environment".to_owned()
             };
             let margin_problem = verdict.as_ref().ok().and_then(|pool| {
-                crate::pools::margin_outlasts_deadline(pool.settings.expiry_margin, config.deadline)
+                crate::config::margin_outlasts_deadline(pool.settings.expiry_margin, config.deadline)
                     .err()
                     .map(|problem| format!("expiry_margin: {problem}"))
             });

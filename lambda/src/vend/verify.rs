@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::aws::activations::ActivationService;
-use crate::pool::{EpochSecs, RotationReason};
+use crate::clock::EpochSecs;
+use crate::pool::state::RotationReason;
 
 /// How long a failed check is not repeated (at most the verify interval).
 const FAILED_CHECK_PAUSE: Duration = Duration::from_secs(5);

@@ -16,8 +16,8 @@ use lambda_http::RequestExt;
 use serde::Serialize;
 
 use crate::error::VendError;
-use crate::pool::{parse_machine_id, valid_instance_name, valid_pool_name, DEFAULT_POOL};
-use crate::pools::client_address;
+use crate::pool::settings::client_address;
+use crate::pool::state::{parse_machine_id, valid_instance_name, valid_pool_name, DEFAULT_POOL};
 use crate::vend::Vendor;
 
 pub const INSTANCE_HEADER: &str = "x-instance-name";

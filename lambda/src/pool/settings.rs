@@ -91,20 +91,6 @@ fn problem(field: impl Into<String>, problem: impl Into<String>) -> ConfigProble
     }
 }
 
-/// An expiry margin must outlast `VENDING_DEADLINE`: a slot that clears the margin
-/// when it is taken must still be good for SSM when the request that took it
-/// answers, however long the request ran. `Err` says why not, naming the deadline.
-pub fn margin_outlasts_deadline(margin: Duration, deadline: Duration) -> Result<(), String> {
-    if margin > deadline {
-        Ok(())
-    } else {
-        Err(format!(
-            "must be larger than VENDING_DEADLINE ({} ms), or a slot judged good when taken may expire before it is handed out",
-            deadline.as_millis()
-        ))
-    }
-}
-
 /// The name SSM gives nodes registered with a pool's activations when the pool
 /// config names none.
 pub fn default_instance_name(pool: &str) -> String {
@@ -131,7 +117,7 @@ impl PoolSettings {
             activation_ttl: config.activation_ttl,
             expiry_margin: config.expiry_margin,
             tags: BTreeMap::new(),
-            default_instance_name: default_instance_name(crate::pool::DEFAULT_POOL),
+            default_instance_name: default_instance_name(crate::pool::state::DEFAULT_POOL),
             description: None,
             allowed_cidrs: config.default_allowed_cidrs.clone(),
             enabled: true,

@@ -19,9 +19,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::aws::pool_store::{PoolStore, Reservation, SlotCount, Via};
+use crate::clock::EpochSecs;
 use crate::error::VendError;
 use crate::metrics::{self, WasteReason};
-use crate::pool::{promotable, why_unusable, CurrentActivation, EpochSecs, Wanted};
+use crate::pool::state::{promotable, why_unusable, CurrentActivation, Wanted};
 
 /// Slots reserved in one write that this process has not handed out yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,11 +83,27 @@ impl SlotBlock {
 /// at most `block_max`, and no more than the last reserve saw free (the limit
 /// and reserved count it returned), so that the write rarely fails for asking
 /// too much.
-pub fn block_size(block_max: u32, wanting: u32, last_seen: Option<(u32, u32)>) -> u32 {
+pub fn block_size(block_max: u32, wanting: u32, last_seen: Option<SeenSlots>) -> u32 {
     let size = wanting.clamp(1, block_max.max(1));
     match last_seen {
-        Some((limit, reserved)) if reserved < limit => size.min(limit - reserved),
+        Some(SeenSlots { limit, reserved }) if reserved < limit => size.min(limit - reserved),
         _ => size,
+    }
+}
+
+/// The limit and reserved count of the activation a reserve returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeenSlots {
+    pub limit: u32,
+    pub reserved: u32,
+}
+
+impl SeenSlots {
+    fn of(activation: &CurrentActivation) -> Self {
+        Self {
+            limit: activation.limit,
+            reserved: activation.reserved,
+        }
     }
 }
 
@@ -112,7 +129,7 @@ struct PoolSlots {
 struct Held {
     block: Option<SlotBlock>,
     /// The limit and reserved count the last reserve returned.
-    last_seen: Option<(u32, u32)>,
+    last_seen: Option<SeenSlots>,
 }
 
 /// Counts a request as wanting a slot of a pool until dropped.
@@ -162,7 +179,7 @@ impl PoolSlots {
         count: u32,
     ) -> Result<CurrentActivation, VendError> {
         let mut held = self.held();
-        held.last_seen = Some((activation.limit, activation.reserved));
+        held.last_seen = Some(SeenSlots::of(&activation));
         if count <= 1 {
             return Ok(activation);
         }
@@ -248,7 +265,6 @@ impl SlotBlocks {
         wanted: Wanted<'_>,
         limit: u32,
     ) -> Result<Reservation, VendError> {
-        let condition = (wanted.fingerprint, wanted.config_at);
         let mut limit = limit;
         for _ in 0..BLOCK_ATTEMPTS {
             let wanting = slots.wanting.load(Ordering::Relaxed);
@@ -259,7 +275,7 @@ impl SlotBlocks {
                 SlotCount::One
             };
             let now = clock();
-            let state = match self.store.reserve_slots(pool, now, margin_secs, condition, ask).await? {
+            let state = match self.store.reserve_slots(pool, now, margin_secs, wanted, ask).await? {
                 Reservation::Reserved {
                     activation,
                     standby,
@@ -279,7 +295,7 @@ impl SlotBlocks {
                 match current {
                     // Fewer free than asked, or another limit: ask again for what is there.
                     Some(a) if count > 1 => {
-                        slots.held().last_seen = Some((a.limit, a.reserved));
+                        slots.held().last_seen = Some(SeenSlots::of(a));
                         limit = a.limit;
                         continue;
                     }
@@ -298,7 +314,7 @@ impl SlotBlocks {
             let count = block_size(self.block_max, wanting, None);
             if let Some(activation) = self
                 .store
-                .promote_standby(pool, standby, clock(), margin_secs, condition, count)
+                .promote_standby(pool, standby, clock(), margin_secs, wanted, count)
                 .await?
             {
                 tracing::info!(pool, activation_id = %activation.id, "promoted the standby");
@@ -312,7 +328,7 @@ impl SlotBlocks {
             }
         }
         // Still racing other processes for the last few slots: one slot, as ever.
-        self.store.reserve_slot(pool, clock(), margin_secs, condition).await
+        self.store.reserve_slot(pool, clock(), margin_secs, wanted).await
     }
 
     /// Drops the block of an activation that turned out unusable (deleted out of
@@ -349,6 +365,10 @@ impl SlotBlocks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn seen(limit: u32, reserved: u32) -> SeenSlots {
+        SeenSlots { limit, reserved }
+    }
 
     fn activation(reserved: u32, limit: u32) -> CurrentActivation {
         CurrentActivation {
@@ -408,9 +428,9 @@ mod tests {
 
     #[test]
     fn the_block_asks_no_more_than_the_last_reserve_saw_free() {
-        assert_eq!(block_size(8, 50, Some((10, 7))), 3);
-        assert_eq!(block_size(8, 2, Some((10, 7))), 2);
+        assert_eq!(block_size(8, 50, Some(seen(10, 7))), 3);
+        assert_eq!(block_size(8, 2, Some(seen(10, 7))), 2);
         // Seen full: another process may have put a new activation in; ask as usual.
-        assert_eq!(block_size(8, 50, Some((10, 10))), 8);
+        assert_eq!(block_size(8, 50, Some(seen(10, 10))), 8);
     }
 }

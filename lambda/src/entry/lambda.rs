@@ -10,8 +10,8 @@ use lambda_http::request::LambdaRequest;
 use lambda_http::{Adapter, LambdaEvent, Service};
 use serde_json::Value;
 
+use crate::clock::epoch_now;
 use crate::sweep::{SweepOptions, Sweeper};
-use crate::vend::epoch_now;
 
 pub type BoxError = lambda_http::Error;
 

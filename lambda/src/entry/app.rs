@@ -16,7 +16,7 @@ use crate::aws::parameters::{CodeVault, PoolConfigSource};
 use crate::aws::pool_store::PoolStore;
 use crate::clock::DateHeaderInterceptor;
 use crate::config::Config;
-use crate::http::AppState;
+use crate::entry::http::AppState;
 use crate::sweep::Sweeper;
 use crate::vend::Vendor;
 
@@ -103,9 +103,9 @@ fn pool_config_source(ssm: aws_sdk_ssm::Client, config: &Config) -> PoolConfigSo
 }
 
 /// Reads what `vending status` shows, with the caller's credentials.
-pub fn build_status_reader(config: &Config, sdk: &SdkConfig) -> crate::status::StatusReader {
+pub fn build_status_reader(config: &Config, sdk: &SdkConfig) -> crate::entry::status::StatusReader {
     let ssm = ssm_client(sdk);
-    crate::status::StatusReader {
+    crate::entry::status::StatusReader {
         store: PoolStore::new(dynamodb_client(sdk), config.table.clone()),
         activations: ActivationService::new(ssm.clone(), config.table.clone()),
         nodes: ManagedNodes::new(ssm.clone(), config.table.clone()),

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use crate::aws::pool_store::{Place, Via};
 use crate::config::Runtime;
-use crate::directory::Pool;
-use crate::pool::{AheadTrigger, RotationReason};
-use crate::rotation::{Rotation, Rotator};
+use crate::pool::directory::Pool;
+use crate::pool::state::{AheadTrigger, RotationReason};
+use crate::vend::rotation::{Rotation, Rotator};
 
 /// Whether a request that got its slot `via` this way, with `trigger` due, starts
 /// the pool's next standby (when the pool needs one). A slot from a block reserved

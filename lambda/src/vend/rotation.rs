@@ -10,13 +10,13 @@ use rand::Rng;
 
 use crate::aws::activations::ActivationService;
 use crate::aws::pool_store::{ActivationRecord, LeaseAttempt, Place, PoolStore};
-use crate::codes::Codes;
+use crate::clock::{epoch_now, secs};
 use crate::config::Config;
-use crate::directory::Pool;
 use crate::error::VendError;
 use crate::metrics::{self, Metric};
-use crate::pool::{standby_needed, still_needs_rotation, CurrentActivation, RotationReason};
-use crate::vend::{epoch_now, secs};
+use crate::pool::directory::Pool;
+use crate::pool::state::{standby_needed, still_needs_rotation, CurrentActivation, RotationReason};
+use crate::vend::codes::Codes;
 
 /// How a rotation attempt ended.
 #[derive(Debug, PartialEq, Eq)]

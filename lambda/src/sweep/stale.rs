@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::aws::nodes::Node;
-use crate::pool::EpochSecs;
+use crate::clock::EpochSecs;
 
 /// A node the clean-up deregisters, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -1,0 +1,173 @@
+//! The records beside the pool items: what a named instance was given, and each
+//! activation's commit record or tombstone (the sweep's claim on it).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::{KeysAndAttributes, ReturnValuesOnConditionCheckFailure};
+
+use super::codec::{activation_record, get_s, instance_item, instance_record, tombstone_item, ActivationRecord};
+use super::conditions;
+use super::schema::{instance_key, record_key, Item, ACTIVATION_ID, PK};
+use super::store::PoolStore;
+use crate::aws::{classify, retrying_conflicts, Echo};
+use crate::clock::EpochSecs;
+use crate::error::VendError;
+use crate::pool::state::InstanceRecord;
+
+/// The sweep's claim on an uncommitted activation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tombstone {
+    /// Laid now or by an earlier sweep: the activation may be deleted.
+    Laid,
+    /// A commit got there first: the activation is in use.
+    Committed,
+}
+
+impl PoolStore {
+    /// The sweep's claim on an activation no rotation committed: once laid, the
+    /// commit's condition on the record fails, so the two can never both win.
+    pub async fn lay_tombstone(&self, activation_id: &str, now: EpochSecs) -> Result<Tombstone, VendError> {
+        let write = conditions::not_there_yet();
+        let result = retrying_conflicts(|| async {
+            let result = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(tombstone_item(activation_id, now)))
+                .set_condition_expression(write.condition.clone())
+                .set_expression_attribute_names(write.attribute_names())
+                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                .send()
+                .await;
+            match result {
+                Ok(_) => Ok(None),
+                Err(e) => match e.as_service_error() {
+                    Some(PutItemError::ConditionalCheckFailedException(failed)) => Ok(Some(failed.item.clone())),
+                    _ => Err(classify("DynamoDB.PutItem", e, Echo::Message)),
+                },
+            }
+        })
+        .await?;
+        let existing = match result {
+            None => return Ok(Tombstone::Laid),
+            Some(Some(item)) => activation_record(&item),
+            // No old item came back: look it up.
+            Some(None) => self.activation_record(activation_id).await?,
+        };
+        Ok(match existing {
+            Some(ActivationRecord::Committed { .. }) => Tombstone::Committed,
+            Some(ActivationRecord::Tombstoned) | None => Tombstone::Laid,
+        })
+    }
+
+    /// Whether `activation_id` was committed (and by whom) or condemned by the sweep.
+    pub async fn activation_record(&self, activation_id: &str) -> Result<Option<ActivationRecord>, VendError> {
+        let item = self.get(record_key(activation_id)).await?;
+        Ok(item.as_ref().and_then(activation_record))
+    }
+
+    /// Which of `activation_ids` were ever a pool's current activation, in batches of
+    /// 100 keys (BatchGetItem's limit), strongly consistent.
+    pub async fn committed_among(&self, activation_ids: &[String]) -> Result<HashSet<String>, VendError> {
+        let mut committed = HashSet::new();
+        for chunk in activation_ids.chunks(100) {
+            let keys: Vec<Item> = chunk
+                .iter()
+                .map(|id| HashMap::from([(PK.to_owned(), record_key(id))]))
+                .collect();
+            let mut request = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| VendError::Internal(format!("batch request: {e}")))?,
+            );
+            let mut rounds = 0;
+            while let Some(keys) = request.take() {
+                rounds += 1;
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, keys)
+                    .send()
+                    .await
+                    .map_err(|e| classify("DynamoDB.BatchGetItem", e, Echo::Message))?;
+                for item in out.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
+                    if let (Some(ActivationRecord::Committed { .. }), Some(id)) =
+                        (activation_record(item), get_s(item, ACTIVATION_ID))
+                    {
+                        committed.insert(id.to_owned());
+                    }
+                }
+                // Throttled keys come back unprocessed: ask again, a few times, backing off.
+                request = out
+                    .unprocessed_keys()
+                    .and_then(|u| u.get(&self.table))
+                    .filter(|k| !k.keys().is_empty())
+                    .cloned();
+                if request.is_some() {
+                    if rounds >= 6 {
+                        return Err(VendError::Throttled {
+                            operation: "DynamoDB.BatchGetItem",
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(50 << rounds)).await;
+                }
+            }
+        }
+        Ok(committed)
+    }
+
+    pub async fn instance(&self, pool: &str, instance: &str) -> Result<Option<InstanceRecord>, VendError> {
+        let item = self.get(instance_key(pool, instance)).await?;
+        Ok(item.as_ref().and_then(instance_record))
+    }
+
+    /// Remembers which activation `instance` (on the machine the record names) was
+    /// given. If a concurrent request from the same name and machine got there first
+    /// (and its record is still good), returns that record instead, so both callers
+    /// leave with the same activation. A record of another machine is replaced.
+    pub async fn remember_instance(
+        &self,
+        pool: &str,
+        instance: &str,
+        record: &InstanceRecord,
+        replacing: Option<&str>,
+        min_expiry: EpochSecs,
+    ) -> Result<Option<InstanceRecord>, VendError> {
+        retrying_conflicts(|| self.remember_instance_once(pool, instance, record, replacing, min_expiry)).await
+    }
+
+    async fn remember_instance_once(
+        &self,
+        pool: &str,
+        instance: &str,
+        record: &InstanceRecord,
+        replacing: Option<&str>,
+        min_expiry: EpochSecs,
+    ) -> Result<Option<InstanceRecord>, VendError> {
+        let write = conditions::remember_instance(record, replacing, min_expiry);
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(instance_item(pool, instance, record)))
+            .set_condition_expression(write.condition.clone())
+            .set_expression_attribute_names(write.attribute_names())
+            .set_expression_attribute_values(write.attribute_values())
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(None),
+            Err(e) => match e.as_service_error() {
+                Some(PutItemError::ConditionalCheckFailedException(failed)) => {
+                    Ok(failed.item.as_ref().and_then(instance_record))
+                }
+                _ => Err(classify("DynamoDB.PutItem", e, Echo::Message)),
+            },
+        }
+    }
+}
