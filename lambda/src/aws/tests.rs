@@ -24,6 +24,7 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_runtime_api::http::StatusCode;
 use aws_smithy_runtime_api::shared::IntoShared;
 use aws_smithy_types::body::SdkBody;
+use axum::response::IntoResponse;
 
 use super::activations::ActivationService;
 use super::keys::CodeKey;
@@ -33,7 +34,7 @@ use super::pool_store::{LeaseAttempt, Place, PoolStore, Reservation, Tombstone};
 use super::{classify, Echo, UnansweredAttempts};
 use crate::config::Config;
 use crate::error::VendError;
-use crate::pool::CurrentActivation;
+use crate::pool::{CurrentActivation, InstanceRecord};
 use crate::pools::PoolSettings;
 use crate::secret::ActivationCode;
 
@@ -348,11 +349,17 @@ const CONTENDED_503: (u16, &str, Option<u32>) = (503, "Contended", Some(1));
 const UNAVAILABLE_503: (u16, &str, Option<u32>) = (503, "ServiceUnavailable", Some(2));
 const INTERNAL_500: (u16, &str, Option<u32>) = (500, "InternalError", None);
 
-/// Every way the error could reach a log line or a caller.
-fn assert_never_shows_the_code(e: &VendError) {
-    let e_debug = format!("{e:?}");
-    let e_display = e.to_string();
-    for shown in [e_debug, e_display] {
+/// Every way the error reaches a log line or a caller: `Debug`, `Display` (the
+/// failure log line, the rotation failure noted on the pool item) and the HTTP answer.
+async fn assert_never_shows_the_code(e: VendError) {
+    let mut shown = vec![format!("{e:?}"), e.to_string()];
+    let response = e.into_response();
+    shown.push(format!("{:?}", response.headers()));
+    let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .expect("the body");
+    shown.push(String::from_utf8_lossy(&body).into_owned());
+    for shown in shown {
         assert!(!shown.contains(FAKE_CODE), "the code leaked into: {shown}");
     }
 }
@@ -442,6 +449,99 @@ async fn a_tombstone_that_meets_a_committed_record_says_committed() {
         .await
         .expect("a committed record is an answer");
     assert_eq!(tombstone, Tombstone::Committed);
+    aws.assert_all_asked();
+}
+
+#[tokio::test]
+async fn an_instance_record_a_concurrent_request_wrote_first_is_returned_not_an_error() {
+    let theirs = serde_json::json!({
+        "pk": {"S": "instance#p#web-1"},
+        "activation_id": {"S": "act-1"},
+        "param_version": {"N": "3"},
+        "expires_at": {"N": "4000000000"},
+        "machine_id": {"S": "machine-1"},
+    });
+    let aws = Aws::answering([condition_failed(theirs)]);
+    let ours = InstanceRecord {
+        activation_id: "act-2".into(),
+        parameter_version: 4,
+        expires_at: 4_000_000_000,
+        machine_id: Some("machine-1".into()),
+    };
+    let first = store(&aws)
+        .await
+        .remember_instance("p", "web-1", &ours, None, 1_800_000_900)
+        .await
+        .expect("a record already there is an answer")
+        .expect("the record that got there first");
+    assert_eq!((first.activation_id.as_str(), first.parameter_version), ("act-1", 3));
+    aws.assert_all_asked();
+}
+
+#[tokio::test]
+async fn a_standby_someone_else_promoted_first_is_none_not_an_error() {
+    let aws = Aws::answering([condition_failed(pool_item(1, None))]);
+    let promoted = store(&aws)
+        .await
+        .promote_standby("p", &next_activation(), 1_800_000_000, 900, ("fp", 1_700_000_000), 1)
+        .await
+        .expect("a lost race is an answer");
+    assert_eq!(promoted, None);
+    aws.assert_all_asked();
+}
+
+#[tokio::test]
+async fn a_lease_take_that_fails_gives_the_lease_back_in_case_an_attempt_landed() {
+    let mut answers: Vec<HttpResponse> = (0..SDK_ATTEMPTS)
+        .map(|_| throttled(Service::DynamoDb, "ThrottlingException"))
+        .collect();
+    answers.push(answer(Service::DynamoDb, 200, "{}"));
+    let aws = Aws::answering(answers);
+    let e = store(&aws)
+        .await
+        .take_lease("p", "rotation-here", 1_800_000_000, 1_800_000_060)
+        .await
+        .expect_err("throttled");
+    assert!(
+        matches!(
+            e,
+            VendError::Throttled {
+                operation: "DynamoDB.UpdateItem"
+            }
+        ),
+        "{e:?}"
+    );
+    aws.assert_all_asked();
+    let release = aws.request_bodies().pop().expect("the release");
+    assert!(
+        release.contains("REMOVE #owner, #until") && release.contains("rotation-here"),
+        "{release}"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_read_whose_keys_stay_unprocessed_answers_503_throttled_after_six_rounds() {
+    let unprocessed = serde_json::json!({
+        "Responses": {"vending": []},
+        "UnprocessedKeys": {"vending": {"Keys": [{"pk": {"S": "activation#act-1"}}], "ConsistentRead": true}},
+    })
+    .to_string();
+    let aws = Aws::repeating(6, || answer(Service::DynamoDb, 200, &unprocessed));
+    let e = store(&aws)
+        .await
+        .committed_among(&["act-1".to_owned()])
+        .await
+        .expect_err("throttled");
+    assert!(
+        matches!(
+            e,
+            VendError::Throttled {
+                operation: "DynamoDB.BatchGetItem"
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(face(&e), THROTTLED_503);
     aws.assert_all_asked();
 }
 
@@ -941,7 +1041,7 @@ async fn no_error_repeats_an_aws_message_about_a_request_that_carried_the_code()
         matches!(&e, VendError::Aws { code, .. } if code == "ValidationException"),
         "{e:?}"
     );
-    assert_never_shows_the_code(&e);
+    assert_never_shows_the_code(e).await;
     aws.assert_all_asked();
 
     let aws = Aws::repeating(SDK_ATTEMPTS, || {
@@ -953,12 +1053,12 @@ async fn no_error_repeats_an_aws_message_about_a_request_that_carried_the_code()
         .await
         .expect_err("unavailable");
     assert!(matches!(e, VendError::Unavailable { .. }), "{e:?}");
-    assert_never_shows_the_code(&e);
+    assert_never_shows_the_code(e).await;
     aws.assert_all_asked();
 
     let aws = Aws::answering([error(Service::Ssm, 400, "AccessDeniedException", &echoed)]);
     let e = vault(&aws).await.fetch("p", "act-1", 3).await.expect_err("denied");
-    assert_never_shows_the_code(&e);
+    assert_never_shows_the_code(e).await;
     aws.assert_all_asked();
 }
 
@@ -973,7 +1073,6 @@ async fn an_answer_that_carries_the_code_but_cannot_be_read_fails_without_repeat
         .create("p", &settings, 1_800_000_000)
         .await
         .expect_err("unreadable");
-    assert_never_shows_the_code(&e);
     assert!(
         matches!(
             e,
@@ -984,6 +1083,7 @@ async fn an_answer_that_carries_the_code_but_cannot_be_read_fails_without_repeat
         ),
         "{e:?}"
     );
+    assert_never_shows_the_code(e).await;
     aws.assert_all_asked();
 
     // GetParameter's answer holds something other than an activation record.
@@ -998,13 +1098,13 @@ async fn an_answer_that_carries_the_code_but_cannot_be_read_fails_without_repeat
         .await
         .expect_err("not a record");
     assert!(matches!(e, VendError::Internal(_)), "{e:?}");
-    assert_never_shows_the_code(&e);
+    assert_never_shows_the_code(e).await;
     aws.assert_all_asked();
 
     // GetParameter's answer is cut off inside the value.
     let cut = format!(r#"{{"Parameter":{{"Value":"{{\"ActivationCode\":\"{FAKE_CODE}"#);
     let aws = Aws::answering([answer(Service::Ssm, 200, &cut)]);
     let e = vault(&aws).await.fetch("p", "act-1", 3).await.expect_err("unreadable");
-    assert_never_shows_the_code(&e);
+    assert_never_shows_the_code(e).await;
     aws.assert_all_asked();
 }
