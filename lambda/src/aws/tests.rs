@@ -287,6 +287,9 @@ async fn dynamodb(aws: &Aws) -> aws_sdk_dynamodb::Client {
     dynamodb_with(aws, &service_sdk().await)
 }
 
+/// A client as `app.rs` builds one, over `aws` and with test credentials, less
+/// `clock::DateHeaderInterceptor`: the scripted answers carry no `Date`, and the
+/// clock's state is the process's, shared with the other unit tests.
 fn dynamodb_with(aws: &Aws, sdk: &SdkConfig) -> aws_sdk_dynamodb::Client {
     let config = aws_sdk_dynamodb::config::Builder::from(sdk)
         .http_client(aws.clone())
