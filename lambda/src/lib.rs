@@ -95,6 +95,8 @@
 //!   `KeyFacts::refusal` (an AWS-managed or disabled key stops the service).
 //! - `aws/nodes.rs`: `ManagedNodes`, SSM managed nodes: list by pool tag or account,
 //!   deregister.
+//! - `aws/tests.rs`: the error classification against real-shaped AWS answers (the SDK
+//!   clients over a mocked HTTP layer).
 //!
 //! Foundations (used from every level above):
 //! - `config.rs`: the environment's `VENDING_*` settings read once into a validated

@@ -6,6 +6,8 @@ pub mod keys;
 pub mod nodes;
 pub mod parameters;
 pub mod pool_store;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,7 +22,6 @@ use aws_smithy_types::config_bag::ConfigBag;
 
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
-use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use rand::Rng;
@@ -121,7 +122,12 @@ where
             VendError::Unavailable {
                 operation,
                 detail: match echo {
-                    Echo::Message => DisplayErrorContext(&err).to_string(),
+                    // The error chain's messages, never the SDK error's `Debug`: it holds
+                    // AWS's raw answer, and CreateActivation's carries the code.
+                    Echo::Message => std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(": "),
                     Echo::Nothing => "no answer".into(),
                 },
             }
