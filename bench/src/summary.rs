@@ -10,7 +10,8 @@ use crate::emulator::{Busy, Calls};
 use crate::scenario::Fault;
 use crate::stats::Latency;
 
-/// One scenario's figures: the headline ones against the targets, then `details`.
+/// One scenario's figures: the headline ones in the order of the table (table.rs), then
+/// `machine` and `details`.
 #[derive(Serialize, Clone, Debug, Default)]
 pub struct Summary {
     pub scenario: &'static str,
@@ -27,15 +28,15 @@ pub struct Summary {
     pub registration_limit: u32,
     pub hot_path_aws_calls_per_vend: f64,
     pub aws_calls_per_vend_overall: PerVend,
-    pub vends_waited_for_rotation: u64,
-    pub slots_wasted: u64,
-    pub dynamodb_writes_per_vend: f64,
     pub latency_ms: Latency,
     pub emulator_call_ms_p50: Option<f64>,
     pub server_cpu_us_per_vend: f64,
     pub server_peak_rss_mb: f64,
     pub cold_start_ms: Option<f64>,
     pub first_vend_ms: Option<f64>,
+    pub vends_waited_for_rotation: u64,
+    pub slots_wasted: u64,
+    pub dynamodb_writes_per_vend: f64,
     pub machine: Machine,
     pub details: Details,
 }
