@@ -147,51 +147,12 @@ pub struct LoadAverage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenario::Scenario;
+    use crate::stats::latency_summary;
     use serde_json::Value;
 
-    /// Every key path of a value, objects' keys joined with `.`; one map entry stands for
-    /// all (`*`), one array element too (`[]`).
-    fn key_paths(value: &Value, path: &str, maps: &[&str], out: &mut Vec<String>) {
-        match value {
-            Value::Object(fields) => {
-                for (k, v) in fields {
-                    let key = if maps.contains(&path) { "*" } else { k.as_str() };
-                    let p = if path.is_empty() {
-                        key.to_owned()
-                    } else {
-                        format!("{path}.{key}")
-                    };
-                    if !out.contains(&p) {
-                        out.push(p.clone());
-                        key_paths(v, &p, maps, out);
-                    }
-                }
-            }
-            Value::Array(items) => items.iter().for_each(|v| key_paths(v, &format!("{path}[]"), maps, out)),
-            _ => {}
-        }
-    }
-
-    /// A summary whose maps and lists hold one entry each, so every key path shows.
-    fn full() -> Summary {
-        let calls = Calls::from([("DynamoDB.UpdateItem".to_owned(), 1)]);
-        let mut s = Summary {
-            scenario: "throttled",
-            ..Summary::default()
-        };
-        s.aws_calls_per_vend_overall.by_operation = BTreeMap::from([("DynamoDB.UpdateItem".to_owned(), 1.0)]);
-        let d = &mut s.details;
-        d.http_statuses = BTreeMap::from([(200, 1)]);
-        d.rotations.by_reason = BTreeMap::from([("no activation".to_owned(), 1)]);
-        d.calls = calls.clone();
-        d.emulator_busy = BTreeMap::from([("DynamoDB.UpdateItem".to_owned(), Busy::default())]);
-        d.faults = crate::scenario::Scenario::Throttled.faults();
-        d.hot_path_phase.calls = calls.clone();
-        d.keepalive_upstream_phase.calls = calls;
-        s
-    }
-
-    const MAPS: [&str; 8] = [
+    /// Maps whose keys are data (operations, statuses, reasons): their entries show as `*`.
+    const MAPS: [&str; 7] = [
         "aws_calls_per_vend_overall.by_operation",
         "details.http_statuses",
         "details.rotations.by_reason",
@@ -199,91 +160,260 @@ mod tests {
         "details.emulator_busy",
         "details.hot_path_phase.calls",
         "details.keepalive_upstream_phase.calls",
-        "scenarios",
     ];
 
-    /// The key paths of `summary.json` (and of each `<scenario>.json`) as they were when
-    /// the results were untyped JSON; docs/performance.md documents them.
+    /// Every key path of `summary.json`'s figures (and of each `<scenario>.json`) with
+    /// the JSON kind of its value, as the untyped JSON wrote them (read from a run of
+    /// `throttled`, the one scenario with faults, before the Summary was typed).
+    /// docs/performance.md documents them.
     const DOCUMENTED: &str = "
-        scenario date servers clients vends failed_requests activations_created
-        max_vends_per_activation registration_limit hot_path_aws_calls_per_vend
-        aws_calls_per_vend_overall aws_calls_per_vend_overall.total
-        aws_calls_per_vend_overall.by_operation aws_calls_per_vend_overall.by_operation.*
-        vends_waited_for_rotation slots_wasted dynamodb_writes_per_vend
-        latency_ms latency_ms.p50 latency_ms.p90 latency_ms.p99 latency_ms.max
-        emulator_call_ms_p50 server_cpu_us_per_vend server_peak_rss_mb cold_start_ms first_vend_ms
-        machine machine.cores machine.cpu_model
-        details details.requested_vends details.duration_s details.vends_per_s
-        details.http_statuses details.http_statuses.* details.client_retries details.transport_errors
-        details.attempt_latency_ms details.attempt_latency_ms.p50 details.attempt_latency_ms.p90
-        details.attempt_latency_ms.p99 details.attempt_latency_ms.max details.activations_vended
-        details.rotations details.rotations.count details.rotations.by_reason
-        details.rotations.by_reason.* details.rotations.create_to_commit_ms
-        details.rotations.create_to_commit_ms.p50 details.rotations.create_to_commit_ms.p90
-        details.rotations.create_to_commit_ms.p99 details.rotations.create_to_commit_ms.max
-        details.activations_over_their_limit details.calls details.calls.*
-        details.emulator_busy details.emulator_busy.* details.emulator_busy.*.calls
-        details.emulator_busy.*.total_ms details.emulator_busy.*.slowest_ms
-        details.faults details.faults[].operation details.faults[].error details.faults[].rate
-        details.emulator_call_ms details.emulator_call_ms.p50 details.emulator_call_ms.p90
-        details.emulator_call_ms.p99 details.emulator_call_ms.max
-        details.cold_start_runs_ms details.first_vend_runs_ms details.server_peak_rss_mb_main_phase
-        details.hot_path_phase details.hot_path_phase.registration_limit
-        details.hot_path_phase.warmup_vends details.hot_path_phase.vends
-        details.hot_path_phase.failed_requests details.hot_path_phase.activations_seen
-        details.hot_path_phase.calls details.hot_path_phase.calls.*
-        details.hot_path_phase.aws_calls_per_vend details.hot_path_phase.duration_s
-        details.hot_path_phase.vends_per_s details.hot_path_phase.latency_ms
-        details.hot_path_phase.latency_ms.p50 details.hot_path_phase.latency_ms.p90
-        details.hot_path_phase.latency_ms.p99 details.hot_path_phase.latency_ms.max
-        details.hot_path_phase.server_cpu_us_per_vend details.hot_path_phase.server_peak_rss_mb
-        details.hot_path_phase.health_requests details.hot_path_phase.server_cpu_us_per_health_request
-        details.keepalive_upstream_phase details.keepalive_upstream_phase.vends
-        details.keepalive_upstream_phase.failed_requests details.keepalive_upstream_phase.calls
-        details.keepalive_upstream_phase.calls.* details.keepalive_upstream_phase.aws_calls_per_vend
-        details.keepalive_upstream_phase.latency_ms details.keepalive_upstream_phase.latency_ms.p50
-        details.keepalive_upstream_phase.latency_ms.p90 details.keepalive_upstream_phase.latency_ms.p99
-        details.keepalive_upstream_phase.latency_ms.max
-        details.keepalive_upstream_phase.server_cpu_us_per_vend
-        details.keepalive_upstream_phase.connections_to_proxy
-        details.keepalive_upstream_phase.requests_through_proxy
-        details.load_average_1m details.load_average_1m.before
-        details.load_average_1m.main_phase_end details.load_average_1m.end";
+activations_created int
+aws_calls_per_vend_overall map
+aws_calls_per_vend_overall.by_operation map
+aws_calls_per_vend_overall.by_operation.* float
+aws_calls_per_vend_overall.total float
+clients int
+cold_start_ms float
+date str
+details map
+details.activations_over_their_limit int
+details.activations_vended int
+details.attempt_latency_ms map
+details.attempt_latency_ms.max float
+details.attempt_latency_ms.p50 float
+details.attempt_latency_ms.p90 float
+details.attempt_latency_ms.p99 float
+details.calls map
+details.calls.* int
+details.client_retries int
+details.cold_start_runs_ms list
+details.cold_start_runs_ms[] float
+details.duration_s float
+details.emulator_busy map
+details.emulator_busy.* map
+details.emulator_busy.*.calls int
+details.emulator_busy.*.slowest_ms float
+details.emulator_busy.*.total_ms float
+details.emulator_call_ms map
+details.emulator_call_ms.max float
+details.emulator_call_ms.p50 float
+details.emulator_call_ms.p90 float
+details.emulator_call_ms.p99 float
+details.faults list
+details.faults[] map
+details.faults[].error str
+details.faults[].operation str
+details.faults[].rate float
+details.first_vend_runs_ms list
+details.first_vend_runs_ms[] float
+details.hot_path_phase map
+details.hot_path_phase.activations_seen int
+details.hot_path_phase.aws_calls_per_vend float
+details.hot_path_phase.calls map
+details.hot_path_phase.calls.* int
+details.hot_path_phase.duration_s float
+details.hot_path_phase.failed_requests int
+details.hot_path_phase.health_requests int
+details.hot_path_phase.latency_ms map
+details.hot_path_phase.latency_ms.max float
+details.hot_path_phase.latency_ms.p50 float
+details.hot_path_phase.latency_ms.p90 float
+details.hot_path_phase.latency_ms.p99 float
+details.hot_path_phase.registration_limit int
+details.hot_path_phase.server_cpu_us_per_health_request float
+details.hot_path_phase.server_cpu_us_per_vend float
+details.hot_path_phase.server_peak_rss_mb float
+details.hot_path_phase.vends int
+details.hot_path_phase.vends_per_s float
+details.hot_path_phase.warmup_vends int
+details.http_statuses map
+details.http_statuses.* int
+details.keepalive_upstream_phase map
+details.keepalive_upstream_phase.aws_calls_per_vend float
+details.keepalive_upstream_phase.calls map
+details.keepalive_upstream_phase.calls.* int
+details.keepalive_upstream_phase.connections_to_proxy int
+details.keepalive_upstream_phase.failed_requests int
+details.keepalive_upstream_phase.latency_ms map
+details.keepalive_upstream_phase.latency_ms.max float
+details.keepalive_upstream_phase.latency_ms.p50 float
+details.keepalive_upstream_phase.latency_ms.p90 float
+details.keepalive_upstream_phase.latency_ms.p99 float
+details.keepalive_upstream_phase.requests_through_proxy int
+details.keepalive_upstream_phase.server_cpu_us_per_vend float
+details.keepalive_upstream_phase.vends int
+details.load_average_1m map
+details.load_average_1m.before float
+details.load_average_1m.end float
+details.load_average_1m.main_phase_end float
+details.requested_vends int
+details.rotations map
+details.rotations.by_reason map
+details.rotations.by_reason.* int
+details.rotations.count int
+details.rotations.create_to_commit_ms map
+details.rotations.create_to_commit_ms.max float
+details.rotations.create_to_commit_ms.p50 float
+details.rotations.create_to_commit_ms.p90 float
+details.rotations.create_to_commit_ms.p99 float
+details.server_peak_rss_mb_main_phase float
+details.transport_errors int
+details.vends_per_s float
+dynamodb_writes_per_vend float
+emulator_call_ms_p50 float
+failed_requests int
+first_vend_ms float
+hot_path_aws_calls_per_vend float
+latency_ms map
+latency_ms.max float
+latency_ms.p50 float
+latency_ms.p90 float
+latency_ms.p99 float
+machine map
+machine.cores int
+machine.cpu_model str
+max_vends_per_activation int
+registration_limit int
+scenario str
+server_cpu_us_per_vend float
+server_peak_rss_mb float
+servers int
+slots_wasted int
+vends int
+vends_waited_for_rotation int
+";
 
-    fn sorted_paths(value: &Value) -> Vec<String> {
-        let mut out = Vec::new();
-        key_paths(value, "", &MAPS, &mut out);
-        out.sort();
-        out
+    fn kind(value: &Value) -> &'static str {
+        match value {
+            Value::Null => "null",
+            Value::Bool(_) => "bool",
+            Value::Number(n) if n.is_f64() => "float",
+            Value::Number(_) => "int",
+            Value::String(_) => "str",
+            Value::Array(_) => "list",
+            Value::Object(_) => "map",
+        }
     }
 
-    fn documented() -> Vec<String> {
-        let mut d: Vec<String> = DOCUMENTED.split_whitespace().map(str::to_owned).collect();
-        d.sort();
-        d
+    /// `path kind` of every value under `value`: objects' keys joined with `.`, the
+    /// entries of MAPS as `*`, array elements as `[]`; each path once.
+    fn shape(value: &Value, path: &str, out: &mut Vec<String>) {
+        let children: Vec<(String, &Value)> = match value {
+            Value::Object(fields) => fields
+                .iter()
+                .map(|(k, v)| {
+                    let key = if MAPS.contains(&path) { "*" } else { k.as_str() };
+                    let p = if path.is_empty() {
+                        key.to_owned()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    (p, v)
+                })
+                .collect(),
+            Value::Array(items) => items.iter().map(|v| (format!("{path}[]"), v)).collect(),
+            _ => Vec::new(),
+        };
+        for (p, v) in children {
+            let line = format!("{p} {}", kind(v));
+            if !out.contains(&line) {
+                out.push(line);
+                shape(v, &p, out);
+            }
+        }
+    }
+
+    /// Paths and kinds that are in `actual` but not documented, and documented but not
+    /// in `actual`.
+    fn difference(actual: &Value) -> (Vec<String>, Vec<String>) {
+        let mut found = Vec::new();
+        shape(actual, "", &mut found);
+        let documented: Vec<String> = DOCUMENTED
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let extra = found.iter().filter(|l| !documented.contains(l)).cloned().collect();
+        let missing = documented.into_iter().filter(|l| !found.contains(l)).collect();
+        (extra, missing)
+    }
+
+    /// A summary with every optional figure present and one entry in every map and list,
+    /// so that every path shows with the kind of a real value.
+    fn full() -> Summary {
+        let calls = Calls::from([("DynamoDB.UpdateItem".to_owned(), 1)]);
+        let latency = latency_summary(&[1.5]);
+        let mut s = Summary {
+            scenario: "throttled",
+            latency_ms: latency,
+            emulator_call_ms_p50: Some(1.5),
+            cold_start_ms: Some(1.5),
+            first_vend_ms: Some(1.5),
+            ..Summary::default()
+        };
+        s.aws_calls_per_vend_overall.by_operation = BTreeMap::from([("DynamoDB.UpdateItem".to_owned(), 1.0)]);
+        let d = &mut s.details;
+        d.http_statuses = BTreeMap::from([(200, 1)]);
+        d.attempt_latency_ms = latency;
+        d.rotations.by_reason = BTreeMap::from([("no activation".to_owned(), 1)]);
+        d.rotations.create_to_commit_ms = latency;
+        d.calls = calls.clone();
+        d.emulator_busy = BTreeMap::from([("DynamoDB.UpdateItem".to_owned(), Busy::default())]);
+        d.faults = Scenario::Throttled.faults();
+        d.emulator_call_ms = latency;
+        d.cold_start_runs_ms = vec![1.5];
+        d.first_vend_runs_ms = vec![1.5];
+        d.hot_path_phase.calls = calls.clone();
+        d.hot_path_phase.latency_ms = latency;
+        d.keepalive_upstream_phase.calls = calls;
+        d.keepalive_upstream_phase.latency_ms = latency;
+        d.load_average_1m = LoadAverage {
+            before: Some(1.5),
+            main_phase_end: Some(1.5),
+            end: Some(1.5),
+        };
+        s
     }
 
     #[test]
-    fn a_scenario_s_json_has_exactly_the_documented_field_names() {
-        let json = serde_json::to_value(full()).unwrap();
-        assert_eq!(sorted_paths(&json), documented());
+    fn a_scenario_s_json_has_exactly_the_documented_field_names_and_kinds() {
+        let (extra, missing) = difference(&serde_json::to_value(full()).unwrap());
+        assert!(
+            extra.is_empty() && missing.is_empty(),
+            "extra: {extra:?}\nmissing: {missing:?}"
+        );
     }
 
     #[test]
     fn summary_json_adds_scenarios_only_when_there_are_several() {
         let one = [full()];
         let json = serde_json::to_value(SummaryFile::new(&one).unwrap()).unwrap();
-        assert_eq!(sorted_paths(&json), documented());
+        assert_eq!(difference(&json), (vec![], vec![]));
 
         let mut storm = full();
         storm.scenario = "storm-with-rotation";
         let both = [full(), storm];
-        let json = serde_json::to_value(SummaryFile::new(&both).unwrap()).unwrap();
+        let mut json = serde_json::to_value(SummaryFile::new(&both).unwrap()).unwrap();
         assert_eq!(json["scenario"], "throttled", "the first scenario's figures at the top");
-        let names: Vec<&String> = json["scenarios"].as_object().unwrap().keys().collect();
+        let scenarios = json.as_object_mut().unwrap().remove("scenarios").unwrap();
+        assert_eq!(difference(&json), (vec![], vec![]));
+        let names: Vec<&String> = scenarios.as_object().unwrap().keys().collect();
         assert_eq!(names, ["storm-with-rotation", "throttled"]);
-        assert_eq!(sorted_paths(&json["scenarios"]["throttled"]), documented());
+        assert_eq!(difference(&scenarios["throttled"]), (vec![], vec![]));
         assert!(SummaryFile::new(&[]).is_none());
+    }
+
+    #[test]
+    fn figures_without_samples_are_null() {
+        let json = serde_json::to_value(Summary::default()).unwrap();
+        for path in [
+            "/cold_start_ms",
+            "/latency_ms/p50",
+            "/emulator_call_ms_p50",
+            "/details/faults",
+        ] {
+            assert_eq!(json.pointer(path), Some(&Value::Null), "{path}");
+        }
     }
 
     #[test]
@@ -297,20 +427,5 @@ mod tests {
                 .any(|l| l.split('|').nth(1).unwrap_or_default().contains(&format!("`{field}`")));
             assert!(named, "`{field}` is not in docs/performance.md's field table");
         }
-    }
-
-    #[test]
-    fn numbers_keep_their_json_kinds() {
-        let json = serde_json::to_value(full()).unwrap();
-        assert!(json["vends"].is_u64(), "counts are integers");
-        assert!(json["server_cpu_us_per_vend"].is_f64(), "rounded figures are floats");
-        assert!(json["cold_start_ms"].is_null(), "no sample: null");
-        assert!(json["details"]["faults"].is_array());
-        assert_eq!(
-            json["details"]["http_statuses"]["200"], 1,
-            "statuses keyed by their text"
-        );
-        let steady = Summary::default();
-        assert!(serde_json::to_value(steady).unwrap()["details"]["faults"].is_null());
     }
 }
