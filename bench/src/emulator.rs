@@ -5,9 +5,21 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::scenario::Fault;
+
+/// `GET /_emulator/calls`: requests by operation since the last reset.
 pub type Calls = BTreeMap<String, u64>;
+
+/// How long one operation held the emulator (`GET /_emulator/busy`, by operation).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Busy {
+    pub calls: u64,
+    pub total_ms: f64,
+    pub slowest_ms: f64,
+}
 
 /// What the pool's DynamoDB item says about its current activation.
 pub struct PoolItem {
@@ -46,7 +58,7 @@ impl Emulator {
     }
 
     /// How long each operation held the emulator since the last reset.
-    pub async fn busy(&self) -> Result<Value, String> {
+    pub async fn busy(&self) -> Result<BTreeMap<String, Busy>, String> {
         self.read("busy").await
     }
 
@@ -65,8 +77,9 @@ impl Emulator {
         self.control(reqwest::Method::DELETE, "calls", None).await
     }
 
-    pub async fn set_faults(&self, faults: &Value) -> Result<(), String> {
-        self.control(reqwest::Method::POST, "faults", Some(faults)).await
+    pub async fn set_faults(&self, faults: &[Fault]) -> Result<(), String> {
+        let body = serde_json::to_value(faults).map_err(|e| format!("faults: {e}"))?;
+        self.control(reqwest::Method::POST, "faults", Some(&body)).await
     }
 
     pub async fn clear_faults(&self) -> Result<(), String> {
@@ -181,8 +194,4 @@ impl Emulator {
         }
         Err("DescribeActivations: too many pages".into())
     }
-}
-
-pub fn total(calls: &Calls) -> u64 {
-    calls.values().sum()
 }

@@ -30,12 +30,13 @@ use super::activations::ActivationService;
 use super::keys::CodeKey;
 use super::nodes::ManagedNodes;
 use super::parameters::{CodeVault, PoolConfigSource};
+use super::pool_store::THROTTLED_COMMIT_ATTEMPTS;
 use super::pool_store::{LeaseAttempt, Place, PoolStore, Reservation, Tombstone};
 use super::{classify, Echo, UnansweredAttempts};
 use crate::config::Config;
 use crate::error::VendError;
-use crate::pool::{CurrentActivation, InstanceRecord};
-use crate::pools::PoolSettings;
+use crate::pool::settings::PoolSettings;
+use crate::pool::state::{CurrentActivation, InstanceRecord, Wanted};
 use crate::secret::ActivationCode;
 
 /// A code no real activation has, easy to look for in every message.
@@ -269,7 +270,7 @@ fn config() -> Config {
 
 /// The SDK settings the service runs with (retries, backoff, timeouts).
 async fn service_sdk() -> SdkConfig {
-    crate::app::load_sdk_config(&config()).await
+    crate::entry::app::load_sdk_config(&config()).await
 }
 
 /// A retry partition of the test's own: the SDK's retry token bucket is shared per
@@ -411,7 +412,15 @@ async fn a_reserve_whose_condition_fails_is_refused_with_the_pool_as_it_was_not_
     let aws = Aws::answering([condition_failed(pool_item(100, None))]);
     let reservation = store(&aws)
         .await
-        .reserve_slot("p", 1_800_000_000, 900, ("fp", 1_700_000_000))
+        .reserve_slot(
+            "p",
+            1_800_000_000,
+            900,
+            Wanted {
+                fingerprint: "fp",
+                config_at: 1_700_000_000,
+            },
+        )
         .await
         .expect("a refusal is an answer");
     let Reservation::Refused(state) = reservation else {
@@ -486,7 +495,17 @@ async fn a_standby_someone_else_promoted_first_is_none_not_an_error() {
     let aws = Aws::answering([condition_failed(pool_item(1, None))]);
     let promoted = store(&aws)
         .await
-        .promote_standby("p", &next_activation(), 1_800_000_000, 900, ("fp", 1_700_000_000), 1)
+        .promote_standby(
+            "p",
+            &next_activation(),
+            1_800_000_000,
+            900,
+            Wanted {
+                fingerprint: "fp",
+                config_at: 1_700_000_000,
+            },
+            1,
+        )
         .await
         .expect("a lost race is an answer");
     assert_eq!(promoted, None);
@@ -604,9 +623,11 @@ async fn a_commit_cancelled_for_throughput_is_retried_with_the_same_token_then_a
         "ProvisionedThroughputExceeded",
         "RequestLimitExceeded",
     ] {
-        // THROTTLED_COMMIT_ATTEMPTS in pool_store.rs: the SDK sees a cancelled
-        // transaction, not a throttle, and does not retry it itself.
-        let aws = Aws::repeating(6, || transaction_cancelled(&[reason, "None"]));
+        // The SDK sees a cancelled transaction, not a throttle, and does not retry it
+        // itself: the store tries THROTTLED_COMMIT_ATTEMPTS times.
+        let aws = Aws::repeating(THROTTLED_COMMIT_ATTEMPTS as usize, || {
+            transaction_cancelled(&[reason, "None"])
+        });
         let e = store(&aws)
             .await
             .commit_rotation(
@@ -727,7 +748,15 @@ async fn a_reserve_whose_connection_drops_on_every_attempt_answers_503_unavailab
     let aws = Aws::new((0..SDK_ATTEMPTS).map(|_| Answer::Drop));
     let e = store(&aws)
         .await
-        .reserve_slot("p", 1_800_000_000, 900, ("fp", 1_700_000_000))
+        .reserve_slot(
+            "p",
+            1_800_000_000,
+            900,
+            Wanted {
+                fingerprint: "fp",
+                config_at: 1_700_000_000,
+            },
+        )
         .await
         .expect_err("no answer");
     assert!(

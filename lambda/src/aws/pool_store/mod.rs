@@ -19,6 +19,8 @@ mod store;
 
 pub use codec::ActivationRecord;
 pub use conditions::SlotCount;
+#[cfg(test)]
+pub(crate) use pool_item::THROTTLED_COMMIT_ATTEMPTS;
 pub use pool_item::{LeaseAttempt, Reservation, Via};
 pub use records::Tombstone;
 pub use schema::Place;

@@ -19,7 +19,7 @@ use crate::pool::state::{CurrentActivation, PoolState, Wanted};
 
 /// Attempts at a commit that DynamoDB cancelled for throughput (cancellation
 /// reasons the SDK cannot see, so does not retry), with the same token.
-const THROTTLED_COMMIT_ATTEMPTS: u32 = 6;
+pub(crate) const THROTTLED_COMMIT_ATTEMPTS: u32 = 6;
 
 /// The cancellation reasons that mean "slow down" rather than "conflict" or "no".
 const THROTTLED_CANCELLATIONS: &[&str] = &[

@@ -1,0 +1,255 @@
+//! The command line (clap): a full run (the options scripts/bench.sh passes), or
+//! `load`, the load generator alone. Every flag keeps the spelling of the hand-written
+//! parser it replaced; a repeated flag takes its last value (`scripts/bench.sh -- --clients 8`
+//! overrides the script's own `--clients`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::scenario::Scenario;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vending-bench",
+    about = "vending-bench: benchmarks activation vending against scripts/local.sh.",
+    long_about = "vending-bench: benchmarks activation vending against scripts/local.sh \
+                  (normally run by scripts/bench.sh). Writes summary.json and summary.txt, and \
+                  <scenario>.json and .txt for each scenario, to --out.",
+    after_help = "Environment: LOCAL_STATE_DIR, LOCAL_EMULATOR_PORT, LOCAL_VENDING_PORT and VENDING_BIN as \
+                  scripts/local.sh reads them (the bench reads pid files from LOCAL_STATE_DIR).\n\
+                  Exit codes: 0 done (targets are reported, not enforced), 1 the run failed, 2 bad usage.",
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true,
+    args_override_self = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Only the load: GET each URL round-robin, print latencies and the user/system CPU
+    /// the given processes used (for profiling by hand)
+    Load(LoadArgs),
+}
+
+/// What `--scenario` accepts: one scenario, or `all` of them in turn.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScenarioChoice {
+    /// A boot storm on a pool that starts empty, limit 100
+    Steady,
+    /// Limit 10: a rotation every 10 vends, under load
+    StormWithRotation,
+    /// 30% ThrottlingException on every DynamoDB and SSM call of the main phase
+    Throttled,
+    /// The three in turn; summary.json holds the first plus "scenarios"
+    All,
+}
+
+impl ScenarioChoice {
+    pub fn scenarios(self) -> Vec<Scenario> {
+        match self {
+            ScenarioChoice::Steady => vec![Scenario::Steady],
+            ScenarioChoice::StormWithRotation => vec![Scenario::StormWithRotation],
+            ScenarioChoice::Throttled => vec![Scenario::Throttled],
+            ScenarioChoice::All => Scenario::ALL.to_vec(),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Which scenario(s) to run
+    #[arg(long, value_name = "S", value_enum, default_value = "steady")]
+    pub scenario: ScenarioChoice,
+    /// `vending serve` processes
+    #[arg(long, value_name = "N", default_value = "2", value_parser = at_least_one)]
+    pub servers: usize,
+    /// Concurrent clients
+    #[arg(long, value_name = "N", default_value = "64", value_parser = at_least_one)]
+    pub clients: usize,
+    /// Vends in the main phase
+    #[arg(long, value_name = "N", default_value = "5000", value_parser = at_least_one)]
+    pub vends: usize,
+    /// Registration limit of the main phase [default: 100; 10 for storm-with-rotation]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: Option<u32>,
+    /// Vends in the hot-path phase (limit 1000, no rotation)
+    #[arg(long, value_name = "N", default_value = "600", value_parser = at_least_one)]
+    pub steady_vends: usize,
+    /// Fresh processes timed for cold_start_ms/first_vend_ms
+    #[arg(long, value_name = "N", default_value = "5", value_parser = at_least_one)]
+    pub cold_runs: usize,
+    /// Bare UpdateItems timed for emulator_call_ms_p50
+    #[arg(long, value_name = "N", default_value = "200", value_parser = at_least_one)]
+    pub probe_samples: usize,
+    /// Client retries per vend after 503/429/5xx/connection errors
+    #[arg(long, value_name = "N", default_value = "10")]
+    pub max_retries: u32,
+    /// A load phase stops issuing vends after this many seconds
+    #[arg(long = "timeout", value_name = "SECS", default_value = "900", value_parser = seconds)]
+    pub timeout: Duration,
+    /// Repository root
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub root: PathBuf,
+    /// Where summary.json and summary.txt go [default: ROOT/target/bench]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// Full vend URLs, e.g. http://127.0.0.1:27680/activation (`/health` URLs: any 200 counts)
+    #[arg(value_name = "URL[,URL...]", required = true, num_args = 1, value_delimiter = ',')]
+    pub urls: Vec<String>,
+    /// Requests to make
+    #[arg(long, value_name = "N", default_value = "1000")]
+    pub vends: usize,
+    /// Concurrent clients
+    #[arg(long, value_name = "N", default_value = "64")]
+    pub clients: usize,
+    /// Processes whose user/system CPU is reported per request
+    #[arg(long, value_name = "PID[,PID...]", value_delimiter = ',')]
+    pub pids: Vec<u32>,
+}
+
+/// A whole number of at least 1.
+fn at_least_one(value: &str) -> Result<usize, String> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| "must be a whole number of at least 1".to_owned())
+}
+
+/// Whole seconds, at least 1.
+fn seconds(value: &str) -> Result<Duration, String> {
+    at_least_one(value).map(|s| Duration::from_secs(s as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+    use clap::CommandFactory;
+
+    fn parse(args: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vending-bench").chain(args.split_whitespace()))
+    }
+
+    fn run_args(args: &str) -> RunArgs {
+        let cli = parse(args).unwrap();
+        assert!(cli.command.is_none());
+        cli.run
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_are_the_issue_s() {
+        let o = run_args("");
+        assert_eq!((o.servers, o.clients, o.vends), (2, 64, 5000));
+        assert_eq!(o.scenario.scenarios(), vec![Scenario::Steady]);
+        assert_eq!(o.limit, None);
+        assert_eq!(
+            (o.steady_vends, o.cold_runs, o.probe_samples, o.max_retries),
+            (600, 5, 200, 10)
+        );
+        assert_eq!(o.timeout, Duration::from_secs(900));
+        assert_eq!((o.root, o.out), (PathBuf::from("."), None));
+    }
+
+    #[test]
+    fn the_flags_scripts_bench_sh_passes_parse_with_a_space_or_an_equals_sign() {
+        let o = run_args(
+            "--root /r --scenario storm-with-rotation --servers 3 --clients=8 --vends 10 --limit=7 \
+             --steady-vends 700 --cold-runs=9 --probe-samples 20 --max-retries 0 --timeout 30 --out /o",
+        );
+        assert_eq!(o.scenario.scenarios(), vec![Scenario::StormWithRotation]);
+        assert_eq!((o.servers, o.clients, o.vends, o.limit), (3, 8, 10, Some(7)));
+        assert_eq!(
+            (o.steady_vends, o.cold_runs, o.probe_samples, o.max_retries),
+            (700, 9, 20, 0)
+        );
+        assert_eq!(o.timeout, Duration::from_secs(30));
+        assert_eq!((o.root, o.out), (PathBuf::from("/r"), Some(PathBuf::from("/o"))));
+        assert_eq!(run_args("--scenario all").scenario.scenarios(), Scenario::ALL.to_vec());
+    }
+
+    #[test]
+    fn a_repeated_flag_takes_its_last_value() {
+        assert_eq!(run_args("--clients 64 --vends 5000 --clients 8").clients, 8);
+    }
+
+    #[test]
+    fn bad_values_and_unknown_flags_are_usage_errors() {
+        for bad in [
+            "--scenario nope",
+            "--servers 0",
+            "--clients -1",
+            "--vends x",
+            "--limit 0",
+            "--limit 1001",
+            "--steady-vends 0",
+            "--cold-runs 0",
+            "--probe-samples 0",
+            "--max-retries -1",
+            "--timeout 0",
+            "--servers",
+        ] {
+            let e = parse(bad).expect_err(bad);
+            assert_eq!(e.exit_code(), 2, "{bad}");
+        }
+        assert_eq!(parse("--bogus 1").unwrap_err().kind(), ErrorKind::UnknownArgument);
+        assert_eq!(parse("--limit 1000").unwrap().run.limit, Some(1000));
+    }
+
+    #[test]
+    fn help_is_not_an_error_and_names_every_flag() {
+        let e = parse("--help").unwrap_err();
+        assert_eq!((e.kind(), e.exit_code()), (ErrorKind::DisplayHelp, 0));
+        let help = Cli::command().render_long_help().to_string();
+        for flag in [
+            "--scenario",
+            "--servers",
+            "--clients",
+            "--vends",
+            "--limit",
+            "--steady-vends",
+            "--cold-runs",
+            "--probe-samples",
+            "--max-retries",
+            "--timeout",
+            "--root",
+            "--out",
+            "storm-with-rotation",
+            "load",
+        ] {
+            assert!(help.contains(flag), "{flag} missing from --help");
+        }
+    }
+
+    #[test]
+    fn load_takes_comma_separated_urls_and_pids() {
+        let cli = parse("load http://a/activation,http://b/activation --vends 5 --pids 1,2").unwrap();
+        let Some(Command::Load(l)) = cli.command else {
+            panic!("not load")
+        };
+        assert_eq!(l.urls, ["http://a/activation", "http://b/activation"]);
+        assert_eq!((l.vends, l.clients, l.pids), (5, 64, vec![1, 2]));
+        assert!(parse("load").is_err(), "load needs its URLs");
+        assert!(parse("load http://a --pids x").is_err());
+        assert!(
+            parse("--clients 8 load http://a").is_err(),
+            "run flags belong to the run"
+        );
+    }
+}
