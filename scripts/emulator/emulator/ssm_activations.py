@@ -6,10 +6,10 @@ RegistrationLimit 1..1000, ExpirationDate in the future and within 30 days (defa
 hours), Description at most 256 characters, DefaultInstanceName and Tags in SSM's tag
 alphabet (ssm_tags.py). The code is 20 characters of base64's alphabet, '+' and '/'
 included, as real codes are. DescribeActivations: filters ActivationIds,
-DefaultInstanceName, IamRole (another key: InvalidFilter), MaxResults 1..50, a NextToken
-that is a cursor in creation order. DeleteActivation: InvalidActivationId for an ID that
-is not a UUID, InvalidActivation for an unknown (or already deleted) one; the nodes it
-registered stay.
+DefaultInstanceName, IamRole (another key: InvalidFilter, once an activation is tested
+against it), MaxResults 1..50, a NextToken that is a cursor in creation order.
+DeleteActivation: InvalidActivationId for an ID that is not a UUID, InvalidActivation
+for an unknown (or already deleted) one; the nodes it registered stay.
 """
 
 from __future__ import annotations
