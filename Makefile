@@ -5,7 +5,7 @@ VENV := .venv
 .PHONY: help setup test-packages demo test lint test-emulator test-rust test-contract test-scripts test-template test-iam bench clean static build print-test-targets
 
 # Every suite that runs `vending` against the emulator records the IAM requests of its AWS
-# calls into IAM_CALLS/<suite> (scripts/emulator/iam_calls.py); a suite's run replaces its
+# calls into IAM_CALLS/<suite> (scripts/emulator/emulator/iam_calls.py); a suite's run replaces its
 # records. test-template (tests/iam, also `make test-iam` alone) evaluates them all against
 # the templates' policies.
 IAM_CALLS := $(CURDIR)/target/iam-calls

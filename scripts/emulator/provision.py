@@ -16,7 +16,7 @@ import json
 import boto3
 from botocore.config import Config
 
-from iam_calls import SERVICE_ACCESS_KEY_ID
+from emulator.iam_calls import SERVICE_ACCESS_KEY_ID
 
 
 DEFAULTS = {

@@ -1,4 +1,4 @@
-"""The SSM Agent's own protocol at the emulator's SSM endpoint (scripts/emulator/agent_protocol.py).
+"""The SSM Agent's own protocol at the emulator's SSM endpoint (scripts/emulator/emulator/agent_protocol.py).
 
 Spoken by tests/bootstrap/standins/ssm_agent_client.py, which signs as the agent does
 (an RSA-PSS signature over SigV4's string to sign for RequestManagedInstanceRoleToken,

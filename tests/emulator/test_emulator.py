@@ -48,7 +48,7 @@ REGION = "us-east-1"
 # Where the session's emulator records the IAM requests of the service's calls.
 IAM_CALLS_DIR = tempfile.mkdtemp(prefix="emulator-iam-calls-")
 sys.path.insert(0, str(ROOT / "scripts" / "emulator"))
-from iam_calls import SERVICE_ACCESS_KEY_ID  # noqa: E402
+from emulator.iam_calls import SERVICE_ACCESS_KEY_ID  # noqa: E402
 
 
 # --------------------------------------------------------------------------- fixtures

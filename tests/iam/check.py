@@ -2,7 +2,7 @@
 
 The emulator enforces no IAM, so the suites pass whatever the templates grant. Each
 emulator the suites start records the IAM requests of the service's own calls
-(scripts/emulator/iam_calls.py: action, resource ARN, context keys; EMULATOR_IAM_CALLS_DIR,
+(scripts/emulator/emulator/iam_calls.py: action, resource ARN, context keys; EMULATOR_IAM_CALLS_DIR,
 one directory per suite under target/iam-calls). This module evaluates every recorded
 request against
 

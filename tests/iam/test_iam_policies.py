@@ -33,7 +33,7 @@ ROLE = "activation-vending-managed-instance"
 
 
 def call(operation: str, requests: list[dict[str, Any]], region: str = REGION, **fields: Any) -> dict[str, Any]:
-    """A record as scripts/emulator/iam_calls.py writes it."""
+    """A record as scripts/emulator/emulator/iam_calls.py writes it."""
     for asked in requests:
         asked.setdefault("context", {})["aws:RequestedRegion"] = region
     record = {

@@ -1,4 +1,4 @@
-"""The SSM Agent's own calls at the emulator's SSM endpoint (imported by server.py).
+"""The SSM Agent's own calls at the emulator's SSM endpoint (app.py routes them here).
 
 What `amazon-ssm-agent` says to SSM, on the wire as the agent says it (aws/amazon-ssm-agent,
 read with the `fetch` tool; file:line of its source in brackets):
@@ -105,7 +105,7 @@ class Refused(Exception):
 
 @dataclass
 class Ssm:
-    """What this module needs of the emulator's SSM state (server.py passes it in)."""
+    """What this module needs of the emulator's SSM state (app.py passes it in)."""
 
     find_activation: Callable[[str], Any]  # activation ID -> (backend, Activation) | None
     new_node: Callable[[Any, Any], Any]  # (backend, Activation) -> ManagedNode, stored and tagged

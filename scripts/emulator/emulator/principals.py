@@ -11,7 +11,7 @@ AWS authenticates too). Its principal ARN comes from a mapping tests set; a key
 nobody mapped is the IAM user arn:aws:iam::123456789012:user/<access key ID>
 (moto's default account), never "N/A".
 
-Control endpoints (hooked into server.py's router):
+Control endpoints (hooked into app.py's router):
   GET    /_emulator/principals  {"ACCESS_KEY_ID": "arn:...", ...}: the mapping.
   POST   /_emulator/principals  {"ACCESS_KEY_ID": "arn:aws:iam::123456789012:role/x", ...}:
                                 adds to the mapping (a value must be an ARN: 400
@@ -94,7 +94,9 @@ def route(method: str, path: str, raw: bytes) -> tuple[int, Any] | None:
     return 405, {"error": "MethodNotAllowed", "message": f"{method} {path}"}
 
 
-def _describe_with_writer(original: Any) -> Any:
+def describe_with_writer(original: Any) -> Any:
+    """moto's description of a parameter, with the recorded writer as LastModifiedUser."""
+
     def describe_response_object(self: Parameter, *args: Any, **kwargs: Any) -> dict[str, Any]:
         answer: dict[str, Any] = original(self, *args, **kwargs)
         writer = getattr(self, "vending_last_modified_user", None)
@@ -103,8 +105,3 @@ def _describe_with_writer(original: Any) -> Any:
         return answer
 
     return describe_response_object
-
-
-def install() -> None:
-    """Patches moto's parameters to answer the recorded writer."""
-    Parameter.describe_response_object = _describe_with_writer(Parameter.describe_response_object)  # type: ignore[method-assign]

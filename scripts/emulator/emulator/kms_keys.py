@@ -14,7 +14,9 @@ from typing import Any
 from moto.kms.models import KmsBackend
 
 
-def _aws_managed(original: Any) -> Any:
+def aws_managed(original: Any) -> Any:
+    """moto's maker of the keys behind reserved aliases, marking them AWS-managed."""
+
     def generate_default_keys(self: KmsBackend, alias_name: str) -> str | None:
         key_id: str | None = original(self, alias_name)
         if key_id is not None:
@@ -22,7 +24,3 @@ def _aws_managed(original: Any) -> Any:
         return key_id
 
     return generate_default_keys
-
-
-def install() -> None:
-    KmsBackend._generate_default_keys = _aws_managed(KmsBackend._generate_default_keys)  # type: ignore[method-assign]  # noqa: SLF001
