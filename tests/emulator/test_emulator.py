@@ -853,6 +853,14 @@ def test_activation_tags_outside_ssms_alphabet_are_refused(raw_ssm: Any, tags: l
     assert error_code(err) == "ValidationException"
 
 
+def test_describe_activations_refuses_an_unknown_filter_key_even_where_no_activation_exists(emulator: str) -> None:
+    config = Config(retries={"mode": "standard", "total_max_attempts": 1}, parameter_validation=False)
+    empty_region = session().client("ssm", endpoint_url=emulator, config=config, region_name="eu-north-1")
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        empty_region.describe_activations(Filters=[{"FilterKey": "Nope", "FilterValues": ["x"]}])
+    assert refused.value.response["Error"]["Code"] == "InvalidFilter"
+
+
 def test_activation_tags_in_ssms_alphabet_are_accepted(ssm: Any) -> None:
     tags = [{"Key": "Kostenstelle/Übersicht", "Value": "a b:c=d+e-f@g.h_i"}, {"Key": "n", "Value": ""}]
     new_activation(ssm, Tags=tags)

@@ -6,8 +6,8 @@ RegistrationLimit 1..1000, ExpirationDate in the future and within 30 days (defa
 hours), Description at most 256 characters, DefaultInstanceName and Tags in SSM's tag
 alphabet (ssm_tags.py). The code is 20 characters of base64's alphabet, '+' and '/'
 included, as real codes are. DescribeActivations: filters ActivationIds,
-DefaultInstanceName, IamRole (another key: InvalidFilter, once an activation is tested
-against it), MaxResults 1..50, a NextToken that is a cursor in creation order.
+DefaultInstanceName, IamRole (another key: InvalidFilter, activations or none),
+MaxResults 1..50, a NextToken that is a cursor in creation order.
 DeleteActivation: InvalidActivationId for an ID that is not a UUID, InvalidActivation
 for an unknown (or already deleted) one; the nodes it registered stay.
 """
@@ -157,6 +157,16 @@ def create_activation(self: SimpleSystemManagerResponse) -> ActionResult:
     return ActionResult({"ActivationId": activation.activation_id, "ActivationCode": activation.code})
 
 
+FILTER_KEYS = ("ActivationIds", "DefaultInstanceName", "IamRole")
+
+
+def _check_filters(filters: Iterable[dict[str, Any]]) -> None:
+    """A key outside the enum is refused whether or not any activation exists."""
+    for f in filters:
+        if f.get("FilterKey") not in FILTER_KEYS:
+            raise InvalidFilter(f"Invalid filter key {f.get('FilterKey')}")
+
+
 def _matches(activation: Activation, filters: Iterable[dict[str, Any]]) -> bool:
     for f in filters:
         key, values = f.get("FilterKey"), f.get("FilterValues") or []
@@ -165,8 +175,6 @@ def _matches(activation: Activation, filters: Iterable[dict[str, Any]]) -> bool:
             "DefaultInstanceName": activation.default_instance_name,
             "IamRole": activation.iam_role,
         }.get(key)
-        if key not in ("ActivationIds", "DefaultInstanceName", "IamRole"):
-            raise InvalidFilter(f"Invalid filter key {key}")
         if values and field not in values:
             return False
     return True
@@ -178,6 +186,7 @@ def describe_activations(self: SimpleSystemManagerResponse) -> ActionResult:
     token = self._get_param("NextToken")
     if not 1 <= max_results <= 50:
         raise ValidationException("MaxResults must be between 1 and 50")
+    _check_filters(filters)
     found = [a for a in activations(self.ssm_backend).values() if _matches(a, filters)]
     found.sort(key=lambda a: (a.created, a.activation_id))
     if token:
