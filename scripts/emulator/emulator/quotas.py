@@ -134,12 +134,14 @@ class Quota:
     burst: float
     buckets: dict[Any, TokenBucket] = field(default_factory=dict)
     throttled: Counter[str] = field(default_factory=Counter)
+    prune_at: int = 50_000  # DynamoDB's buckets kept before the full ones are dropped
 
     def bucket(self, scope: Any, now: float) -> TokenBucket:
         found = self.buckets.get(scope)
         if found is None:
-            if len(self.buckets) > 50_000:  # keys that have refilled are as good as new
+            if len(self.buckets) >= self.prune_at:  # a key that has refilled is as good as new
                 self.buckets = {s: b for s, b in self.buckets.items() if not b.is_full(now)}
+                self.prune_at = max(50_000, 2 * len(self.buckets))
             found = self.buckets[scope] = TokenBucket(self.rate, self.burst, now)
         return found
 
