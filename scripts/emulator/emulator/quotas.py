@@ -56,8 +56,8 @@ class TokenBucket:
     """At most `burst` tokens, `rate` more a second; the caller passes the time in."""
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
-        if rate <= 0 or burst <= 0:
-            raise ValueError("rate and burst must be above 0")
+        if not (0 < rate < math.inf and 0 < burst < math.inf):
+            raise ValueError("rate and burst must be numbers above 0")
         self.rate, self.burst = float(rate), float(burst)
         self.tokens = self.burst
         self.updated = now
@@ -152,6 +152,7 @@ class Quota:
             "burst": self.burst,
             "per": "partition key" if self.kind.per_key else "account and Region",
             "unit": self.kind.unit,
+            "source": self.kind.source,
             "throttled": sum(self.throttled.values()),
             "throttled_by_operation": dict(self.throttled),
         }
