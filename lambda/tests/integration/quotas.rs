@@ -49,7 +49,8 @@ async fn cold_processes_under_a_low_parameter_store_quota_answer_codes_or_503s_w
     let shown = quotas(&emulator, reqwest::Method::GET, None).await;
     let throttled = shown["ssm-parameter-reads"]["throttled"].as_u64().unwrap_or(0);
     let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
-    println!("statuses {statuses:?}, Parameter Store reads throttled: {throttled}");
+    let reads = emulator.calls().await.get("SSM.GetParameter").copied().unwrap_or(0);
+    println!("statuses {statuses:?}; GetParameter calls {reads}, throttled {throttled}");
     for a in &answers {
         assert!(a.status == 200 || a.status == 503, "{}: {}", a.status, a.shown());
         if a.status == 503 {
