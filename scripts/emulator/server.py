@@ -10,7 +10,8 @@ beside this file (emulator/) holds the code, and emulator/patches.py every patch
 with its reason.
 
 Environment: LOCAL_EMULATOR_PORT (the default --port, 24660), EMULATOR_IAM_CALLS_DIR
-(record what IAM the service's calls ask: emulator/iam_calls.py).
+(record what IAM the service's calls ask: emulator/iam_calls.py), EMULATOR_QUOTAS
+(`aws-defaults`: AWS's request quotas as token buckets for the whole run: emulator/quotas.py).
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MOTO_PORT", str(args.port))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     install()
-    emulator = Emulator()
+    try:
+        emulator = Emulator()
+    except ValueError as err:  # a bad setting (EMULATOR_QUOTAS): named, at start
+        parser.error(str(err))
     # moto's modules are hundreds of thousands of long-lived objects: left in the
     # collector's generations they make full collections pause every call for 100 ms
     # and more, a stall AWS does not have (its latency is set with /_emulator/latency).

@@ -3,8 +3,9 @@
 # and after the call is applied, dropped connections, DynamoDB's error shapes, latency,
 # TransactWriteItems token idempotency and ALL_OLD on failed conditions, managed nodes
 # (DescribeInstanceInformation, their tags, DeregisterManagedInstance, aging) and
-# GetParametersByPath's validation and pages; the table of moto's patches
-# (test_patches.py, in-process). The tests start
+# GetParametersByPath's validation and pages; AWS's request quotas as token buckets
+# (test_quotas.py: their own emulator, EMULATOR_QUOTAS=aws-defaults); the table of
+# moto's patches (test_patches.py, in-process). The tests start
 # their own emulator (scripts/emulator/server.py) on a free port and stop it at the end.
 #
 # Usage: tests/emulator/run.sh [PYTEST_ARG...]     (e.g. -k latency, -x, -q)

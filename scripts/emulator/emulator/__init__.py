@@ -10,6 +10,7 @@ The rule: the emulator is never kinder than AWS, and it can fail in every way AW
   wire.py             which operation a request is; errors in each service's protocol
   faults.py           the fault-injection control plane: faults, latency, hanging up
   metering.py         calls counted, time each held the emulator (/_emulator/calls, busy)
+  quotas.py           AWS's request quotas as token buckets, opt-in (/_emulator/quotas)
   ssm_common.py       SSM's shared errors, validation message, cursor pages, dates
   ssm_activations.py  SSM CreateActivation, DescribeActivations, DeleteActivation
   ssm_tags.py         SSM's tag alphabet (CreateActivation, AddTagsToResource)

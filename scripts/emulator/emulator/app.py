@@ -4,9 +4,10 @@ the agent's protocol and the control endpoints around it.
 One AWS call: its body is read once (wire.request_body); it counts and gets its plan
 (faults.FaultPlane.plan) under the state lock; the network time and "before" delays are
 slept outside every lock; a "before" fault answers its error (or hangs up) without the
-call being applied; otherwise the call runs under the AWS lock (agent_protocol.py for the
-agent's own calls, moto for the rest; the writer of a parameter recorded, principals.py),
-its time under the lock metered; then the "after" delays, and an "after" fault replaces
+call being applied; otherwise, under the AWS lock, the call meets AWS's request quotas
+when they are on (quotas.py: over quota it answers AWS's throttling error, not applied),
+then runs (agent_protocol.py for the agent's own calls, moto for the rest; the writer of
+a parameter recorded, principals.py), its time under the lock metered; then the "after" delays, and an "after" fault replaces
 the answer the call produced. Every AWS call runs under that one lock, so conditional
 writes are as atomic here as they are in DynamoDB (moto's server is threaded and would
 otherwise race). Control endpoints (/_emulator/...) take no latency, count nothing and
@@ -28,6 +29,7 @@ from .faults import CONNECTION_ERRORS, DropConnection, FaultPlane
 from .iam_calls import Recorder as IamCallRecorder
 from .metering import CallMeter
 from .node_control import NodeControl
+from .quotas import Quotas, apply_body
 from .ssm_activations import find_activation
 from .ssm_nodes import find_node, new_node
 from .wire import aws_error, operation_of, protocol_headers, request_body
@@ -45,6 +47,9 @@ class Emulator:
         self.state_lock = threading.Lock()
         self.meter = CallMeter(self.state_lock)
         self.faults = FaultPlane(self.state_lock)
+        # AWS's request quotas as token buckets: off unless EMULATOR_QUOTAS or
+        # POST /_emulator/quotas turns them on (quotas.py).
+        self.quotas = Quotas.from_env()
         # The IAM requests of the service's calls (iam_calls.py; EMULATOR_IAM_CALLS_DIR).
         self.iam_calls = IamCallRecorder.from_env()
         # The agent's own protocol (RegisterManagedInstance, RequestManagedInstanceRoleToken,
@@ -70,22 +75,31 @@ class Emulator:
             time.sleep(plan.return_s)
             return aws_error(start_response, fault.status, fault.error, operation, environ, body, fault)
         with self.aws_lock:
-            started = time.perf_counter()
-            chunks: list[bytes] = []
-            captured: dict[str, Any] = {}
+            # AWS's request quotas, when on (quotas.py): a call over quota is not applied.
+            verdict = self.quotas.admit(operation, environ, body)
+            if verdict.refusal is None:
+                started = time.perf_counter()
+                if verdict.body is not None:
+                    apply_body(environ, verdict.body)
+                chunks: list[bytes] = []
+                captured: dict[str, Any] = {}
 
-            def capture(status: str, headers: list[Any], exc_info: Any = None) -> Any:
-                captured["status"], captured["headers"] = status, headers
-                return chunks.append
+                def capture(status: str, headers: list[Any], exc_info: Any = None) -> Any:
+                    captured["status"], captured["headers"] = status, headers
+                    return chunks.append
 
-            result = (self.agent if self.agent.handles(environ) else self.moto)(environ, capture)
-            try:
-                chunks.extend(result)
-            finally:
-                if hasattr(result, "close"):
-                    result.close()
-            principals.record_writer(operation, environ, body, str(captured.get("status", "")).startswith("2"))
-            busy = (time.perf_counter() - started) * 1000
+                result = (self.agent if self.agent.handles(environ) else self.moto)(environ, capture)
+                try:
+                    chunks.extend(result)
+                finally:
+                    if hasattr(result, "close"):
+                        result.close()
+                principals.record_writer(operation, environ, body, str(captured.get("status", "")).startswith("2"))
+                busy = (time.perf_counter() - started) * 1000
+        if verdict.refusal is not None:
+            time.sleep(plan.return_s)
+            return verdict.refusal.answer(start_response, operation, environ, body)
+        captured["headers"], chunks = self.quotas.finish(verdict, captured["status"], captured["headers"], chunks)
         self.meter.held(operation, busy)
         time.sleep(plan.after_s)
         if fault is not None:  # when == "after": the call is applied, its answer is lost
@@ -117,6 +131,7 @@ class Emulator:
             lambda: principals.route(method, path, raw),
             lambda: self.meter.route(method, path),
             lambda: self.faults.route(method, path, raw),
+            lambda: self.quotas.route(method, path, raw),
             lambda: self.nodes.route(method, path, raw, peer),
         ):
             handled = answer()

@@ -119,7 +119,8 @@ def aws_error(
     fault: Any = None,
 ) -> list[bytes]:
     """An error the way the service's protocol puts it on the wire. `fault`: the
-    faults.Fault that caused it (its message and cancellation reasons), if any."""
+    faults.Fault or quotas.Refusal that caused it (its message, cancellation reasons and
+    any other members of the error), if any."""
     environ = environ or {}
     request_id = str(uuid.uuid4())
     message = fault.message if fault is not None and fault.message is not None else None
@@ -132,7 +133,8 @@ def aws_error(
             ("x-amz-crc32", str(zlib.crc32(body) & 0xFFFFFFFF)),
         ]
     elif environ.get("HTTP_X_AMZ_TARGET") or not environ:
-        body = json.dumps({"__type": code, "message": message or f"Injected fault: {code}"}).encode()
+        payload = {"__type": code, "message": message or f"Injected fault: {code}", **extra_fields(fault)}
+        body = json.dumps(payload).encode()
         headers.append(("Content-Type", "application/x-amz-json-1.1"))
     else:  # query protocol (IAM, STS): XML
         sender = "Receiver" if status >= 500 else "Sender"
@@ -160,7 +162,8 @@ def dynamodb_error(code: str, message: str | None, request: bytes, fault: Any) -
     """The JSON 1.0 body DynamoDB sends for `code`."""
     type_ = f"{DYNAMODB_NAMESPACES.get(code, DYNAMODB_NAMESPACE)}#{code}"
     if code != "TransactionCanceledException":
-        return {"__type": type_, "message": message or DYNAMODB_MESSAGES.get(code, f"Injected fault: {code}")}
+        message = message or DYNAMODB_MESSAGES.get(code, f"Injected fault: {code}")
+        return {"__type": type_, "message": message, **extra_fields(fault)}
     try:
         parsed = json.loads(request or b"{}")
         items = (parsed.get("TransactItems") or parsed.get("TransactStatements")) if isinstance(parsed, dict) else None
@@ -183,6 +186,11 @@ def dynamodb_error(code: str, message: str | None, request: bytes, fault: Any) -
         "CancellationReasons": reasons,
         "Message": message or f"Transaction cancelled, please refer cancellation reasons for specific reasons [{codes}]",
     }
+
+
+def extra_fields(fault: Any) -> dict[str, Any]:
+    """Members of the error beside its message (quotas.py: DynamoDB's ThrottlingReasons)."""
+    return dict(getattr(fault, "fields", None) or {})
 
 
 def protocol_headers(environ: dict[str, Any], status: str, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
