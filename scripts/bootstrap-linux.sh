@@ -99,6 +99,13 @@ Each vend request carries "X-Machine-Id: <SHA-256 of /etc/machine-id, else of
 registered server whose machine id changed (a clone of a registered image, a
 re-image) clears the old registration and registers afresh.
 
+Once registered it reports the registration to the service (POST /registrations:
+the managed instance ID, the activation ID, the instance name), which names and
+tags the node ("confirmed: mi-..." on stdout). When SSM refuses the code
+(InvalidActivation, ActivationExpired, RegistrationLimitExceeded) it reports the
+refusal and asks for an activation once more. A report that fails is a WARNING,
+never a different exit status.
+
 Advanced (environment only):
   BOOTSTRAP_DOWNLOAD_BASE  Mirror of the regional bucket (https:// or file://) laid out
                            as .../latest/{linux,debian}_{amd64,arm64}/... with AWS's .sig

@@ -19,6 +19,12 @@ Each vend request carries "X-Machine-Id: <SHA-256 of Win32_ComputerSystemProduct
 else of the MachineGuid registry value>" (never the raw value). The digest is kept
 beside the agent's registration (InstanceData\activation-vending.machine).
 
+Once registered it reports the registration to the service (POST /registrations: the
+managed instance ID, the activation ID, the instance name), which names and tags the
+node ("confirmed: mi-..."). When SSM refuses the code (InvalidActivation,
+ActivationExpired, RegistrationLimitExceeded) it reports the refusal and asks for an
+activation once more. A report that fails is a WARNING, never a different exit code.
+
 Idempotent: a server that is already registered exits 0 without fetching a code
 unless -Force is given, or unless it is not the machine it was registered on (a clone
 of a registered image, a re-image): then the old registration is cleared and the
