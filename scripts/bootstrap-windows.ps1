@@ -1227,12 +1227,23 @@ function Confirm-Registration {
     if ($null -eq $answer -or $answer -isnot [System.Management.Automation.PSCustomObject]) {
         return
     }
+    # Tags: an object of keys, or a list of Key/Value pairs.
     $name = 'none'
     $tags = $answer.PSObject.Properties['Tags']
     if ($null -ne $tags -and $null -ne $tags.Value) {
-        $tagName = $tags.Value.PSObject.Properties['Name']
-        if ($null -ne $tagName -and [string]$tagName.Value -match $script:InstancePattern) {
-            $name = [string]$tagName.Value
+        $nameTag = ''
+        foreach ($tag in @($tags.Value)) {
+            $key = $tag.PSObject.Properties['Key']
+            $value = $tag.PSObject.Properties['Value']
+            $named = $tag.PSObject.Properties['Name']
+            if ($null -ne $key -and [string]$key.Value -ceq 'Name' -and $null -ne $value) {
+                $nameTag = [string]$value.Value
+            } elseif ($null -ne $named -and $null -eq $key) {
+                $nameTag = [string]$named.Value
+            }
+        }
+        if ($nameTag -match $script:InstancePattern) {
+            $name = $nameTag
         }
     }
     $replaced = @()
