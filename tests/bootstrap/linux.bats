@@ -184,7 +184,7 @@ stub_requests() { grep -c . "$STUB_LOG" || true; }
 	[ "$(stub_requests)" -eq 0 ]
 }
 
-@test "--force (and VENDING_FORCE=1) re-register a fresh activation slot with the installed agent (-register -y overrides)" {
+@test "--force (and VENDING_FORCE=1) re-register with the installed agent (-register -y overrides), naming the instance so that the registration can be confirmed" {
 	run bootstrap --url "$URL" --instance "$INSTANCE"
 	assert_status 0
 	local first
