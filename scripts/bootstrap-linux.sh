@@ -99,6 +99,13 @@ Each vend request carries "X-Machine-Id: <SHA-256 of /etc/machine-id, else of
 registered server whose machine id changed (a clone of a registered image, a
 re-image) clears the old registration and registers afresh.
 
+Once registered it reports the registration to the service (POST /registrations:
+the managed instance ID, the activation ID, the instance name), which names and
+tags the node ("confirmed: mi-..." on stdout). When SSM refuses the code
+(InvalidActivation, ActivationExpired, RegistrationLimitExceeded) it reports the
+refusal and asks for an activation once more. A report that fails is a WARNING,
+never a different exit status.
+
 Advanced (environment only):
   BOOTSTRAP_DOWNLOAD_BASE  Mirror of the regional bucket (https:// or file://) laid out
                            as .../latest/{linux,debian}_{amd64,arm64}/... with AWS's .sig
@@ -756,19 +763,24 @@ urlencode() {
 	printf '%s' "$out"
 }
 
-# With --force on a registered server the instance name is left out: the service
-# would hand back the activation this server already used a registration of,
-# and registering on it again could go past its registration limit.
-FRESH_SLOT=0
+# The vend always names this server (--force too) and sends X-Machine-Id: only such a
+# vend can be confirmed afterwards (POST /registrations).
 activation_url() {
 	local base=${URL%/} query=''
 	case "$base" in
 	*/activation) ;;
 	*) base+=/activation ;;
 	esac
-	if [ "$FRESH_SLOT" = 0 ] && [ -n "$INSTANCE" ]; then query="instance=$(urlencode "$INSTANCE")"; fi
+	if [ -n "$INSTANCE" ]; then query="instance=$(urlencode "$INSTANCE")"; fi
 	if [ -n "$POOL" ]; then query="pool=$(urlencode "$POOL")${query:+&$query}"; fi
 	printf '%s%s' "$base" "${query:+?$query}"
+}
+
+# Where registrations are reported: beside /activation, with the vend's pool query.
+registrations_url() {
+	local base=${URL%/}
+	base=${base%/activation}
+	printf '%s/registrations%s' "$base" "${POOL:+?pool=$(urlencode "$POOL")}"
 }
 
 retry_after_seconds() { # header file -> integer seconds or nothing
@@ -1049,6 +1061,150 @@ tls_hint() { # LAST_ERROR
 	esac
 }
 
+# ----------------------------------------------------------------- the reports
+
+# After a registration, and after a refusal SSM gave, the script tells the service
+# (POST /registrations): a confirmation names and tags the node, a refusal lets the
+# service check that activation at once. Either report is a courtesy: whatever goes
+# wrong with it is a WARNING and never changes the exit status. The body is built
+# from values checked against their fixed alphabets, so nothing needs escaping.
+readonly REPORT_WAIT=6 # seconds for the whole report, retries included
+readonly HEALABLE_REFUSALS=' InvalidActivation ActivationExpired RegistrationLimitExceeded '
+REFUSAL_RETRY=1 # one more vend after a refusal the service can heal
+REFUSED=        # set when that refusal happened and the vend is to be asked again
+
+valid_instance_id() { [[ $1 =~ ^mi-[0-9a-f]{17}$ ]]; }
+valid_activation_id() { [[ $1 =~ ^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$ ]]; }
+
+confirmation_body() { # INSTANCE_ID
+	valid_instance_id "$1" && valid_activation_id "$ACT_ID" || return 1
+	local body="{\"InstanceId\": \"$1\", \"ActivationId\": \"$ACT_ID\""
+	if [ -n "$INSTANCE" ]; then
+		valid_instance_name "$INSTANCE" || return 1
+		body+=", \"Instance\": \"$INSTANCE\""
+	fi
+	printf '%s}' "$body"
+}
+
+refusal_body() { # CODE
+	valid_activation_id "$ACT_ID" && [[ $1 =~ ^[A-Za-z]{1,64}$ ]] || return 1
+	printf '{"ActivationId": "%s", "Error": "%s"}' "$ACT_ID" "$1"
+}
+
+# POSTs BODY to /registrations within REPORT_WAIT seconds: 429/503 follow Retry-After,
+# a connection failure is tried again after a second, anything else is the answer.
+# Sets REPORT_STATUS (the HTTP status, or "curl exit N") and REPORT_ANSWER (the body,
+# at most 64 KiB); returns 0 on 200.
+REPORT_STATUS=
+REPORT_ANSWER=
+post_registration() { # BODY
+	local url resp rc ra pause remaining deadline=$((SECONDS + REPORT_WAIT)) hdr="$WORK/report.headers"
+	local -a curl_args proxy_args
+	url=$(registrations_url)
+	mapfile -t proxy_args < <(curl_proxy_args "$URL")
+	curl_args=(--silent --show-error --proto '=https,http' --user-agent "$PROG/2" -X POST
+		-H 'Accept: application/json' -H 'Content-Type: application/json' --data-binary "$1"
+		--dump-header "$hdr" --write-out '\n%{http_code}' "${proxy_args[@]}")
+	[ -z "$API_ID" ] || curl_args+=(-H "x-apigw-api-id: $API_ID")
+	[ -z "$MACHINE_ID" ] || curl_args+=(-H "X-Machine-Id: $MACHINE_ID")
+	[ -z "$CA_BUNDLE" ] || curl_args+=(--cacert "$CA_BUNDLE")
+	while :; do
+		remaining=$((deadline - SECONDS))
+		[ "$remaining" -gt 0 ] || return 1
+		rm -f "$hdr"
+		rc=0
+		resp=$(curl "${curl_args[@]}" --connect-timeout "$((remaining < 3 ? remaining : 3))" --max-time "$remaining" "$url" 2>/dev/null) || rc=$?
+		REPORT_ANSWER=${resp%$'\n'*}
+		[ "$REPORT_ANSWER" != "$resp" ] || REPORT_ANSWER=
+		REPORT_ANSWER=${REPORT_ANSWER:0:65536}
+		REPORT_STATUS=${resp##*$'\n'}
+		if [ "$rc" != 0 ]; then
+			REPORT_STATUS="curl exit $rc"
+			pause=1
+		else
+			case "$REPORT_STATUS" in
+			200) return 0 ;;
+			429 | 503)
+				ra=$(retry_after_seconds "$hdr")
+				pause=${ra:-1}
+				;;
+			*) return 1 ;;
+			esac
+		fi
+		remaining=$((deadline - SECONDS))
+		[ "$pause" -lt "$remaining" ] || return 1
+		log "reporting to the service: $REPORT_STATUS; trying again in ${pause}s"
+		sleep "$pause"
+	done
+}
+
+# "HTTP 403 NotConfirmable: message" for the log.
+report_failure() {
+	local code msg
+	case "$REPORT_STATUS" in
+	'curl exit'*) printf '%s' "$REPORT_STATUS" ;;
+	*)
+		code=$(error_code "$REPORT_ANSWER") || code=
+		msg=$(error_message "$REPORT_ANSWER") || msg=
+		printf 'HTTP %s%s%s' "${REPORT_STATUS:-?}" "${code:+ $code}" "${msg:+: $msg}"
+		;;
+	esac
+}
+
+# The managed instance IDs in the answer's "Replaced" list, comma-separated.
+replaced_nodes() { # ANSWER
+	local re='"Replaced"[[:space:]]*:[[:space:]]*\[([^]]*)\]' list out='' id_re='mi-[0-9a-f]{17}'
+	[[ $1 =~ $re ]] || return 0
+	list=${BASH_REMATCH[1]}
+	while [[ $list =~ $id_re ]]; do
+		out+="${out:+, }${BASH_REMATCH[0]}"
+		list=${list#*"${BASH_REMATCH[0]}"}
+	done
+	printf '%s' "$out"
+}
+
+# The Name tag in the answer's "Tags" (an object of keys, or a list of Key/Value pairs).
+name_tag() { # ANSWER
+	local re='"Name"[[:space:]]*:[[:space:]]*"([A-Za-z0-9_.-]{1,253})"'
+	local list_re='"Key"[[:space:]]*:[[:space:]]*"Name"[[:space:]]*,[[:space:]]*"Value"[[:space:]]*:[[:space:]]*"([A-Za-z0-9_.-]{1,253})"'
+	if [[ $1 =~ $list_re ]] || [[ $1 =~ $re ]]; then printf '%s' "${BASH_REMATCH[1]}"; fi
+}
+
+# Confirms this registration with the service, which tags the node (Name = the
+# instance name) and may deregister this machine's older offline nodes.
+report_registration() { # INSTANCE_ID
+	local body replaced name
+	if ! body=$(confirmation_body "$1"); then
+		log "WARNING: not confirming the registration: the managed instance ID '$1' or activation ID is not of the expected form"
+		return 0
+	fi
+	log "confirming the registration: POST $(registrations_url) (InstanceId $1, ActivationId $ACT_ID${INSTANCE:+, Instance $INSTANCE})"
+	if ! post_registration "$body"; then
+		log "WARNING: the service did not confirm the registration ($(report_failure)); this server is registered all the same (no Name tag from the service)"
+		return 0
+	fi
+	replaced=$(replaced_nodes "$REPORT_ANSWER")
+	name=$(name_tag "$REPORT_ANSWER")
+	printf 'confirmed: %s (Name=%s; replaced: %s)\n' "$1" "${name:-none}" "${replaced:-none}"
+}
+
+# Tells the service that SSM refused its activation; it checks that with SSM and
+# retires the activation if SSM agrees.
+report_refusal() { # CODE
+	local body confirmed re='"Confirmed"[[:space:]]*:[[:space:]]*(true|false)'
+	body=$(refusal_body "$1") || return 0
+	log "reporting the refusal: POST $(registrations_url) (ActivationId $ACT_ID, Error $1)"
+	if ! post_registration "$body"; then
+		log "WARNING: the service did not take the refusal report ($(report_failure))"
+		return 0
+	fi
+	confirmed=unknown
+	if [[ $REPORT_ANSWER =~ $re ]]; then confirmed=${BASH_REMATCH[1]}; fi
+	log "the service checked activation $ACT_ID with SSM: Confirmed $confirmed$([ "$confirmed" != true ] || printf ' (retired)')"
+}
+
+healable_refusal() { [[ $HEALABLE_REFUSALS == *" $1 "* ]]; }
+
 # ------------------------------------------------------------------- install
 
 download_base() {
@@ -1223,11 +1379,19 @@ refusal_code() {
 # it asked SSM, so this machine is unregistered whatever the registration file says.
 # Removes that stale file (and our record), says so, prints "refused: <Code>" when SSM
 # refused, exits 5. The next run registers afresh.
+# The first refusal the service can heal (HEALABLE_REFUSALS) is not final: it sets
+# REFUSED and returns 0, and main reports it and asks for an activation once more.
 registration_failed() { # STATUS WHAT
 	local code
 	code=$(refusal_code)
 	rm -f -- "$REG_FILE" "$IDENTITY_FILE"
 	log "this machine is now UNREGISTERED: the agent clears its own identity before it asks SSM; removed $REG_FILE, the next run registers afresh"
+	if [ -n "$code" ] && [ "$REFUSAL_RETRY" = 1 ] && healable_refusal "$code"; then
+		REFUSAL_RETRY=0
+		REFUSED=$code
+		log "SSM refused activation $ACT_ID ($code): $2 could not register this server; reporting it and asking for an activation once more"
+		return 0
+	fi
 	if [ -n "$code" ]; then
 		printf 'refused: %s\n' "$code"
 		die "$EXIT_REGISTER" "SSM refused activation $ACT_ID ($code): $2 could not register this server"
@@ -1265,8 +1429,9 @@ setup_cli_unusable_here() {
 	case "$DISTRO_ID" in fedora | opensuse*) return 0 ;; *) return 1 ;; esac
 }
 
-# Returns 0 registered, 1 when ssm-setup-cli failed before installing the agent
-# (the caller falls back to the package), exits 5 when it could not register.
+# Returns 0 registered (or refused with REFUSED set), 1 when ssm-setup-cli failed
+# before installing the agent (the caller falls back to the package), exits 5 when it
+# could not register.
 try_setup_cli() {
 	local url rc=0
 	url="$(download_base)/latest/$BUCKET_DIR/ssm-setup-cli"
@@ -1296,7 +1461,10 @@ try_setup_cli() {
 		AGENT_VIA=ssm-setup-cli
 		return 0
 	fi
-	[ -z "$AGENT_BIN" ] || registration_failed "$rc" "ssm-setup-cli"
+	if [ -n "$AGENT_BIN" ]; then
+		registration_failed "$rc" "ssm-setup-cli"
+		return 0 # refused, to be asked once more (REFUSED): the agent is installed now
+	fi
 	log "ssm-setup-cli failed before the agent was installed; falling back to the $PKG package"
 	return 1
 }
@@ -1307,8 +1475,11 @@ register_installed_agent() {
 	[ "$rc" = 0 ] || registration_failed "$rc" "$SERVICE -register"
 }
 
+# Registers with the fetched activation; returns with REFUSED set when SSM refused it
+# in a way the service can heal (the first time only).
 install_and_register() {
 	REGISTER_OUT="$WORK/register.out"
+	: >"$REGISTER_OUT"
 	detect_agent
 	if [ -n "$AGENT_BIN" ]; then
 		# Amazon Linux, the Ubuntu snap, images with the agent: register it directly
@@ -1422,8 +1593,7 @@ check_existing_registration() {
 	fi
 	existing=$file_id
 	if [ "$FORCE" = 1 ]; then
-		log "registered as $existing; --force given, registering again with a fresh activation slot"
-		FRESH_SLOT=1
+		log "registered as $existing; --force given, registering again"
 		OVERRIDE=1
 		return 0
 	fi
@@ -1458,10 +1628,9 @@ check_existing_registration() {
 # The registration file and the agent's own identity disagree: a registration that
 # failed (the agent blanks its identity before asking SSM and leaves the file), a
 # -register -clear, or a file removed by hand. The machine is not registered: the stale
-# file goes and a fresh activation slot is registered (the old one was used).
+# file goes and it registers afresh.
 not_registered() { # FILE_ID AGENT_ID
-	log "not registered: $REG_FILE names ${1:-no managed instance} but the agent's own identity is ${2:-empty} (a failed registration or -register -clear blanks it); registering afresh with a fresh activation slot"
-	FRESH_SLOT=1
+	log "not registered: $REG_FILE names ${1:-no managed instance} but the agent's own identity is ${2:-empty} (a failed registration or -register -clear blanks it); registering afresh"
 	OVERRIDE=1
 	if [ "$DRY_RUN" = 1 ]; then
 		plan "remove the stale $REG_FILE and $IDENTITY_FILE"
@@ -1555,6 +1724,14 @@ main() {
 	fi
 
 	install_and_register
+	if [ -n "$REFUSED" ]; then
+		# The service checks the refusal with SSM and, if SSM agrees, retires that
+		# activation: the next vend is a good one. Asked once; a second refusal is exit 5.
+		report_refusal "$REFUSED"
+		REFUSED=
+		fetch_activation
+		install_and_register
+	fi
 	{ xtrace_off; } 2>/dev/null
 	ACT_CODE=
 	xtrace_restore
@@ -1564,7 +1741,10 @@ main() {
 	offset=$(log_size)
 	# Recorded before the wait: if the agent is not seen online now, the next run
 	# checks again instead of taking this registration for a working one.
-	if INSTANCE_ID=$(registered_instance_id); then record_machine "$INSTANCE_ID" 0; fi
+	if INSTANCE_ID=$(registered_instance_id); then
+		record_machine "$INSTANCE_ID" 0
+		report_registration "$INSTANCE_ID"
+	fi
 	enable_and_start_service || die "$EXIT_REGISTER" "could not enable and start $SERVICE"
 	wait_until_online "$offset"
 	record_machine "$INSTANCE_ID" 1

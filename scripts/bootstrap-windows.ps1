@@ -19,6 +19,12 @@ Each vend request carries "X-Machine-Id: <SHA-256 of Win32_ComputerSystemProduct
 else of the MachineGuid registry value>" (never the raw value). The digest is kept
 beside the agent's registration (InstanceData\activation-vending.machine).
 
+Once registered it reports the registration to the service (POST /registrations: the
+managed instance ID, the activation ID, the instance name), which names and tags the
+node ("confirmed: mi-..."). When SSM refuses the code (InvalidActivation,
+ActivationExpired, RegistrationLimitExceeded) it reports the refusal and asks for an
+activation once more. A report that fails is a WARNING, never a different exit code.
+
 Idempotent: a server that is already registered exits 0 without fetching a code
 unless -Force is given, or unless it is not the machine it was registered on (a clone
 of a registered image, a re-image): then the old registration is cleared and the
@@ -234,9 +240,16 @@ $script:LogToFile = $false
 $script:ImdsNoProxy = '169.254.169.254'
 $script:InstancePattern = '^(?=.{1,253}\z)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\z'
 $script:PoolPattern = '^[A-Za-z0-9_-]{1,64}\z'
+$script:ActivationIdPattern = '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\z'
 $script:ProxyPattern = '^https?://[^\s"''\\]+\z'
 $script:NoProxyPattern = '^[A-Za-z0-9.,:_*/\[\]-]+\z'
 $script:MachineId = ''
+# Reports to the service (POST /registrations): warnings only, within this many seconds.
+$script:ReportWaitSeconds = 6
+# SSM's refusals the service can heal by retiring the activation: reported, then one more vend.
+$script:HealableRefusals = @('InvalidActivation', 'ActivationExpired', 'RegistrationLimitExceeded')
+$script:RefusalRetry = $true
+$script:Refused = ''
 $script:ProxyUrl = ''
 $script:NoProxyList = ''
 $script:AllowUnverifiedRun = $false
@@ -589,7 +602,9 @@ function Stop-FailedRegistration {
     # A registration that failed, first or re-: the agent blanked its own identity before
     # it asked SSM, so this machine is unregistered whatever the registration file says.
     # Removes that stale file (and our record), says so, writes "refused: <Code>" when SSM
-    # refused, exits 5. The next run registers afresh.
+    # refused, exits 5. The next run registers afresh. The first refusal the service can
+    # heal ($script:HealableRefusals) is not final: it sets $script:Refused and returns, and
+    # Invoke-Bootstrap reports it and asks for an activation once more.
     [CmdletBinding()]
     param(
         [Parameter(Mandatory = $true)]
@@ -606,6 +621,12 @@ function Stop-FailedRegistration {
     }
     Write-BootstrapLog -Message ('this machine is now UNREGISTERED: the agent clears its own identity before it asks SSM; removed {0}, the next run registers afresh' -f $script:RegistrationFile)
     $refusal = Get-RefusalCode
+    if ($refusal -and $script:RefusalRetry -and ($script:HealableRefusals -contains $refusal)) {
+        $script:RefusalRetry = $false
+        $script:Refused = $refusal
+        Write-BootstrapLog -Message ('SSM refused activation {0} ({1}): {2} could not register this server; reporting it and asking for an activation once more' -f $ActivationId, $refusal, $What)
+        return
+    }
     if ($refusal) {
         Write-Output ('refused: {0}' -f $refusal)
         Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('SSM refused activation {0} ({1}): {2} could not register this server' -f $ActivationId, $refusal, $What)
@@ -1082,6 +1103,192 @@ function Get-VendedActivation {
     }
 }
 
+function Get-RegistrationsUri {
+    # Where registrations are reported: beside /activation, with the vend's pool query.
+    [CmdletBinding()]
+    param(
+        [Parameter(Mandatory = $true)]
+        [string]$BaseUrl,
+
+        [Parameter()]
+        [AllowEmptyString()]
+        [string]$PoolName
+    )
+    $base = $BaseUrl.TrimEnd('/')
+    if ($base.EndsWith('/activation')) {
+        $base = $base.Substring(0, $base.Length - '/activation'.Length)
+    }
+    $base = $base + '/registrations'
+    if ($PoolName) {
+        return ($base + '?pool=' + [Uri]::EscapeDataString($PoolName))
+    }
+    return $base
+}
+
+function Send-RegistrationReport {
+    # POST /registrations (issue 22) within $script:ReportWaitSeconds: 429/503 follow
+    # Retry-After, a network failure is tried again after a second, anything else is the
+    # answer. Never throws: returns the 200 answer, or $null after writing a WARNING.
+    [CmdletBinding()]
+    param(
+        [Parameter(Mandatory = $true)]
+        [string]$Uri,
+
+        [Parameter(Mandatory = $true)]
+        [System.Collections.Specialized.OrderedDictionary]$Body,
+
+        [Parameter()]
+        [AllowEmptyString()]
+        [string]$ApiGatewayId,
+
+        [Parameter(Mandatory = $true)]
+        [string]$What
+    )
+    $clock = [Diagnostics.Stopwatch]::StartNew()
+    $lastError = 'none'
+    try {
+        # ConvertTo-Json escapes whatever it is given; the values were checked anyway.
+        $json = ConvertTo-Json -InputObject $Body -Compress
+        $headers = @{ 'Accept' = 'application/json' }
+        if ($ApiGatewayId) {
+            $headers['x-apigw-api-id'] = $ApiGatewayId
+        }
+        if ($script:MachineId) {
+            $headers['X-Machine-Id'] = $script:MachineId
+        }
+        $proxyArguments = Get-ProxyArgument -Address $Uri
+        while ($true) {
+            $remaining = $script:ReportWaitSeconds - [int]$clock.Elapsed.TotalSeconds
+            if ($remaining -le 0) {
+                break
+            }
+            $pause = -1
+            try {
+                return (Invoke-RestMethod -Uri $Uri -Method Post -Body $json -ContentType 'application/json' -Headers $headers -TimeoutSec $remaining -UseBasicParsing @proxyArguments)
+            } catch {
+                $failure = Get-HttpFailure -ErrorRecord $_
+                if ($failure.Status -eq 0) {
+                    $lastError = $failure.Message
+                    $pause = 1
+                } else {
+                    $lastError = 'HTTP {0} {1}{2}' -f $failure.Status, $failure.Code, $(if ($failure.Detail) { ': ' + $failure.Detail } else { '' })
+                    if ($failure.Status -eq 429 -or $failure.Status -eq 503) {
+                        $pause = [Math]::Max($failure.RetryAfter, 1)
+                    }
+                }
+            }
+            $remaining = $script:ReportWaitSeconds - [int]$clock.Elapsed.TotalSeconds
+            if ($pause -lt 0 -or $pause -ge $remaining) {
+                break
+            }
+            Write-BootstrapLog -Message ('reporting to the service: {0}; trying again in {1}s' -f $lastError, $pause)
+            Start-Sleep -Seconds $pause
+        }
+    } catch {
+        $lastError = $_.Exception.Message
+    }
+    Write-BootstrapLog -Message ('WARNING: {0} ({1})' -f $What, $lastError)
+    return $null
+}
+
+function Confirm-Registration {
+    # Confirms this registration with the service, which tags the node (Name = the
+    # instance name) and may deregister this machine's older offline nodes. A warning at
+    # worst, never a failed boot.
+    [CmdletBinding()]
+    param(
+        [Parameter(Mandatory = $true)]
+        [string]$Uri,
+
+        [Parameter(Mandatory = $true)]
+        [string]$InstanceId,
+
+        [Parameter(Mandatory = $true)]
+        [string]$ActivationId,
+
+        [Parameter()]
+        [AllowEmptyString()]
+        [string]$InstanceName,
+
+        [Parameter()]
+        [AllowEmptyString()]
+        [string]$ApiGatewayId
+    )
+    if ($InstanceId -cnotmatch '^mi-[0-9a-f]{17}\z' -or $ActivationId -notmatch $script:ActivationIdPattern) {
+        Write-BootstrapLog -Message ('WARNING: not confirming the registration: the managed instance ID {0} or activation ID is not of the expected form' -f $InstanceId)
+        return
+    }
+    $body = [ordered]@{ InstanceId = $InstanceId; ActivationId = $ActivationId }
+    if ($InstanceName -and $InstanceName -match $script:InstancePattern) {
+        $body['Instance'] = $InstanceName
+    }
+    Write-BootstrapLog -Message ('confirming the registration: POST {0} (InstanceId {1}, ActivationId {2})' -f $Uri, $InstanceId, $ActivationId)
+    $answer = Send-RegistrationReport -Uri $Uri -Body $body -ApiGatewayId $ApiGatewayId -What 'the service did not confirm the registration; this server is registered all the same (no Name tag from the service)'
+    if ($null -eq $answer -or $answer -isnot [System.Management.Automation.PSCustomObject]) {
+        return
+    }
+    # Tags: an object of keys, or a list of Key/Value pairs.
+    $name = 'none'
+    $tags = $answer.PSObject.Properties['Tags']
+    if ($null -ne $tags -and $null -ne $tags.Value) {
+        $nameTag = ''
+        foreach ($tag in @($tags.Value)) {
+            $key = $tag.PSObject.Properties['Key']
+            $value = $tag.PSObject.Properties['Value']
+            $named = $tag.PSObject.Properties['Name']
+            if ($null -ne $key -and [string]$key.Value -ceq 'Name' -and $null -ne $value) {
+                $nameTag = [string]$value.Value
+            } elseif ($null -ne $named -and $null -eq $key) {
+                $nameTag = [string]$named.Value
+            }
+        }
+        if ($nameTag -match $script:InstancePattern) {
+            $name = $nameTag
+        }
+    }
+    $replaced = @()
+    $list = $answer.PSObject.Properties['Replaced']
+    if ($null -ne $list -and $null -ne $list.Value) {
+        $replaced = @($list.Value | Where-Object { [string]$_ -cmatch '^mi-[0-9a-f]{17}\z' })
+    }
+    Write-Output ('confirmed: {0} (Name={1}; replaced: {2})' -f $InstanceId, $name, $(if ($replaced.Count -gt 0) { $replaced -join ', ' } else { 'none' }))
+}
+
+function Send-RefusalReport {
+    # Tells the service that SSM refused its activation; it checks that with SSM and
+    # retires the activation if SSM agrees. A warning at worst.
+    [CmdletBinding()]
+    param(
+        [Parameter(Mandatory = $true)]
+        [string]$Uri,
+
+        [Parameter(Mandatory = $true)]
+        [string]$ActivationId,
+
+        [Parameter(Mandatory = $true)]
+        [string]$Refusal,
+
+        [Parameter()]
+        [AllowEmptyString()]
+        [string]$ApiGatewayId
+    )
+    if ($ActivationId -notmatch $script:ActivationIdPattern -or $Refusal -cnotmatch '^[A-Za-z]{1,64}\z') {
+        return
+    }
+    $body = [ordered]@{ ActivationId = $ActivationId; Error = $Refusal }
+    Write-BootstrapLog -Message ('reporting the refusal: POST {0} (ActivationId {1}, Error {2})' -f $Uri, $ActivationId, $Refusal)
+    $answer = Send-RegistrationReport -Uri $Uri -Body $body -ApiGatewayId $ApiGatewayId -What 'the service did not take the refusal report'
+    if ($null -eq $answer -or $answer -isnot [System.Management.Automation.PSCustomObject]) {
+        return
+    }
+    $confirmed = 'unknown'
+    $property = $answer.PSObject.Properties['Confirmed']
+    if ($null -ne $property -and $property.Value -is [bool]) {
+        $confirmed = $(if ($property.Value) { 'true (retired)' } else { 'false' })
+    }
+    Write-BootstrapLog -Message ('the service checked activation {0} with SSM: Confirmed {1}' -f $ActivationId, $confirmed)
+}
+
 function Get-ProxyArgument {
     # Splat for Invoke-RestMethod / Invoke-WebRequest: -Proxy unless there is none or the
     # address is loopback (never proxied; -NoProxy is PowerShell 7 only).
@@ -1113,7 +1320,7 @@ function Test-ActivationResponse {
             return $false
         }
     }
-    if ($Response.ActivationId -notmatch '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\z') {
+    if ($Response.ActivationId -notmatch $script:ActivationIdPattern) {
         return $false
     }
     return ($Response.ActivationCode -match '^[A-Za-z0-9+/=_-]{1,256}\z')
@@ -1527,14 +1734,12 @@ function Invoke-Bootstrap {
     $fileId = Get-RegistrationFileId
     $agentId = Get-AgentIdentity
     $existing = ''
-    $freshSlot = $false
     $override = $isForce
     if ($fileId -ne $agentId) {
         # A failed registration (the agent blanks its identity before asking SSM and
         # leaves the file), a -register -clear or a file removed by hand: not registered.
-        # The stale file goes and a fresh activation slot is registered.
-        Write-BootstrapLog -Message ("not registered: {0} names {1} but the agent's own identity is {2} (a failed registration or -register -clear blanks it); registering afresh with a fresh activation slot" -f $script:RegistrationFile, $(if ($fileId) { $fileId } else { 'no managed instance' }), $(if ($agentId) { $agentId } else { 'empty' }))
-        $freshSlot = $true
+        # The stale file goes and the machine registers afresh.
+        Write-BootstrapLog -Message ("not registered: {0} names {1} but the agent's own identity is {2} (a failed registration or -register -clear blanks it); registering afresh" -f $script:RegistrationFile, $(if ($fileId) { $fileId } else { 'no managed instance' }), $(if ($agentId) { $agentId } else { 'empty' }))
         $override = $true
         if ($isDryRun) {
             Write-PlanStep -Step ('remove the stale {0} and {1}' -f $script:RegistrationFile, $script:IdentityFile)
@@ -1549,10 +1754,7 @@ function Invoke-Bootstrap {
     if ($existing) {
         $recorded = Get-RecordedIdentity
         if ($isForce) {
-            # The service would hand back the activation whose registration this server
-            # already used; ask for a fresh slot instead (no instance name).
-            Write-BootstrapLog -Message ('registered as {0}; -Force given, registering again with a fresh activation slot' -f $existing)
-            $freshSlot = $true
+            Write-BootstrapLog -Message ('registered as {0}; -Force given, registering again' -f $existing)
         } elseif ($script:MachineId -and $recorded.machine -and $recorded.machine -ne $script:MachineId) {
             Write-BootstrapLog -Message ('registered as {0}, but on another machine (a clone or a re-image); clearing that registration and registering afresh' -f $existing)
             $override = $true
@@ -1592,11 +1794,10 @@ function Invoke-Bootstrap {
     if ($settings.CaBundle) {
         Set-CaBundleValidation -Path $settings.CaBundle
     }
-    $instanceName = $settings.Instance
-    if ($freshSlot) {
-        $instanceName = ''
-    }
-    $uri = Get-ActivationUri -BaseUrl $settings.Url -PoolName $settings.Pool -InstanceName $instanceName
+    # The vend always names this server (-Force too) and sends X-Machine-Id: only such a
+    # vend can be confirmed afterwards (POST /registrations).
+    $uri = Get-ActivationUri -BaseUrl $settings.Url -PoolName $settings.Pool -InstanceName $settings.Instance
+    $reportUri = Get-RegistrationsUri -BaseUrl $settings.Url -PoolName $settings.Pool
 
     if (-not $isDryRun -and -not $PSCmdlet.ShouldProcess($uri, 'Fetch an activation (uses one registration slot)')) {
         Write-Output 'what-if: nothing was fetched or changed'
@@ -1605,98 +1806,113 @@ function Invoke-Bootstrap {
 
     # Tracing (Set-PSDebug -Trace) would print the code with the statements that hold it.
     Set-PSDebug -Trace 0
-    $response = Get-VendedActivation -Uri $uri -ApiGatewayId $settings.ApiId -PoolName $settings.Pool -MaxWaitSeconds $maxWaitSeconds
-    if (-not (Test-ActivationResponse -Response $response)) {
+    # A refusal the service can heal is reported and the vend asked for once more
+    # (Stop-FailedRegistration sets $script:Refused the first time); a second one is exit 5.
+    $vends = 0
+    do {
+        if ($script:Refused) {
+            Send-RefusalReport -Uri $reportUri -ActivationId $activationId -Refusal $script:Refused -ApiGatewayId $settings.ApiId
+            $script:Refused = ''
+        }
+        $vends++
+        $response = Get-VendedActivation -Uri $uri -ApiGatewayId $settings.ApiId -PoolName $settings.Pool -MaxWaitSeconds $maxWaitSeconds
+        if (-not (Test-ActivationResponse -Response $response)) {
+            $response = $null
+            Stop-Bootstrap -ExitCode $script:ExitFetch -Message 'malformed response from the service (not an activation JSON object with ActivationId and ActivationCode)'
+        }
+        $script:ActivationCode = [string]$response.ActivationCode
+        $activationId = [string]$response.ActivationId
+        $activationRegion = Get-OptionalProperty -InputObject $response -Name 'Region'
+        $expires = Get-OptionalProperty -InputObject $response -Name 'ExpirationDate'
+        $activationPool = Get-OptionalProperty -InputObject $response -Name 'Pool'
         $response = $null
-        Stop-Bootstrap -ExitCode $script:ExitFetch -Message 'malformed response from the service (not an activation JSON object with ActivationId and ActivationCode)'
-    }
-    $script:ActivationCode = [string]$response.ActivationCode
-    $activationId = [string]$response.ActivationId
-    $activationRegion = Get-OptionalProperty -InputObject $response -Name 'Region'
-    $expires = Get-OptionalProperty -InputObject $response -Name 'ExpirationDate'
-    $activationPool = Get-OptionalProperty -InputObject $response -Name 'Pool'
-    $response = $null
-    # Logged only when they look as they must (as the Linux script checks them).
-    if ($activationRegion -cnotmatch '^[a-z0-9-]{0,32}\z') {
-        $activationRegion = ''
-    }
-    if ($expires -cnotmatch '^[0-9A-Za-z:.+-]{0,40}\z') {
-        $expires = ''
-    }
-    if ($activationPool -cnotmatch '^[A-Za-z0-9_-]{0,64}\z') {
-        $activationPool = ''
-    }
-    Write-BootstrapLog -Message ('got activation {0} (pool {1}, region {2}, expires {3}); code {4}' -f $activationId, $activationPool, $activationRegion, $expires, $script:Mask)
+        # Logged only when they look as they must (as the Linux script checks them).
+        if ($activationRegion -cnotmatch '^[a-z0-9-]{0,32}\z') {
+            $activationRegion = ''
+        }
+        if ($expires -cnotmatch '^[0-9A-Za-z:.+-]{0,40}\z') {
+            $expires = ''
+        }
+        if ($activationPool -cnotmatch '^[A-Za-z0-9_-]{0,64}\z') {
+            $activationPool = ''
+        }
+        Write-BootstrapLog -Message ('got activation {0} (pool {1}, region {2}, expires {3}); code {4}' -f $activationId, $activationPool, $activationRegion, $expires, $script:Mask)
 
-    $regionName = $settings.Region
-    if (-not $regionName) {
-        $regionName = $activationRegion
-    }
-    if (-not (Test-RegionName -Name $regionName)) {
-        Stop-Bootstrap -ExitCode $script:ExitFetch -Message ('no valid region (service returned "{0}"); pass -Region' -f $activationRegion)
-    }
-    $baseUrl = Get-DownloadBase -RegionName $regionName
-    $overrideFlag = ''
-    if ($override) {
-        $overrideFlag = ' -override'
-    }
-    $agentInstalled = Test-Path -LiteralPath $script:AgentExe -PathType Leaf
+        $regionName = $settings.Region
+        if (-not $regionName) {
+            $regionName = $activationRegion
+        }
+        if (-not (Test-RegionName -Name $regionName)) {
+            Stop-Bootstrap -ExitCode $script:ExitFetch -Message ('no valid region (service returned "{0}"); pass -Region' -f $activationRegion)
+        }
+        $baseUrl = Get-DownloadBase -RegionName $regionName
+        $overrideFlag = ''
+        if ($override) {
+            $overrideFlag = ' -override'
+        }
+        $agentInstalled = Test-Path -LiteralPath $script:AgentExe -PathType Leaf
 
-    if ($isDryRun) {
-        Write-PlanStep -Step ('activation {0} for instance {1} (pool {2}, region {3}, expires {4}); code {5}' -f $activationId, $settings.Instance, $activationPool, $regionName, $expires, $script:Mask)
+        if ($isDryRun) {
+            Write-PlanStep -Step ('activation {0} for instance {1} (pool {2}, region {3}, expires {4}); code {5}' -f $activationId, $settings.Instance, $activationPool, $regionName, $expires, $script:Mask)
+            if ($agentInstalled) {
+                Write-PlanStep -Step ('the agent is installed ({0}): run amazon-ssm-agent.exe -register -code={1} -id={2} -region={3} -y' -f $script:AgentExe, $script:Mask, $activationId, $regionName)
+            } else {
+                Write-PlanStep -Step ('download {0}/latest/{1}/ssm-setup-cli.exe and require a valid Amazon Authenticode signature' -f $baseUrl, $bucketDirectory)
+                Write-PlanStep -Step ('run: ssm-setup-cli.exe -register -activation-code={0} -activation-id={1} -region={2}{3}' -f $script:Mask, $activationId, $regionName, $overrideFlag)
+                Write-PlanStep -Step ('if ssm-setup-cli.exe is unavailable: AmazonSSMAgentSetup.exe /q CODE={0} ID={1} REGION={2} from {3}/latest/{4}/ (signature checked)' -f $script:Mask, $activationId, $regionName, $baseUrl, $bucketDirectory)
+            }
+            if ($script:ProxyUrl) {
+                Write-PlanStep -Step ('set {0}\Environment: https_proxy, http_proxy={1}, no_proxy={2}' -f $script:ServiceKey, (ConvertTo-RedactedUrl -Address $script:ProxyUrl), ($script:ImdsNoProxy + $(if ($script:NoProxyList) { ',' + $script:NoProxyList } else { '' })))
+            }
+            Write-PlanStep -Step ('Set-Service {0} -StartupType Automatic; Restart-Service {0}' -f $script:ServiceName)
+            Write-PlanStep -Step ("wait up to {0}s until the agent's own identity and {1} name the same managed instance (mi-...), {2} is running and {3} says 'Credentials ready' since this start" -f $onlineWaitSeconds, $script:RegistrationFile, $script:ServiceName, $script:AgentLog)
+            Write-PlanStep -Step ('record the machine id digest in {0}' -f $script:IdentityFile)
+            Clear-Secret
+            Write-Output 'dry run complete: nothing was changed'
+            return
+        }
+
+        $via = 'installed agent'
         if ($agentInstalled) {
-            Write-PlanStep -Step ('the agent is installed ({0}): run amazon-ssm-agent.exe -register -code={1} -id={2} -region={3} -y' -f $script:AgentExe, $script:Mask, $activationId, $regionName)
-        } else {
-            Write-PlanStep -Step ('download {0}/latest/{1}/ssm-setup-cli.exe and require a valid Amazon Authenticode signature' -f $baseUrl, $bucketDirectory)
-            Write-PlanStep -Step ('run: ssm-setup-cli.exe -register -activation-code={0} -activation-id={1} -region={2}{3}' -f $script:Mask, $activationId, $regionName, $overrideFlag)
-            Write-PlanStep -Step ('if ssm-setup-cli.exe is unavailable: AmazonSSMAgentSetup.exe /q CODE={0} ID={1} REGION={2} from {3}/latest/{4}/ (signature checked)' -f $script:Mask, $activationId, $regionName, $baseUrl, $bucketDirectory)
-        }
-        if ($script:ProxyUrl) {
-            Write-PlanStep -Step ('set {0}\Environment: https_proxy, http_proxy={1}, no_proxy={2}' -f $script:ServiceKey, (ConvertTo-RedactedUrl -Address $script:ProxyUrl), ($script:ImdsNoProxy + $(if ($script:NoProxyList) { ',' + $script:NoProxyList } else { '' })))
-        }
-        Write-PlanStep -Step ('Set-Service {0} -StartupType Automatic; Restart-Service {0}' -f $script:ServiceName)
-        Write-PlanStep -Step ("wait up to {0}s until the agent's own identity and {1} name the same managed instance (mi-...), {2} is running and {3} says 'Credentials ready' since this start" -f $onlineWaitSeconds, $script:RegistrationFile, $script:ServiceName, $script:AgentLog)
-        Write-PlanStep -Step ('record the machine id digest in {0}' -f $script:IdentityFile)
-        Clear-Secret
-        Write-Output 'dry run complete: nothing was changed'
-        return
-    }
-
-    $via = 'installed agent'
-    if ($agentInstalled) {
-        # Register the installed agent directly rather than have ssm-setup-cli reinstall it.
-        Write-BootstrapLog -Message ('the agent is installed ({0}); registering it directly' -f $script:AgentExe)
-        $exitCode = Register-WithAgent -ActivationId $activationId -RegionName $regionName
-        if ($exitCode -ne 0) {
-            Stop-FailedRegistration -ExitCode $exitCode -What 'amazon-ssm-agent.exe -register' -ActivationId $activationId
-        }
-    } else {
-        $work = New-WorkDirectory
-        $setupCli = Join-Path $work 'ssm-setup-cli.exe'
-        $source = '{0}/latest/{1}/ssm-setup-cli.exe' -f $baseUrl, $bucketDirectory
-        $via = 'ssm-setup-cli'
-        Write-BootstrapLog -Message ('downloading {0}' -f $source)
-        $exitCode = -1
-        if (Save-Download -Source $source -Destination $setupCli -MaxWaitSeconds $maxWaitSeconds) {
-            $exitCode = Register-WithSetupCli -SetupCli $setupCli -ActivationId $activationId -RegionName $regionName -Override:$override
-            if ($exitCode -ne 0 -and (Test-Path -LiteralPath $script:AgentExe -PathType Leaf)) {
-                Stop-FailedRegistration -ExitCode $exitCode -What 'ssm-setup-cli' -ActivationId $activationId
-            }
-        }
-        if ($exitCode -ne 0) {
-            Write-BootstrapLog -Message 'ssm-setup-cli is unavailable or failed before installing the agent; falling back to the agent installer'
-            $via = 'AmazonSSMAgentSetup.exe'
-            $exitCode = Install-AgentPackage -BaseUrl $baseUrl -BucketDirectory $bucketDirectory -ActivationId $activationId -RegionName $regionName -MaxWaitSeconds $maxWaitSeconds
+            # Register the installed agent directly rather than have ssm-setup-cli reinstall it.
+            Write-BootstrapLog -Message ('the agent is installed ({0}); registering it directly' -f $script:AgentExe)
+            $exitCode = Register-WithAgent -ActivationId $activationId -RegionName $regionName
             if ($exitCode -ne 0) {
-                if (-not (Test-Path -LiteralPath $script:AgentExe -PathType Leaf)) {
-                    Stop-Bootstrap -ExitCode $script:ExitInstall -Message ('the agent installer failed (exit {0})' -f $exitCode)
+                Stop-FailedRegistration -ExitCode $exitCode -What 'amazon-ssm-agent.exe -register' -ActivationId $activationId
+            }
+        } else {
+            $work = New-WorkDirectory
+            $setupCli = Join-Path $work 'ssm-setup-cli.exe'
+            $source = '{0}/latest/{1}/ssm-setup-cli.exe' -f $baseUrl, $bucketDirectory
+            $via = 'ssm-setup-cli'
+            Write-BootstrapLog -Message ('downloading {0}' -f $source)
+            $exitCode = -1
+            if (Save-Download -Source $source -Destination $setupCli -MaxWaitSeconds $maxWaitSeconds) {
+                $exitCode = Register-WithSetupCli -SetupCli $setupCli -ActivationId $activationId -RegionName $regionName -Override:$override
+                if ($exitCode -ne 0 -and (Test-Path -LiteralPath $script:AgentExe -PathType Leaf)) {
+                    Stop-FailedRegistration -ExitCode $exitCode -What 'ssm-setup-cli' -ActivationId $activationId
                 }
-                Stop-FailedRegistration -ExitCode $exitCode -What 'AmazonSSMAgentSetup.exe' -ActivationId $activationId
+            }
+            if ($exitCode -ne 0 -and -not $script:Refused) {
+                Write-BootstrapLog -Message 'ssm-setup-cli is unavailable or failed before installing the agent; falling back to the agent installer'
+                $via = 'AmazonSSMAgentSetup.exe'
+                $exitCode = Install-AgentPackage -BaseUrl $baseUrl -BucketDirectory $bucketDirectory -ActivationId $activationId -RegionName $regionName -MaxWaitSeconds $maxWaitSeconds
+                if ($exitCode -ne 0) {
+                    if (-not (Test-Path -LiteralPath $script:AgentExe -PathType Leaf)) {
+                        Stop-Bootstrap -ExitCode $script:ExitInstall -Message ('the agent installer failed (exit {0})' -f $exitCode)
+                    }
+                    Stop-FailedRegistration -ExitCode $exitCode -What 'AmazonSSMAgentSetup.exe' -ActivationId $activationId
+                }
             }
         }
-    }
+    } while ($script:Refused -and $vends -lt 2)
     Clear-Secret
 
+    # Reported once registered, before the wait: a warning at worst.
+    $registered = Get-RegisteredInstanceId
+    if ($registered) {
+        Confirm-Registration -Uri $reportUri -InstanceId $registered -ActivationId $activationId -InstanceName $settings.Instance -ApiGatewayId $settings.ApiId
+    }
     $instanceId = Confirm-AgentOnline -OnlineWaitSeconds $onlineWaitSeconds
     Remove-WorkDirectory
     Write-BootstrapLog -Message ('registered as {0} in {1} via {2} (activation {3}); {4} is automatic, running and connected' -f $instanceId, $regionName, $via, $activationId, $script:ServiceName)

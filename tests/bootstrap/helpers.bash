@@ -302,7 +302,7 @@ start_stub() { # DIR
 		-extfile "$dir/tls.ext" -out "$dir/tls.pem" >/dev/null 2>&1
 	"$TEST_PYTHON" "$BATS_TEST_DIRNAME/stub_server.py" --port-file "$dir/stub.port" --log "$dir/stub.log" \
 		--cert "$dir/tls.pem" --key "$dir/tls.key" --tls-port-file "$dir/stub-tls.port" \
-		--proxy-port-file "$dir/stub-proxy.port" >"$dir/stub.out" 2>&1 &
+		--proxy-port-file "$dir/stub-proxy.port" --upstream "${BOOTSTRAP_TEST_VENDING_URL:-}" >"$dir/stub.out" 2>&1 &
 	echo $! >"$dir/stub.pid"
 	for _ in $(seq 1 100); do
 		[ -s "$dir/stub.port" ] && [ -s "$dir/stub-tls.port" ] && [ -s "$dir/stub-proxy.port" ] && break

@@ -184,15 +184,16 @@ stub_requests() { grep -c . "$STUB_LOG" || true; }
 	[ "$(stub_requests)" -eq 0 ]
 }
 
-@test "--force (and VENDING_FORCE=1) re-register a fresh activation slot with the installed agent (-register -y overrides)" {
+@test "--force (and VENDING_FORCE=1) re-register with the installed agent (-register -y overrides), naming the instance so that the registration can be confirmed" {
 	run bootstrap --url "$URL" --instance "$INSTANCE"
 	assert_status 0
 	local first
 	first=$(registered_id)
 	run bootstrap --url "$URL" --instance "$INSTANCE" --force
 	assert_status 0
-	assert_output_has "--force given, registering again with a fresh activation slot"
-	refute_output_has "instance=$INSTANCE"
+	assert_output_has "--force given, registering again"
+	# Only a named vend with X-Machine-Id can be confirmed (issue 22): --force names itself too.
+	assert_output_has "GET $URL/activation?instance=$INSTANCE (X-Machine-Id: "
 	assert_output_has "the agent is installed"
 	assert_calls_have "amazon-ssm-agent -register=1 -id=$(sed -n 's/.*got activation \([0-9a-f-]*\) .*/\1/p' <<<"$output") -region=us-east-1 -y=1"
 	local second
@@ -293,9 +294,15 @@ stub_requests() { grep -c . "$STUB_LOG" || true; }
 	[ "$(stub_requests)" -eq 0 ]
 }
 
-@test "SSM refuses the activation: exit 5, 'refused: <Code>' read from the agent's output, the machine says it is unregistered" {
+@test "SSM refuses the activation twice: reported, asked once more, then exit 5, 'refused: <Code>' read from the agent's output, the machine says it is unregistered" {
 	run bootstrap --url "$STUB_URL/refused" --instance "$INSTANCE"
 	assert_status 5
+	# One report of the first refusal, one more vend; the second refusal is final.
+	[ "$(jq -s '[.[] | select(.method == "GET")] | length' "$STUB_LOG")" -eq 2 ] || fail "expected exactly 2 vends: $(cat "$STUB_LOG")"
+	jq -se '[.[] | select(.method == "POST")] | length == 1 and (.[0].body | keys == ["ActivationId", "Error"]) and .[0].body.Error == "InvalidActivation"' "$STUB_LOG" >/dev/null ||
+		fail "expected one refusal report: $(cat "$STUB_LOG")"
+	[ "$(grep -c . "$SERVER_ROOT/.standin/register-errors")" -eq 2 ]
+	[ "$(grep -c '^refused: ' <<<"$output")" -eq 1 ]
 	[[ $output == *$'\nrefused: InvalidActivation\n'* ]] || [[ $output == "refused: InvalidActivation"$'\n'* ]] || {
 		show_run
 		fail "no 'refused: InvalidActivation' line"
@@ -815,5 +822,102 @@ MODES
 	[ -s "$SERVER_ROOT/etc/systemd/system/$unit.service.d/activation-vending-proxy.conf" ]
 	refute_calls_have "ssm-setup-cli"
 	assert_registered "$unit"
+	assert_code_not_leaked
+}
+
+# ------------------------------------------------ reports to the service (issue 22)
+
+# The stub's log entries of one method, as a JSON array.
+stub_entries() { # METHOD
+	jq -sc --arg m "$1" '[.[] | select(.method == $m)]' "$STUB_LOG"
+}
+
+@test "after registering, the registration is reported to the real service; a service without POST /registrations is a warning, exit 0" {
+	run bootstrap --url "$URL" --instance "$INSTANCE"
+	assert_status 0
+	assert_registered
+	local id
+	id=$(registered_id)
+	assert_output_has "confirming the registration: POST $URL/registrations (InstanceId $id, ActivationId "
+	# Without the route (404) a warning; with it, the confirmation. Never a failed boot.
+	[[ $output == *"confirmed: $id "* ]] || [[ $output == *"WARNING: the service did not confirm the registration (HTTP 404"* ]] || {
+		show_run
+		fail "neither a confirmation nor the warning"
+	}
+	assert_output_has "registered: $id"
+	assert_code_not_leaked
+}
+
+@test "a confirmation: POST /registrations with the vend's pool query, X-Machine-Id and {InstanceId, ActivationId, Instance}; the Name tag and replaced nodes are printed" {
+	run bootstrap --url "$STUB_URL/confirmed" --pool default --instance "$INSTANCE"
+	assert_status 0
+	assert_registered
+	local id activation digest
+	id=$(registered_id)
+	digest=$(machine_digest "$SERVER_ROOT")
+	activation=$(sed -n 's/.*got activation \([0-9a-f-]*\) .*/\1/p' <<<"$output")
+	[ -n "$activation" ]
+	stub_entries GET | jq -e --arg p "/confirmed/activation?pool=default&instance=$INSTANCE" --arg m "$digest" \
+		'length == 1 and .[0].path == $p and .[0].headers["x-machine-id"] == $m' >/dev/null || fail "the vend: $(stub_entries GET)"
+	stub_entries POST | jq -e --arg m "$digest" --arg id "$id" --arg a "$activation" --arg n "$INSTANCE" \
+		'length == 1 and .[0].path == "/confirmed/registrations?pool=default" and .[0].headers["x-machine-id"] == $m
+		 and .[0].headers["content-type"] == "application/json"
+		 and .[0].body == {"InstanceId": $id, "ActivationId": $a, "Instance": $n}' >/dev/null ||
+		fail "the report: $(stub_entries POST)"
+	assert_output_has "confirmed: $id (Name=$INSTANCE; replaced: mi-0123456789abcdef0)"
+	assert_output_has "registered: $id"
+	assert_code_not_leaked
+}
+
+@test "a confirmation the service refuses or cannot take is a warning, never a failed boot: 403 NotConfirmable, 404 without the route, 503 past a few seconds" {
+	local mode
+	for mode in notconfirmable noroute throttled; do
+		new_server "$BATS_TEST_TMPDIR/server-$mode" rocky9
+		SECONDS=0
+		run bootstrap --url "$STUB_URL/$mode" --instance "$INSTANCE-$mode"
+		assert_status 0
+		assert_registered
+		assert_output_has "registered: $(registered_id)"
+		refute_output_has "confirmed: "
+		assert_code_not_leaked
+		case "$mode" in
+		notconfirmable) assert_output_has "WARNING: the service did not confirm the registration (HTTP 403 NotConfirmable: the node was registered before the vend)" ;;
+		noroute) assert_output_has "WARNING: the service did not confirm the registration (HTTP 404 NotFound" ;;
+		throttled)
+			assert_output_has "reporting to the service: 503; trying again in 1s"
+			assert_output_has "WARNING: the service did not confirm the registration (HTTP 503 Throttled"
+			# Bounded: a handful of tries within the report's few seconds.
+			[ "$(stub_entries POST | jq length)" -ge 2 ] && [ "$(stub_entries POST | jq length)" -le 8 ] || fail "not a bounded retry: report attempts: $(stub_entries POST | jq length)"
+			[ "$SECONDS" -lt 30 ]
+			;;
+		esac
+		: >"$STUB_LOG"
+	done
+}
+
+@test "a refused code is reported (ActivationId and Error), then the script asks once more: exactly one more vend and registration, then confirmed" {
+	run bootstrap --url "$STUB_URL/refusedonce" --instance "$INSTANCE"
+	assert_status 0
+	assert_registered
+	local id digest first second
+	id=$(registered_id)
+	digest=$(machine_digest "$SERVER_ROOT")
+	assert_output_has "reporting it and asking for an activation once more"
+	refute_output_has "refused: "
+	# In order: the refused vend, the refusal report, one more vend, the confirmation.
+	jq -sc '[.[] | .method + " " + (.path | sub("\\?.*"; ""))]' "$STUB_LOG" |
+		grep -qxF '["GET /refusedonce/activation","POST /refusedonce/registrations","GET /refusedonce/activation","POST /refusedonce/registrations"]' ||
+		fail "unexpected requests: $(cat "$STUB_LOG")"
+	first=$(sed -n 's/.*got activation \([0-9a-f-]*\) .*/\1/p' <<<"$output" | sed -n 1p)
+	second=$(sed -n 's/.*got activation \([0-9a-f-]*\) .*/\1/p' <<<"$output" | sed -n 2p)
+	[ -n "$first" ] && [ -n "$second" ] && [ "$first" != "$second" ]
+	stub_entries POST | jq -e --arg a "$first" --arg b "$second" --arg id "$id" --arg m "$digest" '
+		.[0].body == {"ActivationId": $a, "Error": "InvalidActivation"} and .[0].headers["x-machine-id"] == $m
+		and .[1].body.InstanceId == $id and .[1].body.ActivationId == $b' >/dev/null || fail "the reports: $(stub_entries POST)"
+	assert_output_has "the service checked activation $first with SSM: Confirmed true (retired)"
+	assert_output_has "confirmed: $id"
+	[ "$(grep -c . "$SERVER_ROOT/.standin/register-errors")" -eq 1 ]
+	[ "$(grep -c . "$SERVER_ROOT/.standin/registrations")" -eq 1 ]
+	[ "$(grep -c . "$SERVER_ROOT/.standin/received-codes")" -eq 2 ]
 	assert_code_not_leaked
 }

@@ -34,7 +34,13 @@ itself cannot run on our machines).
                                 the stale file and says "refused: <Code>", online from
                                 the core's log and hibernation from the worker's, a
                                 -register timeout, the exact signer CN, 3010, ARM64,
-                                proxy credentials masked
+                                proxy credentials masked;
+                                issue 22: the registration is reported (POST
+                                /registrations, X-Machine-Id, the pool, a body from
+                                checked values through ConvertTo-Json, never the code),
+                                a failed report is a bounded warning, -Force names the
+                                instance, a refusal the service can heal is reported and
+                                the vend asked for once more
   ps_check.py patterns FILE   prints the -Instance and -Pool ValidatePatterns as JSON
                               (tests run them against the service's name rules)
 
@@ -355,6 +361,50 @@ def contract(path: Path) -> list[str]:
     need("windows_arm64" not in fn("Get-BucketDirectory") and "no SSM Agent build for Windows on ARM64" in fn("Get-BucketDirectory"),
          "Windows on ARM64 is not told plainly that there is no agent build")
     need("[^/@\\s]*@" in fn("ConvertTo-MaskedText"), "proxy credentials in the tools' output are not masked")
+
+    # Issue 22: reports to the service (POST /registrations), warnings only.
+    report = fn("Send-RegistrationReport")
+    confirm = fn("Confirm-Registration")
+    refusal_report = fn("Send-RefusalReport")
+    after_loop = main_text.find("} while ($script:Refused")
+    report_at = main_text.find("Confirm-Registration -Uri $reportUri -InstanceId $registered")
+    need(0 <= after_loop < report_at < main_text.find("$instanceId = Confirm-AgentOnline", after_loop)
+         and "$registered = Get-RegisteredInstanceId" in main_text,
+         "the registration is not reported (Confirm-Registration once registered, before the online wait)")
+    need("'/registrations'" in fn("Get-RegistrationsUri") and "'?pool='" in fn("Get-RegistrationsUri")
+         and "$reportUri = Get-RegistrationsUri -BaseUrl $settings.Url -PoolName $settings.Pool" in main_text,
+         "the report does not go to /registrations with the vend's pool query")
+    need("-Method Post" in report and "$headers['X-Machine-Id'] = $script:MachineId" in report
+         and "@proxyArguments" in report and "ConvertTo-Json -InputObject $Body" in report,
+         "the report is not a JSON POST with X-Machine-Id (through the proxy)")
+    need("InstanceId = $InstanceId; ActivationId = $ActivationId" in confirm and "$body['Instance'] = $InstanceName" in confirm
+         and "$InstanceId -cnotmatch '^mi-[0-9a-f]{17}\\z'" in confirm and "$ActivationId -notmatch $script:ActivationIdPattern" in confirm
+         and "ActivationId = $ActivationId; Error = $Refusal" in refusal_report,
+         "the confirmation does not name the instance, or a report's values are not checked before they go into it")
+    for name, body in (("Send-RegistrationReport", report), ("Confirm-Registration", confirm), ("Send-RefusalReport", refusal_report)):
+        need(re.search(r"Stop-Bootstrap|\bexit\b|\bthrow\b", body) is None and body != "",
+             f"{name}: a failed report fails the boot (it must be a warning)")
+        need(SECRET_NAMES.search(body) is None, f"{name}: a report carries the activation code")
+    need(re.search(r"^\s*\} catch \{\s*\$lastError = \$_\.Exception\.Message", report, re.MULTILINE) is not None
+         and "'WARNING: {0} ({1})'" in report,
+         "Send-RegistrationReport: a failed report fails the boot (it must be a warning)")
+    wait = re.search(r"^\$script:ReportWaitSeconds = (\d+)$", source, re.MULTILINE)
+    need(wait is not None and int(wait.group(1)) <= 10 and "$script:ReportWaitSeconds - [int]$clock.Elapsed.TotalSeconds" in report,
+         "the report's retries are not bounded to a few seconds")
+    need("-InstanceName $settings.Instance\n" in main_text and "freshSlot" not in main_text,
+         "-Force (or a stale registration file) vends without the instance name, which cannot be confirmed")
+    need("$script:HealableRefusals = @('InvalidActivation', 'ActivationExpired', 'RegistrationLimitExceeded')" in source
+         and "$script:HealableRefusals -contains $refusal" in failed,
+         "the refusals the service can heal (InvalidActivation, ActivationExpired, RegistrationLimitExceeded) are not told apart")
+    need(re.search(r"\$script:RefusalRetry = \$false\s+\$script:Refused = \$refusal", failed) is not None
+         and "$script:RefusalRetry -and" in failed,
+         "a refusal is retried more than once")
+    loop_at = main_text.find("    do {")
+    need(0 <= loop_at < main_text.find("Send-RefusalReport -Uri $reportUri -ActivationId $activationId -Refusal $script:Refused")
+         < main_text.find("$response = Get-VendedActivation", loop_at),
+         "a refusal is not reported before the vend is asked for again")
+    need("} while ($script:Refused -and $vends -lt 2)" in main_text and "-and -not $script:Refused" in main_text,
+         "a refusal the service can heal is not followed by exactly one more vend and registration")
 
     # Issue 9.8: -Instance says what it does.
     help_block = re.search(r"\.PARAMETER Instance\n(.*?)\n\n", source, re.DOTALL)

@@ -15,6 +15,18 @@ The first path segment picks the behaviour (the script appends /activation):
   /misconfigured/... 500 PoolMisconfigured
   /accessdenied/...  403 AccessDenied, as API Gateway's resource policy answers
   /internal/...      500 InternalError (a failure worth retrying)
+The relay modes pass GET .../activation on to the real service (--upstream, with the
+query, X-Machine-Id and x-apigw-api-id) and answer POST .../registrations (issue 22)
+themselves, as the mode says; each POST is logged with its JSON body:
+  /confirmed/...       200 {"InstanceId", "Tags": {"Name", "activation-vending:machine-id"},
+                       "Replaced": ["mi-0123456789abcdef0"]}
+  /notconfirmable/...  403 NotConfirmable
+  /noroute/...         404 NotFound (a service without the route)
+  /throttled/...       503 Throttled with Retry-After: 1, every time
+  /refusedonce/...     the first GET from each X-Machine-Id gets an activation SSM
+                       refuses (as /refused), the next ones are relayed; a POST with
+                       "Error" is 200 {"ActivationId", "Confirmed": true}, one with
+                       "InstanceId" as /confirmed
 Every request is appended to --log as one JSON line. With --cert/--key it also
 serves HTTPS on a second port (written to --tls-port-file), to prove that the
 script verifies TLS. With --proxy-port-file it also runs an HTTP proxy that
@@ -33,35 +45,103 @@ import socket
 import ssl
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOG_LOCK = threading.Lock()
+RELAY_MODES = ("confirmed", "notconfirmable", "noroute", "throttled", "refusedonce")
+REFUSED_ONCE: set[str] = set()
+
+
+def refused_activation() -> bytes:
+    """A well-formed activation that SSM (the emulator) does not know."""
+    body = {
+        "ActivationId": str(uuid.uuid4()),
+        "ActivationCode": secrets.token_urlsafe(15)[:20].replace("-", "A").replace("_", "B"),
+        "Region": "us-east-1",
+        "ExpirationDate": "2099-01-01T00:00:00Z",
+        "Pool": "default",
+    }
+    return json.dumps(body).encode()
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     log_path = ""
+    upstream = ""
 
     def log_message(self, *args: object) -> None:  # quiet
         pass
 
-    def record(self, mode: str) -> None:
-        entry = {"mode": mode, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}
+    def record(self, mode: str, body: object = None) -> None:
+        entry = {"mode": mode, "method": self.command, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}
+        if body is not None:
+            entry["body"] = body
         with LOG_LOCK, open(self.log_path, "a", encoding="utf-8") as log:
             log.write(json.dumps(entry) + "\n")
 
-    def send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+    def send(self, status: int, body: bytes, content_type: str = "application/json", retry_after: str = "") -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        if retry_after:
+            self.send_header("Retry-After", retry_after)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
         self.wfile.write(body)
 
+    def relay(self) -> None:
+        """GET /activation of the real service, with this request's query and headers."""
+        query = urllib.parse.urlsplit(self.path).query
+        request = urllib.request.Request(self.upstream.rstrip("/") + "/activation" + ("?" + query if query else ""))
+        for name in ("X-Machine-Id", "x-apigw-api-id", "X-Instance-Name"):
+            if self.headers.get(name):
+                request.add_header(name, self.headers[name])
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310 (loopback)
+                self.send(answer.status, answer.read())
+        except urllib.error.HTTPError as error:
+            self.send(error.code, error.read(), retry_after=error.headers.get("Retry-After", ""))
+
+    def do_POST(self) -> None:  # noqa: N802
+        mode = self.path.lstrip("/").split("/", 1)[0].split("?", 1)[0]
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = {"unparsable": raw.decode("utf-8", "replace")}
+        self.record(mode, body)
+        if mode not in RELAY_MODES or not self.path.split("?", 1)[0].endswith("/registrations"):
+            self.send(404, b'{"error":{"code":"NotFound","message":"unknown stub mode"}}')
+            return
+        if mode == "notconfirmable":
+            self.send(403, b'{"error":{"code":"NotConfirmable","message":"the node was registered before the vend"}}')
+        elif mode == "noroute":
+            self.send(404, b'{"error":{"code":"NotFound","message":"no route /registrations"}}')
+        elif mode == "throttled":
+            self.send(503, b'{"error":{"code":"Throttled","message":"slow down"}}', retry_after="1")
+        elif "Error" in body:
+            self.send(200, json.dumps({"ActivationId": body.get("ActivationId"), "Confirmed": True}).encode())
+        else:
+            tags = {"Name": body.get("Instance"), "activation-vending:machine-id": self.headers.get("X-Machine-Id")}
+            answer = {"InstanceId": body.get("InstanceId"), "Tags": tags, "Replaced": ["mi-0123456789abcdef0"]}
+            self.send(200, json.dumps(answer).encode())
+
     def do_GET(self) -> None:  # noqa: N802
         mode = self.path.lstrip("/").split("/", 1)[0].split("?", 1)[0]
         self.record(mode)
+        if mode in RELAY_MODES:
+            machine = self.headers.get("X-Machine-Id", "")
+            with LOG_LOCK:
+                first = mode == "refusedonce" and machine not in REFUSED_ONCE
+                REFUSED_ONCE.add(machine)
+            if first:
+                self.send(200, refused_activation())
+            else:
+                self.relay()
+            return
         if mode == "hang":
             time.sleep(120)
             return
@@ -72,14 +152,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send(200, b"<html><body>Proxy login required</body></html>", "text/html")
             return
         if mode in ("refused", "echo"):
-            body = {
-                "ActivationId": str(uuid.uuid4()),
-                "ActivationCode": secrets.token_urlsafe(15)[:20].replace("-", "A").replace("_", "B"),
-                "Region": "us-east-1",
-                "ExpirationDate": "2099-01-01T00:00:00Z",
-                "Pool": "default",
-            }
-            self.send(200, json.dumps(body).encode())
+            self.send(200, refused_activation())
             return
         if mode == "badrequest":
             self.send(400, b'{"error":{"code":"InvalidParameter","message":"`a:b` is not a valid instance name"}}')
@@ -165,8 +238,10 @@ def main() -> None:
     parser.add_argument("--key")
     parser.add_argument("--tls-port-file")
     parser.add_argument("--proxy-port-file")
+    parser.add_argument("--upstream", default="", help="the real service, for the relay modes")
     args = parser.parse_args()
     Handler.log_path = args.log
+    Handler.upstream = args.upstream
     ProxyHandler.log_path = args.log
     if args.cert and args.key and args.tls_port_file:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

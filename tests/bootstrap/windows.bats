@@ -203,3 +203,25 @@ s/Stop-Bootstrap -ExitCode \$script:ExitPlatform -Message 'no SSM Agent build fo
 /return (\$Text -replace '(\[A-Za-z\]/c\    return $Text|proxy credentials
 EDITS
 }
+
+# ------------------------------------------------------------------ issue 22
+
+@test "issue 22: the registration is reported (warning only), -Force names itself, a healable refusal is reported then the vend asked once more; the rules catch each regression" {
+	grep -q "confirmed: {0} (Name={1}; replaced: {2})" "$BOOTSTRAP_WINDOWS"
+	contract_catches_each_edit <<'EDITS'
+/^        Confirm-Registration -Uri \$reportUri -InstanceId \$registered/d|the registration is not reported
+s/\$base = \$base + '\/registrations'/$base = $base + '\/activation'/|the report does not go to
+/^function Send-RegistrationReport/,/^}/s/\$headers\['X-Machine-Id'\] = \$script:MachineId/$null = 1/|with X-Machine-Id
+s/\$body\['Instance'\] = \$InstanceName/$null = $InstanceName/|does not name the instance
+s/if (\$InstanceId -cnotmatch '^mi-\[0-9a-f\]{17}\\z' -or /if (/|values are not checked
+s/^    Write-BootstrapLog -Message ('WARNING: {0} ({1})' -f \$What, \$lastError)/    Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('{0} ({1})' -f $What, $lastError)/|a failed report fails the boot
+s/^    } catch {$/    } finally {/|a failed report fails the boot
+s/ActivationId = \$ActivationId; Error = \$Refusal }/ActivationId = $ActivationId; Error = $Refusal; Code = $script:ActivationCode }/|a report carries the activation code
+s/^\$script:ReportWaitSeconds = 6$/$script:ReportWaitSeconds = 120/|not bounded to a few seconds
+s/-InstanceName \$settings\.Instance$/-InstanceName $(if ($isForce) { '' } else { $settings.Instance })/|-Force (or a stale registration file) vends without the instance name
+s/, 'RegistrationLimitExceeded')$/)/|are not told apart
+s/^        \$script:RefusalRetry = \$false$/        $null = 1/|retried more than once
+/^            Send-RefusalReport -Uri \$reportUri/d|not reported before the vend is asked for again
+s/} while (\$script:Refused -and \$vends -lt 2)/} while ($false)/|exactly one more vend and registration
+EDITS
+}
