@@ -157,6 +157,8 @@ def test_the_suites_exercise_the_sweep_and_the_rotation(recorded):
         "dynamodb:UpdateItem",
         "dynamodb:PutItem",
         "dynamodb:BatchGetItem",
+        "dynamodb:Scan",
+        "dynamodb:DeleteItem",
     ):
         assert action in actions, f"no suite made a call that needs {action}"
 

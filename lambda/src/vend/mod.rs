@@ -4,6 +4,7 @@
 
 pub mod blocks;
 pub mod codes;
+pub mod refusal;
 pub mod rotation;
 mod slot;
 pub mod standby;
@@ -73,6 +74,8 @@ pub struct Vendor {
     rotator: Arc<Rotator>,
     config: Config,
     standby: StandbyKeeper,
+    /// Refused activations this process has retired (`refusal.rs`).
+    healed: refusal::Healed,
     /// One request per process deals with an unusable pool at a time.
     pool_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -104,6 +107,7 @@ impl Vendor {
             rotator,
             standby,
             config,
+            healed: refusal::Healed::default(),
             pool_gates: Mutex::new(HashMap::new()),
         }
     }
