@@ -118,7 +118,10 @@ pub fn slots_wasted(pool: &str, activation_id: &str, slots: u32, reason: WasteRe
 /// Counts a refusal report of `pool` (metric `RegistrationRefused` with the
 /// dimensions `Pool` and `Confirmed`, `true` when SSM agreed the activation is unusable).
 pub fn registration_refused(pool: &str, confirmed: bool) {
-    emit_with(&refusal_dimensions(pool, confirmed), &[(Metric::RegistrationRefused, 1.0)]);
+    emit_with(
+        &refusal_dimensions(pool, confirmed),
+        &[(Metric::RegistrationRefused, 1.0)],
+    );
 }
 
 fn refusal_dimensions(pool: &str, confirmed: bool) -> [(&'static str, &str); 2] {

@@ -285,8 +285,9 @@ struct RefusalAnswer<'a> {
 fn parse_registration_body(body: &[u8]) -> Result<RegistrationBody, VendError> {
     serde_json::from_slice(body).map_err(|_| VendError::InvalidParameter {
         parameter: "body",
-        problem: "must be {\"InstanceId\", \"ActivationId\", \"Instance\"} or {\"ActivationId\", \"Error\"} (JSON strings)"
-            .into(),
+        problem:
+            "must be {\"InstanceId\", \"ActivationId\", \"Instance\"} or {\"ActivationId\", \"Error\"} (JSON strings)"
+                .into(),
     })
 }
 

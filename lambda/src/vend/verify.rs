@@ -32,9 +32,15 @@ const CAPACITY: usize = 64;
 enum Verdict {
     /// Handed out without asking until `until`; `asked_at`: when SSM said it works
     /// (`None`: trusted on its commit, never asked).
-    Good { until: Instant, asked_at: Option<Instant> },
+    Good {
+        until: Instant,
+        asked_at: Option<Instant>,
+    },
     /// SSM could not answer at `at`: vends go ahead until `until`.
-    Unanswered { until: Instant, at: Instant },
+    Unanswered {
+        until: Instant,
+        at: Instant,
+    },
     Dead(RotationReason),
 }
 
@@ -244,7 +250,10 @@ mod tests {
     fn a_report_is_answered_with_what_ssm_said_shortly_before_or_after_it_arrived() {
         let arrived = Instant::now() + Duration::from_secs(60);
         assert!(fresh_for_report(arrived, arrived));
-        assert!(fresh_for_report(arrived + MINUTE, arrived), "the check it waited behind");
+        assert!(
+            fresh_for_report(arrived + MINUTE, arrived),
+            "the check it waited behind"
+        );
         assert!(fresh_for_report(arrived - REPORT_FRESHNESS, arrived));
         assert!(
             !fresh_for_report(arrived - REPORT_FRESHNESS - Duration::from_millis(1), arrived),

@@ -107,9 +107,7 @@ async fn a_refusal_ssm_does_not_confirm_changes_nothing() {
     assert_eq!(answer.json(), json!({"ActivationId": given.id(), "Confirmed": false}));
     let calls = emulator.calls().await;
     assert_eq!(describe_calls(&calls), 1, "the report is checked with SSM: {calls:?}");
-    assert!(server
-        .log_text()
-        .contains("SSM still honours it; nothing changed"));
+    assert!(server.log_text().contains("SSM still honours it; nothing changed"));
     // The record is kept: the same machine gets the same activation again, and the
     // pool still vends it to others.
     let again = named_vend(&server, "web-01", MACHINE_A).await;
@@ -135,7 +133,11 @@ async fn a_record_pointing_to_a_retired_activation_is_dropped() {
     // Without its record, web-01 gets a fresh activation, not the dead one its
     // process would still trust.
     let again = named_vend(&reusing, "web-01", MACHINE_A).await;
-    assert_ne!(again.id(), given.id(), "named reuse never hands out a retired activation");
+    assert_ne!(
+        again.id(),
+        given.id(),
+        "named reuse never hands out a retired activation"
+    );
     assert!(emulator.register(&again.id(), &again.code(), "web-01").await.is_ok());
 }
 
