@@ -46,7 +46,8 @@
 //!   fencing), `settle_commit`; the rotation metrics and the failure record.
 //! - `vend/verify.rs`: `ActivationChecks`, whether SSM still honours an activation,
 //!   with remembered verdicts and concurrent checks collapsed into one call; the
-//!   fresh check a refusal report forces (`recheck`).
+//!   fresh check a refusal report forces (`recheck`); `Retirements`, the refused
+//!   activations this process retired.
 //! - `vend/refusal.rs`: refusal reports: an activation the pool vended and SSM
 //!   refused, checked with SSM once per burst, retired and its records dropped.
 //! - `vend/codes.rs`: `Codes`, the code cache (8 entries, keyed by activation ID and

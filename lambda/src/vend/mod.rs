@@ -36,7 +36,7 @@ use crate::vend::codes::Codes;
 use crate::vend::rotation::{Rotation, Rotator};
 use crate::vend::slot::SlotInHand;
 use crate::vend::standby::{prepares_standby, StandbyKeeper};
-use crate::vend::verify::ActivationChecks;
+use crate::vend::verify::{ActivationChecks, Retirements};
 
 /// What a caller leaves with.
 #[derive(Debug)]
@@ -75,7 +75,7 @@ pub struct Vendor {
     config: Config,
     standby: StandbyKeeper,
     /// Refused activations this process has retired (`refusal.rs`).
-    healed: refusal::Healed,
+    retired: Retirements,
     /// One request per process deals with an unusable pool at a time.
     pool_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -107,7 +107,7 @@ impl Vendor {
             rotator,
             standby,
             config,
-            healed: refusal::Healed::default(),
+            retired: Retirements::default(),
             pool_gates: Mutex::new(HashMap::new()),
         }
     }

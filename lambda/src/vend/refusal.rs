@@ -9,10 +9,8 @@
 //! and every instance record that would hand it out again is dropped; when SSM does
 //! not agree, the report is counted and logged and nothing changes.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::error::VendError;
@@ -21,10 +19,6 @@ use crate::metrics::WasteReason;
 use crate::pool::directory::Pool;
 use crate::pool::state::RotationReason;
 use crate::vend::Vendor;
-
-/// Activations a process remembers having healed; past it, it forgets them all
-/// (one more report then costs one more look at the pool and the records).
-const CAPACITY: usize = 64;
 
 /// What SSM told the server, as the SSM Agent reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,24 +85,6 @@ pub fn parse_report(activation_id: &str, error: &str) -> Result<RefusalReport, V
     })
 }
 
-/// Which refused activations this process has healed: one report per activation
-/// retires it and drops its records, the others of its burst wait for that one and
-/// do nothing again.
-#[derive(Default)]
-pub struct Healed {
-    activations: Mutex<HashMap<String, Arc<tokio::sync::Mutex<bool>>>>,
-}
-
-impl Healed {
-    fn slot(&self, activation_id: &str) -> Arc<tokio::sync::Mutex<bool>> {
-        let mut activations = self.activations.lock().unwrap_or_else(|p| p.into_inner());
-        if activations.len() >= CAPACITY && !activations.contains_key(activation_id) {
-            activations.clear();
-        }
-        activations.entry(activation_id.to_owned()).or_default().clone()
-    }
-}
-
 impl Vendor {
     /// Answers a refusal report: `Ok(true)` when SSM confirmed the activation
     /// unusable (it is then retired and its records dropped), `Ok(false)` when SSM
@@ -173,7 +149,7 @@ impl Vendor {
     /// Once per process and activation: drops the records that would hand it out
     /// again, then retires it if it is still the pool's current activation.
     async fn heal(&self, pool: &Pool, activation_id: &str) -> Result<(), VendError> {
-        let slot = self.healed.slot(activation_id);
+        let slot = self.retired.slot(activation_id);
         let mut healed = slot.lock().await;
         if *healed {
             return Ok(());

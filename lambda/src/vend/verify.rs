@@ -226,6 +226,26 @@ impl ActivationChecks {
     }
 }
 
+/// Which refused activations this process has retired (`vend/refusal.rs`): one
+/// report per activation retires it and drops its records; the others of its burst
+/// wait for that one and do nothing again. Past `CAPACITY` activations it forgets
+/// them all (one more report then costs one more look at the pool and the records).
+#[derive(Default)]
+pub struct Retirements {
+    activations: Mutex<HashMap<String, Arc<tokio::sync::Mutex<bool>>>>,
+}
+
+impl Retirements {
+    /// The activation's flag (`true` once retired), behind the mutex its retirement holds.
+    pub fn slot(&self, activation_id: &str) -> Arc<tokio::sync::Mutex<bool>> {
+        let mut activations = self.activations.lock().unwrap_or_else(|p| p.into_inner());
+        if activations.len() >= CAPACITY && !activations.contains_key(activation_id) {
+            activations.clear();
+        }
+        activations.entry(activation_id.to_owned()).or_default().clone()
+    }
+}
+
 /// What the reports that waited behind a check SSM did not answer are told.
 fn unanswered() -> VendError {
     VendError::Unavailable {
