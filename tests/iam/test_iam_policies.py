@@ -221,6 +221,22 @@ def test_each_transaction_item_needs_its_own_action(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_only_instance_records_may_be_deleted(kind):
+    """A refusal SSM confirmed drops instance records (DESIGN.md, "Refusal reports"):
+    DeleteItem is granted on them alone, never on a pool item or a commit record."""
+    for key, decision in (
+        ("instance#web#web-01", "Allowed"),
+        ("pool#web", "ImplicitlyDenied"),
+        ("activation#0d6e8a37-5c2b-4f1e-9a4d-3b7c2e1f0a9b", "ImplicitlyDenied"),
+        ("directory#pools", "ImplicitlyDenied"),
+    ):
+        deleting = call("DynamoDB.DeleteItem", [
+            {"action": "dynamodb:DeleteItem", "resource": table_arn(), "context": {"dynamodb:LeadingKeys": [key]}},
+        ], table=TABLE)
+        assert decisions([deleting], kind) == {"dynamodb:DeleteItem": decision}, key
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_decryption_through_ssm_needs_the_key_policy_too(kind):
     """The role's own grant is not enough: without the key policy's statement for the role,
     KMS refuses (the key policy is evaluated where the template defines the key)."""
