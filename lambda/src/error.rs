@@ -15,6 +15,9 @@ pub enum VendError {
     PoolMisconfigured { pool: String, problem: String },
     #[error("pool `{pool}` does not admit requests from {source_address}")]
     Forbidden { pool: String, source_address: String },
+    /// A refusal report about an activation the pool never vended.
+    #[error("pool `{pool}` never vended activation `{activation_id}`")]
+    NotConfirmable { activation_id: String, pool: String },
     #[error("no route for {0}")]
     RouteNotFound(String),
     #[error("{method} is not allowed here; use {allow}")]
@@ -47,7 +50,7 @@ impl VendError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::PoolNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
-            Self::PoolDisabled(_) | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::PoolDisabled(_) | Self::Forbidden { .. } | Self::NotConfirmable { .. } => StatusCode::FORBIDDEN,
             Self::PoolMisconfigured { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
@@ -66,6 +69,7 @@ impl VendError {
             Self::PoolDisabled(_) => "PoolDisabled",
             Self::PoolMisconfigured { .. } => "PoolMisconfigured",
             Self::Forbidden { .. } => "Forbidden",
+            Self::NotConfirmable { .. } => "NotConfirmable",
             Self::RouteNotFound(_) => "NotFound",
             Self::MethodNotAllowed { .. } => "MethodNotAllowed",
             Self::InvalidParameter { .. } => "InvalidParameter",

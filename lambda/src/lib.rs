@@ -21,7 +21,8 @@
 //! - `entry/serve.rs`: `vending serve`'s connections: the cap, the header and idle
 //!   timeouts, the drain bounded by `VENDING_SHUTDOWN_GRACE`.
 //! - `entry/http.rs`: the one axum router, strict request parsing (`pool`, `instance`,
-//!   `machine` and their headers), the caller's source address, the `vended` log line.
+//!   `machine` and their headers, the `POST /registrations` body), the caller's source
+//!   address, the `vended` log line.
 //! - `entry/status.rs`: `vending status`: `StatusReader`, the table and the JSON.
 //! - `entry/pools.rs`: `vending pools`, every pool's effective settings or problem,
 //!   as a table or JSON.
@@ -44,7 +45,11 @@
 //!   re-check, create, store, commit as current or standby (`install_under_lease`,
 //!   fencing), `settle_commit`; the rotation metrics and the failure record.
 //! - `vend/verify.rs`: `ActivationChecks`, whether SSM still honours an activation,
-//!   with remembered verdicts and concurrent checks collapsed into one call.
+//!   with remembered verdicts and concurrent checks collapsed into one call; the
+//!   fresh check a refusal report forces (`recheck`); `Retirements`, the refused
+//!   activations this process retired.
+//! - `vend/refusal.rs`: refusal reports: an activation the pool vended and SSM
+//!   refused, checked with SSM once per burst, retired and its records dropped.
 //! - `vend/codes.rs`: `Codes`, the code cache (8 entries, keyed by activation ID and
 //!   parameter version) in front of Parameter Store; concurrent reads of one code are
 //!   one `GetParameter`.
@@ -84,7 +89,8 @@
 //!   conditional update's answer means (`Conditional`).
 //! - `aws/pool_store/pool_item.rs`: the pool item: reserve (a slot or a block),
 //!   lease, commit (with its record, one transaction), promote the standby.
-//! - `aws/pool_store/records.rs`: instance records, commit records, tombstones.
+//! - `aws/pool_store/records.rs`: instance records (and dropping those of a refused
+//!   activation), commit records, tombstones.
 //! - `aws/pool_store/directory.rs`: the directory item `directory#pools`.
 //! - `aws/parameters.rs`: `CodeVault` and `PoolConfigSource`, Parameter Store: the
 //!   codes (SecureString under the customer KMS key, pinned by version) and the pool
@@ -110,7 +116,8 @@
 //!   `info` whatever `RUST_LOG` says (below it they would print `CreateActivation`'s
 //!   answer and `PutParameter`'s request, which carry the code).
 //! - `metrics.rs`: CloudWatch embedded-metric-format lines on standard output
-//!   (dimensions `Pool`, and `Reason` for `SlotsWasted`), and `check_emf`.
+//!   (dimensions `Pool`, `Reason` for `SlotsWasted`, `Confirmed` for
+//!   `RegistrationRefused`), and `check_emf`.
 //! - `clock.rs`: at the bottom of the crate: `EpochSecs`, `epoch_now`, and the local
 //!   clock against the `Date` of AWS's answers (`DateHeaderInterceptor` on every SDK
 //!   client); `503 ClockSkew` when they disagree.

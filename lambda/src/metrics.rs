@@ -33,6 +33,8 @@ pub enum Metric {
     UnusedRegistrations,
     /// How far the local clock is from AWS's, when it is too far to vend.
     ClockSkewSeconds,
+    /// A server reported its code refused by SSM (dimension `Confirmed`: whether SSM agreed).
+    RegistrationRefused,
 }
 
 impl Metric {
@@ -52,6 +54,7 @@ impl Metric {
             Self::PoolConfigUntrusted => "PoolConfigUntrusted",
             Self::UnusedRegistrations => "UnusedRegistrations",
             Self::ClockSkewSeconds => "ClockSkewSeconds",
+            Self::RegistrationRefused => "RegistrationRefused",
         }
     }
 
@@ -110,6 +113,19 @@ pub fn slots_wasted(pool: &str, activation_id: &str, slots: u32, reason: WasteRe
         &[("Pool", pool), ("Reason", reason.as_str())],
         &[(Metric::SlotsWasted, f64::from(slots))],
     );
+}
+
+/// Counts a refusal report of `pool` (metric `RegistrationRefused` with the
+/// dimensions `Pool` and `Confirmed`, `true` when SSM agreed the activation is unusable).
+pub fn registration_refused(pool: &str, confirmed: bool) {
+    emit_with(
+        &refusal_dimensions(pool, confirmed),
+        &[(Metric::RegistrationRefused, 1.0)],
+    );
+}
+
+fn refusal_dimensions(pool: &str, confirmed: bool) -> [(&'static str, &str); 2] {
+    [("Pool", pool), ("Confirmed", if confirmed { "true" } else { "false" })]
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
@@ -306,6 +322,24 @@ mod tests {
         let skew = document(None, &[(Metric::ClockSkewSeconds, 31.0)], 1);
         assert_eq!(check_emf(&skew), Ok(()));
         assert_eq!(skew["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"], "Seconds");
+    }
+
+    #[test]
+    fn a_refusal_report_is_counted_by_pool_and_whether_ssm_confirmed_it() {
+        for (confirmed, value) in [(true, "true"), (false, "false")] {
+            let doc = document_with(
+                &refusal_dimensions("web", confirmed),
+                &[(Metric::RegistrationRefused, 1.0)],
+                1,
+            );
+            assert_eq!(check_emf(&doc), Ok(()));
+            assert_eq!(
+                doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+                json!([["Pool", "Confirmed"]])
+            );
+            assert_eq!(doc["Confirmed"], value);
+            assert_eq!(doc["RegistrationRefused"], 1.0);
+        }
     }
 
     #[test]

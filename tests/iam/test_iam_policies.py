@@ -157,6 +157,8 @@ def test_the_suites_exercise_the_sweep_and_the_rotation(recorded):
         "dynamodb:UpdateItem",
         "dynamodb:PutItem",
         "dynamodb:BatchGetItem",
+        "dynamodb:Scan",
+        "dynamodb:DeleteItem",
     ):
         assert action in actions, f"no suite made a call that needs {action}"
 
@@ -216,6 +218,22 @@ def test_each_transaction_item_needs_its_own_action(kind):
         {"action": "dynamodb:DeleteItem", "resource": table_arn(), "context": {"dynamodb:LeadingKeys": ["pool#web"]}},
     ], table=TABLE)
     assert decisions([deleting], kind) == {"dynamodb:UpdateItem": "Allowed", "dynamodb:DeleteItem": "ImplicitlyDenied"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_only_instance_records_may_be_deleted(kind):
+    """A refusal SSM confirmed drops instance records (DESIGN.md, "Refusal reports"):
+    DeleteItem is granted on them alone, never on a pool item or a commit record."""
+    for key, decision in (
+        ("instance#web#web-01", "Allowed"),
+        ("pool#web", "ImplicitlyDenied"),
+        ("activation#0d6e8a37-5c2b-4f1e-9a4d-3b7c2e1f0a9b", "ImplicitlyDenied"),
+        ("directory#pools", "ImplicitlyDenied"),
+    ):
+        deleting = call("DynamoDB.DeleteItem", [
+            {"action": "dynamodb:DeleteItem", "resource": table_arn(), "context": {"dynamodb:LeadingKeys": [key]}},
+        ], table=TABLE)
+        assert decisions([deleting], kind) == {"dynamodb:DeleteItem": decision}, key
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -1049,8 +1049,8 @@ def m_deregister_any_node(t):
     del _stmt(_task_statements(t), "DeregisterOnlyPoolNodes")["Condition"]
 
 
-def m_table_scan(t):
-    _stmt(_task_statements(t), "PoolTable")["Action"].append("dynamodb:Scan")
+def m_table_query(t):
+    _stmt(_task_statements(t), "PoolTable")["Action"].append("dynamodb:Query")
 
 
 def m_wildcard_s3(t):
@@ -1159,7 +1159,7 @@ MUTATIONS = [
     ("tagging without the pool tag", m_tagging_unlimited, check_least_privilege, "creates-key-and-role"),
     ("activations without the pool tag", m_create_untagged, check_least_privilege, "brings-key-and-role"),
     ("deregistering any node", m_deregister_any_node, check_least_privilege, "creates-key-and-role"),
-    ("table scan (mirror)", m_table_scan, check_task_role_mirrors_function, "source"),
+    ("table query (mirror)", m_table_query, check_task_role_mirrors_function, "source"),
     ("s3:GetObject on *", m_wildcard_s3, check_least_privilege, "creates-key-and-role"),
     ("s3:GetObject on * (mirror)", m_wildcard_s3, check_task_role_mirrors_function, "source"),
     ("AdministratorAccess on the task role", m_admin_policy, check_least_privilege, "creates-key-and-role"),

@@ -80,6 +80,8 @@ REQUIRED_ACTIONS = {
     "dynamodb:UpdateItem",
     "dynamodb:PutItem",
     "dynamodb:BatchGetItem",
+    "dynamodb:Scan",
+    "dynamodb:DeleteItem",
     "iam:PassRole",
 }
 # SSM resources that exist before the function tags anything: it must never tag them (the

@@ -8,7 +8,7 @@ use super::{classify, Echo};
 use crate::clock::EpochSecs;
 use crate::error::VendError;
 use crate::pool::settings::{PoolSettings, DEPLOYMENT_TAG, POOL_TAG};
-use crate::pool::state::ActivationInfo;
+use crate::pool::state::{still_honoured, ActivationInfo};
 use crate::secret::ActivationCode;
 
 fn info(a: &aws_sdk_ssm::types::Activation) -> ActivationInfo {
@@ -87,10 +87,7 @@ impl ActivationService {
     /// False when SSM no longer knows the activation, it expired, or it is full
     /// (someone registered with its code outside this service).
     pub async fn still_works(&self, activation_id: &str) -> Result<bool, VendError> {
-        Ok(self
-            .describe(activation_id)
-            .await?
-            .is_some_and(|a| !a.expired && a.registrations < a.limit))
+        Ok(still_honoured(self.describe(activation_id).await?.as_ref()))
     }
 
     /// What SSM says about one activation; `None` when it no longer knows it.

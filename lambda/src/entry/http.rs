@@ -8,16 +8,17 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, Extensions, HeaderMap, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use ipnet::IpNet;
 use lambda_http::request::RequestContext;
 use lambda_http::RequestExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::VendError;
 use crate::pool::settings::client_address;
 use crate::pool::state::{parse_machine_id, valid_instance_name, valid_pool_name, DEFAULT_POOL};
+use crate::vend::refusal::parse_report;
 use crate::vend::Vendor;
 
 pub const INSTANCE_HEADER: &str = "x-instance-name";
@@ -27,6 +28,7 @@ pub const MACHINE_HEADER: &str = "x-machine-id";
 /// the code away (uptime monitors send HEAD all day).
 const VEND_METHODS: &str = "GET";
 const HEALTH_METHODS: &str = "GET, HEAD";
+const REGISTRATION_METHODS: &str = "POST";
 
 #[derive(Clone)]
 pub struct AppState {
@@ -46,6 +48,10 @@ pub fn router(state: AppState) -> Router {
             get(vend)
                 .head(vend_method_not_allowed)
                 .fallback(vend_method_not_allowed),
+        )
+        .route(
+            "/registrations",
+            post(registrations).fallback(registrations_method_not_allowed),
         )
         .route("/health", get(health).fallback(health_method_not_allowed))
         .fallback(not_found)
@@ -238,6 +244,100 @@ async fn vend(State(state): State<AppState>, request: Request) -> Result<Respons
     Ok(response)
 }
 
+/// The two reports a booting server sends after its registration (issue 22).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RegistrationBody {
+    /// It registered: `{"InstanceId", "ActivationId", "Instance"}`.
+    Confirmation(ConfirmationBody),
+    /// SSM refused its code: `{"ActivationId", "Error"}`.
+    Refusal(RefusalBody),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfirmationBody {
+    #[serde(rename = "InstanceId")]
+    _instance_id: String,
+    #[serde(rename = "ActivationId")]
+    _activation_id: String,
+    #[serde(rename = "Instance")]
+    _instance: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefusalBody {
+    #[serde(rename = "ActivationId")]
+    activation_id: String,
+    #[serde(rename = "Error")]
+    error: String,
+}
+
+#[derive(Serialize)]
+struct RefusalAnswer<'a> {
+    #[serde(rename = "ActivationId")]
+    activation_id: &'a str,
+    #[serde(rename = "Confirmed")]
+    confirmed: bool,
+}
+
+fn parse_registration_body(body: &[u8]) -> Result<RegistrationBody, VendError> {
+    serde_json::from_slice(body).map_err(|_| VendError::InvalidParameter {
+        parameter: "body",
+        problem:
+            "must be {\"InstanceId\", \"ActivationId\", \"Instance\"} or {\"ActivationId\", \"Error\"} (JSON strings)"
+                .into(),
+    })
+}
+
+async fn registrations(State(state): State<AppState>, request: Request) -> Result<Response, VendError> {
+    let (parts, body) = request.into_parts();
+    let source = source_address(
+        &parts.extensions,
+        &parts.headers,
+        &state.vendor.config().trusted_proxies,
+    );
+    let query = parse_vend_request(parts.uri.query(), &parts.headers)?;
+    let body = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map_err(|_| VendError::InvalidParameter {
+            parameter: "body",
+            problem: "unreadable or over 64 KiB".into(),
+        })?;
+    let refusal = match parse_registration_body(&body)? {
+        // Issue 22 item 1 (helper `confirm`) answers this one.
+        RegistrationBody::Confirmation(_confirmation) => {
+            return Err(VendError::InvalidParameter {
+                parameter: "body",
+                problem: "confirmations are not accepted yet".into(),
+            })
+        }
+        RegistrationBody::Refusal(refusal) => refusal,
+    };
+    let report = parse_report(&refusal.activation_id, &refusal.error)?;
+    let confirmed = state
+        .vendor
+        .report_refusal(&query.pool, &report, query.machine_id.as_deref(), source)
+        .await?;
+    let mut response = Json(RefusalAnswer {
+        activation_id: &report.activation_id,
+        confirmed,
+    })
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+async fn registrations_method_not_allowed(method: Method) -> VendError {
+    VendError::MethodNotAllowed {
+        method: method.to_string(),
+        allow: REGISTRATION_METHODS,
+    }
+}
+
 async fn health() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "OK")
 }
@@ -345,6 +445,30 @@ mod tests {
         ] {
             let err = parse(bad).unwrap_err();
             assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_registration_body_is_a_confirmation_or_a_refusal_and_nothing_else() {
+        let refusal = br#"{"ActivationId": "a", "Error": "InvalidActivation"}"#;
+        assert!(matches!(
+            parse_registration_body(refusal),
+            Ok(RegistrationBody::Refusal(RefusalBody { .. }))
+        ));
+        let confirmation = br#"{"InstanceId": "mi-0123456789abcdef0", "ActivationId": "a", "Instance": "web-01"}"#;
+        assert!(matches!(
+            parse_registration_body(confirmation),
+            Ok(RegistrationBody::Confirmation(_))
+        ));
+        for bad in [
+            &b""[..],
+            b"[]",
+            br#"{"ActivationId": "a"}"#,
+            br#"{"ActivationId": "a", "Error": 1}"#,
+            br#"{"ActivationId": "a", "Error": "InvalidActivation", "Extra": true}"#,
+        ] {
+            let e = parse_registration_body(bad).unwrap_err();
+            assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
         }
     }
 

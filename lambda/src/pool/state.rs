@@ -315,6 +315,14 @@ pub struct ActivationInfo {
     pub created_at: EpochSecs,
 }
 
+/// Whether SSM still registers servers with an activation it describes as `info`
+/// (`None`: it no longer knows it): not deleted, not expired, not full (someone
+/// registered with its code outside this service). A refusal report is confirmed
+/// exactly when this is false.
+pub fn still_honoured(info: Option<&ActivationInfo>) -> bool {
+    info.is_some_and(|a| !a.expired && a.registrations < a.limit)
+}
+
 /// What the sweep does with an activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SweepVerdict {
@@ -617,6 +625,15 @@ mod tests {
             limit: 10,
             created_at,
         }
+    }
+
+    #[test]
+    fn a_refusal_is_confirmed_by_an_activation_gone_expired_or_full() {
+        assert!(still_honoured(Some(&info("a", false, 9, 0))), "a free slot left");
+        assert!(!still_honoured(None), "gone (deleted out of band)");
+        assert!(!still_honoured(Some(&info("a", true, 0, 0))), "expired");
+        assert!(!still_honoured(Some(&info("a", false, 10, 0))), "at its limit");
+        assert!(!still_honoured(Some(&info("a", false, 11, 0))), "over its limit");
     }
 
     #[test]

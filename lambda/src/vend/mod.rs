@@ -4,6 +4,7 @@
 
 pub mod blocks;
 pub mod codes;
+pub mod refusal;
 pub mod rotation;
 mod slot;
 pub mod standby;
@@ -35,7 +36,7 @@ use crate::vend::codes::Codes;
 use crate::vend::rotation::{Rotation, Rotator};
 use crate::vend::slot::SlotInHand;
 use crate::vend::standby::{prepares_standby, StandbyKeeper};
-use crate::vend::verify::ActivationChecks;
+use crate::vend::verify::{ActivationChecks, Retirements};
 
 /// What a caller leaves with.
 #[derive(Debug)]
@@ -73,6 +74,8 @@ pub struct Vendor {
     rotator: Arc<Rotator>,
     config: Config,
     standby: StandbyKeeper,
+    /// Refused activations this process has retired (`refusal.rs`).
+    retired: Retirements,
     /// One request per process deals with an unusable pool at a time.
     pool_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -104,6 +107,7 @@ impl Vendor {
             rotator,
             standby,
             config,
+            retired: Retirements::default(),
             pool_gates: Mutex::new(HashMap::new()),
         }
     }

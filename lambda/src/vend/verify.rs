@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::aws::activations::ActivationService;
 use crate::clock::EpochSecs;
+use crate::error::VendError;
 use crate::pool::state::RotationReason;
 
 /// How long a failed check is not repeated (at most the verify interval).
@@ -29,8 +30,30 @@ const CAPACITY: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
-    Good { until: Instant },
+    /// Handed out without asking until `until`; `asked_at`: when SSM said it works
+    /// (`None`: trusted on its commit, never asked).
+    Good {
+        until: Instant,
+        asked_at: Option<Instant>,
+    },
+    /// SSM could not answer at `at`: vends go ahead until `until`.
+    Unanswered {
+        until: Instant,
+        at: Instant,
+    },
     Dead(RotationReason),
+}
+
+/// How old an SSM answer a refusal report may be answered with: what SSM said at
+/// most this long before the report arrived (or after it: the check the report
+/// waited behind). Longer would trust a "good" answer the refusal contradicts;
+/// shorter would ask SSM once per report of one burst.
+pub const REPORT_FRESHNESS: Duration = Duration::from_secs(5);
+
+/// Whether an answer SSM gave at `asked_at` is fresh enough for a report that
+/// arrived at `arrived`.
+pub fn fresh_for_report(asked_at: Instant, arrived: Instant) -> bool {
+    asked_at + REPORT_FRESHNESS >= arrived
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Verdict>>>;
@@ -77,20 +100,24 @@ impl ActivationChecks {
         let at = Instant::now();
         match *verdict {
             Some(Verdict::Dead(reason)) => return Err(reason),
-            Some(Verdict::Good { until }) if at < until => return Ok(()),
+            Some(Verdict::Good { until, .. } | Verdict::Unanswered { until, .. }) if at < until => return Ok(()),
             None => {
                 let trust = trusted_for(committed_at, now, self.interval);
                 if !trust.is_zero() {
-                    *verdict = Some(Verdict::Good { until: at + trust });
+                    *verdict = Some(Verdict::Good {
+                        until: at + trust,
+                        asked_at: None,
+                    });
                     return Ok(());
                 }
             }
-            Some(Verdict::Good { .. }) => {}
+            Some(Verdict::Good { .. } | Verdict::Unanswered { .. }) => {}
         }
         match self.activations.still_works(activation_id).await {
             Ok(true) => {
                 *verdict = Some(Verdict::Good {
                     until: at + self.interval,
+                    asked_at: Some(Instant::now()),
                 });
                 Ok(())
             }
@@ -110,10 +137,64 @@ impl ActivationChecks {
                     failed_checks,
                     "could not check the activation with SSM; vending it anyway"
                 );
-                *verdict = Some(Verdict::Good {
+                *verdict = Some(Verdict::Unanswered {
                     until: at + self.interval.min(FAILED_CHECK_PAUSE),
+                    at: Instant::now(),
                 });
                 Ok(())
+            }
+        }
+    }
+
+    /// A refusal report's check: `Ok(true)` when SSM still honours the activation,
+    /// `Ok(false)` when it does not (remembered, as `usable` remembers it). Asks SSM
+    /// unless an answer fresh for a report that `arrived` then is known
+    /// (`fresh_for_report`): concurrent reports wait for one call and share its
+    /// answer, its failure included (`Err`).
+    pub async fn recheck(&self, activation_id: &str, arrived: Instant) -> Result<bool, VendError> {
+        let slot = self.slot(activation_id);
+        let mut verdict = slot.lock().await;
+        // Condemned for another reason (its code is gone): still SSM's to confirm,
+        // and still never handed out here.
+        let condemned = matches!(*verdict, Some(Verdict::Dead(_)));
+        match *verdict {
+            Some(Verdict::Dead(RotationReason::DeletedOutOfBand)) => return Ok(false),
+            Some(Verdict::Good {
+                asked_at: Some(asked_at),
+                ..
+            }) if fresh_for_report(asked_at, arrived) => return Ok(true),
+            Some(Verdict::Unanswered { at, .. }) if at >= arrived => return Err(unanswered()),
+            _ => {}
+        }
+        let asked = Instant::now();
+        match self.activations.still_works(activation_id).await {
+            Ok(true) if condemned => Ok(true),
+            Ok(true) => {
+                *verdict = Some(Verdict::Good {
+                    until: asked + self.interval,
+                    asked_at: Some(Instant::now()),
+                });
+                Ok(true)
+            }
+            Ok(false) => {
+                *verdict = Some(Verdict::Dead(RotationReason::DeletedOutOfBand));
+                Ok(false)
+            }
+            Err(e) => {
+                let failed_checks = self.failed_checks.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(
+                    activation_id,
+                    error = %e,
+                    failed_checks,
+                    "could not check a refused activation with SSM"
+                );
+                if !condemned {
+                    *verdict = Some(Verdict::Unanswered {
+                        until: asked + self.interval.min(FAILED_CHECK_PAUSE),
+                        at: Instant::now(),
+                    });
+                }
+                Err(e)
             }
         }
     }
@@ -131,12 +212,45 @@ impl ActivationChecks {
         if verdicts.len() >= CAPACITY {
             // Forget good verdicts first (they cost one call to learn again); bad ones
             // are what keeps a dead activation from being handed out.
-            verdicts.retain(|_, slot| !matches!(slot.try_lock().map(|v| *v), Ok(Some(Verdict::Good { .. }))));
+            verdicts.retain(|_, slot| {
+                !matches!(
+                    slot.try_lock().map(|v| *v),
+                    Ok(Some(Verdict::Good { .. } | Verdict::Unanswered { .. }))
+                )
+            });
             if verdicts.len() >= CAPACITY {
                 verdicts.clear();
             }
         }
         verdicts.entry(activation_id.to_owned()).or_default().clone()
+    }
+}
+
+/// Which refused activations this process has retired (`vend/refusal.rs`): one
+/// report per activation retires it and drops its records; the others of its burst
+/// wait for that one and do nothing again. Past `CAPACITY` activations it forgets
+/// them all (one more report then costs one more look at the pool and the records).
+#[derive(Default)]
+pub struct Retirements {
+    activations: Mutex<HashMap<String, Arc<tokio::sync::Mutex<bool>>>>,
+}
+
+impl Retirements {
+    /// The activation's flag (`true` once retired), behind the mutex its retirement holds.
+    pub fn slot(&self, activation_id: &str) -> Arc<tokio::sync::Mutex<bool>> {
+        let mut activations = self.activations.lock().unwrap_or_else(|p| p.into_inner());
+        if activations.len() >= CAPACITY && !activations.contains_key(activation_id) {
+            activations.clear();
+        }
+        activations.entry(activation_id.to_owned()).or_default().clone()
+    }
+}
+
+/// What the reports that waited behind a check SSM did not answer are told.
+fn unanswered() -> VendError {
+    VendError::Unavailable {
+        operation: "SSM.DescribeActivations",
+        detail: "the check of the refused activation got no answer".into(),
     }
 }
 
@@ -150,6 +264,21 @@ mod tests {
     fn a_fresh_commit_is_trusted_for_the_rest_of_one_interval() {
         assert_eq!(trusted_for(1_000, 1_000, MINUTE), MINUTE);
         assert_eq!(trusted_for(1_000, 1_045, MINUTE), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn a_report_is_answered_with_what_ssm_said_shortly_before_or_after_it_arrived() {
+        let arrived = Instant::now() + Duration::from_secs(60);
+        assert!(fresh_for_report(arrived, arrived));
+        assert!(
+            fresh_for_report(arrived + MINUTE, arrived),
+            "the check it waited behind"
+        );
+        assert!(fresh_for_report(arrived - REPORT_FRESHNESS, arrived));
+        assert!(
+            !fresh_for_report(arrived - REPORT_FRESHNESS - Duration::from_millis(1), arrived),
+            "an older good answer is asked again"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod operations;
 mod pools;
 mod promise_storms;
 mod quotas;
+mod refusals;
 mod rotation;
 mod serve_limits;
 mod standby;

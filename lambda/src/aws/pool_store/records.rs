@@ -4,12 +4,13 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::{KeysAndAttributes, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValuesOnConditionCheckFailure};
 
-use super::codec::{activation_record, get_s, instance_item, instance_record, tombstone_item, ActivationRecord};
+use super::codec::{activation_record, get_s, instance_item, instance_record, s, tombstone_item, ActivationRecord};
 use super::conditions;
-use super::schema::{instance_key, record_key, Item, ACTIVATION_ID, PK};
+use super::schema::{instance_key, instance_prefix, record_key, Item, ACTIVATION_ID, PK, POOL};
 use super::store::PoolStore;
 use crate::aws::{classify, retrying_conflicts, Echo};
 use crate::clock::EpochSecs;
@@ -66,6 +67,78 @@ impl PoolStore {
     pub async fn activation_record(&self, activation_id: &str) -> Result<Option<ActivationRecord>, VendError> {
         let item = self.get(record_key(activation_id)).await?;
         Ok(item.as_ref().and_then(activation_record))
+    }
+
+    /// The pool that committed `activation_id` (as its current activation or its
+    /// standby), from the commit record, which outlives the activation by a week;
+    /// `None` when no rotation committed it, or the sweep condemned it.
+    pub async fn committed_to(&self, activation_id: &str) -> Result<Option<String>, VendError> {
+        let Some(item) = self.get(record_key(activation_id)).await? else {
+            return Ok(None);
+        };
+        Ok(match activation_record(&item) {
+            Some(ActivationRecord::Committed { .. }) => get_s(&item, POOL).map(str::to_owned),
+            _ => None,
+        })
+    }
+
+    /// Drops every record of `pool` that would hand `activation_id` out again (named
+    /// reuse), and says how many. Finding them takes a Scan of the table (the
+    /// records are keyed by name): only a refusal SSM confirmed comes here, once per
+    /// process and activation (DESIGN.md, "Refusal reports"). Each delete is
+    /// conditional: a record that moved on to another activation meanwhile stays.
+    pub async fn forget_instances_of(&self, pool: &str, activation_id: &str) -> Result<u32, VendError> {
+        let mut start: Option<Item> = None;
+        let mut dropped = 0;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .filter_expression("begins_with(#pk, :prefix) AND #aid = :id")
+                .projection_expression("#pk")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_names("#aid", ACTIVATION_ID)
+                .expression_attribute_values(":prefix", s(&instance_prefix(pool)))
+                .expression_attribute_values(":id", s(activation_id))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| classify("DynamoDB.Scan", e, Echo::Message))?;
+            for item in out.items() {
+                if let Some(key) = item.get(PK) {
+                    if retrying_conflicts(|| self.forget_instance(key.clone(), activation_id)).await? {
+                        dropped += 1;
+                    }
+                }
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(dropped),
+            }
+        }
+    }
+
+    /// Deletes one instance record if it still names `activation_id`.
+    async fn forget_instance(&self, key: AttributeValue, activation_id: &str) -> Result<bool, VendError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(PK, key)
+            .condition_expression("#aid = :id")
+            .expression_attribute_names("#aid", ACTIVATION_ID)
+            .expression_attribute_values(":id", s(activation_id))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) => match e.as_service_error() {
+                Some(DeleteItemError::ConditionalCheckFailedException(_)) => Ok(false),
+                _ => Err(classify("DynamoDB.DeleteItem", e, Echo::Message)),
+            },
+        }
     }
 
     /// Which of `activation_ids` were ever a pool's current activation, in batches of

@@ -102,7 +102,12 @@ pub(super) fn record_key(activation_id: &str) -> AttributeValue {
 /// The key of a named instance's record.
 pub(super) fn instance_key(pool: &str, instance: &str) -> AttributeValue {
     // Host names are case-insensitive.
-    AttributeValue::S(format!("instance#{pool}#{}", instance.to_ascii_lowercase()))
+    AttributeValue::S(format!("{}{}", instance_prefix(pool), instance.to_ascii_lowercase()))
+}
+
+/// What the keys of every instance record of `pool` begin with.
+pub(super) fn instance_prefix(pool: &str) -> String {
+    format!("instance#{pool}#")
 }
 
 /// The key of the directory item.
