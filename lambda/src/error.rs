@@ -21,6 +21,12 @@ pub enum VendError {
     MethodNotAllowed { method: String, allow: &'static str },
     #[error("{parameter}: {problem}")]
     InvalidParameter { parameter: &'static str, problem: String },
+    /// A confirmation named a managed node SSM does not know.
+    #[error("SSM knows no managed node `{0}`")]
+    NodeNotFound(String),
+    /// A confirmation that does not verify against SSM and the vend's record.
+    #[error("the registration cannot be confirmed: {0}")]
+    NotConfirmable(String),
     #[error("no usable activation yet: another request is rotating it")]
     NoActivationYet,
     #[error("AWS is throttling {operation}")]
@@ -46,8 +52,8 @@ pub enum VendError {
 impl VendError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::PoolNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
-            Self::PoolDisabled(_) | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::PoolNotFound(_) | Self::RouteNotFound(_) | Self::NodeNotFound(_) => StatusCode::NOT_FOUND,
+            Self::PoolDisabled(_) | Self::Forbidden { .. } | Self::NotConfirmable(_) => StatusCode::FORBIDDEN,
             Self::PoolMisconfigured { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
@@ -69,6 +75,8 @@ impl VendError {
             Self::RouteNotFound(_) => "NotFound",
             Self::MethodNotAllowed { .. } => "MethodNotAllowed",
             Self::InvalidParameter { .. } => "InvalidParameter",
+            Self::NodeNotFound(_) => "NodeNotFound",
+            Self::NotConfirmable(_) => "NotConfirmable",
             Self::NoActivationYet => "NoActivationYet",
             Self::Throttled { .. } => "Throttled",
             Self::Contended { .. } => "Contended",

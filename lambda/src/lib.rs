@@ -21,7 +21,8 @@
 //! - `entry/serve.rs`: `vending serve`'s connections: the cap, the header and idle
 //!   timeouts, the drain bounded by `VENDING_SHUTDOWN_GRACE`.
 //! - `entry/http.rs`: the one axum router, strict request parsing (`pool`, `instance`,
-//!   `machine` and their headers), the caller's source address, the `vended` log line.
+//!   `machine` and their headers, `POST /registrations`' two body shapes), the
+//!   caller's source address, the `vended` log line.
 //! - `entry/status.rs`: `vending status`: `StatusReader`, the table and the JSON.
 //! - `entry/pools.rs`: `vending pools`, every pool's effective settings or problem,
 //!   as a table or JSON.
@@ -48,6 +49,13 @@
 //! - `vend/codes.rs`: `Codes`, the code cache (8 entries, keyed by activation ID and
 //!   parameter version) in front of Parameter Store; concurrent reads of one code are
 //!   one `GetParameter`.
+//!
+//! The confirmation of a registration (`registration/`, uses the vend's pool lookup):
+//! - `registration/mod.rs`: `Confirmer`, `POST /registrations`' confirmation: believe
+//!   SSM and the vend record, tag the node, replace a re-imaged machine's offline
+//!   nodes, record the node once, count it.
+//! - `registration/verdict.rs`: `confirmable`, `same_claim`, `reimaged_to_replace`:
+//!   the confirmation's decisions over plain data.
 //!
 //! The sweep (`sweep/`):
 //! - `sweep/mod.rs`: `Sweeper`, the scheduled clean-up of orphan and spent
@@ -84,7 +92,8 @@
 //!   conditional update's answer means (`Conditional`).
 //! - `aws/pool_store/pool_item.rs`: the pool item: reserve (a slot or a block),
 //!   lease, commit (with its record, one transaction), promote the standby.
-//! - `aws/pool_store/records.rs`: instance records, commit records, tombstones.
+//! - `aws/pool_store/records.rs`: instance records, commit records, tombstones, node
+//!   records.
 //! - `aws/pool_store/directory.rs`: the directory item `directory#pools`.
 //! - `aws/parameters.rs`: `CodeVault` and `PoolConfigSource`, Parameter Store: the
 //!   codes (SecureString under the customer KMS key, pinned by version) and the pool
@@ -93,8 +102,8 @@
 //!   delete.
 //! - `aws/keys.rs`: `CodeKey`, KMS: the codes' key described at start, and
 //!   `KeyFacts::refusal` (an AWS-managed or disabled key stops the service).
-//! - `aws/nodes.rs`: `ManagedNodes`, SSM managed nodes: list by pool tag or account,
-//!   deregister.
+//! - `aws/nodes.rs`: `ManagedNodes`, SSM managed nodes: list by pool tag, machine tag
+//!   or account, one by ID, tag, deregister.
 //! - `aws/tests.rs`: the error classification against real-shaped AWS answers (the SDK
 //!   clients over a mocked HTTP layer).
 //!
@@ -136,6 +145,7 @@ pub(crate) mod error;
 pub(crate) mod logging;
 pub(crate) mod metrics;
 pub(crate) mod pool;
+pub(crate) mod registration;
 pub(crate) mod secret;
 pub(crate) mod sweep;
 pub(crate) mod vend;

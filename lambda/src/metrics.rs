@@ -33,6 +33,10 @@ pub enum Metric {
     UnusedRegistrations,
     /// How far the local clock is from AWS's, when it is too far to vend.
     ClockSkewSeconds,
+    /// Registrations confirmed (`POST /registrations`), each node once.
+    Registered,
+    /// A re-imaged machine's offline predecessors deregistered on its confirmation.
+    ReimagedNodesReplaced,
 }
 
 impl Metric {
@@ -52,6 +56,8 @@ impl Metric {
             Self::PoolConfigUntrusted => "PoolConfigUntrusted",
             Self::UnusedRegistrations => "UnusedRegistrations",
             Self::ClockSkewSeconds => "ClockSkewSeconds",
+            Self::Registered => "Registered",
+            Self::ReimagedNodesReplaced => "ReimagedNodesReplaced",
         }
     }
 

@@ -13,6 +13,7 @@ mod hardening;
 mod operations;
 mod pools;
 mod promise_storms;
+mod registrations;
 mod rotation;
 mod serve_limits;
 mod standby;
