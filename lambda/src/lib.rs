@@ -12,7 +12,8 @@
 //!
 //! Entry points (`entry/`, thin):
 //! - `main.rs`: the binary `vending`: command line (`clap`), exit codes, the runtime;
-//!   Lambda, `serve`, `sweep`, `status`, `pools`; metrics off for the operator's commands.
+//!   Lambda, `serve`, `sweep`, `status`, `pools`, `nodes`; metrics off for the
+//!   operator's commands.
 //! - `entry/mod.rs`: the entry points' list.
 //! - `entry/lambda.rs`: what Lambda invokes: API Gateway and ALB events to the router,
 //!   `{"sweep": true}` to the sweep.
@@ -23,8 +24,11 @@
 //! - `entry/http.rs`: the one axum router, strict request parsing (`pool`, `instance`,
 //!   `machine` and their headers, `POST /registrations`' two body shapes), the
 //!   caller's source address, the `vended` log line.
-//! - `entry/status.rs`: `vending status`: `StatusReader`, the table and the JSON.
+//! - `entry/status.rs`: `vending status`: `StatusReader`, the table and the JSON
+//!   (per pool the current activation's slots, SSM's count, confirmed nodes).
 //! - `entry/pools.rs`: `vending pools`, every pool's effective settings or problem,
+//!   as a table or JSON.
+//! - `entry/nodes.rs`: `vending nodes`, the confirmed nodes with SSM's ping status,
 //!   as a table or JSON.
 //!
 //! The vend (`vend/`):
@@ -154,9 +158,10 @@ pub use aws::pool_store::{LeaseAttempt, Place, PoolStore, Reservation};
 pub use clock::epoch_now;
 pub use config::Config;
 pub use entry::app::{
-    build_state, build_status_reader, build_sweeper, check_code_key, https_client, load_sdk_config, pool_configs,
-    KeyCheckError,
+    build_state, build_status_reader, build_sweeper, check_code_key, https_client, list_nodes, load_sdk_config,
+    pool_configs, KeyCheckError,
 };
+pub use entry::nodes::table as nodes_table;
 pub use entry::http::router;
 pub use entry::lambda::{handle_event, run as run_lambda};
 pub use entry::pools::read as read_pools;

@@ -98,6 +98,17 @@ impl ManagedNodes {
         self.list(filters, Some(pool)).await
     }
 
+    /// The pool's nodes of this deployment that a confirmation tagged (they carry the
+    /// machine-id tag).
+    pub async fn confirmed_of_pool(&self, pool: &str) -> Result<Vec<Node>, VendError> {
+        let filters = vec![
+            filter(format!("tag:{POOL_TAG}"), pool)?,
+            filter(format!("tag:{DEPLOYMENT_TAG}"), &self.deployment)?,
+            filter("tag-key", MACHINE_TAG)?,
+        ];
+        self.list(filters, Some(pool)).await
+    }
+
     /// One node by its ID (`InstanceIds` filter); `None` when SSM knows no such node
     /// (its `InvalidInstanceId`).
     pub async fn node(&self, id: &str) -> Result<Option<Node>, VendError> {

@@ -118,6 +118,18 @@ pub fn build_status_reader(config: &Config, sdk: &SdkConfig) -> crate::entry::st
     }
 }
 
+/// `vending nodes`: the confirmed nodes (`pool` only, when given) with SSM's ping
+/// status, read with the caller's credentials.
+pub async fn list_nodes(
+    config: &Config,
+    sdk: &SdkConfig,
+    pool: Option<&str>,
+) -> Result<Vec<crate::entry::nodes::ConfirmedNode>, crate::error::VendError> {
+    let store = PoolStore::new(dynamodb_client(sdk), config.table.clone());
+    let nodes = ManagedNodes::new(ssm_client(sdk), config.table.clone());
+    crate::entry::nodes::read(&store, &nodes, pool).await
+}
+
 /// The codes' KMS key (`VENDING_KMS_KEY_ID`).
 pub fn code_key(config: &Config, sdk: &SdkConfig) -> CodeKey {
     CodeKey::new(aws_sdk_kms::Client::new(sdk), config.kms_key_id.clone())

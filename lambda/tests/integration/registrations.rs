@@ -266,3 +266,55 @@ async fn without_the_pool_opting_in_a_reimaged_machines_offline_node_stays() {
     assert_eq!(body["Replaced"], json!([]));
     assert!(node_exists(&emulator, &first).await);
 }
+
+/// Runs `vending ARGS` with the emulator's settings, signed as an operator (not the
+/// service's key: `vending nodes` scans the table, which the service's role may not).
+fn operator_command(emulator: &Emulator, args: &[&str]) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vending"))
+        .args(args)
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .envs(emulator.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("AWS_ACCESS_KEY_ID", "operator")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vending_nodes_lists_confirmed_nodes_and_status_counts_them_per_activation() {
+    let emulator = Emulator::start();
+    web_and_other_pools(&emulator, false).await;
+    let server = emulator.serve(&[NO_STANDBY]);
+    let (activation, node) = vend_and_register(&emulator, &server, "web", "web-01", MACHINE_A).await;
+    let (_, unconfirmed) = vend_and_register(&emulator, &server, "web", "web-02", MACHINE_B).await;
+    let (status, _) = report(&server, "web", Some(MACHINE_A), &claim(&node, &activation, "web-01")).await;
+    assert_eq!(status, 200);
+    let (other_activation, other) = vend_and_register(&emulator, &server, "other", "db-01", MACHINE_B).await;
+    let (status, _) = report(&server, "other", Some(MACHINE_B), &claim(&other, &other_activation, "db-01")).await;
+    assert_eq!(status, 200);
+
+    let listed = operator_command(&emulator, &["nodes", "--pool", "web", "--json"]);
+    let nodes = listed.as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{listed}");
+    let entry = &nodes[0];
+    assert_eq!(entry["instance_id"], node.as_str());
+    assert_eq!(entry["name"], "web-01");
+    assert_eq!(entry["machine"], MACHINE_A);
+    assert_eq!(entry["pool"], "web");
+    assert_eq!(entry["activation_id"], activation.as_str());
+    assert_eq!(entry["ping_status"], "Online");
+    for field in ["registered_at", "confirmed_at", "source"] {
+        assert!(entry[field].is_string(), "{field}: {entry}");
+    }
+    let every = operator_command(&emulator, &["nodes", "--json"]);
+    assert_eq!(every.as_array().unwrap().len(), 2);
+    assert!(!every.to_string().contains(&unconfirmed), "an unconfirmed node is not listed");
+
+    let status = operator_command(&emulator, &["status", "--pool", "web", "--json"]);
+    let web = &status["pools"][0];
+    assert_eq!(web["activation_id"], activation.as_str());
+    assert_eq!(web["confirmed_nodes"], 1, "{web}");
+    assert_eq!(web["ssm_registrations"], 2, "{web}");
+}
