@@ -161,9 +161,9 @@ pub use entry::app::{
     build_state, build_status_reader, build_sweeper, check_code_key, https_client, list_nodes, load_sdk_config,
     pool_configs, KeyCheckError,
 };
-pub use entry::nodes::table as nodes_table;
 pub use entry::http::router;
 pub use entry::lambda::{handle_event, run as run_lambda};
+pub use entry::nodes::table as nodes_table;
 pub use entry::pools::read as read_pools;
 pub use entry::serve::{serve, ServeLimits};
 pub use logging::init as init_logging;

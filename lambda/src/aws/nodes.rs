@@ -80,7 +80,11 @@ impl ManagedNodes {
                 .send()
                 .await
                 .map_err(|e| classify("SSM.DescribeInstanceInformation", e, Echo::Message))?;
-            nodes.extend(out.instance_information_list().iter().filter_map(|info| node(info, with_pool)));
+            nodes.extend(
+                out.instance_information_list()
+                    .iter()
+                    .filter_map(|info| node(info, with_pool)),
+            );
             token = out.next_token().map(str::to_owned);
             if token.is_none() {
                 return Ok(nodes);
@@ -179,7 +183,10 @@ impl ManagedNodes {
     /// Every hybrid (on-premises) node in the account and Region, ours or not: what
     /// counts against the standard tier's node quota.
     pub async fn hybrid_count(&self) -> Result<usize, VendError> {
-        Ok(self.list(vec![filter("ResourceType", "ManagedInstance")?], None).await?.len())
+        Ok(self
+            .list(vec![filter("ResourceType", "ManagedInstance")?], None)
+            .await?
+            .len())
     }
 
     /// Deregisters a node; one already gone counts as deregistered.

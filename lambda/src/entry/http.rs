@@ -329,7 +329,9 @@ pub fn parse_registration_report(body: &[u8]) -> Result<RegistrationReport, Vend
     }
     if let RegistrationReport::Confirmation(c) = &report {
         if !valid_managed_instance_id(&c.instance_id) {
-            return Err(invalid_body("InstanceId must be a hybrid node's ID: mi- and 17 lowercase hex digits"));
+            return Err(invalid_body(
+                "InstanceId must be a hybrid node's ID: mi- and 17 lowercase hex digits",
+            ));
         }
         if !valid_instance_name(&c.instance) {
             return Err(invalid_body(

@@ -40,7 +40,10 @@ pub fn listing(records: Vec<NodeRecord>, pings: &HashMap<String, String>, pool: 
         .filter(|r| pool.is_none_or(|p| p == r.pool))
         .collect();
     records.sort_by(|a, b| {
-        (&a.pool, &a.instance_name, a.confirmed_at).cmp(&(&b.pool, &b.instance_name, b.confirmed_at))
+        a.pool
+            .cmp(&b.pool)
+            .then_with(|| a.instance_name.cmp(&b.instance_name))
+            .then_with(|| a.confirmed_at.cmp(&b.confirmed_at))
     });
     records
         .into_iter()
@@ -59,7 +62,11 @@ pub fn listing(records: Vec<NodeRecord>, pings: &HashMap<String, String>, pool: 
 }
 
 /// Reads the records (a Scan of the table) and each listed pool's nodes from SSM.
-pub async fn read(store: &PoolStore, nodes: &ManagedNodes, pool: Option<&str>) -> Result<Vec<ConfirmedNode>, VendError> {
+pub async fn read(
+    store: &PoolStore,
+    nodes: &ManagedNodes,
+    pool: Option<&str>,
+) -> Result<Vec<ConfirmedNode>, VendError> {
     let records = store.nodes().await?;
     let pools: BTreeSet<&str> = records
         .iter()
@@ -124,7 +131,10 @@ mod tests {
         let pings = HashMap::from([("mi-00000000000000002".to_owned(), "Online".to_owned())]);
         let all = listing(records.clone(), &pings, None);
         let ids: Vec<&str> = all.iter().map(|n| n.instance_id.as_str()).collect();
-        assert_eq!(ids, ["mi-00000000000000001", "mi-00000000000000002", "mi-00000000000000003"]);
+        assert_eq!(
+            ids,
+            ["mi-00000000000000001", "mi-00000000000000002", "mi-00000000000000003"]
+        );
         assert_eq!(all[1].ping_status.as_deref(), Some("Online"));
         assert_eq!(all[2].ping_status, None);
         assert_eq!(all[0].confirmed_at, "1970-01-01T00:01:40Z");

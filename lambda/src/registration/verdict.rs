@@ -139,7 +139,10 @@ mod tests {
             ..claim()
         };
         assert!(confirmable(&anonymous, Some(&record()), &claimed_node()).is_err());
-        assert!(confirmable(&claim(), None, &claimed_node()).is_err(), "no vend record of the name");
+        assert!(
+            confirmable(&claim(), None, &claimed_node()).is_err(),
+            "no vend record of the name"
+        );
     }
 
     #[test]

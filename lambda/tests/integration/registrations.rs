@@ -36,7 +36,13 @@ fn claim(instance_id: &str, activation_id: &str, instance: &str) -> Value {
 
 /// What a boot script does before it reports: a named vend with its machine ID, then
 /// the agent's registration. The activation ID and the node's ID.
-async fn vend_and_register(emulator: &Emulator, server: &Server, pool: &str, name: &str, machine: &str) -> (String, String) {
+async fn vend_and_register(
+    emulator: &Emulator,
+    server: &Server,
+    pool: &str,
+    name: &str,
+    machine: &str,
+) -> (String, String) {
     let vended = server
         .request(
             reqwest::Method::GET,
@@ -66,7 +72,10 @@ async fn node_tags(emulator: &Emulator, instance_id: &str) -> HashMap<String, St
 }
 
 /// The node's record in the service's table, if there is one.
-async fn node_record(emulator: &Emulator, instance_id: &str) -> Option<HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+async fn node_record(
+    emulator: &Emulator,
+    instance_id: &str,
+) -> Option<HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
     aws_sdk_dynamodb::Client::new(&emulator.sdk_config().await)
         .get_item()
         .table_name(emulator.env_value("VENDING_TABLE"))
@@ -175,24 +184,63 @@ async fn forged_claims_are_refused_and_change_nothing() {
     // A node of the same activation that registered before the vend of web-02.
     let anonymous = server.get("/activation?pool=web").await;
     assert_eq!(anonymous.id(), activation, "one current activation in the pool");
-    let early_node = emulator.register(&anonymous.id(), &anonymous.code(), "early").await.unwrap();
+    let early_node = emulator
+        .register(&anonymous.id(), &anonymous.code(), "early")
+        .await
+        .unwrap();
     let (_, _) = vend_and_register(&emulator, &server, "web", "web-02", MACHINE_B).await;
     let an_hour_ago = vending::epoch_now() - 3_600;
     age_node(&emulator, &early_node, json!({"RegistrationDate": an_hour_ago})).await;
 
     let forged = [
         // Another activation's node (the other pool's), claimed as web-01's.
-        ("another activation's node", "web", Some(MACHINE_A), claim(&other_node, &activation, "web-01"), 403),
+        (
+            "another activation's node",
+            "web",
+            Some(MACHINE_A),
+            claim(&other_node, &activation, "web-01"),
+            403,
+        ),
         // Another pool's node with its own activation, claimed under pool web.
-        ("another pool's node", "web", Some(MACHINE_A), claim(&other_node, &other_activation, "web-01"), 403),
+        (
+            "another pool's node",
+            "web",
+            Some(MACHINE_A),
+            claim(&other_node, &other_activation, "web-01"),
+            403,
+        ),
         // A node registered before the vend to that name and machine.
-        ("a node registered before the vend", "web", Some(MACHINE_B), claim(&early_node, &activation, "web-02"), 403),
+        (
+            "a node registered before the vend",
+            "web",
+            Some(MACHINE_B),
+            claim(&early_node, &activation, "web-02"),
+            403,
+        ),
         // Right name, wrong machine.
-        ("another machine", "web", Some(MACHINE_B), claim(&node, &activation, "web-01"), 403),
+        (
+            "another machine",
+            "web",
+            Some(MACHINE_B),
+            claim(&node, &activation, "web-01"),
+            403,
+        ),
         // A made-up ID.
-        ("a made-up mi- ID", "web", Some(MACHINE_A), claim("mi-0123456789abcdef0", &activation, "web-01"), 404),
+        (
+            "a made-up mi- ID",
+            "web",
+            Some(MACHINE_A),
+            claim("mi-0123456789abcdef0", &activation, "web-01"),
+            404,
+        ),
         // An anonymous vend (no X-Machine-Id) cannot be confirmed.
-        ("an anonymous claim", "web", None, claim(&early_node, &activation, "early"), 403),
+        (
+            "an anonymous claim",
+            "web",
+            None,
+            claim(&early_node, &activation, "early"),
+            403,
+        ),
     ];
     for (what, pool, machine, body, want) in forged {
         let (status, answer) = report(&server, pool, machine, &body).await;
@@ -202,7 +250,10 @@ async fn forged_claims_are_refused_and_change_nothing() {
     }
     for id in [&node, &other_node, &early_node] {
         let tags = node_tags(&emulator, id).await;
-        assert!(!tags.contains_key("Name") && !tags.contains_key(MACHINE_TAG), "{id} was tagged: {tags:?}");
+        assert!(
+            !tags.contains_key("Name") && !tags.contains_key(MACHINE_TAG),
+            "{id} was tagged: {tags:?}"
+        );
         assert!(node_record(&emulator, id).await.is_none(), "{id} was recorded");
     }
     assert_eq!(metric_sum(&server, "Registered"), 0.0);
@@ -233,7 +284,13 @@ async fn a_reimaged_machines_offline_node_is_replaced_and_an_online_one_never() 
     age_node(&emulator, &second, json!({"PingStatus": "ConnectionLost"})).await;
     // A node of another machine, offline, is no concern of this machine's confirmation.
     let (other_activation, bystander) = vend_and_register(&emulator, &server, "web", "web-02", MACHINE_B).await;
-    let (status, _) = report(&server, "web", Some(MACHINE_B), &claim(&bystander, &other_activation, "web-02")).await;
+    let (status, _) = report(
+        &server,
+        "web",
+        Some(MACHINE_B),
+        &claim(&bystander, &other_activation, "web-02"),
+    )
+    .await;
     assert_eq!(status, 200);
     age_node(&emulator, &bystander, json!({"PingStatus": "ConnectionLost"})).await;
 
@@ -292,7 +349,13 @@ async fn vending_nodes_lists_confirmed_nodes_and_status_counts_them_per_activati
     let (status, _) = report(&server, "web", Some(MACHINE_A), &claim(&node, &activation, "web-01")).await;
     assert_eq!(status, 200);
     let (other_activation, other) = vend_and_register(&emulator, &server, "other", "db-01", MACHINE_B).await;
-    let (status, _) = report(&server, "other", Some(MACHINE_B), &claim(&other, &other_activation, "db-01")).await;
+    let (status, _) = report(
+        &server,
+        "other",
+        Some(MACHINE_B),
+        &claim(&other, &other_activation, "db-01"),
+    )
+    .await;
     assert_eq!(status, 200);
 
     let listed = operator_command(&emulator, &["nodes", "--pool", "web", "--json"]);
@@ -310,7 +373,10 @@ async fn vending_nodes_lists_confirmed_nodes_and_status_counts_them_per_activati
     }
     let every = operator_command(&emulator, &["nodes", "--json"]);
     assert_eq!(every.as_array().unwrap().len(), 2);
-    assert!(!every.to_string().contains(&unconfirmed), "an unconfirmed node is not listed");
+    assert!(
+        !every.to_string().contains(&unconfirmed),
+        "an unconfirmed node is not listed"
+    );
 
     let status = operator_command(&emulator, &["status", "--pool", "web", "--json"]);
     let web = &status["pools"][0];

@@ -9,8 +9,8 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{KeysAndAttributes, ReturnValuesOnConditionCheckFailure};
 
 use super::codec::{
-    activation_record, get_s, instance_item, instance_record, node_item, node_record, tombstone_item,
-    ActivationRecord, NodeRecord,
+    activation_record, get_s, instance_item, instance_record, node_item, node_record, tombstone_item, ActivationRecord,
+    NodeRecord,
 };
 use super::conditions;
 use super::schema::{instance_key, node_key, record_key, Item, ACTIVATION_ID, NODE_KEY_PREFIX, PK};
