@@ -133,7 +133,8 @@
 //!
 //! Every module is `pub(crate)`. What `main.rs` and the tests under `lambda/tests`
 //! use is re-exported here, and nothing else is public: the entry points (`build_*`,
-//! `router`, `handle_event`, `run_lambda`, `serve`, `read_pools`, `check_code_key`),
+//! `router`, `handle_event`, `run_lambda`, `serve`, `read_pools`, `list_nodes`,
+//! `nodes_table`, `check_code_key`),
 //! `Config`, `SweepOptions`, `epoch_now`, logging and metrics switches, `check_emf`;
 //! and, for the integration tests that drive the reserve and the standby's promotion
 //! directly against the emulator, `PoolStore` with its answers (`Reservation`,
