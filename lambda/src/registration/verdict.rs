@@ -7,6 +7,14 @@ use crate::aws::nodes::Node;
 use crate::aws::pool_store::NodeRecord;
 use crate::pool::state::InstanceRecord;
 
+/// How much earlier than the vend record's `vended_at` (the service's clock) SSM's
+/// `RegistrationDate` (SSM's clock) may say a node registered: the two clocks may
+/// differ by the 2 s the clock check lets pass (`clock.rs`), and both are whole
+/// seconds. A node that registered this little before the vend is still refused if it
+/// registered through another activation; a forger would need one of this
+/// activation's nodes registered within these seconds before the vend of the name.
+pub const CLOCK_TOLERANCE_SECS: i64 = 5;
+
 /// What a boot script claims, with the caller's machine digest from `X-Machine-Id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
@@ -54,7 +62,7 @@ pub fn confirmable(claim: &Claim, record: Option<&InstanceRecord>, node: &Node) 
     let Some(vended_at) = record.vended_at else {
         return Err("the vend record predates confirmations; vend again".into());
     };
-    if node.registered < vended_at {
+    if node.registered + CLOCK_TOLERANCE_SECS < vended_at {
         return Err(format!(
             "the node `{}` registered before the vend of `{}`",
             claim.instance_id, claim.instance
@@ -130,6 +138,12 @@ mod tests {
         assert_eq!(confirmable(&claim(), Some(&record()), &claimed_node()), Ok(()));
         let same_second = node("mi-0123456789abcdef0", "act-1", 1_000, "Online");
         assert_eq!(confirmable(&claim(), Some(&record()), &same_second), Ok(()));
+        let skewed = node("mi-0123456789abcdef0", "act-1", 1_000 - CLOCK_TOLERANCE_SECS, "Online");
+        assert_eq!(
+            confirmable(&claim(), Some(&record()), &skewed),
+            Ok(()),
+            "SSM's clock a little behind ours"
+        );
     }
 
     #[test]
@@ -177,7 +191,7 @@ mod tests {
 
     #[test]
     fn a_node_registered_before_the_vend_is_not_confirmable() {
-        let earlier = node("mi-0123456789abcdef0", "act-1", 999, "Online");
+        let earlier = node("mi-0123456789abcdef0", "act-1", 999 - CLOCK_TOLERANCE_SECS, "Online");
         assert!(confirmable(&claim(), Some(&record()), &earlier).is_err());
         let undated = InstanceRecord {
             vended_at: None,
