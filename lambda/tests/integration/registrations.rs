@@ -306,6 +306,21 @@ async fn a_reimaged_machines_offline_node_is_replaced_and_an_online_one_never() 
     assert!(node_exists(&emulator, &third).await && node_exists(&emulator, &bystander).await);
     assert_eq!(metric_sum(&server, "ReimagedNodesReplaced"), 2.0);
     assert_eq!(metric_sum(&server, "Registered"), 4.0);
+    let pools = operator_command(&emulator, &["pools", "--json"]);
+    let setting = |name: &str| {
+        pools["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pool"] == name)
+            .map(|p| p["settings"]["replace_reimaged_nodes"].clone())
+    };
+    assert_eq!(
+        setting("web"),
+        Some(json!(true)),
+        "`vending pools` shows the opt-in: {pools}"
+    );
+    assert_eq!(setting("other"), Some(json!(false)));
 }
 
 #[tokio::test(flavor = "multi_thread")]
