@@ -62,18 +62,20 @@ impl Confirmer {
                 "only a vend that named an instance and sent X-Machine-Id can be confirmed".into(),
             ));
         };
+        let tags = BTreeMap::from([
+            (NAME_TAG.to_owned(), claim.instance.clone()),
+            (MACHINE_TAG.to_owned(), machine_id.to_owned()),
+        ]);
+        // Confirmed before: answered from what was verified then, even once the vend's
+        // record has moved on (a later vend of the name) or the node is gone.
+        if let Some(earlier) = self.store.node(&claim.instance_id).await? {
+            return self.again(claim, earlier, tags).map_err(refuse);
+        }
         let record = self.store.instance(&pool.name, &claim.instance).await?;
         let Some(node) = self.nodes.node(&claim.instance_id).await? else {
             return Err(VendError::NodeNotFound(claim.instance_id.clone()));
         };
         confirmable(claim, record.as_ref(), &node).map_err(refuse)?;
-        let tags = BTreeMap::from([
-            (NAME_TAG.to_owned(), claim.instance.clone()),
-            (MACHINE_TAG.to_owned(), machine_id.to_owned()),
-        ]);
-        if let Some(earlier) = self.store.node(&claim.instance_id).await? {
-            return self.again(claim, earlier, tags).map_err(refuse);
-        }
         self.nodes
             .tag(
                 &claim.instance_id,

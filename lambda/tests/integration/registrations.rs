@@ -172,6 +172,15 @@ async fn a_confirmation_names_tags_and_records_the_node_once() {
     assert_eq!(body_again, body);
     assert_eq!(node_record(&emulator, &node).await.unwrap(), record);
     assert_eq!(metric_sum(&server, "Registered"), 1.0, "a repeat is not counted");
+
+    // Another machine's or name's claim on the confirmed node: refused, nothing changes.
+    for (machine, name) in [(MACHINE_B, "web-01"), (MACHINE_A, "web-09")] {
+        let (status, answer) = report(&server, "web", Some(machine), &claim(&node, &activation, name)).await;
+        assert_eq!(status, 403, "{answer}");
+        assert_eq!(answer["error"]["code"], "NotConfirmable");
+    }
+    assert_eq!(node_record(&emulator, &node).await.unwrap(), record);
+    assert_eq!(node_tags(&emulator, &node).await, tags);
 }
 
 #[tokio::test(flavor = "multi_thread")]
