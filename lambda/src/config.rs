@@ -67,6 +67,8 @@ pub struct Config {
     pub max_connections: u32,
     /// `vending serve`: from SIGTERM to exit, the clean stop included.
     pub shutdown_grace: Duration,
+    /// How long a confirmed node's record lives (DynamoDB TTL from its confirmation).
+    pub node_record_ttl: Duration,
     /// Set by the entry point, not the environment.
     pub runtime: Runtime,
 }
@@ -151,6 +153,7 @@ impl Config {
         let wait = duration("VENDING_WAIT", "5s")?;
         let deadline = duration("VENDING_DEADLINE", "20s")?;
         let verify_interval = duration("VENDING_VERIFY_INTERVAL", "60s")?;
+        let node_record_ttl = duration("VENDING_NODE_RECORD_TTL", "400d")?;
         let low_water_percent = number("VENDING_LOW_WATER_PERCENT", 20, 0..=90)?;
 
         if activation_ttl > MAX_ACTIVATION_TTL {
@@ -279,6 +282,7 @@ impl Config {
             idle_timeout,
             max_connections,
             shutdown_grace,
+            node_record_ttl,
             runtime: Runtime::Server,
         })
     }

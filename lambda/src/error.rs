@@ -15,15 +15,19 @@ pub enum VendError {
     PoolMisconfigured { pool: String, problem: String },
     #[error("pool `{pool}` does not admit requests from {source_address}")]
     Forbidden { pool: String, source_address: String },
-    /// A refusal report about an activation the pool never vended.
-    #[error("pool `{pool}` never vended activation `{activation_id}`")]
-    NotConfirmable { activation_id: String, pool: String },
     #[error("no route for {0}")]
     RouteNotFound(String),
     #[error("{method} is not allowed here; use {allow}")]
     MethodNotAllowed { method: String, allow: &'static str },
     #[error("{parameter}: {problem}")]
     InvalidParameter { parameter: &'static str, problem: String },
+    /// A confirmation named a managed node SSM does not know.
+    #[error("SSM knows no managed node `{0}`")]
+    NodeNotFound(String),
+    /// A confirmation that does not verify against SSM and the vend's record, or a
+    /// refusal report about an activation the pool never vended.
+    #[error("the registration cannot be confirmed: {0}")]
+    NotConfirmable(String),
     #[error("no usable activation yet: another request is rotating it")]
     NoActivationYet,
     #[error("AWS is throttling {operation}")]
@@ -49,8 +53,8 @@ pub enum VendError {
 impl VendError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::PoolNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
-            Self::PoolDisabled(_) | Self::Forbidden { .. } | Self::NotConfirmable { .. } => StatusCode::FORBIDDEN,
+            Self::PoolNotFound(_) | Self::RouteNotFound(_) | Self::NodeNotFound(_) => StatusCode::NOT_FOUND,
+            Self::PoolDisabled(_) | Self::Forbidden { .. } | Self::NotConfirmable(_) => StatusCode::FORBIDDEN,
             Self::PoolMisconfigured { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
@@ -69,10 +73,11 @@ impl VendError {
             Self::PoolDisabled(_) => "PoolDisabled",
             Self::PoolMisconfigured { .. } => "PoolMisconfigured",
             Self::Forbidden { .. } => "Forbidden",
-            Self::NotConfirmable { .. } => "NotConfirmable",
             Self::RouteNotFound(_) => "NotFound",
             Self::MethodNotAllowed { .. } => "MethodNotAllowed",
             Self::InvalidParameter { .. } => "InvalidParameter",
+            Self::NodeNotFound(_) => "NodeNotFound",
+            Self::NotConfirmable(_) => "NotConfirmable",
             Self::NoActivationYet => "NoActivationYet",
             Self::Throttled { .. } => "Throttled",
             Self::Contended { .. } => "Contended",

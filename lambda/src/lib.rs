@@ -12,7 +12,8 @@
 //!
 //! Entry points (`entry/`, thin):
 //! - `main.rs`: the binary `vending`: command line (`clap`), exit codes, the runtime;
-//!   Lambda, `serve`, `sweep`, `status`, `pools`; metrics off for the operator's commands.
+//!   Lambda, `serve`, `sweep`, `status`, `pools`, `nodes`; metrics off for the
+//!   operator's commands.
 //! - `entry/mod.rs`: the entry points' list.
 //! - `entry/lambda.rs`: what Lambda invokes: API Gateway and ALB events to the router,
 //!   `{"sweep": true}` to the sweep.
@@ -21,10 +22,13 @@
 //! - `entry/serve.rs`: `vending serve`'s connections: the cap, the header and idle
 //!   timeouts, the drain bounded by `VENDING_SHUTDOWN_GRACE`.
 //! - `entry/http.rs`: the one axum router, strict request parsing (`pool`, `instance`,
-//!   `machine` and their headers, the `POST /registrations` body), the caller's source
-//!   address, the `vended` log line.
-//! - `entry/status.rs`: `vending status`: `StatusReader`, the table and the JSON.
+//!   `machine` and their headers, `POST /registrations`' two body shapes), the
+//!   caller's source address, the `vended` log line.
+//! - `entry/status.rs`: `vending status`: `StatusReader`, the table and the JSON
+//!   (per pool the current activation's slots, SSM's count, confirmed nodes).
 //! - `entry/pools.rs`: `vending pools`, every pool's effective settings or problem,
+//!   as a table or JSON.
+//! - `entry/nodes.rs`: `vending nodes`, the confirmed nodes with SSM's ping status,
 //!   as a table or JSON.
 //!
 //! The vend (`vend/`):
@@ -53,6 +57,13 @@
 //! - `vend/codes.rs`: `Codes`, the code cache (8 entries, keyed by activation ID and
 //!   parameter version) in front of Parameter Store; concurrent reads of one code are
 //!   one `GetParameter`.
+//!
+//! The confirmation of a registration (`registration/`, uses the vend's pool lookup):
+//! - `registration/mod.rs`: `Confirmer`, `POST /registrations`' confirmation: believe
+//!   SSM and the vend record, tag the node, replace a re-imaged machine's offline
+//!   nodes, record the node once, count it.
+//! - `registration/verdict.rs`: `confirmable`, `same_claim`, `reimaged_to_replace`:
+//!   the confirmation's decisions over plain data.
 //!
 //! The sweep (`sweep/`):
 //! - `sweep/mod.rs`: `Sweeper`, the scheduled clean-up of orphan and spent
@@ -90,7 +101,7 @@
 //! - `aws/pool_store/pool_item.rs`: the pool item: reserve (a slot or a block),
 //!   lease, commit (with its record, one transaction), promote the standby.
 //! - `aws/pool_store/records.rs`: instance records (and dropping those of a refused
-//!   activation), commit records, tombstones.
+//!   activation), commit records, tombstones, node records.
 //! - `aws/pool_store/directory.rs`: the directory item `directory#pools`.
 //! - `aws/parameters.rs`: `CodeVault` and `PoolConfigSource`, Parameter Store: the
 //!   codes (SecureString under the customer KMS key, pinned by version) and the pool
@@ -99,8 +110,8 @@
 //!   delete.
 //! - `aws/keys.rs`: `CodeKey`, KMS: the codes' key described at start, and
 //!   `KeyFacts::refusal` (an AWS-managed or disabled key stops the service).
-//! - `aws/nodes.rs`: `ManagedNodes`, SSM managed nodes: list by pool tag or account,
-//!   deregister.
+//! - `aws/nodes.rs`: `ManagedNodes`, SSM managed nodes: list by pool tag, machine tag
+//!   or account, one by ID, tag, deregister.
 //! - `aws/tests.rs`: the error classification against real-shaped AWS answers (the SDK
 //!   clients over a mocked HTTP layer).
 //!
@@ -127,7 +138,8 @@
 //!
 //! Every module is `pub(crate)`. What `main.rs` and the tests under `lambda/tests`
 //! use is re-exported here, and nothing else is public: the entry points (`build_*`,
-//! `router`, `handle_event`, `run_lambda`, `serve`, `read_pools`, `check_code_key`),
+//! `router`, `handle_event`, `run_lambda`, `serve`, `read_pools`, `list_nodes`,
+//! `nodes_table`, `check_code_key`),
 //! `Config`, `SweepOptions`, `epoch_now`, logging and metrics switches, `check_emf`;
 //! and, for the integration tests that drive the reserve and the standby's promotion
 //! directly against the emulator, `PoolStore` with its answers (`Reservation`,
@@ -143,6 +155,7 @@ pub(crate) mod error;
 pub(crate) mod logging;
 pub(crate) mod metrics;
 pub(crate) mod pool;
+pub(crate) mod registration;
 pub(crate) mod secret;
 pub(crate) mod sweep;
 pub(crate) mod vend;
@@ -151,11 +164,12 @@ pub use aws::pool_store::{LeaseAttempt, Place, PoolStore, Reservation};
 pub use clock::epoch_now;
 pub use config::Config;
 pub use entry::app::{
-    build_state, build_status_reader, build_sweeper, check_code_key, https_client, load_sdk_config, pool_configs,
-    KeyCheckError,
+    build_state, build_status_reader, build_sweeper, check_code_key, https_client, list_nodes, load_sdk_config,
+    pool_configs, KeyCheckError,
 };
 pub use entry::http::router;
 pub use entry::lambda::{handle_event, run as run_lambda};
+pub use entry::nodes::table as nodes_table;
 pub use entry::pools::read as read_pools;
 pub use entry::serve::{serve, ServeLimits};
 pub use logging::init as init_logging;

@@ -54,6 +54,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the confirmed nodes (POST /registrations) with SSM's ping status now.
+    Nodes {
+        /// Only this pool's nodes.
+        #[arg(long)]
+        pool: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,7 +80,7 @@ fn main() -> ExitCode {
     };
     if matches!(
         cli.command,
-        Some(Command::Sweep { .. } | Command::Pools { .. } | Command::Status { .. })
+        Some(Command::Sweep { .. } | Command::Pools { .. } | Command::Status { .. } | Command::Nodes { .. })
     ) {
         // Their standard output is the report.
         vending::disable_metrics();
@@ -153,6 +162,14 @@ async fn run(command: Option<Command>, config: Config) -> Result<ExitCode, Box<d
             } else {
                 ExitCode::FAILURE
             });
+        }
+        Some(Command::Nodes { pool, json }) => {
+            let nodes = vending::list_nodes(&config, &sdk, pool.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+            } else {
+                print!("{}", vending::nodes_table(&nodes));
+            }
         }
         Some(Command::Serve { listen }) => {
             let ready_pools = config.ready_pools;

@@ -35,6 +35,10 @@ pub enum Metric {
     ClockSkewSeconds,
     /// A server reported its code refused by SSM (dimension `Confirmed`: whether SSM agreed).
     RegistrationRefused,
+    /// Registrations confirmed (`POST /registrations`), each node once.
+    Registered,
+    /// A re-imaged machine's offline predecessors deregistered on its confirmation.
+    ReimagedNodesReplaced,
 }
 
 impl Metric {
@@ -55,6 +59,8 @@ impl Metric {
             Self::UnusedRegistrations => "UnusedRegistrations",
             Self::ClockSkewSeconds => "ClockSkewSeconds",
             Self::RegistrationRefused => "RegistrationRefused",
+            Self::Registered => "Registered",
+            Self::ReimagedNodesReplaced => "ReimagedNodesReplaced",
         }
     }
 

@@ -891,6 +891,37 @@ def test_filters_select_nodes(emulator: str, ssm: Any) -> None:
     assert ids(Filters=[*by_activation(a1), {"Key": "IamRole", "Values": [ROLE]}]) == set(n1)
 
 
+def test_a_tag_put_on_a_node_is_what_tag_filters_find_it_by(emulator: str, ssm: Any) -> None:
+    """What a registration's confirmation relies on (issue 22): AddTagsToResource on a
+    ManagedInstance adds beside the activation's tags, overwrites a key it sets again, and
+    DescribeInstanceInformation's tag:KEY filters (ANDed) and InstanceIds find the node by
+    it; a node that is gone cannot be tagged."""
+    activation_id, code, pool = new_activation(ssm)
+    first, second = (register_ok(emulator, activation_id, code, f"m-{i}") for i in range(2))
+    digest = "ab" * 32
+    ssm.add_tags_to_resource(ResourceType="ManagedInstance", ResourceId=first, Tags=[{"Key": "Name", "Value": "old"}])
+    ssm.add_tags_to_resource(
+        ResourceType="ManagedInstance", ResourceId=first, Tags=[{"Key": "Name", "Value": "web-01"}, {"Key": "activation-vending:machine-id", "Value": digest}]
+    )
+    tags = {t["Key"]: t["Value"] for t in ssm.list_tags_for_resource(ResourceType="ManagedInstance", ResourceId=first)["TagList"]}
+    assert tags == {POOL_TAG: pool, "Name": "web-01", "activation-vending:machine-id": digest}
+
+    def ids(filters: list[dict[str, Any]]) -> set[str]:
+        return {n["InstanceId"] for n in describe_all(ssm, Filters=filters)[0]}
+
+    machine = {"Key": "tag:activation-vending:machine-id", "Values": [digest]}
+    assert ids([machine]) == {first}
+    assert ids([machine, {"Key": f"tag:{POOL_TAG}", "Values": [pool]}]) == {first}
+    assert ids([machine, {"Key": f"tag:{POOL_TAG}", "Values": ["another-pool"]}]) == set()
+    (node,) = ssm.describe_instance_information(Filters=[{"Key": "InstanceIds", "Values": [second]}])["InstanceInformationList"]
+    assert node["InstanceId"] == second and node["ActivationId"] == activation_id
+    ssm.deregister_managed_instance(InstanceId=first)
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        ssm.add_tags_to_resource(ResourceType="ManagedInstance", ResourceId=first, Tags=[{"Key": "Name", "Value": "web-01"}])
+    assert error_code(err) == "InvalidResourceId"
+    assert ids([machine]) == set()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "code"),
     [

@@ -60,6 +60,25 @@ def parameter_arn(name: str, region: str = REGION) -> str:
     return f"arn:aws:ssm:{region}:{ACCOUNT}:parameter{name}"
 
 
+def node_tagging(deployment: str | None, region: str = REGION, keys: tuple[str, ...] = ("Name", "activation-vending:machine-id")) -> dict[str, Any]:
+    """A registration's confirmation naming a node (issue 22): AddTagsToResource on the
+    node, which carries the pool tag and `deployment`'s tag (none when None)."""
+    context: dict[str, Any] = {
+        "ssm:resourceTag/activation-vending:pool": "web",
+        "aws:ResourceTag/activation-vending:pool": "web",
+        "aws:TagKeys": list(keys),
+    }
+    context.update({f"aws:RequestTag/{k}": "web-01" for k in keys})
+    if deployment is not None:
+        context["ssm:resourceTag/activation-vending:deployment"] = deployment
+        context["aws:ResourceTag/activation-vending:deployment"] = deployment
+    return {
+        "action": "ssm:AddTagsToResource",
+        "resource": f"arn:aws:ssm:{region}:{ACCOUNT}:managed-instance/mi-0123456789abcdef0",
+        "context": context,
+    }
+
+
 def what_vending_does(region: str = REGION) -> list[dict[str, Any]]:
     """One of each kind of call the service makes: vend, rotation, sweep, clean-up."""
     pool_tags = {
@@ -99,9 +118,15 @@ def what_vending_does(region: str = REGION) -> list[dict[str, Any]]:
             {
                 "action": "ssm:DeregisterManagedInstance",
                 "resource": f"arn:aws:ssm:{region}:{ACCOUNT}:managed-instance/mi-0123456789abcdef0",
-                "context": {"ssm:resourceTag/activation-vending:pool": "web", "aws:ResourceTag/activation-vending:pool": "web"},
+                "context": {
+                    "ssm:resourceTag/activation-vending:pool": "web",
+                    "aws:ResourceTag/activation-vending:pool": "web",
+                    "ssm:resourceTag/activation-vending:deployment": TABLE,
+                    "aws:ResourceTag/activation-vending:deployment": TABLE,
+                },
             },
         ], region),
+        call("SSM.AddTagsToResource", [node_tagging(TABLE, region)], region),
         call("DynamoDB.TransactWriteItems", [
             {"action": "dynamodb:UpdateItem", "resource": table_arn(region), "context": {"dynamodb:LeadingKeys": ["pool#web"]}},
             {"action": "dynamodb:PutItem", "resource": table_arn(region), "context": {"dynamodb:LeadingKeys": ["activation#a"]}},
@@ -206,6 +231,20 @@ def test_tagging_an_existing_node_is_denied_in_every_region(kind):
             "context": {"aws:RequestTag/activation-vending:pool": "web", "aws:TagKeys": ["activation-vending:pool"]},
         }])
         [result] = check.evaluate([node], kind)
+        assert result["decision"] == "ExplicitlyDenied", check.summary(result)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_only_this_deployments_nodes_are_named_and_only_with_name_and_the_machine_tag(kind):
+    allowed = call("SSM.AddTagsToResource", [node_tagging(TABLE)])
+    assert [r["decision"] for r in check.evaluate([allowed], kind)] == ["Allowed"]
+    for refused in (
+        node_tagging("another-stacks-table"),
+        node_tagging(None),
+        node_tagging(TABLE, keys=("Name", "activation-vending:pool")),
+        node_tagging(TABLE, keys=("Owner",)),
+    ):
+        [result] = check.evaluate([call("SSM.AddTagsToResource", [refused])], kind)
         assert result["decision"] == "ExplicitlyDenied", check.summary(result)
 
 

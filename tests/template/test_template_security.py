@@ -86,7 +86,13 @@ REQUIRED_ACTIONS = {
 }
 # SSM resources that exist before the function tags anything: it must never tag them (the
 # pool tag on a foreign node would let it deregister that node).
-EXISTING_TAGGABLE = ("managed-instance/*", "parameter/*", "document/*")
+EXISTING_TAGGABLE = ("parameter/*", "document/*")
+# The managed nodes are the one exception (a registration's confirmation, issue 22): only
+# this deployment's nodes (DEPLOYMENT_TAG = the table), only these keys (NAME_TAG and
+# MACHINE_TAG in lambda/src/pool/settings.rs), never an untagging.
+DEPLOYMENT_TAG_KEY = "activation-vending:deployment"
+NODE_TAG_KEYS = ["Name", "activation-vending:machine-id"]
+NODE_ARN = ":managed-instance/*"
 # AWS-managed policies the template may attach, and to which role only.
 ALLOWED_MANAGED_POLICIES = {
     "ManagedInstanceRole": {"AmazonSSMManagedInstanceCore"},
@@ -617,6 +623,7 @@ def check_least_privilege(cfn: dict) -> list[str]:
     for kind in EXISTING_TAGGABLE:
         if not any(f':{kind}"' in r for r in denied):
             problems.append(f"no statement denies ssm:AddTagsToResource on existing {kind} (the pool tag would reach nodes and parameters the function did not make)")
+    problems += node_tagging_problems(cfn)
     granted = {a for _, st in identity_statements(cfn) if st.get("Effect") == "Allow" for a in as_list(st.get("Action"))}
     missing = REQUIRED_ACTIONS - granted
     if missing:
@@ -636,6 +643,41 @@ def check_least_privilege(cfn: dict) -> list[str]:
     for name, fn in functions.items():
         if props(fn).get("Role") != {"Fn::GetAtt": ["FunctionRole", "Arn"]}:
             problems.append(f"{name}: does not run as FunctionRole")
+    return problems
+
+
+def node_tagging_problems(cfn: dict) -> list[str]:
+    """Tagging a managed node: denied unless the node carries this deployment's tag and the
+    request's keys are Name and the machine-id tag only; untagging one is always denied;
+    every allow of it on nodes says the same."""
+    problems = []
+    this_table = {"Ref": "Table"}
+    denies = [
+        st
+        for _, st in identity_statements(cfn)
+        if st.get("Effect") == "Deny" and any(json.dumps(r).endswith(f'{NODE_ARN}"}}') for r in as_list(st.get("Resource")))
+    ]
+
+    def denied(action: str, condition: dict | None) -> bool:
+        return any(action in as_list(st.get("Action")) and st.get("Condition") == condition for st in denies)
+
+    if not denied("ssm:RemoveTagsFromResource", None):
+        problems.append("no statement denies ssm:RemoveTagsFromResource on every managed node")
+    if not denied("ssm:AddTagsToResource", {"StringNotEquals": {f"aws:ResourceTag/{DEPLOYMENT_TAG_KEY}": this_table}}):
+        problems.append(f"no statement denies ssm:AddTagsToResource on a node without this deployment's {DEPLOYMENT_TAG_KEY} tag")
+    if not denied("ssm:AddTagsToResource", {"ForAnyValue:StringNotEquals": {"aws:TagKeys": NODE_TAG_KEYS}}):
+        problems.append(f"no statement denies ssm:AddTagsToResource on a node with keys other than {NODE_TAG_KEYS}")
+    for name, st in identity_statements(cfn):
+        if st.get("Effect") != "Allow" or "ssm:AddTagsToResource" not in as_list(st.get("Action")):
+            continue
+        if not any(NODE_ARN in json.dumps(r) for r in as_list(st.get("Resource"))):
+            continue
+        cond = st.get("Condition", {})
+        if cond.get("StringEquals", {}).get(f"aws:ResourceTag/{DEPLOYMENT_TAG_KEY}") != this_table:
+            problems.append(f"{name}/{st.get('Sid')}: tags nodes without this deployment's tag")
+        keys = as_list(cond.get("ForAllValues:StringEquals", {}).get("aws:TagKeys"))
+        if not keys or not set(keys) <= set(NODE_TAG_KEYS) or str(cond.get("Null", {}).get("aws:TagKeys")).lower() != "false":
+            problems.append(f"{name}/{st.get('Sid')}: tags nodes with keys other than {NODE_TAG_KEYS}")
     return problems
 
 
@@ -1175,6 +1217,27 @@ def m_tag_existing_nodes(t):
     ]
 
 
+def m_tag_other_deployments_nodes(t):
+    t["Resources"]["FunctionRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"] = [
+        s for s in _role_statements(t) if s.get("Sid") != "NeverTagOtherDeploymentsNodes"
+    ]
+
+
+def m_tag_nodes_with_the_pool_tag(t):
+    _stmt(_role_statements(t), "TagNodesOnlyWithNameAndMachineId")["Condition"]["ForAnyValue:StringNotEquals"]["aws:TagKeys"].append(
+        POOL_TAG_KEY
+    )
+    _stmt(_role_statements(t), "NameAndMarkThisDeploymentsNodes")["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"].append(
+        POOL_TAG_KEY
+    )
+
+
+def m_untag_nodes(t):
+    t["Resources"]["FunctionRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"] = [
+        s for s in _role_statements(t) if s.get("Sid") != "NeverUntagNodes"
+    ]
+
+
 def m_create_activation_untagged(t):
     del _stmt(_role_statements(t), "CreateActivationsThatCarryThePoolTag")["Condition"]
 
@@ -1444,6 +1507,9 @@ MUTATIONS = [
     ("tagging any key on any SSM resource", m_tagging_unlimited, check_least_privilege, "creates-everything"),
     ("activations without the pool tag", m_create_activation_untagged, check_least_privilege, "creates-everything"),
     ("tagging existing nodes and parameters", m_tag_existing_nodes, check_least_privilege, "creates-everything"),
+    ("tagging another deployment's nodes", m_tag_other_deployments_nodes, check_least_privilege, "creates-everything"),
+    ("tagging nodes with the pool tag", m_tag_nodes_with_the_pool_tag, check_least_privilege, "creates-everything"),
+    ("untagging nodes", m_untag_nodes, check_least_privilege, "creates-everything"),
     ("deregister without the pool tag condition", m_deregister_any_node, check_least_privilege, "creates-everything"),
     ("deregister on *", m_deregister_star, check_least_privilege, "brings-endpoint-key-role"),
     ("deregister conditioned on another tag", m_deregister_wrong_tag, check_least_privilege, "creates-everything"),

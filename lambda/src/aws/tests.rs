@@ -479,6 +479,7 @@ async fn an_instance_record_a_concurrent_request_wrote_first_is_returned_not_an_
         parameter_version: 4,
         expires_at: 4_000_000_000,
         machine_id: Some("machine-1".into()),
+        vended_at: None,
     };
     let first = store(&aws)
         .await

@@ -17,6 +17,7 @@ use crate::aws::pool_store::PoolStore;
 use crate::clock::DateHeaderInterceptor;
 use crate::config::Config;
 use crate::entry::http::AppState;
+use crate::registration::Confirmer;
 use crate::sweep::Sweeper;
 use crate::vend::Vendor;
 
@@ -69,15 +70,18 @@ fn dynamodb_client(sdk: &SdkConfig) -> aws_sdk_dynamodb::Client {
 pub fn build_state(config: Config, sdk: &SdkConfig) -> AppState {
     let ssm = ssm_client(sdk);
     let dynamodb = dynamodb_client(sdk);
-    let vendor = Vendor::new(
-        PoolStore::new(dynamodb, config.table.clone()),
+    let store = PoolStore::new(dynamodb, config.table.clone());
+    let nodes = ManagedNodes::new(ssm.clone(), config.table.clone());
+    let vendor = Arc::new(Vendor::new(
+        store.clone(),
         CodeVault::new(ssm.clone(), config.parameter_prefix.clone(), config.kms_key_id.clone()),
         pool_config_source(ssm.clone(), &config),
         ActivationService::new(ssm, config.table.clone()),
         config,
-    );
+    ));
     AppState {
-        vendor: Arc::new(vendor),
+        confirmer: Arc::new(Confirmer::new(vendor.clone(), store, nodes)),
+        vendor,
     }
 }
 
@@ -112,6 +116,18 @@ pub fn build_status_reader(config: &Config, sdk: &SdkConfig) -> crate::entry::st
         pool_configs: pool_config_source(ssm, config),
         key: code_key(config, sdk),
     }
+}
+
+/// `vending nodes`: the confirmed nodes (`pool` only, when given) with SSM's ping
+/// status, read with the caller's credentials.
+pub async fn list_nodes(
+    config: &Config,
+    sdk: &SdkConfig,
+    pool: Option<&str>,
+) -> Result<Vec<crate::entry::nodes::ConfirmedNode>, crate::error::VendError> {
+    let store = PoolStore::new(dynamodb_client(sdk), config.table.clone());
+    let nodes = ManagedNodes::new(ssm_client(sdk), config.table.clone());
+    crate::entry::nodes::read(&store, &nodes, pool).await
 }
 
 /// The codes' KMS key (`VENDING_KMS_KEY_ID`).

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::VendError;
 use crate::pool::settings::client_address;
 use crate::pool::state::{parse_machine_id, valid_instance_name, valid_pool_name, DEFAULT_POOL};
+use crate::registration::verdict::Claim;
+use crate::registration::Confirmer;
 use crate::vend::refusal::parse_report;
 use crate::vend::Vendor;
 
@@ -30,9 +32,13 @@ const VEND_METHODS: &str = "GET";
 const HEALTH_METHODS: &str = "GET, HEAD";
 const REGISTRATION_METHODS: &str = "POST";
 
+/// The most a registration report's body may hold.
+const REGISTRATION_BODY_LIMIT: usize = 16 * 1024;
+
 #[derive(Clone)]
 pub struct AppState {
     pub vendor: Arc<Vendor>,
+    pub confirmer: Arc<Confirmer>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -51,7 +57,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/registrations",
-            post(registrations).fallback(registrations_method_not_allowed),
+            post(registrations).fallback(registration_method_not_allowed),
         )
         .route("/health", get(health).fallback(health_method_not_allowed))
         .fallback(not_found)
@@ -244,51 +250,117 @@ async fn vend(State(state): State<AppState>, request: Request) -> Result<Respons
     Ok(response)
 }
 
-/// The two reports a booting server sends after its registration (issue 22).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum RegistrationBody {
-    /// It registered: `{"InstanceId", "ActivationId", "Instance"}`.
+/// `POST /registrations`'s body: a confirmation (`InstanceId`, `ActivationId`,
+/// `Instance`) or a refusal report (`ActivationId`, `Error`); nothing else.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RegistrationReport {
     Confirmation(ConfirmationBody),
-    /// SSM refused its code: `{"ActivationId", "Error"}`.
     Refusal(RefusalBody),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ConfirmationBody {
+pub struct ConfirmationBody {
     #[serde(rename = "InstanceId")]
-    _instance_id: String,
+    pub instance_id: String,
     #[serde(rename = "ActivationId")]
-    _activation_id: String,
+    pub activation_id: String,
     #[serde(rename = "Instance")]
-    _instance: String,
+    pub instance: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RefusalBody {
+pub struct RefusalBody {
     #[serde(rename = "ActivationId")]
-    activation_id: String,
+    pub activation_id: String,
     #[serde(rename = "Error")]
-    error: String,
+    pub error: String,
 }
 
+fn invalid_body(problem: impl Into<String>) -> VendError {
+    VendError::InvalidParameter {
+        parameter: "body",
+        problem: problem.into(),
+    }
+}
+
+/// A managed node's ID as SSM spells a hybrid one: `mi-` and 17 hex digits.
+fn valid_managed_instance_id(id: &str) -> bool {
+    id.strip_prefix("mi-")
+        .is_some_and(|hex| hex.len() == 17 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
+/// An activation ID as SSM spells it: 1 to 64 letters, digits and `-`.
+fn valid_activation_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Reads a registration report strictly: a JSON object of exactly one of the two
+/// shapes, every field a well-formed string; anything else is a 400.
+pub fn parse_registration_report(body: &[u8]) -> Result<RegistrationReport, VendError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| invalid_body(format!("is not JSON: {e}")))?;
+    let Some(fields) = value.as_object() else {
+        return Err(invalid_body("must be a JSON object"));
+    };
+    let report = if fields.contains_key("Error") {
+        RegistrationReport::Refusal(serde_json::from_value(value).map_err(|e| {
+            invalid_body(format!(
+                "a refusal report is {{\"ActivationId\", \"Error\"}} (strings): {e}"
+            ))
+        })?)
+    } else if fields.contains_key("InstanceId") {
+        RegistrationReport::Confirmation(serde_json::from_value(value).map_err(|e| {
+            invalid_body(format!(
+                "a confirmation is {{\"InstanceId\", \"ActivationId\", \"Instance\"}} (strings): {e}"
+            ))
+        })?)
+    } else {
+        return Err(invalid_body(
+            "must be a confirmation {\"InstanceId\", \"ActivationId\", \"Instance\"} or a refusal report {\"ActivationId\", \"Error\"}",
+        ));
+    };
+    let activation_id = match &report {
+        RegistrationReport::Confirmation(c) => &c.activation_id,
+        RegistrationReport::Refusal(r) => &r.activation_id,
+    };
+    if !valid_activation_id(activation_id) {
+        return Err(invalid_body("ActivationId must be 1 to 64 letters, digits or '-'"));
+    }
+    if let RegistrationReport::Confirmation(c) = &report {
+        if !valid_managed_instance_id(&c.instance_id) {
+            return Err(invalid_body(
+                "InstanceId must be a hybrid node's ID: mi- and 17 lowercase hex digits",
+            ));
+        }
+        if !valid_instance_name(&c.instance) {
+            return Err(invalid_body(
+                "Instance must be a host name: dot-separated labels of letters, digits, '-' or '_', at most 253 characters",
+            ));
+        }
+    }
+    Ok(report)
+}
+
+/// The answer to a confirmation.
+#[derive(Serialize)]
+struct ConfirmedBody<'a> {
+    #[serde(rename = "InstanceId")]
+    instance_id: &'a str,
+    #[serde(rename = "Tags")]
+    tags: &'a std::collections::BTreeMap<String, String>,
+    #[serde(rename = "Replaced")]
+    replaced: &'a [String],
+}
+
+/// The answer to a refusal report.
 #[derive(Serialize)]
 struct RefusalAnswer<'a> {
     #[serde(rename = "ActivationId")]
     activation_id: &'a str,
     #[serde(rename = "Confirmed")]
     confirmed: bool,
-}
-
-fn parse_registration_body(body: &[u8]) -> Result<RegistrationBody, VendError> {
-    serde_json::from_slice(body).map_err(|_| VendError::InvalidParameter {
-        parameter: "body",
-        problem:
-            "must be {\"InstanceId\", \"ActivationId\", \"Instance\"} or {\"ActivationId\", \"Error\"} (JSON strings)"
-                .into(),
-    })
 }
 
 async fn registrations(State(state): State<AppState>, request: Request) -> Result<Response, VendError> {
@@ -298,40 +370,58 @@ async fn registrations(State(state): State<AppState>, request: Request) -> Resul
         &parts.headers,
         &state.vendor.config().trusted_proxies,
     );
-    let query = parse_vend_request(parts.uri.query(), &parts.headers)?;
-    let body = axum::body::to_bytes(body, 64 * 1024)
+    let request = parse_vend_request(parts.uri.query(), &parts.headers)?;
+    let body = axum::body::to_bytes(body, REGISTRATION_BODY_LIMIT)
         .await
-        .map_err(|_| VendError::InvalidParameter {
-            parameter: "body",
-            problem: "unreadable or over 64 KiB".into(),
-        })?;
-    let refusal = match parse_registration_body(&body)? {
-        // Issue 22 item 1 (helper `confirm`) answers this one.
-        RegistrationBody::Confirmation(_confirmation) => {
-            return Err(VendError::InvalidParameter {
-                parameter: "body",
-                problem: "confirmations are not accepted yet".into(),
-            })
+        .map_err(|_| invalid_body(format!("must be at most {REGISTRATION_BODY_LIMIT} bytes")))?;
+    let confirmation = match parse_registration_report(&body)? {
+        RegistrationReport::Confirmation(confirmation) => confirmation,
+        RegistrationReport::Refusal(refusal) => {
+            let report = parse_report(&refusal.activation_id, &refusal.error)?;
+            let confirmed = state
+                .vendor
+                .report_refusal(&request.pool, &report, request.machine_id.as_deref(), source)
+                .await?;
+            let answer = Json(RefusalAnswer {
+                activation_id: &report.activation_id,
+                confirmed,
+            });
+            return Ok(no_store(answer.into_response()));
         }
-        RegistrationBody::Refusal(refusal) => refusal,
     };
-    let report = parse_report(&refusal.activation_id, &refusal.error)?;
-    let confirmed = state
-        .vendor
-        .report_refusal(&query.pool, &report, query.machine_id.as_deref(), source)
-        .await?;
-    let mut response = Json(RefusalAnswer {
-        activation_id: &report.activation_id,
-        confirmed,
-    })
-    .into_response();
+    if let Some(named) = &request.instance {
+        if !named.eq_ignore_ascii_case(&confirmation.instance) {
+            return Err(VendError::InvalidParameter {
+                parameter: "instance",
+                problem: "the instance named in the query or X-Instance-Name and the body's Instance disagree".into(),
+            });
+        }
+    }
+    let claim = Claim {
+        pool: request.pool,
+        instance_id: confirmation.instance_id,
+        activation_id: confirmation.activation_id,
+        instance: confirmation.instance,
+        machine_id: request.machine_id,
+    };
+    let confirmed = state.confirmer.confirm(&claim, source).await?;
+    let answer = Json(ConfirmedBody {
+        instance_id: &confirmed.instance_id,
+        tags: &confirmed.tags,
+        replaced: &confirmed.replaced,
+    });
+    Ok(no_store(answer.into_response()))
+}
+
+/// Reports' answers are about one node or activation at one moment: never cached.
+fn no_store(mut response: Response) -> Response {
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    response
 }
 
-async fn registrations_method_not_allowed(method: Method) -> VendError {
+async fn registration_method_not_allowed(method: Method) -> VendError {
     VendError::MethodNotAllowed {
         method: method.to_string(),
         allow: REGISTRATION_METHODS,
@@ -449,26 +539,53 @@ mod tests {
     }
 
     #[test]
-    fn a_registration_body_is_a_confirmation_or_a_refusal_and_nothing_else() {
-        let refusal = br#"{"ActivationId": "a", "Error": "InvalidActivation"}"#;
-        assert!(matches!(
-            parse_registration_body(refusal),
-            Ok(RegistrationBody::Refusal(RefusalBody { .. }))
-        ));
-        let confirmation = br#"{"InstanceId": "mi-0123456789abcdef0", "ActivationId": "a", "Instance": "web-01"}"#;
-        assert!(matches!(
-            parse_registration_body(confirmation),
-            Ok(RegistrationBody::Confirmation(_))
-        ));
+    fn a_confirmation_and_a_refusal_report_are_told_apart_by_their_fields() {
+        let confirmation =
+            br#"{"InstanceId": "mi-0123456789abcdef0", "ActivationId": "5e3b-41aa", "Instance": "web-01"}"#;
+        assert_eq!(
+            parse_registration_report(confirmation).unwrap(),
+            RegistrationReport::Confirmation(ConfirmationBody {
+                instance_id: "mi-0123456789abcdef0".into(),
+                activation_id: "5e3b-41aa".into(),
+                instance: "web-01".into(),
+            })
+        );
+        let refusal = br#"{"ActivationId": "5e3b-41aa", "Error": "InvalidActivation"}"#;
+        assert_eq!(
+            parse_registration_report(refusal).unwrap(),
+            RegistrationReport::Refusal(RefusalBody {
+                activation_id: "5e3b-41aa".into(),
+                error: "InvalidActivation".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn a_malformed_registration_report_is_a_bad_request() {
         for bad in [
             &b""[..],
+            b"not json",
             b"[]",
+            b"{}",
             br#"{"ActivationId": "a"}"#,
-            br#"{"ActivationId": "a", "Error": 1}"#,
-            br#"{"ActivationId": "a", "Error": "InvalidActivation", "Extra": true}"#,
+            br#"{"InstanceId": "mi-0123456789abcdef0", "ActivationId": "a"}"#,
+            br#"{"InstanceId": "mi-0123456789abcdef0", "ActivationId": "a", "Instance": "web-01", "Extra": 1}"#,
+            br#"{"InstanceId": "i-0123456789abcdef0", "ActivationId": "a", "Instance": "web-01"}"#,
+            br#"{"InstanceId": "mi-0123456789ABCDEF0", "ActivationId": "a", "Instance": "web-01"}"#,
+            br#"{"InstanceId": "mi-0123456789abcdef0", "ActivationId": "a b", "Instance": "web-01"}"#,
+            br#"{"InstanceId": "mi-0123456789abcdef0", "ActivationId": "a", "Instance": "web 01"}"#,
+            br#"{"InstanceId": 7, "ActivationId": "a", "Instance": "web-01"}"#,
+            br#"{"ActivationId": "a", "Error": "InvalidActivation", "InstanceId": "mi-0123456789abcdef0"}"#,
+            br#"{"ActivationId": "", "Error": "InvalidActivation"}"#,
         ] {
-            let e = parse_registration_body(bad).unwrap_err();
-            assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
+            let err = parse_registration_report(bad).unwrap_err();
+            assert_eq!(
+                err.status(),
+                axum::http::StatusCode::BAD_REQUEST,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+            assert_eq!(err.code(), "InvalidParameter");
         }
     }
 

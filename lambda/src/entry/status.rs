@@ -1,5 +1,5 @@
-//! `vending status`: per pool, the current activation, its slots and SSM's count,
-//! the lease, the last rotation and failure, and the nodes it registered by ping
+//! `vending status`: per pool, the current activation, its slots, SSM's count and
+//! the nodes confirmed through it, the lease, the last rotation and failure, and the nodes it registered by ping
 //! status; account-wide, the hybrid nodes against the standard tier's quota.
 
 use std::collections::BTreeMap;
@@ -45,6 +45,9 @@ pub struct PoolStatus {
     pub limit: Option<u32>,
     /// SSM's own `RegistrationsCount` for the current activation.
     pub ssm_registrations: Option<u32>,
+    /// Nodes confirmed (`POST /registrations`) through the current activation that
+    /// SSM still knows (they carry the machine-id tag the confirmation put on them).
+    pub confirmed_nodes: Option<usize>,
     pub lease_holder: Option<String>,
     pub lease_until: Option<String>,
     pub last_rotation_at: Option<String>,
@@ -141,6 +144,8 @@ impl StatusReader {
             status.slots_handed_out = Some(a.reserved.min(a.limit));
             status.limit = Some(a.limit);
             status.ssm_registrations = self.activations.describe(&a.id).await?.map(|info| info.registrations);
+            let confirmed = self.nodes.confirmed_of_pool(pool).await?;
+            status.confirmed_nodes = Some(confirmed.iter().filter(|n| n.activation_id == a.id).count());
             if a.committed_at > 0 {
                 status.last_rotation_at = Some(when(a.committed_at));
             }
@@ -174,8 +179,8 @@ impl Status {
 
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<20} {:<38} {:<21} {:>11} {:>5} {:<24} {:<22} {}\n",
-            "POOL", "ACTIVATION", "EXPIRES", "SLOTS", "SSM", "LAST ROTATION", "NODES", "PROBLEM"
+            "{:<20} {:<38} {:<21} {:>11} {:>5} {:>9} {:<24} {:<22} {}\n",
+            "POOL", "ACTIVATION", "EXPIRES", "SLOTS", "SSM", "CONFIRMED", "LAST ROTATION", "NODES", "PROBLEM"
         );
         for p in &self.pools {
             let slots = match (p.slots_handed_out, p.limit) {
@@ -198,12 +203,13 @@ impl Status {
                 _ => String::new(),
             };
             out.push_str(&format!(
-                "{:<20} {:<38} {:<21} {:>11} {:>5} {:<24} {:<22} {}\n",
+                "{:<20} {:<38} {:<21} {:>11} {:>5} {:>9} {:<24} {:<22} {}\n",
                 p.pool,
                 p.activation_id.as_deref().unwrap_or("-"),
                 p.expires_at.as_deref().unwrap_or("-"),
                 slots,
                 p.ssm_registrations.map_or("-".into(), |n| n.to_string()),
+                p.confirmed_nodes.map_or("-".into(), |n| n.to_string()),
                 p.last_rotation_reason.as_deref().unwrap_or("-"),
                 nodes,
                 problem

@@ -365,6 +365,7 @@ mod tests {
             allowed_cidrs: Vec::new(),
             enabled: true,
             replace_stale_nodes_after: None,
+            replace_reimaged_nodes: false,
         }
     }
 

@@ -23,6 +23,13 @@ pub const POOL_TAG: &str = "activation-vending:pool";
 /// that two stacks in one account and Region never sweep or clean each other's.
 pub const DEPLOYMENT_TAG: &str = "activation-vending:deployment";
 
+/// Tag key a confirmation (`POST /registrations`) puts on the node: the digest of
+/// the machine's ID, which the re-image clean-up finds the machine's older nodes by.
+pub const MACHINE_TAG: &str = "activation-vending:machine-id";
+
+/// Tag key a confirmation puts on the node: the instance name (Fleet Manager's name).
+pub const NAME_TAG: &str = "Name";
+
 /// What a pool's `config` parameter may say. Unknown fields are an error.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +46,7 @@ pub struct PoolConfig {
     pub allowed_cidrs: Vec<String>,
     pub enabled: Option<bool>,
     pub replace_stale_nodes_after: Option<String>,
+    pub replace_reimaged_nodes: Option<bool>,
 }
 
 /// A pool's validated, effective settings.
@@ -59,6 +67,9 @@ pub struct PoolSettings {
     /// Opt-in clean-up: deregister older registrations of a name offline this long.
     #[serde(serialize_with = "as_optional_secs")]
     pub replace_stale_nodes_after: Option<Duration>,
+    /// Opt-in clean-up: a confirmation deregisters the machine's older nodes that
+    /// are not `Online` (found by the machine-id tag).
+    pub replace_reimaged_nodes: bool,
 }
 
 fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -122,6 +133,7 @@ impl PoolSettings {
             allowed_cidrs: config.default_allowed_cidrs.clone(),
             enabled: true,
             replace_stale_nodes_after: None,
+            replace_reimaged_nodes: false,
         }
     }
 
@@ -189,7 +201,7 @@ impl PoolSettings {
             if key.to_ascii_lowercase().starts_with("aws:") {
                 return Err(problem(field, "the aws: prefix is reserved by AWS"));
             }
-            if key == POOL_TAG || key == DEPLOYMENT_TAG {
+            if key == POOL_TAG || key == DEPLOYMENT_TAG || key == MACHINE_TAG {
                 return Err(problem(field, "is set by the service on every activation"));
             }
             if value.chars().count() > 256 || !tag_text(value) {
@@ -242,6 +254,7 @@ impl PoolSettings {
             allowed_cidrs,
             enabled: raw.enabled.unwrap_or(true),
             replace_stale_nodes_after,
+            replace_reimaged_nodes: raw.replace_reimaged_nodes.unwrap_or(false),
         })
     }
 

@@ -295,6 +295,9 @@ pub struct InstanceRecord {
     pub expires_at: EpochSecs,
     /// The machine that was given it; `None` for records written before machine ids.
     pub machine_id: Option<String>,
+    /// When the vend wrote it (a reuse does not rewrite it); `None` for records
+    /// written before confirmations: those cannot be confirmed.
+    pub vended_at: Option<EpochSecs>,
 }
 
 impl InstanceRecord {
@@ -585,6 +588,7 @@ mod tests {
             parameter_version: 1,
             expires_at: 10_000,
             machine_id: Some(digest.clone()),
+            vended_at: None,
         };
         let same = Caller::keyed(Some("web-01"), Some(&digest)).unwrap();
         let clone = Caller::keyed(Some("web-01"), Some(&other)).unwrap();
@@ -596,6 +600,7 @@ mod tests {
         assert!(!record.reusable_by(&same, 9_500, 900), "inside the expiry margin");
         let legacy = InstanceRecord {
             machine_id: None,
+            vended_at: None,
             ..record
         };
         assert!(!legacy.reusable_by(&same, 1_000, 900), "a record without a machine id");

@@ -91,6 +91,7 @@ mod tests {
             last_ping,
             registered,
             pool: pool.map(str::to_owned),
+            activation_id: String::new(),
         }
     }
 

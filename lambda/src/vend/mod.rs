@@ -191,21 +191,7 @@ impl Vendor {
         source: Option<IpAddr>,
     ) -> Result<Vended, VendError> {
         let vend = async {
-            let pool = self.directory.lookup(pool).await?;
-            if !pool.settings.admits(source) {
-                let source_address = source.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
-                tracing::warn!(
-                    pool = %pool.name,
-                    source = %source_address,
-                    reason = "the source address is not in the pool's allowed_cidrs",
-                    "refused"
-                );
-                metrics::count(&pool.name, Metric::Forbidden);
-                return Err(VendError::Forbidden {
-                    pool: pool.name.clone(),
-                    source_address,
-                });
-            }
+            let pool = self.admitted(pool, source).await?;
             self.clock_agrees(&pool).await?;
             self.vend_unbounded(&pool, instance, machine_id).await
         };
@@ -224,6 +210,27 @@ impl Vendor {
             metrics::count(pool, Metric::NoActivationYet);
         }
         result
+    }
+
+    /// The pool named `pool`, if it exists, is enabled and valid, and its
+    /// `allowed_cidrs` admit `source` (`Forbidden`, counted and logged, if not).
+    pub async fn admitted(&self, pool: &str, source: Option<IpAddr>) -> Result<Pool, VendError> {
+        let pool = self.directory.lookup(pool).await?;
+        if !pool.settings.admits(source) {
+            let source_address = source.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
+            tracing::warn!(
+                pool = %pool.name,
+                source = %source_address,
+                reason = "the source address is not in the pool's allowed_cidrs",
+                "refused"
+            );
+            metrics::count(&pool.name, Metric::Forbidden);
+            return Err(VendError::Forbidden {
+                pool: pool.name.clone(),
+                source_address,
+            });
+        }
+        Ok(pool)
     }
 
     /// Refuses to vend (`ClockSkew`) while the local clock is too far from AWS's.
@@ -282,6 +289,7 @@ impl Vendor {
                 parameter_version: activation.parameter_version,
                 expires_at: activation.expires_at,
                 machine_id: Some(caller.machine_id.to_owned()),
+                vended_at: Some(epoch_now()),
             };
             let now = epoch_now();
             let winner = self

@@ -113,10 +113,10 @@ impl Vendor {
                     machine_id = machine_id.unwrap_or("-"),
                     "a refusal report names an activation this pool never vended; not asking SSM"
                 );
-                return Err(VendError::NotConfirmable {
-                    activation_id: id.to_owned(),
-                    pool: pool.name.clone(),
-                });
+                return Err(VendError::NotConfirmable(format!(
+                    "pool `{}` never vended activation `{id}`",
+                    pool.name
+                )));
             }
             let confirmed = !self.checks.recheck(id, arrived).await?;
             metrics::registration_refused(&pool.name, confirmed);

@@ -15,6 +15,7 @@ mod pools;
 mod promise_storms;
 mod quotas;
 mod refusals;
+mod registrations;
 mod rotation;
 mod serve_limits;
 mod standby;

@@ -89,20 +89,83 @@ pub(super) fn instance_record(item: &Item) -> Option<InstanceRecord> {
         parameter_version: get_n(item, PARAMETER_VERSION)?,
         expires_at: get_n(item, EXPIRES_AT)?,
         machine_id: get_s(item, MACHINE_ID).map(str::to_owned),
+        vended_at: get_n(item, VENDED_AT),
     })
 }
 
 /// The item that remembers what `instance` was given (it lives as long as the activation).
 pub(super) fn instance_item(pool: &str, instance: &str, record: &InstanceRecord) -> Item {
     let machine = record.machine_id.as_deref().unwrap_or_default();
-    Item::from([
+    let mut item = Item::from([
         (PK.to_owned(), instance_key(pool, instance)),
         (ACTIVATION_ID.to_owned(), s(&record.activation_id)),
         (PARAMETER_VERSION.to_owned(), n(record.parameter_version)),
         (EXPIRES_AT.to_owned(), n(record.expires_at)),
         (MACHINE_ID.to_owned(), s(machine)),
         (TTL.to_owned(), n(record.expires_at)),
-    ])
+    ]);
+    if let Some(at) = record.vended_at {
+        item.insert(VENDED_AT.to_owned(), n(at));
+    }
+    item
+}
+
+/// A confirmed registration (`POST /registrations`): which node a named machine of a
+/// pool became, through which activation, and what it replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub instance_id: String,
+    pub pool: String,
+    pub activation_id: String,
+    /// The machine's digest (`X-Machine-Id`).
+    pub machine_id: String,
+    pub instance_name: String,
+    /// SSM's `RegistrationDate`.
+    pub registered_at: EpochSecs,
+    pub confirmed_at: EpochSecs,
+    /// The confirming caller's address, as the vend sees it ("" when unknown).
+    pub source: String,
+    /// The re-imaged machine's earlier nodes deregistered on this confirmation.
+    pub replaced: Vec<String>,
+}
+
+/// The node record's item; DynamoDB drops it `ttl_secs` after its confirmation.
+pub(super) fn node_item(record: &NodeRecord, ttl_secs: i64) -> Item {
+    let mut item = Item::from([
+        (PK.to_owned(), node_key(&record.instance_id)),
+        (POOL.to_owned(), s(&record.pool)),
+        (ACTIVATION_ID.to_owned(), s(&record.activation_id)),
+        (MACHINE_ID.to_owned(), s(&record.machine_id)),
+        (INSTANCE_NAME.to_owned(), s(&record.instance_name)),
+        (REGISTERED_AT.to_owned(), n(record.registered_at)),
+        (CONFIRMED_AT.to_owned(), n(record.confirmed_at)),
+        (SOURCE.to_owned(), s(&record.source)),
+        (TTL.to_owned(), n(record.confirmed_at.saturating_add(ttl_secs))),
+    ]);
+    if !record.replaced.is_empty() {
+        item.insert(REPLACED.to_owned(), AttributeValue::Ss(record.replaced.clone()));
+    }
+    item
+}
+
+/// A node record; `None` for an item that is not one.
+pub(super) fn node_record(item: &Item) -> Option<NodeRecord> {
+    let key = get_s(item, PK)?;
+    Some(NodeRecord {
+        instance_id: key.strip_prefix(NODE_KEY_PREFIX)?.to_owned(),
+        pool: get_s(item, POOL)?.to_owned(),
+        activation_id: get_s(item, ACTIVATION_ID)?.to_owned(),
+        machine_id: get_s(item, MACHINE_ID)?.to_owned(),
+        instance_name: get_s(item, INSTANCE_NAME)?.to_owned(),
+        registered_at: get_n(item, REGISTERED_AT)?,
+        confirmed_at: get_n(item, CONFIRMED_AT)?,
+        source: get_s(item, SOURCE).unwrap_or_default().to_owned(),
+        replaced: item
+            .get(REPLACED)
+            .and_then(|v| v.as_ss().ok())
+            .cloned()
+            .unwrap_or_default(),
+    })
 }
 
 /// A tombstone wins over a commit record; an item with neither mark says nothing.
@@ -274,11 +337,38 @@ mod tests {
             parameter_version: 4,
             expires_at: 5_000,
             machine_id: Some("0f3a".into()),
+            vended_at: Some(1_000),
         };
         let item = instance_item("p", "Web-01", &record);
         assert_eq!(instance_record(&item), Some(record));
         assert_eq!(item[PK], s("instance#p#web-01"), "host names are case-insensitive");
         assert_eq!(item[TTL], n(5_000), "the record lives as long as its activation");
+    }
+
+    #[test]
+    fn a_node_record_round_trips_and_expires_its_ttl_after_the_confirmation() {
+        let record = NodeRecord {
+            instance_id: "mi-0123456789abcdef0".into(),
+            pool: "p".into(),
+            activation_id: "act-1".into(),
+            machine_id: "0f3a".into(),
+            instance_name: "web-01".into(),
+            registered_at: 900,
+            confirmed_at: 1_000,
+            source: "10.0.0.7".into(),
+            replaced: vec!["mi-00000000000000001".into()],
+        };
+        let item = node_item(&record, 400 * 86_400);
+        assert_eq!(item[PK], s("node#mi-0123456789abcdef0"));
+        assert_eq!(item[TTL], n(1_000 + 400 * 86_400));
+        assert_eq!(node_record(&item), Some(record.clone()));
+        let none_replaced = NodeRecord {
+            replaced: vec![],
+            ..record
+        };
+        let item = node_item(&none_replaced, 1);
+        assert!(!item.contains_key(REPLACED), "DynamoDB refuses an empty set");
+        assert_eq!(node_record(&item), Some(none_replaced));
     }
 
     #[test]
@@ -288,6 +378,7 @@ mod tests {
             parameter_version: 4,
             expires_at: 5_000,
             machine_id: None,
+            vended_at: None,
         };
         let item = instance_item("p", "web-01", &record);
         assert_eq!(item[MACHINE_ID], s(""));
@@ -301,6 +392,7 @@ mod tests {
             parameter_version: 4,
             expires_at: 5_000,
             machine_id: None,
+            vended_at: None,
         };
         for missing in [ACTIVATION_ID, PARAMETER_VERSION, EXPIRES_AT] {
             let mut item = instance_item("p", "web-01", &record);

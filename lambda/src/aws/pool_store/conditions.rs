@@ -324,6 +324,7 @@ mod tests {
             parameter_version: 1,
             expires_at: 5_000,
             machine_id: Some("m-1".into()),
+            vended_at: None,
         }
     }
 
@@ -504,6 +505,7 @@ mod tests {
         assert_eq!(write.values[":min_exp"], n(1_100));
         let anonymous = InstanceRecord {
             machine_id: None,
+            vended_at: None,
             ..record()
         };
         let write = remember_instance(&anonymous, None, 1_100);

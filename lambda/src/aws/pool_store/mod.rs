@@ -17,7 +17,7 @@ mod records;
 mod schema;
 mod store;
 
-pub use codec::ActivationRecord;
+pub use codec::{ActivationRecord, NodeRecord};
 pub use conditions::SlotCount;
 #[cfg(test)]
 pub(crate) use pool_item::THROTTLED_COMMIT_ATTEMPTS;

@@ -1,5 +1,6 @@
-//! The records beside the pool items: what a named instance was given, and each
-//! activation's commit record or tombstone (the sweep's claim on it).
+//! The records beside the pool items: what a named instance was given, each
+//! activation's commit record or tombstone (the sweep's claim on it), and each
+//! confirmed node's record.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -8,9 +9,14 @@ use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValuesOnConditionCheckFailure};
 
-use super::codec::{activation_record, get_s, instance_item, instance_record, s, tombstone_item, ActivationRecord};
+use super::codec::{
+    activation_record, get_s, instance_item, instance_record, node_item, node_record, s, tombstone_item,
+    ActivationRecord, NodeRecord,
+};
 use super::conditions;
-use super::schema::{instance_key, instance_prefix, record_key, Item, ACTIVATION_ID, PK, POOL};
+use super::schema::{
+    instance_key, instance_prefix, node_key, record_key, Item, ACTIVATION_ID, NODE_KEY_PREFIX, PK, POOL,
+};
 use super::store::PoolStore;
 use crate::aws::{classify, retrying_conflicts, Echo};
 use crate::clock::EpochSecs;
@@ -241,6 +247,72 @@ impl PoolStore {
                 }
                 _ => Err(classify("DynamoDB.PutItem", e, Echo::Message)),
             },
+        }
+    }
+
+    /// A confirmed node's record, if it was confirmed.
+    pub async fn node(&self, instance_id: &str) -> Result<Option<NodeRecord>, VendError> {
+        let item = self.get(node_key(instance_id)).await?;
+        Ok(item.as_ref().and_then(node_record))
+    }
+
+    /// Records a confirmation once: `Ok(None)` when this write made the record,
+    /// `Ok(Some(earlier))` when the node was confirmed before (nothing is written).
+    pub async fn record_node(&self, record: &NodeRecord, ttl_secs: i64) -> Result<Option<NodeRecord>, VendError> {
+        let write = conditions::not_there_yet();
+        retrying_conflicts(|| async {
+            let result = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(node_item(record, ttl_secs)))
+                .set_condition_expression(write.condition.clone())
+                .set_expression_attribute_names(write.attribute_names())
+                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                .send()
+                .await;
+            match result {
+                Ok(_) => Ok(None),
+                Err(e) => match e.as_service_error() {
+                    Some(PutItemError::ConditionalCheckFailedException(failed)) => Ok(Some(
+                        failed
+                            .item
+                            .as_ref()
+                            .and_then(node_record)
+                            .unwrap_or_else(|| record.clone()),
+                    )),
+                    _ => Err(classify("DynamoDB.PutItem", e, Echo::Message)),
+                },
+            }
+        })
+        .await
+    }
+
+    /// Every confirmed node's record (a paginated Scan for the `node#` keys), for
+    /// `vending nodes`.
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, VendError> {
+        let mut records = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("begins_with(#pk, :prefix)")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_values(
+                    ":prefix",
+                    aws_sdk_dynamodb::types::AttributeValue::S(NODE_KEY_PREFIX.to_owned()),
+                )
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| classify("DynamoDB.Scan", e, Echo::Message))?;
+            records.extend(out.items().iter().filter_map(node_record));
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(records);
+            }
         }
     }
 }

@@ -21,6 +21,12 @@ pub(super) const COMMITTED_AT: &str = "committed_at";
 pub(super) const COMMITTED_BY: &str = "committed_by";
 pub(super) const TOMBSTONED_AT: &str = "tombstoned_at";
 pub(super) const MACHINE_ID: &str = "machine_id";
+pub(super) const VENDED_AT: &str = "vended_at";
+pub(super) const INSTANCE_NAME: &str = "instance_name";
+pub(super) const REGISTERED_AT: &str = "registered_at";
+pub(super) const CONFIRMED_AT: &str = "confirmed_at";
+pub(super) const SOURCE: &str = "source";
+pub(super) const REPLACED: &str = "replaced";
 pub(super) const CONFIG_FP: &str = "config_fp";
 pub(super) const CONFIG_AT: &str = "config_at";
 pub(super) const CONFIGS: &str = "configs";
@@ -109,6 +115,14 @@ pub(super) fn instance_key(pool: &str, instance: &str) -> AttributeValue {
 pub(super) fn instance_prefix(pool: &str) -> String {
     format!("instance#{pool}#")
 }
+
+/// The key of a confirmed node's record.
+pub(super) fn node_key(instance_id: &str) -> AttributeValue {
+    AttributeValue::S(format!("{NODE_KEY_PREFIX}{instance_id}"))
+}
+
+/// What every node record's key starts with (`vending nodes` scans for it).
+pub(super) const NODE_KEY_PREFIX: &str = "node#";
 
 /// The key of the directory item.
 pub(super) fn directory_key() -> AttributeValue {
