@@ -104,6 +104,12 @@ impl Confirmer {
             // A concurrent repeat of the same claim recorded it first.
             return self.again(claim, earlier, tags).map_err(refuse);
         }
+        // The vend's record kept the slot for the machine's retries before it
+        // registered; registered, a later vend of it (`--force`, a re-install) is a
+        // new registration and takes a new slot, or SSM's count would outrun the pool's.
+        self.store
+            .forget_instance_of(&pool.name, &claim.instance, &claim.activation_id)
+            .await?;
         let mut values = vec![(Metric::Registered, 1.0)];
         if !replaced.is_empty() {
             values.push((Metric::ReimagedNodesReplaced, replaced.len() as f64));

@@ -153,7 +153,7 @@ async fn a_report_with_an_error_ssm_does_not_refuse_codes_with_is_a_bad_request(
         json!({"ActivationId": "not-an-activation", "Error": "InvalidActivation"}),
         json!({"ActivationId": given.id()}),
         json!({"ActivationId": given.id(), "Error": "InvalidActivation", "Code": "x"}),
-        json!({"InstanceId": "mi-0123456789abcdef0", "ActivationId": given.id(), "Instance": "web-01"}),
+        json!({"InstanceId": "mi-0123456789abcdef0", "ActivationId": given.id(), "Error": "InvalidActivation"}),
     ] {
         let answer = post(&server, "/registrations?pool=default", body.clone(), MACHINE_A).await;
         assert_eq!(answer.status, 400, "{body}: {}", answer.body);

@@ -184,6 +184,26 @@ async fn a_confirmation_names_tags_and_records_the_node_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_confirmed_machines_next_vend_takes_a_fresh_slot_ssm_accepts() {
+    let emulator = Emulator::start();
+    let server = emulator.serve(&[("VENDING_REGISTRATION_LIMIT", "1"), NO_STANDBY]);
+    let (activation, node) = vend_and_register(&emulator, &server, "default", "web-01", MACHINE_A).await;
+    let (status, body) = report(
+        &server,
+        "default",
+        Some(MACHINE_A),
+        &claim(&node, &activation, "web-01"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // `--force` on the same machine: the slot its record kept is spent on the node.
+    let (again, second_node) = vend_and_register(&emulator, &server, "default", "web-01", MACHINE_A).await;
+    assert_ne!(again, activation, "the limit of 1 is reached: a new activation");
+    assert_ne!(second_node, node);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn forged_claims_are_refused_and_change_nothing() {
     let emulator = Emulator::start();
     web_and_other_pools(&emulator, false).await;

@@ -126,6 +126,12 @@ impl PoolStore {
         }
     }
 
+    /// Deletes `instance`'s record in `pool` if it still names `activation_id`: once
+    /// its node is confirmed, the slot it kept for the machine's retries is spent.
+    pub async fn forget_instance_of(&self, pool: &str, instance: &str, activation_id: &str) -> Result<bool, VendError> {
+        retrying_conflicts(|| self.forget_instance(instance_key(pool, instance), activation_id)).await
+    }
+
     /// Deletes one instance record if it still names `activation_id`.
     async fn forget_instance(&self, key: AttributeValue, activation_id: &str) -> Result<bool, VendError> {
         let result = self
