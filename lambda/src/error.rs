@@ -5,7 +5,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-#[derive(Debug, thiserror::Error)]
+/// `Clone`: the requests that waited on one failed read share its error (`vend/codes.rs`).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum VendError {
     #[error("no pool named `{0}`")]
     PoolNotFound(String),

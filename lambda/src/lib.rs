@@ -56,7 +56,7 @@
 //!   refused, checked with SSM once per burst, retired and its records dropped.
 //! - `vend/codes.rs`: `Codes`, the code cache (8 entries, keyed by activation ID and
 //!   parameter version) in front of Parameter Store; concurrent reads of one code are
-//!   one `GetParameter`.
+//!   one `GetParameter`, whose outcome, a failure included, they all share.
 //!
 //! The confirmation of a registration (`registration/`, uses the vend's pool lookup):
 //! - `registration/mod.rs`: `Confirmer`, `POST /registrations`' confirmation: believe
