@@ -32,36 +32,22 @@ pub enum Tombstone {
     Committed,
 }
 
+/// What a write that must not overwrite found.
+enum Put {
+    Written,
+    /// The key was taken: the item there, when DynamoDB returned it.
+    Taken(Option<Item>),
+}
+
 impl PoolStore {
     /// The sweep's claim on an activation no rotation committed: once laid, the
     /// commit's condition on the record fails, so the two can never both win.
     pub async fn lay_tombstone(&self, activation_id: &str, now: EpochSecs) -> Result<Tombstone, VendError> {
-        let write = conditions::not_there_yet();
-        let result = retrying_conflicts(|| async {
-            let result = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(tombstone_item(activation_id, now)))
-                .set_condition_expression(write.condition.clone())
-                .set_expression_attribute_names(write.attribute_names())
-                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-                .send()
-                .await;
-            match result {
-                Ok(_) => Ok(None),
-                Err(e) => match e.as_service_error() {
-                    Some(PutItemError::ConditionalCheckFailedException(failed)) => Ok(Some(failed.item.clone())),
-                    _ => Err(classify("DynamoDB.PutItem", e, Echo::Message)),
-                },
-            }
-        })
-        .await?;
-        let existing = match result {
-            None => return Ok(Tombstone::Laid),
-            Some(Some(item)) => activation_record(&item),
+        let existing = match self.put_unless_present(tombstone_item(activation_id, now)).await? {
+            Put::Written => return Ok(Tombstone::Laid),
+            Put::Taken(Some(item)) => activation_record(&item),
             // No old item came back: look it up.
-            Some(None) => self.activation_record(activation_id).await?,
+            Put::Taken(None) => self.activation_record(activation_id).await?,
         };
         Ok(match existing {
             Some(ActivationRecord::Committed { .. }) => Tombstone::Committed,
@@ -265,28 +251,31 @@ impl PoolStore {
     /// Records a confirmation once: `Ok(None)` when this write made the record,
     /// `Ok(Some(earlier))` when the node was confirmed before (nothing is written).
     pub async fn record_node(&self, record: &NodeRecord, ttl_secs: i64) -> Result<Option<NodeRecord>, VendError> {
+        Ok(match self.put_unless_present(node_item(record, ttl_secs)).await? {
+            Put::Written => None,
+            Put::Taken(old) => Some(old.as_ref().and_then(node_record).unwrap_or_else(|| record.clone())),
+        })
+    }
+
+    /// Writes `item` unless an item with its key is there (a conditional `PutItem`);
+    /// then that item, as DynamoDB hands it back with the failed condition.
+    async fn put_unless_present(&self, item: Item) -> Result<Put, VendError> {
         let write = conditions::not_there_yet();
         retrying_conflicts(|| async {
             let result = self
                 .client
                 .put_item()
                 .table_name(&self.table)
-                .set_item(Some(node_item(record, ttl_secs)))
+                .set_item(Some(item.clone()))
                 .set_condition_expression(write.condition.clone())
                 .set_expression_attribute_names(write.attribute_names())
                 .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
                 .send()
                 .await;
             match result {
-                Ok(_) => Ok(None),
+                Ok(_) => Ok(Put::Written),
                 Err(e) => match e.as_service_error() {
-                    Some(PutItemError::ConditionalCheckFailedException(failed)) => Ok(Some(
-                        failed
-                            .item
-                            .as_ref()
-                            .and_then(node_record)
-                            .unwrap_or_else(|| record.clone()),
-                    )),
+                    Some(PutItemError::ConditionalCheckFailedException(failed)) => Ok(Put::Taken(failed.item.clone())),
                     _ => Err(classify("DynamoDB.PutItem", e, Echo::Message)),
                 },
             }
