@@ -67,13 +67,8 @@ test-emulator: setup
 test-packages:
 	scripts/install-test-packages.sh
 
-# The integration tests mostly wait: on real time (deadlines, leases, refresh intervals
-# of a second or two) and on their emulators, so one test per core leaves a two-core
-# machine idle. At least 4 at once (RUST_TEST_THREADS overrides).
-TEST_THREADS ?= $(shell n=$$(nproc); [ "$$n" -lt 4 ] && n=4; echo $$n)
-
 test-rust: setup test-packages
-	$(call record_iam_calls,rust) RUST_TEST_THREADS="$${RUST_TEST_THREADS:-$(TEST_THREADS)}" $(CLIPPY) cargo test --workspace
+	$(call record_iam_calls,rust) $(CLIPPY) cargo test --workspace
 
 # The published contract (openapi.yaml) against the debug binary the Rust tests run.
 test-contract: setup
