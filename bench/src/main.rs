@@ -27,6 +27,7 @@
 mod cli;
 mod emulator;
 mod figures;
+mod lambda;
 mod load;
 mod load_only;
 mod local;
