@@ -1,14 +1,23 @@
 """CloudFormation helpers the template gates share (test_template_security.py and
-test_ecs_template.py): plain reads of a template as a dict, nothing template-specific."""
+test_ecs_template.py): loading a template, plain reads of it as a dict, nothing
+template-specific."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+from cfn_flip import load_yaml
 
 # The encryption context Parameter Store gives KMS, and the code parameters the
 # stack's key and roles are bound to.
 PARAMETER_ARN_CONTEXT = "kms:EncryptionContext:PARAMETER_ARN"
 CODE_PARAMETERS = "parameter${ParameterPrefix}/pools/*/activation"
+
+
+def load_template(path: Path) -> dict:
+    """A template as plain dicts, short-form intrinsics (!Ref, !Sub ...) expanded to long form."""
+    return json.loads(json.dumps(load_yaml(path.read_text())))
 
 
 def parameter_values(source: dict, overrides: dict) -> dict:

@@ -26,13 +26,13 @@ import re
 from pathlib import Path
 
 import pytest
-from cfn_flip import load_yaml
 
 from cfn_helpers import (
     PARAMETER_ARN_CONTEXT,
     as_list,
     bound_to_code_parameters,
     cidr_pattern_problems,
+    load_template,
     of_type,
     parameter_values,
     principal_is_everyone,
@@ -184,11 +184,6 @@ NOVALUE = object()
 
 
 # ------------------------------------------------------------------ loading
-
-
-def load_source() -> dict:
-    """template.yaml as plain dicts, short-form intrinsics expanded to long form."""
-    return json.loads(json.dumps(load_yaml(TEMPLATE.read_text())))
 
 
 class _NoManagedPolicies:
@@ -1008,7 +1003,7 @@ SOURCE_CHECKS = [
 
 @pytest.fixture(scope="module")
 def source() -> dict:
-    return load_source()
+    return load_template(TEMPLATE)
 
 
 @pytest.fixture(scope="module", params=list(SCENARIOS))
