@@ -356,12 +356,6 @@ async fn commit_next_as_current(aws: &Aws) -> Result<bool, VendError> {
         .await
 }
 
-/// What the callers want: the settings `pool_item`'s activation was made with.
-const POOL_ITEM_SETTINGS: Wanted<'static> = Wanted {
-    fingerprint: "fp",
-    config_at: 1_700_000_000,
-};
-
 fn next_activation() -> CurrentActivation {
     CurrentActivation {
         id: "act-2".into(),
@@ -374,6 +368,12 @@ fn next_activation() -> CurrentActivation {
         config_at: 1_700_000_000,
     }
 }
+
+/// What the callers want: the settings `pool_item`'s activation was made with.
+const POOL_ITEM_SETTINGS: Wanted<'static> = Wanted {
+    fingerprint: "fp",
+    config_at: 1_700_000_000,
+};
 
 /// What the caller of a failed vend sees: status, error code and `Retry-After`.
 fn face(e: &VendError) -> (u16, &'static str, Option<u32>) {
