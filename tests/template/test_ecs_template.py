@@ -38,6 +38,7 @@ from cfn_helpers import (
     principal_is_everyone,
     props,
     region_problems,
+    template_fixtures,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -778,14 +779,7 @@ def cargo_static_command(text: str) -> list[str]:
 # ------------------------------------------------------------------ tests
 
 
-@pytest.fixture(scope="module")
-def source() -> dict:
-    return load_template(ECS_TEMPLATE)
-
-
-@pytest.fixture(scope="module", params=list(SCENARIOS))
-def cfn(request, source) -> dict:
-    return deployed(source, SCENARIOS[request.param])
+source, cfn = template_fixtures(ECS_TEMPLATE, SCENARIOS, deployed)
 
 
 DEPLOYED_CHECKS = [

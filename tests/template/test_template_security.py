@@ -32,12 +32,12 @@ from cfn_helpers import (
     as_list,
     bound_to_code_parameters,
     cidr_pattern_problems,
-    load_template,
     of_type,
     parameter_values,
     principal_is_everyone,
     props,
     region_problems,
+    template_fixtures,
 )
 
 os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
@@ -1001,14 +1001,7 @@ SOURCE_CHECKS = [
 # ------------------------------------------------------------------ tests
 
 
-@pytest.fixture(scope="module")
-def source() -> dict:
-    return load_template(TEMPLATE)
-
-
-@pytest.fixture(scope="module", params=list(SCENARIOS))
-def cfn(request, source) -> dict:
-    return deployed(source, SCENARIOS[request.param])
+source, cfn = template_fixtures(TEMPLATE, SCENARIOS, deployed)
 
 
 @pytest.mark.parametrize("check", DEPLOYED_CHECKS, ids=lambda c: c.__name__)
