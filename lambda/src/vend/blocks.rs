@@ -165,6 +165,7 @@ impl PoolSlots {
             activation,
             standby,
             via: Via::Block,
+            lease: None,
         })
     }
 }
@@ -280,12 +281,14 @@ impl SlotBlocks {
                     activation,
                     standby,
                     via,
+                    lease,
                 } => {
                     let first = slots.keep_block(pool, activation, standby.clone(), count)?;
                     return Ok(Reservation::Reserved {
                         activation: first,
                         standby,
                         via,
+                        lease,
                     });
                 }
                 Reservation::Refused(state) => state,
@@ -324,6 +327,7 @@ impl SlotBlocks {
                     activation: first,
                     standby: None,
                     via: Via::Promotion,
+                    lease: None,
                 });
             }
         }

@@ -35,7 +35,7 @@ use crate::vend::blocks::SlotBlocks;
 use crate::vend::codes::Codes;
 use crate::vend::rotation::{Rotation, Rotator};
 use crate::vend::slot::SlotInHand;
-use crate::vend::standby::{prepares_standby, StandbyKeeper};
+use crate::vend::standby::{lease_held, prepares_standby, StandbyKeeper};
 use crate::vend::verify::{ActivationChecks, Retirements};
 
 /// What a caller leaves with.
@@ -399,6 +399,7 @@ impl Vendor {
                     activation,
                     standby,
                     via,
+                    lease,
                 } => {
                     wanting = None;
                     let now = epoch_now();
@@ -427,7 +428,7 @@ impl Vendor {
                             margin,
                             self.config.low_water_percent,
                         );
-                        if prepares_standby(via, trigger, self.config.runtime) {
+                        if prepares_standby(via, trigger, self.config.runtime) && !lease_held(lease.as_ref(), now) {
                             // Our slot stays good; a failure only means a later request
                             // tries again.
                             self.standby.prepare(pool, trigger).await;

@@ -15,7 +15,7 @@ use crate::aws::{back_off, classify, retrying_conflicts, Echo, UnansweredAttempt
 use crate::clock::EpochSecs;
 use crate::error::VendError;
 use crate::metrics::{self, WasteReason};
-use crate::pool::state::{CurrentActivation, PoolState, Wanted};
+use crate::pool::state::{CurrentActivation, Lease, PoolState, Wanted};
 
 /// Attempts at a commit that DynamoDB cancelled for throughput (cancellation
 /// reasons the SDK cannot see, so does not retry), with the same token.
@@ -38,6 +38,8 @@ pub enum Reservation {
         activation: CurrentActivation,
         standby: Option<CurrentActivation>,
         via: Via,
+        /// The pool's lease as of that write: someone may be preparing the standby.
+        lease: Option<Lease>,
     },
     /// No slot: the pool as it was, to tell why.
     Refused(PoolState),
@@ -177,6 +179,7 @@ impl PoolStore {
                         activation,
                         standby: state.standby,
                         via: Via::Reserve,
+                        lease: state.lease,
                     }),
                     None => Err(VendError::Internal(
                         "reserved a slot on a pool without an activation".into(),
