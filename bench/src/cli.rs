@@ -49,6 +49,9 @@ pub enum ScenarioChoice {
     Throttled,
     /// The three in turn; summary.json holds the first plus "scenarios"
     All,
+    /// The deployed shape: booting servers through a Lambda-shaped stage, quotas on,
+    /// at the default and a raised throttle (lambda-storm.json; not part of `all`)
+    LambdaStorm,
 }
 
 impl ScenarioChoice {
@@ -58,6 +61,8 @@ impl ScenarioChoice {
             ScenarioChoice::StormWithRotation => vec![Scenario::StormWithRotation],
             ScenarioChoice::Throttled => vec![Scenario::Throttled],
             ScenarioChoice::All => Scenario::ALL.to_vec(),
+            // Its own runner (storm/), not a phase of run.rs.
+            ScenarioChoice::LambdaStorm => Vec::new(),
         }
     }
 }
@@ -100,6 +105,57 @@ pub struct RunArgs {
     /// Where summary.json and summary.txt go [default: ROOT/target/bench]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub storm: StormArgs,
+}
+
+/// Which of lambda-storm's two runs to make.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StormRuns {
+    /// Both, back to back: default-throttle, then raised-throttle
+    Both,
+    /// The template's default stage throttle only
+    DefaultThrottle,
+    /// The raised throttle only
+    RaisedThrottle,
+}
+
+/// `--scenario lambda-storm`'s own flags (the others are ignored by it).
+#[derive(Args, Debug)]
+pub struct StormArgs {
+    /// lambda-storm: which runs to make
+    #[arg(long, value_name = "R", value_enum, default_value = "both")]
+    pub storm_runs: StormRuns,
+    /// lambda-storm: servers booting in the default-throttle run
+    #[arg(long, value_name = "N", default_value = "1000", value_parser = at_least_one)]
+    pub storm_servers: usize,
+    /// lambda-storm: servers booting in the raised-throttle run
+    #[arg(long, value_name = "N", default_value = "10000", value_parser = at_least_one)]
+    pub storm_raised_servers: usize,
+    /// lambda-storm: the default-throttle run's stage rate (template.yaml's ThrottlingRateLimit)
+    #[arg(long, value_name = "RPS", default_value = "20", value_parser = above_zero)]
+    pub default_throttle_rps: f64,
+    /// lambda-storm: the default-throttle run's stage burst (ThrottlingBurstLimit)
+    #[arg(long, value_name = "N", default_value = "50", value_parser = above_zero)]
+    pub default_throttle_burst: f64,
+    /// lambda-storm: the raised-throttle run's stage rate
+    #[arg(long, value_name = "RPS", default_value = "1000", value_parser = above_zero)]
+    pub raised_throttle_rps: f64,
+    /// lambda-storm: the raised-throttle run's stage burst
+    #[arg(long, value_name = "N", default_value = "2000", value_parser = above_zero)]
+    pub raised_throttle_burst: f64,
+    /// lambda-storm: at most this many Lambda environments at once
+    #[arg(long, value_name = "N", default_value = "200", value_parser = at_least_one)]
+    pub max_environments: usize,
+    /// lambda-storm: the servers' first requests spread over this many seconds
+    #[arg(long = "boot-spread-s", value_name = "SECS", default_value = "3", value_parser = non_negative)]
+    pub boot_spread_s: f64,
+    /// lambda-storm: a server gives up fetching an activation after this long (bootstrap-linux.sh's --max-wait)
+    #[arg(long = "max-wait", value_name = "SECS", default_value = "120", value_parser = seconds)]
+    pub max_wait: Duration,
+    /// lambda-storm: an environment idle this long is reaped
+    #[arg(long = "idle-reap-s", value_name = "SECS", default_value = "60", value_parser = seconds)]
+    pub idle_reap: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -125,6 +181,24 @@ fn at_least_one(value: &str) -> Result<usize, String> {
         .ok()
         .filter(|n| *n >= 1)
         .ok_or_else(|| "must be a whole number of at least 1".to_owned())
+}
+
+/// A number above 0 (a rate or a burst).
+fn above_zero(value: &str) -> Result<f64, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .ok_or_else(|| "must be a number above 0".to_owned())
+}
+
+/// A number of seconds, 0 or more.
+fn non_negative(value: &str) -> Result<f64, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| "must be a number of seconds, 0 or more".to_owned())
 }
 
 /// Whole seconds, at least 1.
