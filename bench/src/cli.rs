@@ -259,6 +259,44 @@ mod tests {
     }
 
     #[test]
+    fn lambda_storm_is_its_own_runner_with_the_issue_s_defaults() {
+        let o = run_args("--scenario lambda-storm");
+        assert_eq!(o.scenario, ScenarioChoice::LambdaStorm);
+        assert!(
+            o.scenario.scenarios().is_empty(),
+            "not a scenario of run.rs, nor of `all`"
+        );
+        assert!(!ScenarioChoice::All.scenarios().is_empty());
+        let s = o.storm;
+        assert_eq!(s.storm_runs, StormRuns::Both);
+        assert_eq!(
+            (s.storm_servers, s.storm_raised_servers, s.max_environments),
+            (1000, 10_000, 200)
+        );
+        assert_eq!(
+            (
+                s.default_throttle_rps,
+                s.default_throttle_burst,
+                s.raised_throttle_rps,
+                s.raised_throttle_burst
+            ),
+            (20.0, 50.0, 1000.0, 2000.0)
+        );
+        assert_eq!(
+            (s.boot_spread_s, s.max_wait, s.idle_reap),
+            (3.0, Duration::from_secs(120), Duration::from_secs(60))
+        );
+        let small = run_args(
+            "--scenario lambda-storm --storm-runs raised-throttle --storm-raised-servers 50 --boot-spread-s 0.5",
+        );
+        assert_eq!(
+            (small.storm.storm_runs, small.storm.storm_raised_servers),
+            (StormRuns::RaisedThrottle, 50)
+        );
+        assert_eq!(small.storm.boot_spread_s, 0.5);
+    }
+
+    #[test]
     fn a_repeated_flag_takes_its_last_value() {
         assert_eq!(run_args("--clients 64 --vends 5000 --clients 8").clients, 8);
     }
@@ -278,6 +316,15 @@ mod tests {
             "--max-retries -1",
             "--timeout 0",
             "--servers",
+            "--storm-servers 0",
+            "--storm-raised-servers x",
+            "--storm-runs nope",
+            "--default-throttle-rps 0",
+            "--raised-throttle-burst -5",
+            "--max-environments 0",
+            "--boot-spread-s -1",
+            "--max-wait 0",
+            "--idle-reap-s 0",
         ] {
             let e = parse(bad).expect_err(bad);
             assert_eq!(e.exit_code(), 2, "{bad}");
@@ -306,6 +353,15 @@ mod tests {
             "--out",
             "storm-with-rotation",
             "load",
+            "lambda-storm",
+            "--storm-runs",
+            "--storm-servers",
+            "--storm-raised-servers",
+            "--default-throttle-rps",
+            "--raised-throttle-rps",
+            "--max-environments",
+            "--boot-spread-s",
+            "--max-wait",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }

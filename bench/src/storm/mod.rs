@@ -133,11 +133,12 @@ pub async fn run(opts: RunArgs) -> Result<(), String> {
 }
 
 /// The environment of every function process: what `local.sh env` prints, then the
-/// caller's own `VENDING_*` (as local.sh passes them to its servers; not VENDING_BIN).
+/// caller's own `VENDING_*` and `RUST_LOG` (as local.sh passes them to its servers; not
+/// VENDING_BIN).
 fn function_env(provisioned: Vec<(String, String)>) -> Vec<(String, String)> {
     let mut env = provisioned;
     for (name, value) in std::env::vars() {
-        if name.starts_with("VENDING_") && name != "VENDING_BIN" {
+        if (name.starts_with("VENDING_") && name != "VENDING_BIN") || name == "RUST_LOG" {
             env.retain(|(k, _)| *k != name);
             env.push((name, value));
         }
@@ -182,7 +183,9 @@ impl Storm {
         .await?;
 
         let started = Instant::now();
-        let records = self.boot(number, spec.servers, stage.url(), &emulator_url, started).await;
+        let records = self
+            .boot(number, spec.servers, stage.url(), &emulator_url, started)
+            .await;
         let duration_s = round(started.elapsed().as_secs_f64(), 2);
         let counts = stage.counts();
         stage.stop().await;
@@ -225,7 +228,14 @@ impl Storm {
             aws_throttled_by_operation: throttled,
             slots_wasted: slots_wasted(&order, &figures.per_activation),
             emulator_busy_s,
-            target: target(spec.throttle, spec.servers, spec.rps, emulator_busy_s, &figures, throttled_calls),
+            target: target(
+                spec.throttle,
+                spec.servers,
+                spec.rps,
+                emulator_busy_s,
+                &figures,
+                throttled_calls,
+            ),
             details: StormDetails {
                 boot_spread_s: a.boot_spread_s,
                 max_wait_s: a.max_wait.as_secs(),
@@ -309,10 +319,7 @@ mod tests {
     #[test]
     fn both_runs_by_default_at_the_issue_s_counts_and_throttles() {
         let specs = run_specs(&storm_args("--scenario lambda-storm"));
-        let got: Vec<_> = specs
-            .iter()
-            .map(|s| (s.throttle, s.servers, s.rps, s.burst))
-            .collect();
+        let got: Vec<_> = specs.iter().map(|s| (s.throttle, s.servers, s.rps, s.burst)).collect();
         assert_eq!(
             got,
             [

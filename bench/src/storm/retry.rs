@@ -45,7 +45,11 @@ impl Backoff {
     pub fn next(&mut self, random: u64) -> Duration {
         let half = self.next_ms / 2;
         let wait = half + random.min(32_767) * half / 32_768;
-        self.next_ms = if self.next_ms < 16_000 { self.next_ms * 2 } else { 16_000 };
+        self.next_ms = if self.next_ms < 16_000 {
+            self.next_ms * 2
+        } else {
+            16_000
+        };
         Duration::from_millis(wait)
     }
 }
@@ -202,7 +206,11 @@ mod tests {
         let ms = |m| Next::Wait(Duration::from_millis(m));
         assert_eq!(waits, vec![ms(500), ms(1000), ms(2000), ms(4000), ms(8000), ms(8000)]);
         let mut fresh = Backoff::default();
-        assert_eq!(fresh.next(all.random), Duration::from_millis(999), "half fixed, half random");
+        assert_eq!(
+            fresh.next(all.random),
+            Duration::from_millis(999),
+            "half fixed, half random"
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-use super::retry::{after_report_attempt, after_vend_attempt, healable_refusal, Answer, Backoff, Draws, Next, REPORT_WAIT};
+use super::retry::{
+    after_report_attempt, after_vend_attempt, healable_refusal, Answer, Backoff, Draws, Next, REPORT_WAIT,
+};
 use crate::load::Jitter;
 
 /// An RSA-2048 public key (base64 DER SubjectPublicKeyInfo, as the agent sends it),

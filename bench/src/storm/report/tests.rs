@@ -106,7 +106,11 @@ fn shape(value: &Value, path: &str, out: &mut Vec<String>) {
     let Value::Object(fields) = value else { return };
     for (k, v) in fields {
         let key = if MAPS.contains(&path) { "*" } else { k.as_str() };
-        let p = if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") };
+        let p = if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        };
         let line = format!("{p} {}", kind(v));
         if !out.contains(&line) {
             out.push(line);
@@ -134,10 +138,17 @@ fn full_run() -> StormRun {
         aws_calls_per_vend_by_operation: BTreeMap::from([("SSM.GetParameter".to_owned(), 1.5)]),
         aws_throttled_by_operation: BTreeMap::from([("SSM.GetParameter".to_owned(), 1)]),
         emulator_busy_s: 1.5,
-        target: target(Throttle::Default, 10, 20.0, 1.5, &ClientFigures {
-            all_registered_s: Some(1.5),
-            ..ClientFigures::default()
-        }, 0),
+        target: target(
+            Throttle::Default,
+            10,
+            20.0,
+            1.5,
+            &ClientFigures {
+                all_registered_s: Some(1.5),
+                ..ClientFigures::default()
+            },
+            0,
+        ),
         ..StormRun::default()
     };
     let d = &mut run.details;
@@ -176,7 +187,10 @@ fn the_file_holds_both_runs_and_the_issue_s_fields_under_each() {
     };
     let json = serde_json::to_value(&file).unwrap();
     let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["date", "default_throttle", "machine", "raised_throttle", "scenario"]);
+    assert_eq!(
+        keys,
+        ["date", "default_throttle", "machine", "raised_throttle", "scenario"]
+    );
     for run in ["default_throttle", "raised_throttle"] {
         for path in [
             "servers",
@@ -271,7 +285,10 @@ fn the_default_throttle_s_target_is_within_1_1_times_n_over_the_rate() {
         ..ClientFigures::default()
     };
     let t = target(Throttle::Default, 1000, 20.0, 400.0, &figures, 0);
-    assert_eq!((t.n_over_throttle_s, t.floor, t.floor_s), (50.0, "stage throttle", 50.0));
+    assert_eq!(
+        (t.n_over_throttle_s, t.floor, t.floor_s),
+        (50.0, "stage throttle", 50.0)
+    );
     assert_eq!((t.factor, t.all_registered_within_s), (1.1, 55.0));
     assert_eq!(t.all_registered_in_time, Some(true));
     assert!(t.every_server_registered && t.no_aws_call_throttled);
@@ -279,7 +296,10 @@ fn the_default_throttle_s_target_is_within_1_1_times_n_over_the_rate() {
         all_registered_s: Some(56.0),
         ..figures.clone()
     };
-    assert_eq!(target(Throttle::Default, 1000, 20.0, 0.0, &late, 3).all_registered_in_time, Some(false));
+    assert_eq!(
+        target(Throttle::Default, 1000, 20.0, 0.0, &late, 3).all_registered_in_time,
+        Some(false)
+    );
     assert!(!target(Throttle::Default, 1000, 20.0, 0.0, &late, 3).no_aws_call_throttled);
     assert!(!target(Throttle::Default, 1001, 20.0, 0.0, &late, 0).every_server_registered);
 }
@@ -299,8 +319,22 @@ fn the_raised_throttle_s_floor_is_the_larger_of_n_over_the_rate_and_the_emulator
 #[test]
 fn busy_seconds_add_every_operation() {
     let busy = BTreeMap::from([
-        ("a".to_owned(), Busy { calls: 1, total_ms: 1500.0, slowest_ms: 1.0 }),
-        ("b".to_owned(), Busy { calls: 1, total_ms: 2504.0, slowest_ms: 1.0 }),
+        (
+            "a".to_owned(),
+            Busy {
+                calls: 1,
+                total_ms: 1500.0,
+                slowest_ms: 1.0,
+            },
+        ),
+        (
+            "b".to_owned(),
+            Busy {
+                calls: 1,
+                total_ms: 2504.0,
+                slowest_ms: 1.0,
+            },
+        ),
     ]);
     assert_eq!(busy_seconds(&busy), 4.0);
 }
