@@ -87,6 +87,13 @@ impl Emulator {
         self.read("quotas").await
     }
 
+    /// Every bucket at AWS's figure, full, its counts at 0 (`POST {"*": {}}`): what
+    /// `EMULATOR_QUOTAS=aws-defaults` starts with, without what provisioning took.
+    pub async fn reset_quotas(&self) -> Result<(), String> {
+        self.control(reqwest::Method::POST, "quotas", Some(&json!({"*": {}})))
+            .await
+    }
+
     /// Quotas off (the bench's own calls after a run are not the service's).
     pub async fn clear_quotas(&self) -> Result<(), String> {
         self.control(reqwest::Method::DELETE, "quotas", None).await

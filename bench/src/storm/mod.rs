@@ -133,11 +133,14 @@ pub async fn run(opts: RunArgs) -> Result<(), String> {
 }
 
 /// The environment of every function process: what `local.sh env` prints, then the
-/// caller's own `VENDING_*` and `RUST_LOG` (as local.sh passes them to its servers; not
-/// VENDING_BIN).
-fn function_env(provisioned: Vec<(String, String)>) -> Vec<(String, String)> {
+/// caller's own `VENDING_*` and `RUST_LOG` winning (as local.sh passes them to its
+/// servers; not VENDING_BIN, the bench's own).
+fn function_env(
+    provisioned: Vec<(String, String)>,
+    caller: impl Iterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
     let mut env = provisioned;
-    for (name, value) in std::env::vars() {
+    for (name, value) in caller {
         if (name.starts_with("VENDING_") && name != "VENDING_BIN") || name == "RUST_LOG" {
             env.retain(|(k, _)| *k != name);
             env.push((name, value));
@@ -163,12 +166,13 @@ impl Storm {
         if emu.quotas().await?.is_empty() {
             return Err("the emulator runs without quotas (EMULATOR_QUOTAS=aws-defaults did not reach it)".into());
         }
-        let env = function_env(self.local.env().await?);
+        let env = function_env(self.local.env().await?, std::env::vars());
         let log_dir = self
             .local
             .state_dir
             .join(format!("logs/lambda-storm-{}", spec.throttle.name()));
         std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
+        emu.reset_quotas().await?;
         emu.reset_calls().await?;
         let stage = Stage::start(StageSpec {
             vending_bin: self.bin.clone(),
@@ -325,6 +329,29 @@ mod tests {
             [
                 (Throttle::Default, 1000, 20.0, 50.0),
                 (Throttle::Raised, 10_000, 1000.0, 2000.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn functions_get_the_provisioned_settings_and_the_caller_s_vending_ones() {
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let env = function_env(
+            vec![pair("VENDING_TABLE", "t"), pair("AWS_ENDPOINT_URL", "http://e")],
+            [
+                pair("VENDING_TABLE", "mine"),
+                pair("VENDING_BIN", "/x"),
+                pair("RUST_LOG", "debug"),
+                pair("HOME", "/root"),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(
+            env,
+            [
+                pair("AWS_ENDPOINT_URL", "http://e"),
+                pair("VENDING_TABLE", "mine"),
+                pair("RUST_LOG", "debug")
             ]
         );
     }
