@@ -1008,6 +1008,42 @@ function Get-PoolVerdict {
     return $null
 }
 
+function Get-ServiceRequestArgument {
+    # Splat for Invoke-RestMethod: one request to the vending service, as the vend and
+    # the reports make it. JSON accepted; x-apigw-api-id when an API ID is given;
+    # X-Machine-Id once the machine id is known; -Proxy unless the address is loopback;
+    # a GET, or a POST of -JsonBody as application/json. Each attempt adds its -TimeoutSec.
+    [CmdletBinding(DefaultParameterSetName = 'Get')]
+    param(
+        [Parameter(Mandatory = $true)]
+        [ValidateNotNullOrEmpty()]
+        [string]$Uri,
+
+        [Parameter(Mandatory = $true, ParameterSetName = 'Post')]
+        [ValidateNotNullOrEmpty()]
+        [string]$JsonBody,
+
+        [Parameter()]
+        [AllowEmptyString()]
+        [string]$ApiGatewayId
+    )
+    $headers = @{ 'Accept' = 'application/json' }
+    if ($ApiGatewayId) {
+        $headers['x-apigw-api-id'] = $ApiGatewayId
+    }
+    if ($script:MachineId) {
+        $headers['X-Machine-Id'] = $script:MachineId
+    }
+    $request = @{ Uri = $Uri; Method = 'Get'; Headers = $headers; UseBasicParsing = $true }
+    if ($PSCmdlet.ParameterSetName -eq 'Post') {
+        $request['Method'] = 'Post'
+        $request['Body'] = $JsonBody
+        $request['ContentType'] = 'application/json'
+    }
+    $proxyArguments = Get-ProxyArgument -Address $Uri
+    return ($request + $proxyArguments)
+}
+
 function Get-VendedActivation {
     # GET the activation with retries: exponential backoff with jitter on network
     # failures and 5xx, the server's Retry-After on 503/429, and a hard deadline.
@@ -1028,14 +1064,7 @@ function Get-VendedActivation {
         [int]$MaxWaitSeconds
     )
     $poolLabel = $(if ($PoolName) { $PoolName } else { 'default' })
-    $headers = @{ 'Accept' = 'application/json' }
-    if ($ApiGatewayId) {
-        $headers['x-apigw-api-id'] = $ApiGatewayId
-    }
-    if ($script:MachineId) {
-        $headers['X-Machine-Id'] = $script:MachineId
-    }
-    $proxyArguments = Get-ProxyArgument -Address $Uri
+    $request = Get-ServiceRequestArgument -Uri $Uri -ApiGatewayId $ApiGatewayId
     $random = New-Object System.Random
     $clock = [Diagnostics.Stopwatch]::StartNew()
     $backoffMs = 1000
@@ -1051,7 +1080,7 @@ function Get-VendedActivation {
         $perTry = [Math]::Min($remaining, 30)
         $retryAfter = -1
         try {
-            $response = Invoke-RestMethod -Uri $Uri -Method Get -Headers $headers -TimeoutSec $perTry -UseBasicParsing @proxyArguments
+            $response = Invoke-RestMethod @request -TimeoutSec $perTry
             return $response
         } catch {
             $failure = Get-HttpFailure -ErrorRecord $_
@@ -1149,14 +1178,7 @@ function Send-RegistrationReport {
     try {
         # ConvertTo-Json escapes whatever it is given; the values were checked anyway.
         $json = ConvertTo-Json -InputObject $Body -Compress
-        $headers = @{ 'Accept' = 'application/json' }
-        if ($ApiGatewayId) {
-            $headers['x-apigw-api-id'] = $ApiGatewayId
-        }
-        if ($script:MachineId) {
-            $headers['X-Machine-Id'] = $script:MachineId
-        }
-        $proxyArguments = Get-ProxyArgument -Address $Uri
+        $request = Get-ServiceRequestArgument -Uri $Uri -JsonBody $json -ApiGatewayId $ApiGatewayId
         while ($true) {
             $remaining = $script:ReportWaitSeconds - [int]$clock.Elapsed.TotalSeconds
             if ($remaining -le 0) {
@@ -1164,7 +1186,7 @@ function Send-RegistrationReport {
             }
             $pause = -1
             try {
-                return (Invoke-RestMethod -Uri $Uri -Method Post -Body $json -ContentType 'application/json' -Headers $headers -TimeoutSec $remaining -UseBasicParsing @proxyArguments)
+                return (Invoke-RestMethod @request -TimeoutSec $remaining)
             } catch {
                 $failure = Get-HttpFailure -ErrorRecord $_
                 if ($failure.Status -eq 0) {

@@ -36,6 +36,9 @@ pub enum Command {
     /// Only the load: GET each URL round-robin, print latencies and the user/system CPU
     /// the given processes used (for profiling by hand)
     Load(LoadArgs),
+    /// Only the Lambda-shaped stage: the `vending` binary as Lambda environments behind
+    /// the stage throttle, on a loopback port it prints, until SIGINT/SIGTERM
+    Stage(StageArgs),
 }
 
 /// What `--scenario` accepts: one scenario, or `all` of them in turn.
@@ -172,6 +175,31 @@ pub struct LoadArgs {
     /// Processes whose user/system CPU is reported per request
     #[arg(long, value_name = "PID[,PID...]", value_delimiter = ',')]
     pub pids: Vec<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct StageArgs {
+    /// `export NAME=value` lines every environment gets (what `scripts/local.sh env` prints)
+    #[arg(long, value_name = "FILE")]
+    pub env_file: PathBuf,
+    /// The function's binary
+    #[arg(long, value_name = "PATH", default_value = "target/release/vending")]
+    pub vending_bin: PathBuf,
+    /// The stage's steady rate, requests a second (template.yaml's ThrottlingRateLimit)
+    #[arg(long, value_name = "RPS", default_value = "20", value_parser = at_least_one)]
+    pub throttle_rps: usize,
+    /// The stage's burst (template.yaml's ThrottlingBurstLimit)
+    #[arg(long, value_name = "N", default_value = "50", value_parser = at_least_one)]
+    pub throttle_burst: usize,
+    /// At most this many environments at once
+    #[arg(long, value_name = "N", default_value = "200", value_parser = at_least_one)]
+    pub max_environments: usize,
+    /// Seconds an environment may stay idle before it is shut down
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = seconds)]
+    pub idle_reap_s: Duration,
+    /// Where each environment's output goes (env-<n>.log)
+    #[arg(long, value_name = "DIR", default_value = "target/bench/stage")]
+    pub log_dir: PathBuf,
 }
 
 /// A whole number of at least 1.

@@ -19,6 +19,8 @@
 //! - `stats.rs`: percentiles, medians, rounding, latency summaries.
 //! - `load.rs`: the load generator (concurrent callers with the boot scripts' retries).
 //! - `load_only.rs`: `vending-bench load`, the load generator alone.
+//! - `lambda/`: the Lambda-shaped stage (Runtime API, environments, stage throttle).
+//! - `stage_only.rs`: `vending-bench stage`, that stage alone.
 //! - `local.rs`: `scripts/local.sh` from Rust, and servers the bench starts itself.
 //! - `emulator.rs`: the emulator's control routes and a few bare AWS calls.
 //! - `proxy.rs`: the keep-alive proxy in front of the emulator.
@@ -43,6 +45,7 @@ mod procfs;
 mod proxy;
 mod run;
 mod scenario;
+mod stage_only;
 mod stats;
 mod storm;
 mod summary;
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Load(args)) => block_on(load_only::load_only(args)),
+        Some(Command::Stage(args)) => block_on(stage_only::stage_only(args, stop_signal())),
         // On SIGINT/SIGTERM the run is dropped: local.sh children are killed, and so are
         // the servers the bench started itself; scripts/bench.sh then runs `local.sh down`.
         None if cli.run.scenario == ScenarioChoice::LambdaStorm => block_on(async {

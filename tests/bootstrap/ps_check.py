@@ -22,7 +22,9 @@ itself cannot run on our machines).
                                 agent service's registry Environment, success means
                                 online, clones and -PrepareImage, verified installs,
                                 installed agent first, ProgramW6432, our own log
-                                file, failed 5.1 responses closed, -Instance help;
+                                file, failed 5.1 responses closed, -Instance help,
+                                every request to the service made from one splat
+                                (Get-ServiceRequestArgument: headers, proxy, body);
                                 issue 10: a pool's verdict (404 PoolNotFound, 403
                                 PoolDisabled/Forbidden, 500 PoolMisconfigured) is
                                 final and names the pool and the reason;
@@ -254,9 +256,22 @@ def contract(path: Path) -> list[str]:
          and "-PropertyType MultiString" in fn("Set-AgentProxy") and "('no_proxy=' + $noProxy)" in fn("Set-AgentProxy")
          and "$script:ImdsNoProxy = '169.254.169.254'" in source,
          "the agent service does not get https_proxy/http_proxy/no_proxy=169.254.169.254 in its registry Environment value")
-    need(all(re.search(r"\$proxyArguments = Get-ProxyArgument -Address", fn(f)) and re.search(rf"{cmd} [^\n]*@proxyArguments", fn(f))
-             for f, cmd in (("Get-VendedActivation", "Invoke-RestMethod"), ("Save-Download", "Invoke-WebRequest"))),
+    # The requests to the service are made from Get-ServiceRequestArgument's splat, which
+    # holds Get-ProxyArgument's.
+    request = fn("Get-ServiceRequestArgument")
+    need(re.search(r"\$proxyArguments = Get-ProxyArgument -Address \$Uri\s+return \(\$request \+ \$proxyArguments\)", request) is not None
+         and "$request = Get-ServiceRequestArgument -Uri $Uri " in fn("Get-VendedActivation")
+         and re.search(r"Invoke-RestMethod @request -TimeoutSec", fn("Get-VendedActivation")) is not None
+         and re.search(r"\$proxyArguments = Get-ProxyArgument -Address", fn("Save-Download")) is not None
+         and re.search(r"Invoke-WebRequest [^\n]*@proxyArguments", fn("Save-Download")) is not None,
          "the fetch and the downloads do not use -Proxy")
+    for node in walk(root):
+        if node.type == "command":
+            name_node = node.child_by_field_name("command_name") or (node.children[0] if node.children else None)
+            if name_node is not None and text(name_node).lower() == "invoke-restmethod" \
+                    and not text(node).startswith("Invoke-RestMethod @request -TimeoutSec "):
+                findings.append(f"{path}:{node.start_point[0] + 1}: a request to the service is not made from "
+                                "Get-ServiceRequestArgument's splat (its headers, proxy and body)")
     need("Test-LoopbackUrl" in fn("Get-ProxyArgument"), "loopback addresses may be proxied")
 
     # Issue 9.2: success means online.
@@ -374,8 +389,12 @@ def contract(path: Path) -> list[str]:
     need("'/registrations'" in fn("Get-RegistrationsUri") and "'?pool='" in fn("Get-RegistrationsUri")
          and "$reportUri = Get-RegistrationsUri -BaseUrl $settings.Url -PoolName $settings.Pool" in main_text,
          "the report does not go to /registrations with the vend's pool query")
-    need("-Method Post" in report and "$headers['X-Machine-Id'] = $script:MachineId" in report
-         and "@proxyArguments" in report and "ConvertTo-Json -InputObject $Body" in report,
+    need("$request = Get-ServiceRequestArgument -Uri $Uri -JsonBody $json " in report
+         and re.search(r"Invoke-RestMethod @request -TimeoutSec", report) is not None
+         and "$headers['X-Machine-Id'] = $script:MachineId" in request
+         and re.search(r"\$request\['Method'\] = 'Post'\s+\$request\['Body'\] = \$JsonBody\s+"
+                       r"\$request\['ContentType'\] = 'application/json'", request) is not None
+         and "ConvertTo-Json -InputObject $Body" in report,
          "the report is not a JSON POST with X-Machine-Id (through the proxy)")
     need("InstanceId = $InstanceId; ActivationId = $ActivationId" in confirm and "$body['Instance'] = $InstanceName" in confirm
          and "$InstanceId -cnotmatch '^mi-[0-9a-f]{17}\\z'" in confirm and "$ActivationId -notmatch $script:ActivationIdPattern" in confirm

@@ -118,6 +118,7 @@ s/^    Stop-Bootstrap -ExitCode \$script:ExitInstall -Message ('{0}: signature i
 s/\[ValidatePattern('^\[A-Za-z0-9_-\]{1,64}\\z')\]/[ValidatePattern('^[A-Za-z0-9._-]{1,64}\\z')]/|-Pool's ValidatePattern
 s/                    400 {/                    401 {/|400 is retried
 s/proxyArguments = Get-ProxyArgument -Address \$Uri/proxyArguments = @{}/|-Proxy
+s/\$response = Invoke-RestMethod @request -TimeoutSec \$perTry/$response = Invoke-RestMethod -Uri $Uri -TimeoutSec $perTry/|not made from Get-ServiceRequestArgument's splat
 s/^    \$values = \(.*\)'no_proxy=' + \$noProxy)/    $values = \1'x=1')/|registry Environment
 EDITS
 }
@@ -211,7 +212,9 @@ EDITS
 	contract_catches_each_edit <<'EDITS'
 /^        Confirm-Registration -Uri \$reportUri -InstanceId \$registered/d|the registration is not reported
 s/\$base = \$base + '\/registrations'/$base = $base + '\/activation'/|the report does not go to
-/^function Send-RegistrationReport/,/^}/s/\$headers\['X-Machine-Id'\] = \$script:MachineId/$null = 1/|with X-Machine-Id
+/^function Get-ServiceRequestArgument/,/^}/s/\$headers\['X-Machine-Id'\] = \$script:MachineId/$null = 1/|with X-Machine-Id
+s/\$request\['ContentType'\] = 'application\/json'/$null = 1/|the report is not a JSON POST
+s/ -JsonBody \$json / /|the report is not a JSON POST
 s/\$body\['Instance'\] = \$InstanceName/$null = $InstanceName/|does not name the instance
 s/if (\$InstanceId -cnotmatch '^mi-\[0-9a-f\]{17}\\z' -or /if (/|values are not checked
 s/^    Write-BootstrapLog -Message ('WARNING: {0} ({1})' -f \$What, \$lastError)/    Stop-Bootstrap -ExitCode $script:ExitRegister -Message ('{0} ({1})' -f $What, $lastError)/|a failed report fails the boot

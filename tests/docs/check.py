@@ -15,11 +15,14 @@ Usage: tests/docs/check.py [--root DIR]   (DIR: the repository, default this che
 Exit codes: 0 all documented, 1 something missing, 2 bad usage or an unreadable file.
 """
 
-import argparse
 import functools
 import re
 import sys
 from pathlib import Path
+
+# tests/checks_cli.py, the command line both checks share (stdlib, beside this folder).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from checks_cli import run_check  # noqa: E402
 
 # VENDING_* names the code reads that are deliberately undocumented, each with its reason.
 # Nothing is excluded silently: a name is skipped only when it is listed here.
@@ -158,21 +161,14 @@ def problems(root: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2])
-    args = parser.parse_args(argv)
-    try:
-        found = problems(args.root)
-    except OSError as err:
-        print(f"docs check: {err}", file=sys.stderr)
-        return 2
-    for problem in found:
-        print(f"docs check: {problem}", file=sys.stderr)
-    if found:
-        print(f"docs check: {len(found)} missing", file=sys.stderr)
-        return 1
-    print("docs check: every VENDING_* setting, openapi.yaml route and module is documented; every link leads somewhere")
-    return 0
+    return run_check(
+        argv,
+        name="docs check",
+        description=__doc__,
+        problems=problems,
+        counted_as="missing",
+        all_good="every VENDING_* setting, openapi.yaml route and module is documented; every link leads somewhere",
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Run with tests/emulator/run.sh (or .venv/bin/python -m pytest tests/emulator).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import http.client
 import json
 import os
@@ -87,22 +88,24 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-@pytest.fixture(scope="session")
-def emulator() -> Iterator[str]:
+@contextlib.contextmanager
+def running_emulator(log_prefix: str, fixed_port: str | None = None, **extra_env: str) -> Iterator[str]:
+    """An emulator with `extra_env` on `fixed_port` (or a free port), its table provisioned:
+    yields its URL and stops it after. When starting or provisioning fails, the tail of its
+    log goes to stderr."""
     env = dict(
         os.environ,
         AWS_ACCESS_KEY_ID="test",
         AWS_SECRET_ACCESS_KEY="test",
         AWS_DEFAULT_REGION=REGION,
-        EMULATOR_IAM_CALLS_DIR=IAM_CALLS_DIR,
+        **extra_env,
     )
-    fixed = os.environ.get("EMULATOR_TEST_PORT")
-    log = tempfile.NamedTemporaryFile(prefix="emulator-", suffix=".log", delete=False)
+    log = tempfile.NamedTemporaryFile(prefix=log_prefix, suffix=".log", delete=False)
     proc: subprocess.Popen[bytes] | None = None
     try:
         # A free port can be taken between our probe and the emulator's bind: try again.
-        for attempt in range(1 if fixed else 3):
-            port = int(fixed) if fixed else free_port()
+        for attempt in range(1 if fixed_port else 3):
+            port = int(fixed_port) if fixed_port else free_port()
             url = f"http://127.0.0.1:{port}"
             proc = start_emulator(port, log, env)
             try:
@@ -110,7 +113,7 @@ def emulator() -> Iterator[str]:
                 break
             except RuntimeError:
                 stop(proc)
-                if fixed or attempt == 2:
+                if fixed_port or attempt == 2:
                     raise
         subprocess.run(
             [sys.executable, str(PROVISION), "--endpoint", url], check=True, env=env, capture_output=True, timeout=60
@@ -125,6 +128,16 @@ def emulator() -> Iterator[str]:
             stop(proc)
         log.close()
         os.unlink(log.name)
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[str]:
+    try:
+        with running_emulator(
+            "emulator-", os.environ.get("EMULATOR_TEST_PORT"), EMULATOR_IAM_CALLS_DIR=IAM_CALLS_DIR
+        ) as url:
+            yield url
+    finally:
         shutil.rmtree(IAM_CALLS_DIR, ignore_errors=True)
 
 

@@ -14,14 +14,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from test_emulator import (  # the emulator suite's helpers: one way to start and call it
-    PROVISION,
     REGION,
     ROLE,
     SERVER,
@@ -32,9 +30,7 @@ from test_emulator import (  # the emulator suite's helpers: one way to start an
     free_port,
     new_key,
     raw_call,
-    start_emulator,
-    stop,
-    wait_healthy,
+    running_emulator,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "emulator"))
@@ -150,37 +146,8 @@ def test_a_batch_get_charges_each_key() -> None:
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[str]:
-    env = dict(
-        os.environ,
-        AWS_ACCESS_KEY_ID="test",
-        AWS_SECRET_ACCESS_KEY="test",
-        AWS_DEFAULT_REGION=REGION,
-        EMULATOR_QUOTAS="aws-defaults",
-    )
-    log = tempfile.NamedTemporaryFile(prefix="emulator-quotas-", suffix=".log", delete=False)
-    proc = None
-    try:
-        for attempt in range(3):
-            url = f"http://127.0.0.1:{free_port()}"
-            proc = start_emulator(int(url.rsplit(":", 1)[1]), log, env)
-            try:
-                wait_healthy(url, proc)
-                break
-            except RuntimeError:
-                stop(proc)
-                if attempt == 2:
-                    raise
-        subprocess.run([sys.executable, str(PROVISION), "--endpoint", url], check=True, env=env, capture_output=True, timeout=60)
+    with running_emulator("emulator-quotas-", EMULATOR_QUOTAS="aws-defaults") as url:
         yield url
-    except BaseException:
-        log.flush()
-        sys.stderr.write(Path(log.name).read_text(errors="replace")[-4000:])
-        raise
-    finally:
-        if proc is not None:
-            stop(proc)
-        log.close()
-        os.unlink(log.name)
 
 
 @pytest.fixture(autouse=True)

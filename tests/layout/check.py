@@ -16,10 +16,13 @@ Usage: tests/layout/check.py [--root DIR]   (DIR: the repository, default this c
 Exit codes: 0 the layout holds, 1 a circle or a long file, 2 bad usage or an unreadable file.
 """
 
-import argparse
 import re
 import sys
 from pathlib import Path
+
+# tests/checks_cli.py, the command line both checks share (stdlib, beside this folder).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from checks_cli import run_check  # noqa: E402
 
 MAX_LINES = 600
 CRATE_SRC = "lambda/src"
@@ -268,21 +271,14 @@ def problems(root: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2])
-    args = parser.parse_args(argv)
-    try:
-        found = problems(args.root)
-    except OSError as err:
-        print(f"layout check: {err}", file=sys.stderr)
-        return 2
-    for problem in found:
-        print(f"layout check: {problem}", file=sys.stderr)
-    if found:
-        print(f"layout check: {len(found)} problem(s)", file=sys.stderr)
-        return 1
-    print(f"layout check: no import circle in {CRATE_SRC}; no Rust file over {MAX_LINES} lines besides its tests")
-    return 0
+    return run_check(
+        argv,
+        name="layout check",
+        description=__doc__,
+        problems=problems,
+        counted_as="problem(s)",
+        all_good=f"no import circle in {CRATE_SRC}; no Rust file over {MAX_LINES} lines besides its tests",
+    )
 
 
 if __name__ == "__main__":

@@ -1,14 +1,40 @@
 """CloudFormation helpers the template gates share (test_template_security.py and
-test_ecs_template.py): plain reads of a template as a dict, nothing template-specific."""
+test_ecs_template.py): loading a template (and the `source` and `cfn` fixtures made
+from it), plain reads of it as a dict, nothing template-specific."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from cfn_flip import load_yaml
 
 # The encryption context Parameter Store gives KMS, and the code parameters the
 # stack's key and roles are bound to.
 PARAMETER_ARN_CONTEXT = "kms:EncryptionContext:PARAMETER_ARN"
 CODE_PARAMETERS = "parameter${ParameterPrefix}/pools/*/activation"
+
+
+def load_template(path: Path) -> dict:
+    """A template as plain dicts, short-form intrinsics (!Ref, !Sub ...) expanded to long form."""
+    return json.loads(json.dumps(load_yaml(path.read_text())))
+
+
+def template_fixtures(path: Path, scenarios: dict, deployed: Callable[[dict, dict], dict]) -> tuple:
+    """A gate's two module fixtures: `source`, the template at `path` as loaded, and `cfn`,
+    what `deployed` makes of it for each scenario (name: parameter overrides)."""
+
+    @pytest.fixture(scope="module")
+    def source() -> dict:
+        return load_template(path)
+
+    @pytest.fixture(scope="module", params=list(scenarios))
+    def cfn(request, source) -> dict:
+        return deployed(source, scenarios[request.param])
+
+    return source, cfn
 
 
 def parameter_values(source: dict, overrides: dict) -> dict:

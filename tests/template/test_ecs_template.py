@@ -26,18 +26,19 @@ import shlex
 from pathlib import Path
 
 import pytest
-from cfn_flip import load_yaml
 
 from cfn_helpers import (
     PARAMETER_ARN_CONTEXT,
     as_list,
     bound_to_code_parameters,
     cidr_pattern_problems,
+    load_template,
     of_type,
     parameter_values,
     principal_is_everyone,
     props,
     region_problems,
+    template_fixtures,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,11 +117,6 @@ NOVALUE = object()
 
 
 # ------------------------------------------------------------------ loading
-
-
-def load(path: Path) -> dict:
-    """A template as plain dicts, short-form intrinsics expanded to long form."""
-    return json.loads(json.dumps(load_yaml(path.read_text())))
 
 
 def param(params: dict, template: dict, name: str):
@@ -481,7 +477,7 @@ def check_environment(cfn: dict) -> list[str]:
     set to the load balancer's subnets."""
     problems = []
     env = env_of(task_container(cfn))
-    function_env = props(load(LAMBDA_TEMPLATE)["Resources"]["Function"])["Environment"]["Variables"]
+    function_env = props(load_template(LAMBDA_TEMPLATE)["Resources"]["Function"])["Environment"]["Variables"]
     for name, value in function_env.items():
         if name in LAMBDA_ONLY_ENV:
             continue
@@ -510,7 +506,7 @@ def check_environment(cfn: dict) -> list[str]:
 
 def check_task_role_mirrors_function(source: dict) -> list[str]:
     """The task role holds exactly the function's statements (less Logs), Sid by Sid."""
-    lam = load(LAMBDA_TEMPLATE)
+    lam = load_template(LAMBDA_TEMPLATE)
     lam_cfn = {"Resources": lam["Resources"]}
     ecs_cfn = {"Resources": source["Resources"]}
     want = {
@@ -783,14 +779,7 @@ def cargo_static_command(text: str) -> list[str]:
 # ------------------------------------------------------------------ tests
 
 
-@pytest.fixture(scope="module")
-def source() -> dict:
-    return load(ECS_TEMPLATE)
-
-
-@pytest.fixture(scope="module", params=list(SCENARIOS))
-def cfn(request, source) -> dict:
-    return deployed(source, SCENARIOS[request.param])
+source, cfn = template_fixtures(ECS_TEMPLATE, SCENARIOS, deployed)
 
 
 DEPLOYED_CHECKS = [

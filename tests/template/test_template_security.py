@@ -26,7 +26,6 @@ import re
 from pathlib import Path
 
 import pytest
-from cfn_flip import load_yaml
 
 from cfn_helpers import (
     PARAMETER_ARN_CONTEXT,
@@ -38,6 +37,7 @@ from cfn_helpers import (
     principal_is_everyone,
     props,
     region_problems,
+    template_fixtures,
 )
 
 os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
@@ -184,11 +184,6 @@ NOVALUE = object()
 
 
 # ------------------------------------------------------------------ loading
-
-
-def load_source() -> dict:
-    """template.yaml as plain dicts, short-form intrinsics expanded to long form."""
-    return json.loads(json.dumps(load_yaml(TEMPLATE.read_text())))
 
 
 class _NoManagedPolicies:
@@ -1006,14 +1001,7 @@ SOURCE_CHECKS = [
 # ------------------------------------------------------------------ tests
 
 
-@pytest.fixture(scope="module")
-def source() -> dict:
-    return load_source()
-
-
-@pytest.fixture(scope="module", params=list(SCENARIOS))
-def cfn(request, source) -> dict:
-    return deployed(source, SCENARIOS[request.param])
+source, cfn = template_fixtures(TEMPLATE, SCENARIOS, deployed)
 
 
 @pytest.mark.parametrize("check", DEPLOYED_CHECKS, ids=lambda c: c.__name__)

@@ -10,10 +10,26 @@
 //!   per 10 s, up to `max_environments`), frozen between requests, reaped when idle.
 //! - `gateway.rs`: the stage: throttle, invoke, answer.
 
+mod bucket;
+mod environments;
+mod event;
+mod gateway;
+mod runtime_api;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::task::JoinHandle;
+
+use bucket::TokenBucket;
+use environments::Environments;
+use gateway::Gateway;
 
 /// What a stage is started with.
 #[derive(Clone, Debug)]
@@ -64,13 +80,49 @@ pub struct StageCounts {
 /// A running stage: its URL takes requests as the deployed API does.
 pub struct Stage {
     url: String,
+    counts: Arc<Mutex<StageCounts>>,
+    environments: Arc<Environments>,
+    server: JoinHandle<()>,
+    reaper: JoinHandle<()>,
 }
 
 impl Stage {
     /// Listens on a free loopback port; environments start on the first requests.
     pub async fn start(spec: StageSpec) -> Result<Stage, String> {
-        let _ = spec;
-        Err("the Lambda-shaped stage is not built yet".into())
+        raise_open_files_limit();
+        std::fs::create_dir_all(&spec.log_dir).map_err(|e| format!("{}: {e}", spec.log_dir.display()))?;
+        let counts = Arc::new(Mutex::new(StageCounts::default()));
+        let throttle = TokenBucket::new(spec.throttle_rps, spec.throttle_burst, Instant::now());
+        let environments = Environments::new(spec, counts.clone());
+        let gateway = Arc::new(Gateway {
+            throttle: Mutex::new(throttle),
+            environments: environments.clone(),
+            counts: counts.clone(),
+            requests: AtomicU64::new(0),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("the stage's listener: {e}"))?;
+        let url = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
+        let app = gateway::router(gateway).into_make_service_with_connect_info::<SocketAddr>();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let reaping = environments.clone();
+        let reaper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                reaping.reap(Instant::now());
+            }
+        });
+        Ok(Stage {
+            url,
+            counts,
+            environments,
+            server,
+            reaper,
+        })
     }
 
     /// `http://127.0.0.1:<port>`: the API's base URL (no stage path).
@@ -79,9 +131,30 @@ impl Stage {
     }
 
     pub fn counts(&self) -> StageCounts {
-        StageCounts::default()
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Stops taking requests and kills every environment.
-    pub async fn stop(self) {}
+    pub async fn stop(self) {
+        self.server.abort();
+        self.reaper.abort();
+        self.environments.stop();
+        for _ in 0..50 {
+            if self.environments.alive() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Thousands of clients and hundreds of environments each hold sockets: the soft limit
+/// goes up to the hard one (best effort: a lower limit only shows as connect errors).
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
 }

@@ -26,7 +26,7 @@ use aws_smithy_runtime_api::shared::IntoShared;
 use aws_smithy_types::body::SdkBody;
 use axum::response::IntoResponse;
 
-use super::activations::ActivationService;
+use super::activations::{ActivationService, NewActivation};
 use super::keys::CodeKey;
 use super::nodes::ManagedNodes;
 use super::parameters::{CodeVault, PoolConfigSource};
@@ -194,8 +194,10 @@ struct Aws {
 }
 
 impl Aws {
-    fn new(script: impl IntoIterator<Item = Answer>) -> Self {
-        let script: VecDeque<Answer> = script.into_iter().collect();
+    /// AWS answering `answers` in order (responses, dropped connections, silences);
+    /// `then` scripts more after them.
+    fn answering<A: Into<Answer>>(answers: impl IntoIterator<Item = A>) -> Self {
+        let script: VecDeque<Answer> = answers.into_iter().map(Into::into).collect();
         Self {
             scripted: script.len(),
             script: Arc::new(Mutex::new(script)),
@@ -203,14 +205,18 @@ impl Aws {
         }
     }
 
-    /// AWS answering `responses` in order.
-    fn answering(responses: impl IntoIterator<Item = HttpResponse>) -> Self {
-        Self::new(responses.into_iter().map(Answer::from))
+    /// The same answer `times` times.
+    fn repeating<A: Into<Answer>>(times: usize, answer: impl Fn() -> A) -> Self {
+        Self::answering((0..times).map(|_| answer()))
     }
 
-    /// The same answer `times` times.
-    fn repeating(times: usize, response: impl Fn() -> HttpResponse) -> Self {
-        Self::answering((0..times).map(|_| response()))
+    /// One more answer, after the ones scripted so far.
+    fn then(self, answer: impl Into<Answer>) -> Self {
+        self.script.lock().unwrap().push_back(answer.into());
+        Self {
+            scripted: self.scripted + 1,
+            ..self
+        }
     }
 
     fn requests(&self) -> usize {
@@ -288,34 +294,32 @@ async fn dynamodb(aws: &Aws) -> aws_sdk_dynamodb::Client {
     dynamodb_with(aws, &service_sdk().await)
 }
 
-/// A client as `app.rs` builds one, over `aws` and with test credentials, less
-/// `clock::DateHeaderInterceptor`: the scripted answers carry no `Date`, and the
-/// clock's state is the process's, shared with the other unit tests.
+/// A client of the SDK crate `$sdk` as `app.rs` builds one from `$config`, over `$aws`
+/// and with test credentials, less `clock::DateHeaderInterceptor`: the scripted answers
+/// carry no `Date`, and the clock's state is the process's, shared with the other unit
+/// tests. (A macro: each SDK crate has a config builder of its own, with no common trait.)
+macro_rules! client_over {
+    ($sdk:ident, $aws:expr, $config:expr) => {
+        $sdk::Client::from_conf(
+            $sdk::config::Builder::from($config)
+                .http_client($aws.clone())
+                .credentials_provider(credentials())
+                .retry_partition(own_retry_partition())
+                .build(),
+        )
+    };
+}
+
 fn dynamodb_with(aws: &Aws, sdk: &SdkConfig) -> aws_sdk_dynamodb::Client {
-    let config = aws_sdk_dynamodb::config::Builder::from(sdk)
-        .http_client(aws.clone())
-        .credentials_provider(credentials())
-        .retry_partition(own_retry_partition())
-        .build();
-    aws_sdk_dynamodb::Client::from_conf(config)
+    client_over!(aws_sdk_dynamodb, aws, sdk)
 }
 
 async fn ssm(aws: &Aws) -> aws_sdk_ssm::Client {
-    let config = aws_sdk_ssm::config::Builder::from(&service_sdk().await)
-        .http_client(aws.clone())
-        .credentials_provider(credentials())
-        .retry_partition(own_retry_partition())
-        .build();
-    aws_sdk_ssm::Client::from_conf(config)
+    client_over!(aws_sdk_ssm, aws, &service_sdk().await)
 }
 
 async fn kms(aws: &Aws) -> aws_sdk_kms::Client {
-    let config = aws_sdk_kms::config::Builder::from(&service_sdk().await)
-        .http_client(aws.clone())
-        .credentials_provider(credentials())
-        .retry_partition(own_retry_partition())
-        .build();
-    aws_sdk_kms::Client::from_conf(config)
+    client_over!(aws_sdk_kms, aws, &service_sdk().await)
 }
 
 async fn store(aws: &Aws) -> PoolStore {
@@ -328,6 +332,28 @@ async fn vault(aws: &Aws) -> CodeVault {
 
 async fn activations(aws: &Aws) -> ActivationService {
     ActivationService::new(ssm(aws).await, "vending")
+}
+
+/// CreateActivation for pool `p`, with the pool settings of `config()`.
+async fn create_activation(aws: &Aws) -> Result<NewActivation, VendError> {
+    let settings = PoolSettings::from_environment(&config());
+    activations(aws).await.create("p", &settings, 1_800_000_000).await
+}
+
+/// The rotation `rotation-1` commits `next_activation()` as the current activation
+/// (its old one spent).
+async fn commit_next_as_current(aws: &Aws) -> Result<bool, VendError> {
+    store(aws)
+        .await
+        .commit_rotation(
+            "p",
+            "rotation-1",
+            &next_activation(),
+            Place::Current,
+            "spent",
+            1_800_000_000,
+        )
+        .await
 }
 
 fn next_activation() -> CurrentActivation {
@@ -343,9 +369,29 @@ fn next_activation() -> CurrentActivation {
     }
 }
 
+/// What the callers want: the settings `pool_item`'s activation was made with.
+const POOL_ITEM_SETTINGS: Wanted<'static> = Wanted {
+    fingerprint: "fp",
+    config_at: 1_700_000_000,
+};
+
 /// What the caller of a failed vend sees: status, error code and `Retry-After`.
 fn face(e: &VendError) -> (u16, &'static str, Option<u32>) {
     (e.status().as_u16(), e.code(), e.retry_after())
+}
+
+/// Which AWS call failed (the operation the error names, `None` when it names none) and
+/// the failure's face. The face's code names the variant: `Throttled`, `Contended`,
+/// `ServiceUnavailable` (`Unavailable`), `InternalError` with an operation (`Aws`).
+fn failure(e: &VendError) -> (Option<&'static str>, (u16, &'static str, Option<u32>)) {
+    let operation = match e {
+        VendError::Throttled { operation }
+        | VendError::Contended { operation }
+        | VendError::Unavailable { operation, .. }
+        | VendError::Aws { operation, .. } => Some(*operation),
+        _ => None,
+    };
+    (operation, face(e))
 }
 
 const THROTTLED_503: (u16, &str, Option<u32>) = (503, "Throttled", Some(2));
@@ -379,16 +425,7 @@ async fn each_dynamodb_throttle_is_retried_by_the_sdk_then_answers_503_throttled
     ] {
         let aws = Aws::repeating(SDK_ATTEMPTS, || throttled(Service::DynamoDb, code));
         let e = store(&aws).await.pool("p").await.expect_err(code);
-        assert!(
-            matches!(
-                e,
-                VendError::Throttled {
-                    operation: "DynamoDB.GetItem"
-                }
-            ),
-            "{code}: {e:?}"
-        );
-        assert_eq!(face(&e), THROTTLED_503, "{code}");
+        assert_eq!(failure(&e), (Some("DynamoDB.GetItem"), THROTTLED_503), "{code}: {e:?}");
         aws.assert_all_asked();
     }
 }
@@ -412,15 +449,7 @@ async fn a_reserve_whose_condition_fails_is_refused_with_the_pool_as_it_was_not_
     let aws = Aws::answering([condition_failed(pool_item(100, None))]);
     let reservation = store(&aws)
         .await
-        .reserve_slot(
-            "p",
-            1_800_000_000,
-            900,
-            Wanted {
-                fingerprint: "fp",
-                config_at: 1_700_000_000,
-            },
-        )
+        .reserve_slot("p", 1_800_000_000, 900, POOL_ITEM_SETTINGS)
         .await
         .expect("a refusal is an answer");
     let Reservation::Refused(state) = reservation else {
@@ -496,17 +525,7 @@ async fn a_standby_someone_else_promoted_first_is_none_not_an_error() {
     let aws = Aws::answering([condition_failed(pool_item(1, None))]);
     let promoted = store(&aws)
         .await
-        .promote_standby(
-            "p",
-            &next_activation(),
-            1_800_000_000,
-            900,
-            Wanted {
-                fingerprint: "fp",
-                config_at: 1_700_000_000,
-            },
-            1,
-        )
+        .promote_standby("p", &next_activation(), 1_800_000_000, 900, POOL_ITEM_SETTINGS, 1)
         .await
         .expect("a lost race is an answer");
     assert_eq!(promoted, None);
@@ -515,11 +534,11 @@ async fn a_standby_someone_else_promoted_first_is_none_not_an_error() {
 
 #[tokio::test]
 async fn a_lease_take_that_fails_gives_the_lease_back_in_case_an_attempt_landed() {
-    let mut answers: Vec<HttpResponse> = (0..SDK_ATTEMPTS)
-        .map(|_| throttled(Service::DynamoDb, "ThrottlingException"))
-        .collect();
-    answers.push(answer(Service::DynamoDb, 200, "{}"));
-    let aws = Aws::answering(answers);
+    let aws = Aws::repeating(SDK_ATTEMPTS, || throttled(Service::DynamoDb, "ThrottlingException")).then(answer(
+        Service::DynamoDb,
+        200,
+        "{}",
+    ));
     let e = store(&aws)
         .await
         .take_lease("p", "rotation-here", 1_800_000_000, 1_800_000_060)
@@ -555,34 +574,14 @@ async fn a_batch_read_whose_keys_stay_unprocessed_answers_503_throttled_after_si
         .committed_among(&["act-1".to_owned()])
         .await
         .expect_err("throttled");
-    assert!(
-        matches!(
-            e,
-            VendError::Throttled {
-                operation: "DynamoDB.BatchGetItem"
-            }
-        ),
-        "{e:?}"
-    );
-    assert_eq!(face(&e), THROTTLED_503);
+    assert_eq!(failure(&e), (Some("DynamoDB.BatchGetItem"), THROTTLED_503), "{e:?}");
     aws.assert_all_asked();
 }
 
 #[tokio::test]
 async fn a_commit_whose_condition_failed_answers_false_not_an_error() {
     let aws = Aws::answering([transaction_cancelled(&["ConditionalCheckFailed", "None"])]);
-    let landed = store(&aws)
-        .await
-        .commit_rotation(
-            "p",
-            "rotation-1",
-            &next_activation(),
-            Place::Current,
-            "spent",
-            1_800_000_000,
-        )
-        .await
-        .expect("a lost lease is an answer");
+    let landed = commit_next_as_current(&aws).await.expect("a lost lease is an answer");
     assert!(!landed);
     aws.assert_all_asked();
 }
@@ -592,28 +591,12 @@ async fn a_commit_cancelled_by_a_transaction_conflict_is_tried_eight_times_then_
     let aws = Aws::repeating(CONFLICT_ATTEMPTS, || {
         transaction_cancelled(&["None", "TransactionConflict"])
     });
-    let e = store(&aws)
-        .await
-        .commit_rotation(
-            "p",
-            "rotation-1",
-            &next_activation(),
-            Place::Current,
-            "spent",
-            1_800_000_000,
-        )
-        .await
-        .expect_err("contended");
-    assert!(
-        matches!(
-            e,
-            VendError::Contended {
-                operation: "DynamoDB.TransactWriteItems"
-            }
-        ),
+    let e = commit_next_as_current(&aws).await.expect_err("contended");
+    assert_eq!(
+        failure(&e),
+        (Some("DynamoDB.TransactWriteItems"), CONTENDED_503),
         "{e:?}"
     );
-    assert_eq!(face(&e), CONTENDED_503);
     aws.assert_all_asked();
 }
 
@@ -629,28 +612,12 @@ async fn a_commit_cancelled_for_throughput_is_retried_with_the_same_token_then_a
         let aws = Aws::repeating(THROTTLED_COMMIT_ATTEMPTS as usize, || {
             transaction_cancelled(&[reason, "None"])
         });
-        let e = store(&aws)
-            .await
-            .commit_rotation(
-                "p",
-                "rotation-1",
-                &next_activation(),
-                Place::Current,
-                "spent",
-                1_800_000_000,
-            )
-            .await
-            .expect_err(reason);
-        assert!(
-            matches!(
-                e,
-                VendError::Throttled {
-                    operation: "DynamoDB.TransactWriteItems"
-                }
-            ),
+        let e = commit_next_as_current(&aws).await.expect_err(reason);
+        assert_eq!(
+            failure(&e),
+            (Some("DynamoDB.TransactWriteItems"), THROTTLED_503),
             "{reason}: {e:?}"
         );
-        assert_eq!(face(&e), THROTTLED_503, "{reason}");
         aws.assert_all_asked();
         for body in aws.request_bodies() {
             assert!(body.contains(r#""ClientRequestToken":"rotation-1""#), "{body}");
@@ -695,16 +662,7 @@ async fn a_write_that_meets_a_transaction_in_flight_is_tried_eight_times_then_an
         .release_lease("p", "rotation-1")
         .await
         .expect_err("contended");
-    assert!(
-        matches!(
-            e,
-            VendError::Contended {
-                operation: "DynamoDB.UpdateItem"
-            }
-        ),
-        "{e:?}"
-    );
-    assert_eq!(face(&e), CONTENDED_503);
+    assert_eq!(failure(&e), (Some("DynamoDB.UpdateItem"), CONTENDED_503), "{e:?}");
     aws.assert_all_asked();
 }
 
@@ -746,31 +704,13 @@ async fn a_dynamodb_5xx_is_retried_by_the_sdk_then_answers_503_unavailable() {
 
 #[tokio::test]
 async fn a_reserve_whose_connection_drops_on_every_attempt_answers_503_unavailable() {
-    let aws = Aws::new((0..SDK_ATTEMPTS).map(|_| Answer::Drop));
+    let aws = Aws::repeating(SDK_ATTEMPTS, || Answer::Drop);
     let e = store(&aws)
         .await
-        .reserve_slot(
-            "p",
-            1_800_000_000,
-            900,
-            Wanted {
-                fingerprint: "fp",
-                config_at: 1_700_000_000,
-            },
-        )
+        .reserve_slot("p", 1_800_000_000, 900, POOL_ITEM_SETTINGS)
         .await
         .expect_err("no answer");
-    assert!(
-        matches!(
-            e,
-            VendError::Unavailable {
-                operation: "DynamoDB.UpdateItem",
-                ..
-            }
-        ),
-        "{e:?}"
-    );
-    assert_eq!(face(&e), UNAVAILABLE_503);
+    assert_eq!(failure(&e), (Some("DynamoDB.UpdateItem"), UNAVAILABLE_503), "{e:?}");
     aws.assert_all_asked();
 }
 
@@ -788,20 +728,10 @@ async fn a_request_that_never_gets_an_answer_times_out_each_attempt_then_answers
                 .build(),
         )
         .build();
-    let aws = Aws::new((0..SDK_ATTEMPTS).map(|_| Answer::Silence));
+    let aws = Aws::repeating(SDK_ATTEMPTS, || Answer::Silence);
     let store = PoolStore::new(dynamodb_with(&aws, &sdk), "vending");
     let e = store.pool("p").await.expect_err("no answer");
-    assert!(
-        matches!(
-            e,
-            VendError::Unavailable {
-                operation: "DynamoDB.GetItem",
-                ..
-            }
-        ),
-        "{e:?}"
-    );
-    assert_eq!(face(&e), UNAVAILABLE_503);
+    assert_eq!(failure(&e), (Some("DynamoDB.GetItem"), UNAVAILABLE_503), "{e:?}");
     aws.assert_all_asked();
 }
 
@@ -824,18 +754,16 @@ async fn get_item_counting(
 
 #[tokio::test]
 async fn unanswered_attempts_count_the_5xx_and_the_dropped_ones_not_the_refusals() {
-    let aws = Aws::new([
-        Answer::from(error(
-            Service::DynamoDb,
-            500,
-            "InternalServerError",
-            "Internal server error",
-        )),
-        Answer::Drop,
-        Answer::from(answer(Service::DynamoDb, 503, "")),
-        Answer::from(throttled(Service::DynamoDb, "ThrottlingException")),
-        Answer::from(answer(Service::DynamoDb, 200, "{}")),
-    ]);
+    let aws = Aws::answering([error(
+        Service::DynamoDb,
+        500,
+        "InternalServerError",
+        "Internal server error",
+    )])
+    .then(Answer::Drop)
+    .then(answer(Service::DynamoDb, 503, ""))
+    .then(throttled(Service::DynamoDb, "ThrottlingException"))
+    .then(answer(Service::DynamoDb, 200, "{}"));
     let unanswered = UnansweredAttempts::default();
     get_item_counting(&dynamodb(&aws).await, &unanswered)
         .await
@@ -847,7 +775,7 @@ async fn unanswered_attempts_count_the_5xx_and_the_dropped_ones_not_the_refusals
     );
     aws.assert_all_asked();
 
-    let aws = Aws::new((0..SDK_ATTEMPTS).map(|_| Answer::Drop));
+    let aws = Aws::repeating(SDK_ATTEMPTS, || Answer::Drop);
     let unanswered = UnansweredAttempts::default();
     let e = get_item_counting(&dynamodb(&aws).await, &unanswered)
         .await
@@ -866,16 +794,7 @@ async fn an_ssm_throttle_is_retried_by_the_sdk_then_answers_503_throttled() {
     let aws = Aws::repeating(SDK_ATTEMPTS, || throttled(Service::Ssm, "ThrottlingException"));
     let source = PoolConfigSource::new(ssm(&aws).await, "/activation-vending");
     let e = source.read_all().await.expect_err("throttled");
-    assert!(
-        matches!(
-            e,
-            VendError::Throttled {
-                operation: "SSM.GetParametersByPath"
-            }
-        ),
-        "{e:?}"
-    );
-    assert_eq!(face(&e), THROTTLED_503);
+    assert_eq!(failure(&e), (Some("SSM.GetParametersByPath"), THROTTLED_503), "{e:?}");
     aws.assert_all_asked();
 }
 
@@ -910,17 +829,7 @@ async fn a_bare_ssm_503_is_retried_then_answers_503_unavailable() {
         .describe("act-1")
         .await
         .expect_err("unavailable");
-    assert!(
-        matches!(
-            e,
-            VendError::Unavailable {
-                operation: "SSM.DescribeActivations",
-                ..
-            }
-        ),
-        "{e:?}"
-    );
-    assert_eq!(face(&e), UNAVAILABLE_503);
+    assert_eq!(failure(&e), (Some("SSM.DescribeActivations"), UNAVAILABLE_503), "{e:?}");
     aws.assert_all_asked();
 }
 
@@ -955,16 +864,7 @@ async fn a_code_write_that_meets_too_many_updates_is_tried_eight_times_then_answ
         .store("p", "act-1", &ActivationCode::new(FAKE_CODE))
         .await
         .expect_err("contended");
-    assert!(
-        matches!(
-            e,
-            VendError::Contended {
-                operation: "SSM.PutParameter"
-            }
-        ),
-        "{e:?}"
-    );
-    assert_eq!(face(&e), CONTENDED_503);
+    assert_eq!(failure(&e), (Some("SSM.PutParameter"), CONTENDED_503), "{e:?}");
     aws.assert_all_asked();
 }
 
@@ -976,12 +876,7 @@ async fn an_activation_the_role_may_not_pass_answers_500_keeping_the_aws_code_fo
         "AccessDeniedException",
         "User: arn:aws:sts::123456789012:assumed-role/vending/fn is not authorized to perform: iam:PassRole",
     )]);
-    let settings = PoolSettings::from_environment(&config());
-    let e = activations(&aws)
-        .await
-        .create("p", &settings, 1_800_000_000)
-        .await
-        .expect_err("denied");
+    let e = create_activation(&aws).await.expect_err("denied");
     assert!(
         matches!(&e, VendError::Aws { operation: "SSM.CreateActivation", code, detail } if code == "AccessDeniedException" && detail.contains("iam:PassRole")),
         "{e:?}"
@@ -1021,16 +916,7 @@ async fn a_kms_throttle_is_retried_by_the_sdk_then_answers_503_throttled() {
     let aws = Aws::repeating(SDK_ATTEMPTS, || throttled(Service::Kms, "ThrottlingException"));
     let key = CodeKey::new(kms(&aws).await, "alias/vending-codes");
     let e = key.describe().await.expect_err("throttled");
-    assert!(
-        matches!(
-            e,
-            VendError::Throttled {
-                operation: "KMS.DescribeKey"
-            }
-        ),
-        "{e:?}"
-    );
-    assert_eq!(face(&e), THROTTLED_503);
+    assert_eq!(failure(&e), (Some("KMS.DescribeKey"), THROTTLED_503), "{e:?}");
     aws.assert_all_asked();
 }
 
@@ -1100,12 +986,7 @@ async fn an_answer_that_carries_the_code_but_cannot_be_read_fails_without_repeat
     // CreateActivation's answer is cut off after the code.
     let cut = format!(r#"{{"ActivationCode":"{FAKE_CODE}","ActivationId":"#);
     let aws = Aws::answering([answer(Service::Ssm, 200, &cut)]);
-    let settings = PoolSettings::from_environment(&config());
-    let e = activations(&aws)
-        .await
-        .create("p", &settings, 1_800_000_000)
-        .await
-        .expect_err("unreadable");
+    let e = create_activation(&aws).await.expect_err("unreadable");
     assert!(
         matches!(
             e,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::codec::{directory_configs, directory_snapshot, DirectorySnapshot};
-use super::conditions;
+use super::conditions::{self, Write};
 use super::schema::{directory_key, PK};
 use super::store::{conditional_update, PoolStore};
 use crate::aws::retrying_conflicts;
@@ -30,6 +30,22 @@ impl PoolStore {
         until: EpochSecs,
     ) -> Result<bool, VendError> {
         let write = conditions::claim_directory_refresh(now, stale_before, until);
+        self.update_directory(&write).await
+    }
+
+    /// Shares a fresh read of the pools' configs, unless a newer one is there.
+    pub async fn save_directory_snapshot(
+        &self,
+        configs: &BTreeMap<String, String>,
+        read_at: EpochSecs,
+    ) -> Result<(), VendError> {
+        let write = conditions::save_directory_snapshot(&directory_configs(configs)?, read_at);
+        self.update_directory(&write).await.map(|_| ())
+    }
+
+    /// One conditional UpdateItem of the directory item carrying `write`, again while
+    /// it meets concurrent writes: whether its condition held.
+    async fn update_directory(&self, write: &Write) -> Result<bool, VendError> {
         retrying_conflicts(|| async {
             let result = self
                 .client
@@ -43,30 +59,6 @@ impl PoolStore {
                 .send()
                 .await;
             conditional_update(result).map(|outcome| outcome.applied())
-        })
-        .await
-    }
-
-    /// Shares a fresh read of the pools' configs, unless a newer one is there.
-    pub async fn save_directory_snapshot(
-        &self,
-        configs: &BTreeMap<String, String>,
-        read_at: EpochSecs,
-    ) -> Result<(), VendError> {
-        let write = conditions::save_directory_snapshot(&directory_configs(configs)?, read_at);
-        retrying_conflicts(|| async {
-            let result = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .key(PK, directory_key())
-                .set_update_expression(write.update.clone())
-                .set_condition_expression(write.condition.clone())
-                .set_expression_attribute_names(write.attribute_names())
-                .set_expression_attribute_values(write.attribute_values())
-                .send()
-                .await;
-            conditional_update(result).map(|_| ())
         })
         .await
     }
