@@ -6,7 +6,11 @@
 # everything it started.
 #
 # Usage: scripts/bench.sh [options] [-- vending-bench options]
-#   --scenario S   steady (default) | storm-with-rotation | throttled | all
+#   --scenario S   steady (default) | storm-with-rotation | throttled | all | lambda-storm
+#                  (lambda-storm: booting servers through a Lambda-shaped stage with
+#                  AWS's quotas on, 1,000 at 20 rps then 10,000 at 1,000 rps; writes
+#                  target/bench/lambda-storm.json; not part of `all`; its own flags,
+#                  e.g. --storm-servers, --storm-runs, go after `--`)
 #   --servers N    vending serve processes                   (default 2)
 #   --clients N    concurrent clients                         (default 64)
 #   --vends N      vends in the main phase                    (default 5000)
@@ -26,7 +30,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 usage() {
-  sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 die() {
@@ -65,8 +69,8 @@ while (($#)); do
 done
 
 case "$scenario" in
-  steady|storm-with-rotation|throttled|all) ;;
-  *) die 2 "--scenario must be steady, storm-with-rotation, throttled or all (got '$scenario')" ;;
+  steady|storm-with-rotation|throttled|all|lambda-storm) ;;
+  *) die 2 "--scenario must be steady, storm-with-rotation, throttled, all or lambda-storm (got '$scenario')" ;;
 esac
 for pair in "servers:$servers" "clients:$clients" "vends:$vends" ${limit:+"limit:$limit"}; do
   [[ "${pair#*:}" =~ ^[1-9][0-9]*$ ]] || die 2 "--${pair%%:*} must be a positive whole number"

@@ -6,6 +6,7 @@
 #                                       build target/release/vending if needed and start
 #                                       N (default 1) `vending serve` processes; prints
 #                                       VENDING_URL=, VENDING_URLS= and EMULATOR_URL= lines
+#                                       (N=0: the emulator alone, EMULATOR_URL= only)
 #   scripts/local.sh env                print the export lines another `vending serve` needs
 #                                       to share the same emulator and table
 #   scripts/local.sh down               stop everything `up` started
@@ -34,7 +35,7 @@ EMULATOR_URL="http://127.0.0.1:$EMULATOR_PORT"
 PYTHON="${VENDING_VENV:-$ROOT/.venv}/bin/python"
 
 usage() {
-  sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 die() {
@@ -132,10 +133,15 @@ cmd_up() {
       *) usage >&2; exit 1 ;;
     esac
   done
-  [[ "$servers" =~ ^[1-9][0-9]*$ ]] || die 1 "--servers must be a positive number"
+  [[ "$servers" =~ ^(0|[1-9][0-9]*)$ ]] || die 1 "--servers must be a whole number"
   mkdir -p "$LOG_DIR"
   start_emulator
   provision
+  if ((servers == 0)); then
+    stop_servers
+    printf 'EMULATOR_URL=%s\n' "$EMULATOR_URL"
+    return 0
+  fi
   local bin urls=() i
   bin="$(vending_bin)"
   stop_servers

@@ -52,6 +52,9 @@ pub enum ScenarioChoice {
     Throttled,
     /// The three in turn; summary.json holds the first plus "scenarios"
     All,
+    /// The deployed shape: booting servers through a Lambda-shaped stage, quotas on,
+    /// at the default and a raised throttle (lambda-storm.json; not part of `all`)
+    LambdaStorm,
 }
 
 impl ScenarioChoice {
@@ -61,6 +64,8 @@ impl ScenarioChoice {
             ScenarioChoice::StormWithRotation => vec![Scenario::StormWithRotation],
             ScenarioChoice::Throttled => vec![Scenario::Throttled],
             ScenarioChoice::All => Scenario::ALL.to_vec(),
+            // Its own runner (storm/), not a phase of run.rs.
+            ScenarioChoice::LambdaStorm => Vec::new(),
         }
     }
 }
@@ -103,6 +108,57 @@ pub struct RunArgs {
     /// Where summary.json and summary.txt go [default: ROOT/target/bench]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub storm: StormArgs,
+}
+
+/// Which of lambda-storm's two runs to make.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StormRuns {
+    /// Both, back to back: default-throttle, then raised-throttle
+    Both,
+    /// The template's default stage throttle only
+    DefaultThrottle,
+    /// The raised throttle only
+    RaisedThrottle,
+}
+
+/// `--scenario lambda-storm`'s own flags (the others are ignored by it).
+#[derive(Args, Debug)]
+pub struct StormArgs {
+    /// lambda-storm: which runs to make
+    #[arg(long, value_name = "R", value_enum, default_value = "both")]
+    pub storm_runs: StormRuns,
+    /// lambda-storm: servers booting in the default-throttle run
+    #[arg(long, value_name = "N", default_value = "1000", value_parser = at_least_one)]
+    pub storm_servers: usize,
+    /// lambda-storm: servers booting in the raised-throttle run
+    #[arg(long, value_name = "N", default_value = "10000", value_parser = at_least_one)]
+    pub storm_raised_servers: usize,
+    /// lambda-storm: the default-throttle run's stage rate (template.yaml's ThrottlingRateLimit)
+    #[arg(long, value_name = "RPS", default_value = "20", value_parser = above_zero)]
+    pub default_throttle_rps: f64,
+    /// lambda-storm: the default-throttle run's stage burst (ThrottlingBurstLimit)
+    #[arg(long, value_name = "N", default_value = "50", value_parser = above_zero)]
+    pub default_throttle_burst: f64,
+    /// lambda-storm: the raised-throttle run's stage rate
+    #[arg(long, value_name = "RPS", default_value = "1000", value_parser = above_zero)]
+    pub raised_throttle_rps: f64,
+    /// lambda-storm: the raised-throttle run's stage burst
+    #[arg(long, value_name = "N", default_value = "2000", value_parser = above_zero)]
+    pub raised_throttle_burst: f64,
+    /// lambda-storm: at most this many Lambda environments at once
+    #[arg(long, value_name = "N", default_value = "200", value_parser = at_least_one)]
+    pub max_environments: usize,
+    /// lambda-storm: the servers' first requests spread over this many seconds
+    #[arg(long = "boot-spread-s", value_name = "SECS", default_value = "3", value_parser = non_negative)]
+    pub boot_spread_s: f64,
+    /// lambda-storm: a server gives up fetching an activation after this long (bootstrap-linux.sh's --max-wait)
+    #[arg(long = "max-wait", value_name = "SECS", default_value = "120", value_parser = seconds)]
+    pub max_wait: Duration,
+    /// lambda-storm: an environment idle this long is reaped
+    #[arg(long = "idle-reap-s", value_name = "SECS", default_value = "60", value_parser = seconds)]
+    pub idle_reap: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -153,6 +209,24 @@ fn at_least_one(value: &str) -> Result<usize, String> {
         .ok()
         .filter(|n| *n >= 1)
         .ok_or_else(|| "must be a whole number of at least 1".to_owned())
+}
+
+/// A number above 0 (a rate or a burst).
+fn above_zero(value: &str) -> Result<f64, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .ok_or_else(|| "must be a number above 0".to_owned())
+}
+
+/// A number of seconds, 0 or more.
+fn non_negative(value: &str) -> Result<f64, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| "must be a number of seconds, 0 or more".to_owned())
 }
 
 /// Whole seconds, at least 1.
@@ -213,6 +287,44 @@ mod tests {
     }
 
     #[test]
+    fn lambda_storm_is_its_own_runner_with_the_issue_s_defaults() {
+        let o = run_args("--scenario lambda-storm");
+        assert_eq!(o.scenario, ScenarioChoice::LambdaStorm);
+        assert!(
+            o.scenario.scenarios().is_empty(),
+            "not a scenario of run.rs, nor of `all`"
+        );
+        assert!(!ScenarioChoice::All.scenarios().is_empty());
+        let s = o.storm;
+        assert_eq!(s.storm_runs, StormRuns::Both);
+        assert_eq!(
+            (s.storm_servers, s.storm_raised_servers, s.max_environments),
+            (1000, 10_000, 200)
+        );
+        assert_eq!(
+            (
+                s.default_throttle_rps,
+                s.default_throttle_burst,
+                s.raised_throttle_rps,
+                s.raised_throttle_burst
+            ),
+            (20.0, 50.0, 1000.0, 2000.0)
+        );
+        assert_eq!(
+            (s.boot_spread_s, s.max_wait, s.idle_reap),
+            (3.0, Duration::from_secs(120), Duration::from_secs(60))
+        );
+        let small = run_args(
+            "--scenario lambda-storm --storm-runs raised-throttle --storm-raised-servers 50 --boot-spread-s 0.5",
+        );
+        assert_eq!(
+            (small.storm.storm_runs, small.storm.storm_raised_servers),
+            (StormRuns::RaisedThrottle, 50)
+        );
+        assert_eq!(small.storm.boot_spread_s, 0.5);
+    }
+
+    #[test]
     fn a_repeated_flag_takes_its_last_value() {
         assert_eq!(run_args("--clients 64 --vends 5000 --clients 8").clients, 8);
     }
@@ -232,6 +344,15 @@ mod tests {
             "--max-retries -1",
             "--timeout 0",
             "--servers",
+            "--storm-servers 0",
+            "--storm-raised-servers x",
+            "--storm-runs nope",
+            "--default-throttle-rps 0",
+            "--raised-throttle-burst -5",
+            "--max-environments 0",
+            "--boot-spread-s -1",
+            "--max-wait 0",
+            "--idle-reap-s 0",
         ] {
             let e = parse(bad).expect_err(bad);
             assert_eq!(e.exit_code(), 2, "{bad}");
@@ -260,6 +381,15 @@ mod tests {
             "--out",
             "storm-with-rotation",
             "load",
+            "lambda-storm",
+            "--storm-runs",
+            "--storm-servers",
+            "--storm-raised-servers",
+            "--default-throttle-rps",
+            "--raised-throttle-rps",
+            "--max-environments",
+            "--boot-spread-s",
+            "--max-wait",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }

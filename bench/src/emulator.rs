@@ -21,6 +21,15 @@ pub struct Busy {
     pub slowest_ms: f64,
 }
 
+/// One quota bucket as `GET /_emulator/quotas` shows it (the fields the bench reads).
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Quota {
+    #[serde(default)]
+    pub throttled: u64,
+    #[serde(default)]
+    pub throttled_by_operation: BTreeMap<String, u64>,
+}
+
 /// What the pool's DynamoDB item says about its current activation.
 pub struct PoolItem {
     pub activation_id: String,
@@ -71,6 +80,23 @@ impl Emulator {
             .await
             .map_err(|e| format!("GET /_emulator/{route}: {e}"))?;
         resp.json().await.map_err(|e| format!("GET /_emulator/{route}: {e}"))
+    }
+
+    /// The active quota buckets by name (empty when quotas are off).
+    pub async fn quotas(&self) -> Result<BTreeMap<String, Quota>, String> {
+        self.read("quotas").await
+    }
+
+    /// Every bucket at AWS's figure, full, its counts at 0 (`POST {"*": {}}`): what
+    /// `EMULATOR_QUOTAS=aws-defaults` starts with, without what provisioning took.
+    pub async fn reset_quotas(&self) -> Result<(), String> {
+        self.control(reqwest::Method::POST, "quotas", Some(&json!({"*": {}})))
+            .await
+    }
+
+    /// Quotas off (the bench's own calls after a run are not the service's).
+    pub async fn clear_quotas(&self) -> Result<(), String> {
+        self.control(reqwest::Method::DELETE, "quotas", None).await
     }
 
     pub async fn reset_calls(&self) -> Result<(), String> {

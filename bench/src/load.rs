@@ -61,14 +61,14 @@ impl LoadResult {
 }
 
 /// A cheap xorshift for retry jitter (no need for a crate).
-struct Jitter(u64);
+pub struct Jitter(u64);
 
 impl Jitter {
-    fn new(seed: u64) -> Self {
+    pub fn new(seed: u64) -> Self {
         Self(seed | 1)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

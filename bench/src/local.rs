@@ -53,6 +53,27 @@ impl Local {
         })
     }
 
+    /// `local.sh up --servers 0` (a fresh emulator, provisioned, no server) with
+    /// `extra` in the emulator's environment; the emulator's URL.
+    pub async fn up_emulator(&self, extra: &[(&str, &str)]) -> Result<String, String> {
+        let out = self
+            .script()
+            .args(["up", "--servers", "0"])
+            .envs(extra.iter().copied())
+            .stderr(Stdio::inherit())
+            .output()
+            .await
+            .map_err(|e| format!("scripts/local.sh up: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("scripts/local.sh up --servers 0 failed ({})", out.status));
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("EMULATOR_URL="))
+            .map(str::to_owned)
+            .ok_or_else(|| "scripts/local.sh up printed no EMULATOR_URL= line".into())
+    }
+
     pub async fn down(&self) -> Result<(), String> {
         let status = self
             .script()

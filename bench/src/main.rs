@@ -25,6 +25,10 @@
 //! - `emulator.rs`: the emulator's control routes and a few bare AWS calls.
 //! - `proxy.rs`: the keep-alive proxy in front of the emulator.
 //! - `procfs.rs`: CPU, memory and load of the machine and the servers, from /proc.
+//! - `storm/`: `--scenario lambda-storm`: `mod.rs` the runner (a fresh emulator with
+//!   quotas, the stage, N booting servers, `lambda-storm.json`), `server.rs` one booting
+//!   server as scripts/bootstrap-linux.sh does, `retry.rs` its decisions after each
+//!   answer, `report.rs` the typed `lambda-storm.json` and its figures.
 
 mod cli;
 mod emulator;
@@ -41,6 +45,7 @@ mod run;
 mod scenario;
 mod stage_only;
 mod stats;
+mod storm;
 mod summary;
 mod table;
 
@@ -49,7 +54,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, ScenarioChoice};
 
 async fn stop_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
@@ -89,6 +94,12 @@ fn main() -> ExitCode {
         Some(Command::Stage(args)) => block_on(stage_only::stage_only(args, stop_signal())),
         // On SIGINT/SIGTERM the run is dropped: local.sh children are killed, and so are
         // the servers the bench started itself; scripts/bench.sh then runs `local.sh down`.
+        None if cli.run.scenario == ScenarioChoice::LambdaStorm => block_on(async {
+            tokio::select! {
+                result = storm::run(cli.run) => result,
+                signal = stop_signal() => Err(format!("stopped by {signal}")),
+            }
+        }),
         None => block_on(async {
             tokio::select! {
                 result = run::run(cli.run) => result,
