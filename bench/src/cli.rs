@@ -150,6 +150,13 @@ pub struct StormArgs {
     /// lambda-storm: at most this many Lambda environments at once
     #[arg(long, value_name = "N", default_value = "200", value_parser = at_least_one)]
     pub max_environments: usize,
+    /// lambda-storm: the registration limit at the default throttle (template.yaml's RegistrationLimit default)
+    #[arg(long, value_name = "N", default_value = "100", value_parser = limit_value)]
+    pub default_limit: u32,
+    /// lambda-storm: the registration limit at the raised throttle: SSM's maximum, what docs/DESIGN.md
+    /// section 15 tells a pool taking hundreds of vends a second to use
+    #[arg(long, value_name = "N", default_value = "1000", value_parser = limit_value)]
+    pub raised_limit: u32,
     /// lambda-storm: the servers' first requests spread over this many seconds
     #[arg(long = "boot-spread-s", value_name = "SECS", default_value = "3", value_parser = non_negative)]
     pub boot_spread_s: f64,
@@ -200,6 +207,15 @@ pub struct StageArgs {
     /// Where each environment's output goes (env-<n>.log)
     #[arg(long, value_name = "DIR", default_value = "target/bench/stage")]
     pub log_dir: PathBuf,
+}
+
+/// A registration limit: 1 to 1,000, as SSM takes it.
+fn limit_value(value: &str) -> Result<u32, String> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=1000).contains(n))
+        .ok_or_else(|| "must be a whole number from 1 to 1000 (SSM's registration limit)".to_owned())
 }
 
 /// A whole number of at least 1.

@@ -47,6 +47,8 @@ struct RunSpec {
     servers: usize,
     rps: f64,
     burst: f64,
+    /// The pool's registration limit (VENDING_REGISTRATION_LIMIT of every environment).
+    limit: u32,
 }
 
 /// The runs `--storm-runs` asks for, in order.
@@ -56,12 +58,14 @@ fn run_specs(s: &StormArgs) -> Vec<RunSpec> {
         servers: s.storm_servers,
         rps: s.default_throttle_rps,
         burst: s.default_throttle_burst,
+        limit: s.default_limit,
     };
     let raised = RunSpec {
         throttle: Throttle::Raised,
         servers: s.storm_raised_servers,
         rps: s.raised_throttle_rps,
         burst: s.raised_throttle_burst,
+        limit: s.raised_limit,
     };
     match s.storm_runs {
         StormRuns::Both => vec![default, raised],
@@ -153,11 +157,12 @@ impl Storm {
     async fn run(&self, number: u32, spec: &RunSpec) -> Result<StormRun, String> {
         let a = &self.args;
         eprintln!(
-            "== lambda-storm {}: {} servers, stage {} rps (burst {}), at most {} environments",
+            "== lambda-storm {}: {} servers, stage {} rps (burst {}), limit {}, at most {} environments",
             spec.throttle.name(),
             spec.servers,
             spec.rps,
             spec.burst,
+            spec.limit,
             a.max_environments
         );
         self.local.down().await?;
@@ -166,7 +171,9 @@ impl Storm {
         if emu.quotas().await?.is_empty() {
             return Err("the emulator runs without quotas (EMULATOR_QUOTAS=aws-defaults did not reach it)".into());
         }
-        let env = function_env(self.local.env().await?, std::env::vars());
+        let mut env = function_env(self.local.env().await?, std::env::vars());
+        env.retain(|(name, _)| name != "VENDING_REGISTRATION_LIMIT");
+        env.push(("VENDING_REGISTRATION_LIMIT".into(), spec.limit.to_string()));
         let log_dir = self
             .local
             .state_dir
@@ -216,6 +223,7 @@ impl Storm {
             servers: spec.servers,
             throttle_rps: spec.rps,
             throttle_burst: spec.burst,
+            registration_limit: spec.limit,
             max_environments: a.max_environments,
             all_registered_s: figures.all_registered_s,
             time_to_code_ms: figures.time_to_code_ms,

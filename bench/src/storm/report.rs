@@ -32,6 +32,8 @@ pub struct StormRun {
     pub servers: usize,
     pub throttle_rps: f64,
     pub throttle_burst: f64,
+    /// The pool's registration limit for the run.
+    pub registration_limit: u32,
     pub max_environments: usize,
     /// First request of any server to the last registration; `null` if none registered.
     pub all_registered_s: Option<f64>,

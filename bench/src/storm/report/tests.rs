@@ -45,6 +45,7 @@ time_to_registered_ms.p90 float
 time_to_registered_ms.p99 float
 time_to_registered_ms.max float
 registered int
+registration_limit int
 lambda_throttled int
 target map
 target.n_over_throttle_s float
