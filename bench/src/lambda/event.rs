@@ -44,6 +44,20 @@ fn resource(path: &str) -> (&'static str, Option<String>) {
     }
 }
 
+/// The API method a request reaches (resource, method), as the template defines them:
+/// GET and ANY on `/`, `/activation` and `/health`, ANY on `/{proxy+}`. API Gateway
+/// applies the stage's throttle settings (`MethodSettings` on `/*`, `*`) to each
+/// method on its own, not to the stage as a whole.
+pub fn api_method(path: &str, method: &str) -> (&'static str, &'static str) {
+    let (resource, _) = resource(path);
+    let verb = if resource != "/{proxy+}" && method == "GET" {
+        "GET"
+    } else {
+        "ANY"
+    };
+    (resource, verb)
+}
+
 /// `{name: last value}` and `{name: [values]}`, or nulls when there are none, as API
 /// Gateway fills `headers`/`multiValueHeaders` and the query string's pair.
 fn single_and_multi(pairs: &[(String, String)]) -> (Value, Value) {
@@ -219,6 +233,15 @@ mod tests {
             ]
         );
         assert_eq!(answer.body, b"{\"error\":{}}");
+    }
+
+    #[test]
+    fn each_template_method_is_its_own_api_method() {
+        assert_eq!(api_method("/activation", "GET"), ("/activation", "GET"));
+        assert_eq!(api_method("/activation", "DELETE"), ("/activation", "ANY"));
+        assert_eq!(api_method("/registrations", "POST"), ("/{proxy+}", "ANY"));
+        assert_eq!(api_method("/registrations", "GET"), ("/{proxy+}", "ANY"));
+        assert_eq!(api_method("/", "GET"), ("/", "GET"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! The stage in front of the function: API Gateway's stage throttle (a token bucket at
-//! the template's ThrottlingRateLimit/ThrottlingBurstLimit, answering the template's
-//! THROTTLED gateway response), then the Lambda proxy integration.
+//! The stage in front of the function: API Gateway's stage throttle (a token bucket per
+//! API method at the template's ThrottlingRateLimit/ThrottlingBurstLimit, answering
+//! the template's THROTTLED gateway response), then the Lambda proxy integration.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,7 @@ use axum::Router;
 
 use super::bucket::TokenBucket;
 use super::environments::{Environments, InvokeError};
-use super::event::{http_answer, rest_proxy_event, Incoming};
+use super::event::{api_method, http_answer, rest_proxy_event, Incoming};
 use super::StageCounts;
 
 /// template.yaml's `GatewayResponses.THROTTLED`: status 429, `Retry-After: 1`, this body.
@@ -27,8 +28,34 @@ const INTERNAL_ERROR_BODY: &str = r#"{"message": "Internal server error"}"#;
 /// API Gateway's payload limit for a request.
 const MAX_BODY: usize = 10 * 1024 * 1024;
 
+/// The stage throttle's rate and burst, each API method's bucket.
+pub struct Throttle {
+    pub rate: f64,
+    pub burst: f64,
+    pub buckets: HashMap<(&'static str, &'static str), TokenBucket>,
+}
+
+impl Throttle {
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst,
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Whether this API method's bucket admits one more request now.
+    pub fn admit(&mut self, method: (&'static str, &'static str), now: Instant) -> bool {
+        let (rate, burst) = (self.rate, self.burst);
+        self.buckets
+            .entry(method)
+            .or_insert_with(|| TokenBucket::new(rate, burst, now))
+            .take(now)
+    }
+}
+
 pub struct Gateway {
-    pub throttle: Mutex<TokenBucket>,
+    pub throttle: Mutex<Throttle>,
     pub environments: Arc<Environments>,
     pub counts: Arc<Mutex<StageCounts>>,
     pub requests: AtomicU64,
@@ -55,11 +82,12 @@ async fn stage(
 ) -> Response {
     let n = gateway.requests.fetch_add(1, Ordering::Relaxed);
     gateway.count(|c| c.requests += 1);
+    let method = api_method(request.uri().path(), request.method().as_str());
     let admitted = gateway
         .throttle
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .take(Instant::now());
+        .admit(method, Instant::now());
     if !admitted {
         gateway.count(|c| c.http_429 += 1);
         let mut answer = json_answer(StatusCode::TOO_MANY_REQUESTS, THROTTLED_BODY);

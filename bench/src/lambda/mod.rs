@@ -27,9 +27,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use bucket::TokenBucket;
 use environments::Environments;
-use gateway::Gateway;
+use gateway::{Gateway, Throttle};
 
 /// What a stage is started with.
 #[derive(Clone, Debug)]
@@ -92,7 +91,7 @@ impl Stage {
         raise_open_files_limit();
         std::fs::create_dir_all(&spec.log_dir).map_err(|e| format!("{}: {e}", spec.log_dir.display()))?;
         let counts = Arc::new(Mutex::new(StageCounts::default()));
-        let throttle = TokenBucket::new(spec.throttle_rps, spec.throttle_burst, Instant::now());
+        let throttle = Throttle::new(spec.throttle_rps, spec.throttle_burst);
         let environments = Environments::new(spec, counts.clone());
         let gateway = Arc::new(Gateway {
             throttle: Mutex::new(throttle),

@@ -114,6 +114,21 @@ async fn over_the_stage_throttle_the_answer_is_the_templates_429() {
 }
 
 #[tokio::test]
+async fn each_api_method_has_its_own_throttle_bucket() {
+    let stage = Stage::start(spec(10, 0.001, 1.0)).await.unwrap();
+    assert_eq!(get(&stage, "/activation").await.0, 200);
+    assert_eq!(get(&stage, "/activation").await.0, 429);
+    assert_eq!(
+        get(&stage, "/registrations").await.0,
+        200,
+        "ANY /{{proxy+}} has a bucket of its own"
+    );
+    assert_eq!(get(&stage, "/health").await.0, 200);
+    assert_eq!(stage.counts().http_429, 1);
+    stage.stop().await;
+}
+
+#[tokio::test]
 async fn an_environment_idle_past_its_reap_time_is_shut_down_and_the_next_request_starts_cold() {
     let mut spec = spec(10, 1000.0, 1000.0);
     spec.idle_reap = Duration::from_millis(300);
