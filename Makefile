@@ -67,8 +67,10 @@ test-emulator: setup
 test-packages:
 	scripts/install-test-packages.sh
 
+# Four tests at once: the integration tests mostly wait (on deadlines, leases and
+# their emulators), so two cores run four of them well (docs/testing.md).
 test-rust: setup test-packages
-	$(call record_iam_calls,rust) $(CLIPPY) cargo test --workspace
+	$(call record_iam_calls,rust) RUST_TEST_THREADS=$${RUST_TEST_THREADS:-4} $(CLIPPY) cargo test --workspace
 
 # The published contract (openapi.yaml) against the debug binary the Rust tests run.
 test-contract: setup
