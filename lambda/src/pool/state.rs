@@ -14,6 +14,9 @@ pub struct PoolState {
     /// The activation ready to take over, whole, when the current one is refused.
     pub standby: Option<CurrentActivation>,
     pub lease: Option<Lease>,
+    /// When a process last heard from SSM that the current activation works (0: never);
+    /// older than the current activation's commit when it was a predecessor's.
+    pub checked_at: EpochSecs,
     /// Why the current activation was made (for operators).
     pub last_rotation_reason: Option<String>,
     /// The last rotation that failed, if any (for operators).

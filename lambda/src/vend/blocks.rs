@@ -166,6 +166,7 @@ impl PoolSlots {
             standby,
             via: Via::Block,
             lease: None,
+            checked_at: 0,
         })
     }
 }
@@ -282,6 +283,7 @@ impl SlotBlocks {
                     standby,
                     via,
                     lease,
+                    checked_at,
                 } => {
                     let first = slots.keep_block(pool, activation, standby.clone(), count)?;
                     return Ok(Reservation::Reserved {
@@ -289,6 +291,7 @@ impl SlotBlocks {
                         standby,
                         via,
                         lease,
+                        checked_at,
                     });
                 }
                 Reservation::Refused(state) => state,
@@ -328,6 +331,7 @@ impl SlotBlocks {
                     standby: None,
                     via: Via::Promotion,
                     lease: None,
+                    checked_at: 0,
                 });
             }
         }

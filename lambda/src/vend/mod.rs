@@ -36,7 +36,7 @@ use crate::vend::codes::Codes;
 use crate::vend::rotation::{Rotation, Rotator};
 use crate::vend::slot::SlotInHand;
 use crate::vend::standby::{lease_held, prepares_standby, StandbyKeeper};
-use crate::vend::verify::{ActivationChecks, Retirements};
+use crate::vend::verify::{trust_anchor, ActivationChecks, Checked, Retirements};
 
 /// What a caller leaves with.
 #[derive(Debug)]
@@ -400,6 +400,7 @@ impl Vendor {
                     standby,
                     via,
                     lease,
+                    checked_at,
                 } => {
                     wanting = None;
                     let now = epoch_now();
@@ -409,13 +410,20 @@ impl Vendor {
                         // Made from a newer read of the pool's config than ours.
                         self.directory.outdated_by(activation.config_at).await;
                     }
-                    if let Err(reason) = self.checks.usable(&activation.id, activation.committed_at, now).await {
-                        slot.wasted(WasteReason::Deleted);
-                        self.blocks.discard(name, &activation.id, WasteReason::Deleted);
-                        waited = true;
-                        self.rotate_or_wait(pool, reason, Some(&activation.id), deadline, &mut waits)
-                            .await?;
-                        continue;
+                    let trusted_since = trust_anchor(activation.committed_at, checked_at);
+                    match self.checks.usable(&activation.id, trusted_since, now).await {
+                        Err(reason) => {
+                            slot.wasted(WasteReason::Deleted);
+                            self.blocks.discard(name, &activation.id, WasteReason::Deleted);
+                            waited = true;
+                            self.rotate_or_wait(pool, reason, Some(&activation.id), deadline, &mut waits)
+                                .await?;
+                            continue;
+                        }
+                        // Other processes (cold Lambda environments) then trust it for
+                        // an interval instead of each asking SSM.
+                        Ok(Checked::Asked) => self.store.record_check(name, &activation.id, now).await,
+                        Ok(Checked::Trusted) => {}
                     }
                     // Keep a standby ready, so that no request waits on SSM when this
                     // activation is used up or nears its expiry.

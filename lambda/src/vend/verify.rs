@@ -58,6 +58,24 @@ pub fn fresh_for_report(asked_at: Instant, arrived: Instant) -> bool {
 
 type Slot = Arc<tokio::sync::Mutex<Option<Verdict>>>;
 
+/// How a usable activation passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// Without a call: a verdict or a trusted time within the interval, or SSM could
+    /// not answer (the vend goes ahead).
+    Trusted,
+    /// SSM said just now that it works.
+    Asked,
+}
+
+/// When the service last knew the current activation good without this process
+/// asking: its commit, or a check another process noted on the pool item, whichever
+/// is later. A note from a predecessor's check is older than this activation's
+/// commit, so it never lends trust beyond the commit's (the promotion drops it).
+pub fn trust_anchor(committed_at: EpochSecs, checked_at: EpochSecs) -> EpochSecs {
+    committed_at.max(checked_at)
+}
+
 pub struct ActivationChecks {
     activations: ActivationService,
     interval: Duration,
@@ -86,13 +104,16 @@ impl ActivationChecks {
         }
     }
 
-    /// `Ok` when the activation may be handed out, else why the pool must rotate.
+    /// `Ok` when the activation may be handed out (`Asked`: SSM just said so, worth
+    /// noting for other processes), else why the pool must rotate. `trusted_since`:
+    /// when this service last knew it good without this process asking, its commit
+    /// or another process's check (`trust_anchor`).
     pub async fn usable(
         &self,
         activation_id: &str,
-        committed_at: EpochSecs,
+        trusted_since: EpochSecs,
         now: EpochSecs,
-    ) -> Result<(), RotationReason> {
+    ) -> Result<Checked, RotationReason> {
         let slot = self.slot(activation_id);
         // Held across the call to SSM: a concurrent check of the same activation waits
         // here and then reads the verdict this one wrote.
@@ -100,18 +121,21 @@ impl ActivationChecks {
         let at = Instant::now();
         match *verdict {
             Some(Verdict::Dead(reason)) => return Err(reason),
-            Some(Verdict::Good { until, .. } | Verdict::Unanswered { until, .. }) if at < until => return Ok(()),
-            None => {
-                let trust = trusted_for(committed_at, now, self.interval);
+            Some(Verdict::Good { until, .. } | Verdict::Unanswered { until, .. }) if at < until => {
+                return Ok(Checked::Trusted)
+            }
+            // Nothing of our own, or ours ran out: a commit or another process's
+            // check within the interval is trusted as our own answer would be.
+            _ => {
+                let trust = trusted_for(trusted_since, now, self.interval);
                 if !trust.is_zero() {
                     *verdict = Some(Verdict::Good {
                         until: at + trust,
                         asked_at: None,
                     });
-                    return Ok(());
+                    return Ok(Checked::Trusted);
                 }
             }
-            Some(Verdict::Good { .. } | Verdict::Unanswered { .. }) => {}
         }
         match self.activations.still_works(activation_id).await {
             Ok(true) => {
@@ -119,7 +143,7 @@ impl ActivationChecks {
                     until: at + self.interval,
                     asked_at: Some(Instant::now()),
                 });
-                Ok(())
+                Ok(Checked::Asked)
             }
             Ok(false) => {
                 tracing::warn!(
@@ -141,7 +165,7 @@ impl ActivationChecks {
                     until: at + self.interval.min(FAILED_CHECK_PAUSE),
                     at: Instant::now(),
                 });
-                Ok(())
+                Ok(Checked::Trusted)
             }
         }
     }
@@ -264,6 +288,18 @@ mod tests {
     fn a_fresh_commit_is_trusted_for_the_rest_of_one_interval() {
         assert_eq!(trusted_for(1_000, 1_000, MINUTE), MINUTE);
         assert_eq!(trusted_for(1_000, 1_045, MINUTE), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn another_process_s_recent_check_is_trusted_as_a_fresh_commit_is() {
+        let anchor = trust_anchor(1_000, 1_100);
+        assert_eq!(trusted_for(anchor, 1_120, MINUTE), Duration::from_secs(40));
+        assert_eq!(
+            trust_anchor(1_000, 900),
+            1_000,
+            "a predecessor's check, older than the commit, lends nothing"
+        );
+        assert_eq!(trust_anchor(1_000, 0), 1_000, "never checked");
     }
 
     #[test]

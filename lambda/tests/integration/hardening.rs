@@ -69,6 +69,28 @@ async fn a_fresh_process_checks_an_activation_committed_long_ago_before_handing_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_check_one_cold_process_made_is_trusted_by_the_next_cold_process_without_asking_ssm() {
+    // A power return: the pool's activation was committed long ago, and cold
+    // processes (Lambda environments) arrive one after another. One asks SSM and notes
+    // the answer on the pool item; the next trusts that note for the interval.
+    let emulator = Emulator::start();
+    let settings = [("VENDING_VERIFY_INTERVAL", "3s"), NO_ROTATE_AHEAD];
+    let old = emulator.serve(&settings);
+    let first = old.get("/activation").await;
+    assert_eq!(first.status, 200, "{}", first.shown());
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    emulator.reset_calls().await;
+    let cold = emulator.serve(&settings);
+    let answer = cold.get("/activation").await;
+    assert_eq!((answer.status, answer.id()), (200, first.id()), "{}", answer.shown());
+    let next = emulator.serve(&settings);
+    let answer = next.get("/activation").await;
+    assert_eq!((answer.status, answer.id()), (200, first.id()), "{}", answer.shown());
+    let calls = emulator.calls().await;
+    assert_eq!(calls.get("SSM.DescribeActivations"), Some(&1), "{calls:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_throttled_activation_check_does_not_fail_a_vend_that_holds_a_slot() {
     let emulator = Emulator::start();
     let server = emulator.serve(&[("VENDING_VERIFY_INTERVAL", "0s")]);

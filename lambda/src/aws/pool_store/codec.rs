@@ -62,6 +62,7 @@ pub(super) fn pool_state(item: Option<&Item>) -> PoolState {
         activation,
         standby,
         lease,
+        checked_at: get_n(item, CHECKED_AT).unwrap_or(0),
         last_rotation_reason: get_s(item, ROTATION_REASON).map(str::to_owned),
         last_failure,
         unused_registrations: get_n(item, UNUSED_REGISTRATIONS).unwrap_or(0).max(0) as u64,

@@ -196,7 +196,7 @@ pub(super) fn promote_standby(
         Some(
             "SET #id = #sid, #exp = #sexp, #limit = #slimit, #pver = #spver, #fp = #sfp, \
              #cfg_at = #scfg_at, #reserved = :count, #rotated = #scommitted, #reason = :reason \
-             REMOVE #sid, #sexp, #slimit, #spver, #sfp, #scfg_at, #scommitted, #sreason"
+             REMOVE #sid, #sexp, #slimit, #spver, #sfp, #scfg_at, #scommitted, #sreason, #checked"
                 .into(),
         ),
         Some(
@@ -222,6 +222,7 @@ pub(super) fn promote_standby(
         ("#scfg_at", STANDBY.config_at),
         ("#scommitted", STANDBY.committed_at),
         ("#sreason", STANDBY.reason),
+        ("#checked", CHECKED_AT),
     ])
     .value(":sid", s(&standby.id))
     .value(":min_exp", n(now + margin_secs))
@@ -229,6 +230,18 @@ pub(super) fn promote_standby(
     .value(":cfg_at", n(wanted.config_at))
     .value(":count", n(i64::from(count)))
     .value(":reason", s("standby promoted"))
+}
+
+/// SSM's good answer about the current activation noted for other processes: only
+/// while it is still the current one, and never moving the time back.
+pub(super) fn record_check(activation_id: &str, now: EpochSecs) -> Write {
+    Write::new(
+        Some("SET #checked = :now".into()),
+        Some("#id = :id AND (attribute_not_exists(#checked) OR #checked < :now)"),
+    )
+    .names(&[("#checked", CHECKED_AT), ("#id", CURRENT.id)])
+    .value(":id", s(activation_id))
+    .value(":now", n(now))
 }
 
 /// A failed rotation noted on the pool item (no condition: best effort).

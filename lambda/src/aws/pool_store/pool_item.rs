@@ -40,6 +40,8 @@ pub enum Reservation {
         via: Via,
         /// The pool's lease as of that write: someone may be preparing the standby.
         lease: Option<Lease>,
+        /// When a process last noted SSM's good answer on the item (0: never).
+        checked_at: EpochSecs,
     },
     /// No slot: the pool as it was, to tell why.
     Refused(PoolState),
@@ -180,6 +182,7 @@ impl PoolStore {
                         standby: state.standby,
                         via: Via::Reserve,
                         lease: state.lease,
+                        checked_at: state.checked_at,
                     }),
                     None => Err(VendError::Internal(
                         "reserved a slot on a pool without an activation".into(),
@@ -346,6 +349,19 @@ impl PoolStore {
         let took = matches!(result, Ok(Some(_)) | Err(VendError::Unavailable { .. }));
         count_unanswered(pool, &unanswered, count, took);
         result
+    }
+
+    /// Notes on the pool's item that SSM just said `activation_id` works, so that other
+    /// processes trust it for an interval as they trust a fresh commit (section 5);
+    /// best effort: refused once the activation is no longer current.
+    pub async fn record_check(&self, pool: &str, activation_id: &str, now: EpochSecs) {
+        let result = self
+            .update_pool(pool, &conditions::record_check(activation_id, now))
+            .send()
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(pool, error = %classify("DynamoDB.UpdateItem", e, Echo::Message), "could not note the check");
+        }
     }
 
     /// Notes a failed rotation on the pool's item for `vending status`; best effort

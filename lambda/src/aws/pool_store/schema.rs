@@ -15,6 +15,8 @@ pub(super) const PARAMETER_VERSION: &str = "param_version";
 pub(super) const LEASE_OWNER: &str = "lease_owner";
 pub(super) const LEASE_UNTIL: &str = "lease_until";
 pub(super) const ROTATED_AT: &str = "rotated_at";
+/// When SSM last said the current activation works, as a process that asked wrote it.
+pub(super) const CHECKED_AT: &str = "checked_at";
 pub(super) const TTL: &str = "ttl";
 pub(super) const POOL: &str = "pool";
 pub(super) const COMMITTED_AT: &str = "committed_at";
