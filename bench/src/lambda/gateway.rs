@@ -75,6 +75,17 @@ fn json_answer(status: StatusCode, body: &'static str) -> Response {
     (status, [("content-type", "application/json")], body).into_response()
 }
 
+/// API Gateway's own 5XX (no gateway response in the template for these), with the
+/// error type header it sets.
+fn internal_error(status: StatusCode) -> Response {
+    let mut answer = json_answer(status, INTERNAL_ERROR_BODY);
+    answer.headers_mut().insert(
+        "x-amzn-errortype",
+        HeaderValue::from_static("InternalServerErrorException"),
+    );
+    answer
+}
+
 async fn stage(
     State(gateway): State<Arc<Gateway>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -131,10 +142,10 @@ async fn stage(
                 }
                 response
             }
-            Err(_) => json_answer(StatusCode::BAD_GATEWAY, INTERNAL_ERROR_BODY),
+            Err(_) => internal_error(StatusCode::BAD_GATEWAY),
         },
-        Err(InvokeError::Throttled) => json_answer(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_ERROR_BODY),
-        Err(InvokeError::Function(_)) => json_answer(StatusCode::BAD_GATEWAY, INTERNAL_ERROR_BODY),
+        Err(InvokeError::Throttled) => internal_error(StatusCode::INTERNAL_SERVER_ERROR),
+        Err(InvokeError::Function(_)) => internal_error(StatusCode::BAD_GATEWAY),
     }
 }
 
