@@ -340,6 +340,7 @@ fn next_activation() -> CurrentActivation {
         committed_at: 0,
         fingerprint: "fp".into(),
         config_at: 1_700_000_000,
+        sealed_code: None,
     }
 }
 
