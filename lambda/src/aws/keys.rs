@@ -125,9 +125,9 @@ impl CodeKey {
             .set_encryption_context(Some(code_context(&self.deployment, pool, activation_id)))
             .send()
             .await
-            // The answer would carry the code, an error never does; the message is kept
-            // for the logs (it names the key or the principal denied).
-            .map_err(|e| classify("KMS.Decrypt", e, Echo::Message))?;
+            // The answer carries the code: one that cannot be read must not be
+            // repeated, so nothing of AWS's words is kept (the error code is).
+            .map_err(|e| classify("KMS.Decrypt", e, Echo::Nothing))?;
         let plaintext = out
             .plaintext()
             .ok_or_else(|| VendError::Internal("KMS Decrypt answered no plaintext".into()))?;

@@ -106,7 +106,14 @@ async fn a_cold_process_vends_a_sealed_code_with_no_parameter_store_read() {
     );
     assert!(sealed(&item, "sb_sealed_code").is_some(), "and the standby's: {item:?}");
     let size = item_size(&item);
-    println!("pool item with both sealed codes: {size} bytes");
+    let lengths: Vec<(String, usize)> = item
+        .iter()
+        .map(|(k, v)| (k.clone(), item_size(&Item::from([(k.clone(), v.clone())]))))
+        .collect();
+    println!(
+        "pool item with both sealed codes: {size} bytes; code {} bytes; {lengths:?}",
+        code.len()
+    );
     assert!(size < 1024, "the pool item is {size} bytes: two write units per write");
 
     let cold = emulator.serve(&[]);
