@@ -14,6 +14,7 @@ use tokio::sync::OnceCell;
 use crate::aws::keys::CodeKey;
 use crate::aws::parameters::CodeVault;
 use crate::error::VendError;
+use crate::pool::state::CurrentActivation;
 use crate::secret::{ActivationCode, SealedCode};
 
 pub struct Codes {
@@ -79,6 +80,22 @@ impl Codes {
                 self.read(pool, activation_id, version, sealed)
             })
             .await
+    }
+
+    /// The code of the activation a slot was taken on, opened from the sealed code its
+    /// pool item carried if any (`code_for`).
+    pub async fn code_of(
+        &self,
+        pool: &str,
+        activation: &CurrentActivation,
+    ) -> Result<Option<ActivationCode>, VendError> {
+        self.code_for(
+            pool,
+            &activation.id,
+            activation.parameter_version,
+            activation.sealed_code.as_ref(),
+        )
+        .await
     }
 
     /// The one read of a code that a process's concurrent requests for it share.

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use crate::aws::activations::ActivationService;
-use crate::aws::keys::CodeKey;
 use crate::aws::parameters::CodeVault;
 use crate::aws::parameters::PoolConfigSource;
 use crate::aws::pool_store::{Place, PoolStore, Reservation};
@@ -89,7 +88,7 @@ impl Vendor {
     pub fn new(
         store: PoolStore,
         vault: CodeVault,
-        key: CodeKey,
+        key: crate::aws::keys::CodeKey,
         pool_configs: PoolConfigSource,
         activations: ActivationService,
         config: Config,
@@ -437,12 +436,7 @@ impl Vendor {
                     }
                     let code = self
                         .codes
-                        .code_for(
-                            name,
-                            &activation.id,
-                            activation.parameter_version,
-                            activation.sealed_code.as_ref(),
-                        )
+                        .code_of(name, &activation)
                         .await
                         .inspect_err(|_| slot.failed())?;
                     match code {
