@@ -55,8 +55,11 @@
 //! - `vend/refusal.rs`: refusal reports: an activation the pool vended and SSM
 //!   refused, checked with SSM once per burst, retired and its records dropped.
 //! - `vend/codes.rs`: `Codes`, the code cache (8 entries, keyed by activation ID and
-//!   parameter version) in front of Parameter Store; concurrent reads of one code are
-//!   one `GetParameter`, whose outcome, a failure included, they all share.
+//!   parameter version) in front of KMS and Parameter Store: a code the pool item
+//!   carries sealed is opened with one `Decrypt`, else (or when KMS refuses it:
+//!   `falls_back_to_parameter_store`) read with one `GetParameter`; concurrent reads
+//!   of one code are one read, whose outcome, a failure included, they all share. A
+//!   rotation's code is stored in Parameter Store first, then sealed (`Stored`).
 //!
 //! The confirmation of a registration (`registration/`, uses the vend's pool lookup):
 //! - `registration/mod.rs`: `Confirmer`, `POST /registrations`' confirmation: believe
@@ -109,7 +112,9 @@
 //! - `aws/activations.rs`: `ActivationService`, SSM activations: create, describe,
 //!   delete.
 //! - `aws/keys.rs`: `CodeKey`, KMS: the codes' key described at start, and
-//!   `KeyFacts::refusal` (an AWS-managed or disabled key stops the service).
+//!   `KeyFacts::refusal` (an AWS-managed or disabled key stops the service); `seal`
+//!   and `open`, a code encrypted for the pool item under `code_context` (deployment,
+//!   pool, activation).
 //! - `aws/nodes.rs`: `ManagedNodes`, SSM managed nodes: list by pool tag, machine tag
 //!   or account, one by ID, tag, deregister.
 //! - `aws/tests.rs`: the error classification against real-shaped AWS answers (the SDK
@@ -122,7 +127,7 @@
 //!   `1h30m`, `500ms`).
 //! - `error.rs`: `VendError` and its one mapping to status, code, message and headers.
 //! - `secret.rs`: `ActivationCode`: no `Display`, redacted `Debug`, read only through
-//!   `expose()`.
+//!   `expose()`; `SealedCode`, its KMS ciphertext, whose `Debug` shows only its length.
 //! - `logging.rs`: text or JSON log lines; the SDK's and HTTP stack's targets capped at
 //!   `info` whatever `RUST_LOG` says (below it they would print `CreateActivation`'s
 //!   answer and `PutParameter`'s request, which carry the code).

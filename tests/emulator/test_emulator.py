@@ -1351,3 +1351,74 @@ def test_create_activation_asks_for_tags_and_the_passed_role_in_the_signed_regio
         "resource": "arn:aws:iam::123456789012:role/activation-vending-managed-instance",
         "context": {"aws:RequestedRegion": region, "iam:PassedToService": "ssm.amazonaws.com"},
     } in asked
+
+
+# --------------------------------------------------------------------------- sealed codes (KMS direct)
+
+SEALED_CONTEXT = {
+    "activation-vending:deployment": TABLE,
+    "activation-vending:pool": "web",
+    "activation-vending:activation": "act-1",
+}
+
+
+def test_a_ciphertext_opens_only_under_the_encryption_context_it_was_sealed_with(emulator: str) -> None:
+    """As at AWS: Decrypt with another or no encryption context is InvalidCiphertextException
+    (moto binds the context as AES-GCM's additional data; no patch needed)."""
+    kms = client(emulator, "kms")
+    sealed = kms.encrypt(KeyId="alias/activation-vending", Plaintext=b"CODE-1", EncryptionContext=SEALED_CONTEXT)[
+        "CiphertextBlob"
+    ]
+    opened = kms.decrypt(KeyId="alias/activation-vending", CiphertextBlob=sealed, EncryptionContext=SEALED_CONTEXT)
+    assert opened["Plaintext"] == b"CODE-1"
+    others = [
+        {**SEALED_CONTEXT, "activation-vending:pool": "db"},
+        {**SEALED_CONTEXT, "activation-vending:activation": "act-2"},
+        {**SEALED_CONTEXT, "activation-vending:deployment": "another-table"},
+        {**SEALED_CONTEXT, "extra": "x"},
+        {k: v for k, v in SEALED_CONTEXT.items() if k != "activation-vending:pool"},
+        {},
+    ]
+    for other in others:
+        with pytest.raises(botocore.exceptions.ClientError) as refused:
+            kms.decrypt(KeyId="alias/activation-vending", CiphertextBlob=sealed, EncryptionContext=other)
+        assert refused.value.response["Error"]["Code"] == "InvalidCiphertextException", other
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        kms.decrypt(KeyId="alias/activation-vending", CiphertextBlob=sealed[:-1] + bytes([sealed[-1] ^ 1]),
+                    EncryptionContext=SEALED_CONTEXT)
+    assert refused.value.response["Error"]["Code"] == "InvalidCiphertextException"
+
+
+def test_a_direct_encrypt_and_decrypt_ask_kms_with_their_encryption_context(emulator: str) -> None:
+    kms = service_client(emulator, "kms")
+    key_arn = client(emulator, "kms").describe_key(KeyId="alias/activation-vending")["KeyMetadata"]["Arn"]
+    context = {**SEALED_CONTEXT, "activation-vending:activation": f"act-{uuid.uuid4().hex[:8]}"}
+    sealed = kms.encrypt(KeyId="alias/activation-vending", Plaintext=b"CODE-2", EncryptionContext=context)[
+        "CiphertextBlob"
+    ]
+    kms.decrypt(CiphertextBlob=sealed, EncryptionContext=context)  # no KeyId: the ciphertext's key
+    marker = context["activation-vending:activation"]
+    expected = {
+        "aws:RequestedRegion": REGION,
+        "kms:CallerAccount": "123456789012",
+        **{f"kms:EncryptionContext:{k}": v for k, v in context.items()},
+        "kms:EncryptionContextKeys": sorted(context),
+    }
+    for operation, action in [("KMS.Encrypt", "kms:Encrypt"), ("KMS.Decrypt", "kms:Decrypt")]:
+        [asked] = asked_for(operation, marker)
+        assert (asked["action"], asked["resource"]) == (action, key_arn)
+        assert asked["context"] == expected
+    assert "CODE-2" not in json.dumps(iam_records()), "the recorder never keeps a plaintext"
+
+
+def test_contexts_whose_keys_and_values_run_together_alike_are_still_two_contexts(emulator: str) -> None:
+    """moto alone serialized {"ab": "c"} and {"a": "bc"} alike (patches.py, kms_keys.py)."""
+    kms = client(emulator, "kms")
+    sealed = kms.encrypt(KeyId="alias/activation-vending", Plaintext=b"CODE-3", EncryptionContext={"ab": "c"})[
+        "CiphertextBlob"
+    ]
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        kms.decrypt(CiphertextBlob=sealed, EncryptionContext={"a": "bc"})
+    assert refused.value.response["Error"]["Code"] == "InvalidCiphertextException"
+    assert kms.decrypt(CiphertextBlob=sealed, EncryptionContext={"ab": "c"})["Plaintext"] == b"CODE-3"

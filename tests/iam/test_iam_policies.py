@@ -79,6 +79,26 @@ def node_tagging(deployment: str | None, region: str = REGION, keys: tuple[str, 
     }
 
 
+def sealed_code_context(pool: str = "web", activation: str = "0d6e8a37-5c2b-4f1e-9a4d-3b7c2e1f0a9b", deployment: str = TABLE) -> dict[str, str]:
+    """The encryption context a code is sealed under for the pool item (DESIGN §10)."""
+    return {
+        "activation-vending:deployment": deployment,
+        "activation-vending:pool": pool,
+        "activation-vending:activation": activation,
+    }
+
+
+def sealing(action: str, context: dict[str, str] | None, region: str = REGION) -> dict[str, Any]:
+    """A direct kms:Encrypt or kms:Decrypt of a sealed code, as iam_calls.py records it."""
+    asked: dict[str, Any] = {"kms:CallerAccount": ACCOUNT}
+    if context:
+        asked.update({f"kms:EncryptionContext:{k}": v for k, v in context.items()})
+        asked["kms:EncryptionContextKeys"] = sorted(context)
+    key_arn = KEY_ARN.replace(REGION, region)
+    operation = "KMS." + action.split(":", 1)[1]
+    return call(operation, [{"action": action, "resource": key_arn, "context": asked}], region, kms_key_arn=key_arn)
+
+
 def what_vending_does(region: str = REGION) -> list[dict[str, Any]]:
     """One of each kind of call the service makes: vend, rotation, sweep, clean-up."""
     pool_tags = {
@@ -135,6 +155,8 @@ def what_vending_does(region: str = REGION) -> list[dict[str, Any]]:
             {"action": "dynamodb:BatchGetItem", "resource": table_arn(region), "context": {"dynamodb:LeadingKeys": ["activation#a", "activation#b"]}},
         ], region, table=TABLE),
         call("DynamoDB.GetItem", [{"action": "dynamodb:GetItem", "resource": table_arn(region)}], region, table=TABLE),
+        sealing("kms:Encrypt", sealed_code_context(), region),
+        sealing("kms:Decrypt", sealed_code_context(), region),
     ]
 
 
@@ -186,6 +208,14 @@ def test_the_suites_exercise_the_sweep_and_the_rotation(recorded):
         "dynamodb:DeleteItem",
     ):
         assert action in actions, f"no suite made a call that needs {action}"
+    sealed = [
+        asked["action"]
+        for record in recorded
+        if record["operation"] in ("KMS.Encrypt", "KMS.Decrypt")
+        for asked in record["requests"]
+        if "kms:EncryptionContext:activation-vending:pool" in asked["context"]
+    ]
+    assert {"kms:Encrypt", "kms:Decrypt"} <= set(sealed), "no suite sealed or opened a code directly"
 
 
 # ------------------------------------------------------------------ the evaluation itself
@@ -306,6 +336,38 @@ def test_the_key_decrypts_only_the_stacks_own_code_parameters(kind):
     assert decisions(reads, kind)["kms:Decrypt"] != "Allowed"
     del reads[0]["requests"][1]["context"]["kms:EncryptionContext:PARAMETER_ARN"]
     assert decisions(reads, kind)["kms:Decrypt"] != "Allowed"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("action", ["kms:Encrypt", "kms:Decrypt"])
+def test_a_sealed_code_is_sealed_and_opened_directly_only_under_its_encryption_context(kind, action):
+    """The sealed codes' statements (DESIGN §10, §17): a direct Encrypt or Decrypt only
+    under {deployment = the stack's table, pool, activation}, nothing else."""
+    assert decisions([sealing(action, sealed_code_context())], kind) == {action: "Allowed"}
+    assert decisions([sealing(action, sealed_code_context(pool="db"))], kind) == {action: "Allowed"}, (
+        "IAM cannot tell one pool from another; the ciphertext's context does (InvalidCiphertextException)"
+    )
+    without_activation = {k: v for k, v in sealed_code_context().items() if k != "activation-vending:activation"}
+    for refused, why in (
+        (None, "no encryption context"),
+        ({}, "an empty one"),
+        (sealed_code_context(deployment="another-stacks-table"), "another deployment's"),
+        (without_activation, "no activation named"),
+        ({**sealed_code_context(), "PARAMETER_ARN": parameter_arn(f"{PREFIX}/pools/web/activation")}, "a Parameter Store key beside it"),
+        ({"PARAMETER_ARN": parameter_arn(f"{PREFIX}/pools/web/activation")}, "Parameter Store's context, outside SSM"),
+        ({**sealed_code_context(), "purpose": "x"}, "a key of its own"),
+    ):
+        assert decisions([sealing(action, refused)], kind) == {action: "ImplicitlyDenied"}, why
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_sealed_code_needs_the_key_policys_statement_too(kind):
+    source = json.loads(check._sam_source() if kind == "sam" else check._ecs_source())
+    key = source["Resources"]["Key"]["Properties"]["KeyPolicy"]
+    key["Statement"] = [st for st in key["Statement"] if "Seal" not in st.get("Sid", "")]
+    opening = [sealing("kms:Decrypt", sealed_code_context())]
+    assert decisions(opening, kind) == {"kms:Decrypt": "Allowed"}
+    assert decisions(opening, kind, json.dumps(source)) == {"kms:Decrypt": "ImplicitlyDenied"}
 
 
 def test_the_tag_deny_covers_every_resource_type_add_tags_to_resource_takes():

@@ -129,3 +129,22 @@ def bound_to_code_parameters(st: dict) -> bool:
     value = {**cond.get("StringLike", {}), **cond.get("StringEquals", {})}.get(PARAMETER_ARN_CONTEXT)
     values = as_list(value)
     return bool(values) and all(json.dumps(v).endswith(f':{CODE_PARAMETERS}"}}') for v in values)
+
+
+# The encryption context of the codes sealed for the pool item (DESIGN §10): the one
+# direct use of the stack's key, beside Parameter Store's.
+SEALED_CODE_CONTEXT_KEYS = ("activation-vending:deployment", "activation-vending:pool", "activation-vending:activation")
+SEALED_CODE_ACTIONS = {"kms:Encrypt", "kms:Decrypt"}
+
+
+def bound_to_sealed_code_context(st: dict) -> bool:
+    """The statement applies only to a direct Encrypt or Decrypt whose encryption context
+    has no key but the sealed codes' three (ForAllValues:StringEquals on
+    kms:EncryptionContextKeys), names a pool and an activation (Null false) and this
+    deployment's table (StringEquals kms:EncryptionContext:activation-vending:deployment)."""
+    cond = st.get("Condition", {})
+    keys = as_list(cond.get("ForAllValues:StringEquals", {}).get("kms:EncryptionContextKeys"))
+    null = cond.get("Null", {})
+    deployment = cond.get("StringEquals", {}).get(f"kms:EncryptionContext:{SEALED_CODE_CONTEXT_KEYS[0]}")
+    present = all(str(null.get(f"kms:EncryptionContext:{k}", "")).lower() == "false" for k in SEALED_CODE_CONTEXT_KEYS[1:])
+    return sorted(keys) == sorted(SEALED_CODE_CONTEXT_KEYS) and present and deployment == {"Ref": "Table"}

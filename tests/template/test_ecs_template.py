@@ -29,8 +29,10 @@ import pytest
 
 from cfn_helpers import (
     PARAMETER_ARN_CONTEXT,
+    SEALED_CODE_ACTIONS,
     as_list,
     bound_to_code_parameters,
+    bound_to_sealed_code_context,
     cidr_pattern_problems,
     load_template,
     of_type,
@@ -567,7 +569,9 @@ def check_least_privilege(cfn: dict) -> list[str]:
                     if not resources or not all(prefix in json.dumps(r) for r in resources):
                         problems.append(f"{sid}: {action} reaches beyond {prefix}")
                 if action.startswith("kms:"):
-                    if action != "kms:DescribeKey":
+                    if action in SEALED_CODE_ACTIONS and bound_to_sealed_code_context(st):
+                        pass  # the sealed codes on the pool item (cfn_helpers.bound_to_sealed_code_context)
+                    elif action != "kms:DescribeKey":
                         via = st.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
                         if not via or "ssm." not in json.dumps(via):
                             problems.append(f"{sid}: {action} without kms:ViaService ssm")
@@ -718,6 +722,11 @@ def check_key(cfn: dict) -> list[str]:
             continue
         if st.get("Principal") != {"AWS": {"Fn::GetAtt": ["TaskRole", "Arn"]}}:
             problems.append(f"key policy statement {st.get('Sid')} lets {st.get('Principal')} use the key ({uses})")
+        if bound_to_sealed_code_context(st):
+            # The sealed codes on the pool item: Encrypt and Decrypt called directly.
+            if set(uses) - SEALED_CODE_ACTIONS:
+                problems.append(f"key policy statement {st.get('Sid')} allows more than Encrypt/Decrypt on sealed codes: {uses}")
+            continue
         via = st.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
         if not via or not json.dumps(via).startswith('{"Fn::Sub": "ssm.'):
             problems.append(f"key policy statement {st.get('Sid')} allows use outside Parameter Store")
@@ -1102,6 +1111,15 @@ def m_role_key_for_any_parameter(t):
     del _stmt(_p(t, "TaskKeyPolicy")["PolicyDocument"]["Statement"], "KeyThroughParameterStoreOnly")["Condition"]["StringLike"]
 
 
+def m_key_sealing_under_any_context_key(t):
+    del _stmt(_p(t, "Key")["KeyPolicy"]["Statement"], "TasksSealCodesForThisDeploymentsPoolsOnly")["Condition"]["ForAllValues:StringEquals"]
+
+
+def m_role_sealing_for_any_deployment(t):
+    statement = _stmt(_p(t, "TaskKeyPolicy")["PolicyDocument"]["Statement"], "SealCodesForThisDeploymentsPoolsOnly")
+    del statement["Condition"]["StringEquals"]["kms:EncryptionContext:activation-vending:deployment"]
+
+
 def m_no_untrusted_metric(t):
     del t["Resources"]["PoolConfigUntrustedMetric"]
 
@@ -1166,6 +1184,9 @@ MUTATIONS = [
     ("key usable for any parameter", m_key_for_any_parameter, check_key, "creates-key-and-role"),
     ("role may use the key for any parameter", m_role_key_for_any_parameter, check_least_privilege, "brings-key-and-role"),
     ("role may use the key for any parameter (mirror)", m_role_key_for_any_parameter, check_task_role_mirrors_function, "source"),
+    ("sealed codes under any context key (key)", m_key_sealing_under_any_context_key, check_key, "creates-key-and-role"),
+    ("sealed codes of any deployment (role)", m_role_sealing_for_any_deployment, check_least_privilege, "brings-key-and-role"),
+    ("sealed codes of any deployment (mirror)", m_role_sealing_for_any_deployment, check_task_role_mirrors_function, "source"),
     ("no PoolConfigUntrusted metric filter", m_no_untrusted_metric, check_untrusted_config_alarm, "creates-key-and-role"),
     ("untrusted-config alarm silent with a topic", m_untrusted_alarm_silent, check_untrusted_config_alarm, "pool-roles"),
 ]

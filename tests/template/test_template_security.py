@@ -29,8 +29,10 @@ import pytest
 
 from cfn_helpers import (
     PARAMETER_ARN_CONTEXT,
+    SEALED_CODE_ACTIONS,
     as_list,
     bound_to_code_parameters,
+    bound_to_sealed_code_context,
     cidr_pattern_problems,
     of_type,
     parameter_values,
@@ -486,6 +488,11 @@ def check_key(cfn: dict) -> list[str]:
             continue
         if st.get("Principal") != {"AWS": {"Fn::GetAtt": ["FunctionRole", "Arn"]}}:
             problems.append(f"key policy statement {st.get('Sid')} lets {st.get('Principal')} use the key ({uses})")
+        if bound_to_sealed_code_context(st):
+            # The sealed codes on the pool item: Encrypt and Decrypt called directly.
+            if set(uses) - SEALED_CODE_ACTIONS:
+                problems.append(f"key policy statement {st.get('Sid')} allows more than Encrypt/Decrypt on sealed codes: {uses}")
+            continue
         via = st.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
         if not via or not json.dumps(via).startswith('{"Fn::Sub": "ssm.'):
             problems.append(f"key policy statement {st.get('Sid')} allows use outside Parameter Store")
@@ -589,7 +596,9 @@ def check_least_privilege(cfn: dict) -> list[str]:
                 if not resources or not all(prefix in json.dumps(r) for r in resources):
                     problems.append(f"{sid}: {action} reaches beyond {prefix}")
             if action.startswith("kms:"):
-                if action != "kms:DescribeKey":
+                if action in SEALED_CODE_ACTIONS and bound_to_sealed_code_context(st):
+                    pass  # the sealed codes on the pool item (cfn_helpers.bound_to_sealed_code_context)
+                elif action != "kms:DescribeKey":
                     via = st.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
                     if not via or "ssm." not in json.dumps(via):
                         problems.append(f"{sid}: {action} without kms:ViaService ssm")
@@ -1140,6 +1149,48 @@ def m_role_key_for_any_parameter(t):
     del _stmt(_p(t, "FunctionKeyPolicy")["PolicyDocument"]["Statement"], "KeyThroughParameterStoreOnly")["Condition"]["StringLike"]
 
 
+def _sealing(t, where):
+    """The sealed codes' statement: in the key policy ("key") or the role's ("role")."""
+    if where == "key":
+        return _stmt(_p(t, "Key")["KeyPolicy"]["Statement"], "FunctionSealsCodesForThisDeploymentsPoolsOnly")
+    return _stmt(_p(t, "FunctionKeyPolicy")["PolicyDocument"]["Statement"], "SealCodesForThisDeploymentsPoolsOnly")
+
+
+def m_sealing_under_any_context_key(where):
+    def mutate(t):
+        del _sealing(t, where)["Condition"]["ForAllValues:StringEquals"]
+
+    return mutate
+
+
+def m_sealing_with_parameter_store_context(where):
+    def mutate(t):
+        _sealing(t, where)["Condition"]["ForAllValues:StringEquals"]["kms:EncryptionContextKeys"].append("PARAMETER_ARN")
+
+    return mutate
+
+
+def m_sealing_without_pool_and_activation(where):
+    def mutate(t):
+        del _sealing(t, where)["Condition"]["Null"]
+
+    return mutate
+
+
+def m_sealing_for_any_deployment(where):
+    def mutate(t):
+        del _sealing(t, where)["Condition"]["StringEquals"]["kms:EncryptionContext:activation-vending:deployment"]
+
+    return mutate
+
+
+def m_sealing_generates_data_keys(where):
+    def mutate(t):
+        _sealing(t, where)["Action"] = ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"]
+
+    return mutate
+
+
 def m_drop_describe_parameters(t):
     _role_statements(t)[:] = [s for s in _role_statements(t) if s.get("Sid") != "ReadPoolConfigWriters"]
 
@@ -1555,6 +1606,16 @@ MUTATIONS = [
     ("no dashboard", m_no_dashboard, check_dashboard, "source"),
     ("no dashboard link", m_no_dashboard_output, check_dashboard, "source"),
     ("key usable for any parameter", m_key_for_any_parameter, check_key, "creates-everything"),
+    ("sealed codes under any context key (key)", m_sealing_under_any_context_key("key"), check_key, "creates-everything"),
+    ("sealed codes under Parameter Store's context (key)", m_sealing_with_parameter_store_context("key"), check_key, "creates-everything"),
+    ("sealed codes naming no pool or activation (key)", m_sealing_without_pool_and_activation("key"), check_key, "creates-everything"),
+    ("sealed codes of any deployment (key)", m_sealing_for_any_deployment("key"), check_key, "creates-everything"),
+    ("sealed codes with GenerateDataKey (key)", m_sealing_generates_data_keys("key"), check_key, "creates-everything"),
+    ("sealed codes under any context key (role)", m_sealing_under_any_context_key("role"), check_least_privilege, "brings-endpoint-key-role"),
+    ("sealed codes under Parameter Store's context (role)", m_sealing_with_parameter_store_context("role"), check_least_privilege, "creates-everything"),
+    ("sealed codes naming no pool or activation (role)", m_sealing_without_pool_and_activation("role"), check_least_privilege, "creates-everything"),
+    ("sealed codes of any deployment (role)", m_sealing_for_any_deployment("role"), check_least_privilege, "creates-everything"),
+    ("sealed codes in every Region", m_region_free("SealCodesForThisDeploymentsPoolsOnly"), check_region_bound, "brings-endpoint-key-role"),
     ("role may use the key for any parameter", m_role_key_for_any_parameter, check_least_privilege, "brings-endpoint-key-role"),
     ("no DescribeParameters", m_drop_describe_parameters, check_least_privilege, "creates-everything"),
     ("no DescribeKey", m_drop_describe_key, check_least_privilege, "creates-everything"),

@@ -366,6 +366,7 @@ fn next_activation() -> CurrentActivation {
         committed_at: 0,
         fingerprint: "fp".into(),
         config_at: 1_700_000_000,
+        sealed_code: None,
     }
 }
 
@@ -978,6 +979,93 @@ async fn no_error_repeats_an_aws_message_about_a_request_that_carried_the_code()
     let aws = Aws::answering([error(Service::Ssm, 400, "AccessDeniedException", &echoed)]);
     let e = vault(&aws).await.fetch("p", "act-1", 3).await.expect_err("denied");
     assert_never_shows_the_code(e).await;
+    aws.assert_all_asked();
+}
+
+#[tokio::test]
+async fn a_seal_that_fails_repeats_nothing_of_its_request_which_carried_the_code() {
+    let echoed =
+        format!("1 validation error detected: Value '{FAKE_CODE}' at 'plaintext' failed to satisfy constraint");
+    let code = ActivationCode::new(FAKE_CODE);
+    for (status, error_code) in [
+        (400, "ValidationException"),
+        (400, "AccessDeniedException"),
+        (500, "KMSInternalException"),
+    ] {
+        let attempts = if status == 500 { SDK_ATTEMPTS } else { 1 };
+        let aws = Aws::repeating(attempts, || error(Service::Kms, status, error_code, &echoed));
+        let key = CodeKey::new(kms(&aws).await, "alias/vending-codes").for_deployment("vending");
+        let e = key.seal("p", "act-1", &code).await.expect_err(error_code);
+        assert_never_shows_the_code(e).await;
+        aws.assert_all_asked();
+    }
+}
+
+#[tokio::test]
+async fn a_sealed_code_that_cannot_be_opened_fails_without_repeating_the_code() {
+    let sealed = crate::secret::SealedCode::new(b"ciphertext".to_vec());
+    let plaintext = aws_smithy_types::base64::encode(FAKE_CODE);
+    // Decrypt's answer is cut off after the plaintext.
+    let cut = format!(r#"{{"KeyId":"arn:aws:kms:eu-west-1:123456789012:key/k","Plaintext":"{plaintext}"#);
+    let aws = Aws::answering([answer(Service::Kms, 200, &cut)]);
+    let key = CodeKey::new(kms(&aws).await, "alias/vending-codes").for_deployment("vending");
+    let e = key.open("p", "act-1", &sealed).await.expect_err("unreadable");
+    // Whatever the SDK makes of it (here an unhandled error, code `Unknown`, which
+    // falls back to Parameter Store), it shows nothing of the answer.
+    assert!(!format!("{e:?} {e}").contains(&plaintext), "{e:?}");
+    assert_never_shows_the_code(e).await;
+    aws.assert_all_asked();
+
+    // A refusal names its code, for the fallback's log line, and nothing of the code.
+    let aws = Aws::answering([error(Service::Kms, 400, "InvalidCiphertextException", "")]);
+    let key = CodeKey::new(kms(&aws).await, "alias/vending-codes").for_deployment("vending");
+    let e = key.open("p", "act-1", &sealed).await.expect_err("refused");
+    assert!(
+        matches!(&e, VendError::Aws { operation: "KMS.Decrypt", code, .. } if code == "InvalidCiphertextException"),
+        "{e:?}"
+    );
+    assert!(crate::vend::codes::falls_back_to_parameter_store(&e));
+
+    // A plaintext that is not text is no code.
+    let binary =
+        serde_json::json!({"KeyId": "k", "Plaintext": aws_smithy_types::base64::encode([0xff, 0xfe])}).to_string();
+    let aws = Aws::answering([answer(Service::Kms, 200, &binary)]);
+    let key = CodeKey::new(kms(&aws).await, "alias/vending-codes").for_deployment("vending");
+    let e = key.open("p", "act-1", &sealed).await.expect_err("not UTF-8");
+    assert!(matches!(e, VendError::Internal(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_code_is_sealed_and_opened_under_its_deployment_pool_and_activation() {
+    let sealed = aws_smithy_types::base64::encode(b"ciphertext");
+    let aws = Aws::answering([
+        answer(
+            Service::Kms,
+            200,
+            &serde_json::json!({"KeyId": "k", "CiphertextBlob": sealed}).to_string(),
+        ),
+        answer(
+            Service::Kms,
+            200,
+            &serde_json::json!({"KeyId": "k", "Plaintext": aws_smithy_types::base64::encode(FAKE_CODE)}).to_string(),
+        ),
+    ]);
+    let key = CodeKey::new(kms(&aws).await, "alias/vending-codes").for_deployment("vending");
+    let code = ActivationCode::new(FAKE_CODE);
+    let got = key.seal("web", "act-1", &code).await.expect("sealed");
+    assert_eq!(got.bytes(), b"ciphertext");
+    assert_eq!(key.open("web", "act-1", &got).await.expect("opened"), code);
+    let asked = aws.request_bodies();
+    let context = serde_json::json!({
+        "activation-vending:deployment": "vending",
+        "activation-vending:pool": "web",
+        "activation-vending:activation": "act-1",
+    });
+    for body in &asked {
+        let body: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        assert_eq!(body["EncryptionContext"], context, "{body}");
+        assert_eq!(body["KeyId"], "alias/vending-codes", "{body}");
+    }
     aws.assert_all_asked();
 }
 

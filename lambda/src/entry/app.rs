@@ -75,6 +75,7 @@ pub fn build_state(config: Config, sdk: &SdkConfig) -> AppState {
     let vendor = Arc::new(Vendor::new(
         store.clone(),
         CodeVault::new(ssm.clone(), config.parameter_prefix.clone(), config.kms_key_id.clone()),
+        code_key(&config, sdk),
         pool_config_source(ssm.clone(), &config),
         ActivationService::new(ssm, config.table.clone()),
         config,
@@ -130,9 +131,9 @@ pub async fn list_nodes(
     crate::entry::nodes::read(&store, &nodes, pool).await
 }
 
-/// The codes' KMS key (`VENDING_KMS_KEY_ID`).
+/// The codes' KMS key (`VENDING_KMS_KEY_ID`), sealing for this deployment (`VENDING_TABLE`).
 pub fn code_key(config: &Config, sdk: &SdkConfig) -> CodeKey {
-    CodeKey::new(aws_sdk_kms::Client::new(sdk), config.kms_key_id.clone())
+    CodeKey::new(aws_sdk_kms::Client::new(sdk), config.kms_key_id.clone()).for_deployment(config.table.clone())
 }
 
 /// Why the process must not start: `VENDING_KMS_KEY_ID` names a key that may not

@@ -4,10 +4,12 @@
 use std::fmt;
 
 use crate::clock::EpochSecs;
+use crate::secret::SealedCode;
 
 pub const DEFAULT_POOL: &str = "default";
 
-/// One pool's row in DynamoDB (never the code: that lives in Parameter Store).
+/// One pool's row in DynamoDB (never a plaintext code: that lives in Parameter Store;
+/// the row may carry it sealed with the codes' KMS key).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PoolState {
     pub activation: Option<CurrentActivation>,
@@ -47,6 +49,10 @@ pub struct CurrentActivation {
     pub fingerprint: String,
     /// When the pool config it was made from was read from Parameter Store.
     pub config_at: EpochSecs,
+    /// Its code encrypted with the codes' key, when the rotation that made it could
+    /// seal it (`None` for items written before, or when KMS refused: then the code is
+    /// read from Parameter Store, the store of record).
+    pub sealed_code: Option<SealedCode>,
 }
 
 /// The pool settings a process has, as far as the pool's activation goes.
@@ -382,6 +388,7 @@ mod tests {
             committed_at: 0,
             fingerprint: "fp-1".into(),
             config_at: 100,
+            sealed_code: None,
         }
     }
 

@@ -388,6 +388,7 @@ mod tests {
             committed_at: 0,
             fingerprint: "fp".into(),
             config_at: 100,
+            sealed_code: None,
         }
     }
 

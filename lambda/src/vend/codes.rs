@@ -1,5 +1,8 @@
 //! Codes of the last few activations, keyed by ID and parameter version, in front of
-//! Parameter Store: the hot path reads a code from here, not from AWS.
+//! KMS and Parameter Store: the hot path reads a code from here, not from AWS. A code
+//! the pool item carries sealed (`SealedCode`) is opened with one KMS Decrypt per
+//! process and activation; Parameter Store, the store of record, is read only for an
+//! activation without one, or one KMS refuses to open.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -8,66 +11,151 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
 
+use crate::aws::keys::CodeKey;
 use crate::aws::parameters::CodeVault;
 use crate::error::VendError;
-use crate::secret::ActivationCode;
+use crate::pool::state::CurrentActivation;
+use crate::secret::{ActivationCode, SealedCode};
 
 pub struct Codes {
     vault: CodeVault,
+    key: CodeKey,
     cache: CodeCache,
     /// Reads in flight: a process's requests that meet a new activation at once
-    /// (a block of slots, a storm after a rotation elsewhere) share one GetParameter,
-    /// which spends Parameter Store's account-wide 40 reads per second, and its
-    /// outcome: when it fails (throttled past the SDK's retries), all of them answer
-    /// with that failure rather than each reading again.
+    /// (a block of slots, a storm after a rotation elsewhere) share one read (a KMS
+    /// Decrypt of the sealed code, or a GetParameter, which spends Parameter Store's
+    /// account-wide 40 reads per second) and its outcome: when it fails (throttled
+    /// past the SDK's retries), all of them answer with that failure rather than each
+    /// reading again.
     reads: InFlight<(String, i64), Result<Option<ActivationCode>, VendError>>,
 }
 
+/// A new activation's code as the rotation stored it.
+#[derive(Debug)]
+pub struct Stored {
+    /// The Parameter Store version that holds it.
+    pub version: i64,
+    /// The code sealed for the pool item; `None` when KMS would not seal it (the
+    /// activation is then read from Parameter Store, as before sealed codes).
+    pub sealed: Option<SealedCode>,
+}
+
+/// Whether a failed Decrypt is worth a read of Parameter Store instead: yes, unless
+/// it says "slow down" or "not now" (throttled, or no answer, after the SDK's
+/// retries), which a second service would only make worse, and which answers `503`
+/// with `Retry-After` like any throttle. A refusal (`AccessDenied`,
+/// `InvalidCiphertext`, a disabled key, a plaintext that is no code) falls back.
+pub fn falls_back_to_parameter_store(error: &VendError) -> bool {
+    !matches!(
+        error,
+        VendError::Throttled { .. } | VendError::Unavailable { .. } | VendError::Contended { .. }
+    )
+}
+
 impl Codes {
-    pub fn new(vault: CodeVault) -> Self {
+    pub fn new(vault: CodeVault, key: CodeKey) -> Self {
         Self {
             vault,
+            key,
             cache: CodeCache::default(),
             reads: InFlight::default(),
         }
     }
 
-    /// The code stored with `activation_id` at `version`; `None` when Parameter
-    /// Store no longer holds that version (or it holds another activation).
+    /// The code stored with `activation_id` at `version`: opened from `sealed` when
+    /// the pool item carried it, else read from Parameter Store; `None` when
+    /// Parameter Store no longer holds that version (or it holds another activation).
     pub async fn code_for(
         &self,
         pool: &str,
         activation_id: &str,
         version: i64,
+        sealed: Option<&SealedCode>,
     ) -> Result<Option<ActivationCode>, VendError> {
         if let Some(code) = self.cache.get(activation_id, version) {
             return Ok(Some(code));
         }
         self.reads
             .share((activation_id.to_owned(), version), || {
-                self.read(pool, activation_id, version)
+                self.read(pool, activation_id, version, sealed)
             })
             .await
     }
 
+    /// The code of the activation a slot was taken on, opened from the sealed code its
+    /// pool item carried if any (`code_for`).
+    pub async fn code_of(
+        &self,
+        pool: &str,
+        activation: &CurrentActivation,
+    ) -> Result<Option<ActivationCode>, VendError> {
+        self.code_for(
+            pool,
+            &activation.id,
+            activation.parameter_version,
+            activation.sealed_code.as_ref(),
+        )
+        .await
+    }
+
     /// The one read of a code that a process's concurrent requests for it share.
-    async fn read(&self, pool: &str, activation_id: &str, version: i64) -> Result<Option<ActivationCode>, VendError> {
+    async fn read(
+        &self,
+        pool: &str,
+        activation_id: &str,
+        version: i64,
+        sealed: Option<&SealedCode>,
+    ) -> Result<Option<ActivationCode>, VendError> {
         // A read that ended between the caller's look at the cache and now left it here.
         if let Some(code) = self.cache.get(activation_id, version) {
             return Ok(Some(code));
         }
-        let code = self.vault.fetch(pool, activation_id, version).await?;
+        let opened = match sealed {
+            Some(sealed) => match self.key.open(pool, activation_id, sealed).await {
+                Ok(code) => Some(code),
+                Err(e) if falls_back_to_parameter_store(&e) => {
+                    tracing::warn!(
+                        pool,
+                        activation_id,
+                        error = %e,
+                        "could not open the sealed code; reading it from Parameter Store"
+                    );
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        let code = match opened {
+            Some(code) => Some(code),
+            None => self.vault.fetch(pool, activation_id, version).await?,
+        };
         if let Some(code) = &code {
             self.cache.insert(activation_id, version, code.clone());
         }
         Ok(code)
     }
 
-    /// Stores a new activation's code; returns the parameter version that holds it.
-    pub async fn store(&self, pool: &str, activation_id: &str, code: &ActivationCode) -> Result<i64, VendError> {
+    /// Stores a new activation's code in Parameter Store (the store of record, first),
+    /// then seals it for the pool item. A seal that fails is logged and leaves the
+    /// activation without a sealed code: the rotation goes on, and its code is read
+    /// from Parameter Store as before sealed codes.
+    pub async fn store(&self, pool: &str, activation_id: &str, code: &ActivationCode) -> Result<Stored, VendError> {
         let version = self.vault.store(pool, activation_id, code).await?;
         self.cache.insert(activation_id, version, code.clone());
-        Ok(version)
+        let sealed = match self.key.seal(pool, activation_id, code).await {
+            Ok(sealed) => Some(sealed),
+            Err(e) => {
+                tracing::warn!(
+                    pool,
+                    activation_id,
+                    error = %e,
+                    "could not seal the code with KMS; processes will read it from Parameter Store"
+                );
+                None
+            }
+        };
+        Ok(Stored { version, sealed })
     }
 }
 
@@ -207,6 +295,34 @@ mod tests {
         });
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert!(outcomes.iter().all(|o| matches!(o, Ok(7))));
+    }
+
+    #[test]
+    fn only_a_refused_decrypt_falls_back_to_parameter_store_a_throttle_answers_503() {
+        let operation = "KMS.Decrypt";
+        for refused in [
+            "AccessDeniedException",
+            "InvalidCiphertextException",
+            "DisabledException",
+        ] {
+            let error = VendError::Aws {
+                operation,
+                code: refused.into(),
+                detail: String::new(),
+            };
+            assert!(falls_back_to_parameter_store(&error), "{refused}");
+        }
+        assert!(falls_back_to_parameter_store(&VendError::Internal("not UTF-8".into())));
+        for busy in [
+            VendError::Throttled { operation },
+            VendError::Unavailable {
+                operation,
+                detail: "no answer".into(),
+            },
+        ] {
+            assert!(!falls_back_to_parameter_store(&busy), "{busy}");
+            assert_eq!(busy.status().as_u16(), 503);
+        }
     }
 
     #[test]

@@ -88,13 +88,14 @@ impl Vendor {
     pub fn new(
         store: PoolStore,
         vault: CodeVault,
+        key: crate::aws::keys::CodeKey,
         pool_configs: PoolConfigSource,
         activations: ActivationService,
         config: Config,
     ) -> Self {
         crate::clock::margin_in_use(secs(config.expiry_margin));
         let directory = PoolDirectory::new(store.clone(), pool_configs, &config);
-        let codes = Arc::new(Codes::new(vault));
+        let codes = Arc::new(Codes::new(vault, key));
         let checks = ActivationChecks::new(activations.clone(), config.verify_interval);
         let rotator = Arc::new(Rotator::new(store.clone(), codes.clone(), activations, config.clone()));
         let standby = StandbyKeeper::new(rotator.clone(), config.lease, config.runtime);
@@ -302,7 +303,7 @@ impl Vendor {
                 Some(winner) if winner.reusable_by(caller, now, margin) => {
                     match self
                         .codes
-                        .code_for(&pool.name, &winner.activation_id, winner.parameter_version)
+                        .code_for(&pool.name, &winner.activation_id, winner.parameter_version, None)
                         .await?
                     {
                         Some(code) => Vended {
@@ -347,7 +348,7 @@ impl Vendor {
         }
         match self
             .codes
-            .code_for(&pool.name, &record.activation_id, record.parameter_version)
+            .code_for(&pool.name, &record.activation_id, record.parameter_version, None)
             .await?
         {
             Some(code) => Ok(Again::Reused(Vended {
@@ -444,7 +445,7 @@ impl Vendor {
                     }
                     let code = self
                         .codes
-                        .code_for(name, &activation.id, activation.parameter_version)
+                        .code_of(name, &activation)
                         .await
                         .inspect_err(|_| slot.failed())?;
                     match code {

@@ -117,8 +117,8 @@ impl Rotator {
         let expires_at = epoch_now() + secs(pool.settings.activation_ttl);
         let limit = pool.settings.registration_limit;
         let created = self.activations.create(name, &pool.settings, expires_at).await?;
-        let version = match self.codes.store(name, &created.id, &created.code).await {
-            Ok(version) => version,
+        let stored = match self.codes.store(name, &created.id, &created.code).await {
+            Ok(stored) => stored,
             Err(e) => {
                 self.delete_unused(&created.id).await;
                 return Err(e);
@@ -129,10 +129,11 @@ impl Rotator {
             expires_at,
             limit,
             reserved: 0,
-            parameter_version: version,
+            parameter_version: stored.version,
             committed_at: 0,
             fingerprint: pool.fingerprint.clone(),
             config_at: pool.config_at,
+            sealed_code: stored.sealed,
         };
         let committed = self
             .store
@@ -149,7 +150,8 @@ impl Rotator {
             iam_role = %pool.settings.iam_role,
             config = %pool.fingerprint,
             expires_at,
-            parameter_version = version,
+            parameter_version = next.parameter_version,
+            sealed = next.sealed_code.is_some(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "{}",
             if place == Place::Current { "rotated" } else { "prepared a standby" }

@@ -17,6 +17,7 @@ mod quotas;
 mod refusals;
 mod registrations;
 mod rotation;
+mod sealed_codes;
 mod serve_limits;
 mod standby;
 mod sweep;

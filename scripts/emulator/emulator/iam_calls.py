@@ -39,7 +39,10 @@ What each operation asks IAM (the Service Authorization Reference's model):
     DeleteActivation, DescribeActivations, DescribeInstanceInformation, DescribeParameters:
     "*". DeregisterManagedInstance and the tagging calls on a node: the managed-instance
     ARN with the node's tags as ssm:resourceTag/KEY and aws:ResourceTag/KEY.
-  * KMS: the key's ARN (an alias resolved to its key).
+  * KMS: the key's ARN (an alias resolved to its key; a Decrypt that names none, the key
+    its ciphertext names). A direct Encrypt or Decrypt also carries kms:CallerAccount,
+    kms:EncryptionContext:KEY for each pair of its encryption context and
+    kms:EncryptionContextKeys (the context's keys; both absent when it has none).
   * Anything else: SERVICE:Operation on "*", which the evaluator refuses for an action
     that needs a resource: an unmodelled call fails loudly instead of passing unseen.
 Every request carries aws:RequestedRegion (the Region the call was signed for).
@@ -140,9 +143,9 @@ def describe_call(operation: str, service: str, region: str, request: dict[str, 
     elif service == "ssm":
         _ssm(record, name, request)
     elif service == "kms":
-        key = _key_arn(account, region, request.get("KeyId"))
+        key = _key_arn(account, region, request.get("KeyId") or _ciphertext_key_id(request))
         record["kms_key_arn"] = key
-        _ask(record, f"kms:{name}", key or "*")
+        _ask(record, f"kms:{name}", key or "*", _kms_context(account, name, request))
     else:
         _ask(record, f"{service}:{name}", "*")
     for asked in record["requests"]:
@@ -256,6 +259,34 @@ def _key_arn(account: str, region: str, key_id: Any) -> str | None:
         return kms_backends[account][region].describe_key(key_id).arn
     except Exception:  # an unknown key or alias: AWS would refuse the call itself
         return None
+
+
+def _ciphertext_key_id(request: dict[str, Any]) -> str | None:
+    """The key a Decrypt's ciphertext names (moto's blob format), when the call names none."""
+    blob = request.get("CiphertextBlob")
+    if not isinstance(blob, str):
+        return None
+    import base64
+
+    from moto.kms.utils import _deserialize_ciphertext_blob
+
+    try:
+        return _deserialize_ciphertext_blob(base64.b64decode(blob)).key_id
+    except Exception:  # not a ciphertext: AWS refuses the call itself
+        return None
+
+
+def _kms_context(account: str, name: str, request: dict[str, Any]) -> dict[str, Any]:
+    """The encryption context keys of a direct cryptographic call (Encrypt, Decrypt)."""
+    if name not in ("Encrypt", "Decrypt", "GenerateDataKey"):
+        return {}
+    context = request.get("EncryptionContext") or {}
+    asked: dict[str, Any] = {"kms:CallerAccount": account}
+    if isinstance(context, dict) and context:
+        for key, value in context.items():
+            asked[f"kms:EncryptionContext:{key}"] = value
+        asked["kms:EncryptionContextKeys"] = sorted(context)
+    return asked
 
 
 def _via_ssm(record: dict[str, Any], action: str, key_id: Any, parameter_arn: str) -> None:

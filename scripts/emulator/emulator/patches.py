@@ -11,7 +11,10 @@ the error shapes) is routed around it in app.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Callable
+
+import moto.kms.utils
 
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.table import Table
@@ -31,7 +34,7 @@ WRAPS = "wraps"  # `new` takes moto's attribute and returns what calls it
 
 @dataclass(frozen=True)
 class Patch:
-    owner: type
+    owner: type | ModuleType
     name: str
     kind: str
     new: Callable[..., Any]
@@ -67,6 +70,9 @@ PATCHES: tuple[Patch, ...] = (
     Patch(KmsBackend, "_generate_default_keys", WRAPS, kms_keys.aws_managed,
           'moto is kinder than AWS: alias/aws/* keys say KeyManager "CUSTOMER", so the '
           "service's refusal of AWS-managed keys could never fire"),
+    Patch(moto.kms.utils, "_serialize_encryption_context", REPLACES, kms_keys.unambiguous_context,
+          'moto is kinder than AWS: it runs the context\'s keys and values together, so '
+          '{"ab": "c"} opens a ciphertext sealed under {"a": "bc"}'),
     # DynamoDB (dynamodb.py).
     Patch(DynamoHandler, "transact_write_items", WRAPS, dynamodb.idempotent_transact_write_items,
           "moto ignores TransactWriteItems' ClientRequestToken: a retried commit would apply twice"),

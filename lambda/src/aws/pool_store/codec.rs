@@ -4,12 +4,14 @@
 
 use std::collections::BTreeMap;
 
+use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::schema::*;
 use crate::clock::EpochSecs;
 use crate::error::VendError;
 use crate::pool::state::{CurrentActivation, InstanceRecord, Lease, PoolState, RotationFailure};
+use crate::secret::SealedCode;
 
 /// What the table says about an activation the service created.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +39,16 @@ pub(super) fn s(value: &str) -> AttributeValue {
 
 pub(super) fn get_n(item: &Item, name: &str) -> Option<i64> {
     item.get(name)?.as_n().ok()?.parse().ok()
+}
+
+/// A binary attribute's bytes; an empty one (which DynamoDB would refuse anyway) is none.
+pub(super) fn get_b<'a>(item: &'a Item, name: &str) -> Option<&'a [u8]> {
+    let bytes = item.get(name)?.as_b().ok()?.as_ref();
+    (!bytes.is_empty()).then_some(bytes)
+}
+
+pub(super) fn b(value: &[u8]) -> AttributeValue {
+    AttributeValue::B(Blob::new(value))
 }
 
 pub(super) fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
@@ -80,6 +92,7 @@ fn activation_at(item: &Item, at: &Attributes, reserved: i64) -> Option<CurrentA
         committed_at: get_n(item, at.committed_at).unwrap_or(0),
         fingerprint: get_s(item, at.fingerprint).unwrap_or_default().to_owned(),
         config_at: get_n(item, at.config_at).unwrap_or(0),
+        sealed_code: get_b(item, at.sealed_code).map(SealedCode::new),
     })
 }
 
@@ -238,7 +251,12 @@ mod tests {
             committed_at: 1_000,
             fingerprint: "fp1".into(),
             config_at: 900,
+            sealed_code: Some(SealedCode::new(format!("sealed {id}").into_bytes())),
         }
+    }
+
+    fn sealed(a: &CurrentActivation) -> AttributeValue {
+        b(a.sealed_code.as_ref().expect("sealed").bytes())
     }
 
     fn pool_item(current: &CurrentActivation, standby: &CurrentActivation) -> Item {
@@ -252,6 +270,7 @@ mod tests {
             (ROTATED_AT, n(current.committed_at)),
             (CONFIG_FP, s(&current.fingerprint)),
             (CONFIG_AT, n(current.config_at)),
+            (SEALED_CODE, sealed(current)),
             (STANDBY.id, s(&standby.id)),
             (STANDBY.expires_at, n(standby.expires_at)),
             (STANDBY.limit, n(i64::from(standby.limit))),
@@ -259,6 +278,7 @@ mod tests {
             (STANDBY.committed_at, n(standby.committed_at)),
             (STANDBY.fingerprint, s(&standby.fingerprint)),
             (STANDBY.config_at, n(standby.config_at)),
+            (STANDBY.sealed_code, sealed(standby)),
             (LEASE_OWNER, s("rotation-1")),
             (LEASE_UNTIL, n(1_030)),
             (ROTATION_REASON, s("exhausted")),
@@ -289,6 +309,27 @@ mod tests {
         let failure = state.last_failure.expect("the failure");
         assert_eq!((failure.at, failure.error.as_str()), (990, "Throttled"));
         assert_eq!(state.unused_registrations, 12);
+    }
+
+    #[test]
+    fn each_activation_reads_back_with_its_own_sealed_code() {
+        let state = pool_state(Some(&pool_item(&activation("a"), &activation("b"))));
+        let sealed = |a: Option<CurrentActivation>| a.and_then(|a| a.sealed_code).map(|c| c.bytes().to_vec());
+        assert_eq!(sealed(state.activation), Some(b"sealed a".to_vec()));
+        assert_eq!(sealed(state.standby), Some(b"sealed b".to_vec()));
+    }
+
+    #[test]
+    fn an_item_written_before_sealed_codes_or_holding_no_binary_there_has_none() {
+        let mut item = pool_item(&activation("a"), &activation("b"));
+        item.remove(SEALED_CODE);
+        item.insert(STANDBY.sealed_code.into(), s("not binary"));
+        let state = pool_state(Some(&item));
+        assert_eq!(state.activation.expect("current").sealed_code, None);
+        assert_eq!(state.standby.expect("standby").sealed_code, None);
+        let mut item = pool_item(&activation("a"), &activation("b"));
+        item.insert(SEALED_CODE.into(), b(b""));
+        assert_eq!(pool_state(Some(&item)).activation.expect("current").sealed_code, None);
     }
 
     #[test]

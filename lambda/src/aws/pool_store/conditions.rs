@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::codec::{n, s};
+use super::codec::{b, n, s};
 use super::schema::*;
 use crate::clock::EpochSecs;
 use crate::pool::state::{CurrentActivation, InstanceRecord, Wanted};
@@ -130,7 +130,9 @@ pub(super) fn release_lease(owner: &str) -> Write {
 
 /// A commit's update of the pool item: `next` in `place`, the lease freed, only under
 /// `owner`'s unexpired lease (fencing). A new current activation starts with the
-/// slots `next` says are taken; a standby has none to take.
+/// slots `next` says are taken; a standby has none to take. Its sealed code is set
+/// with it, or, when the rotation could not seal one, the place's old one removed
+/// (it belongs to the activation being replaced).
 pub(super) fn commit(owner: &str, next: &CurrentActivation, place: Place, reason: &str, now: EpochSecs) -> Write {
     let at = place.attributes();
     let set_reserved = if place == Place::Current {
@@ -138,10 +140,15 @@ pub(super) fn commit(owner: &str, next: &CurrentActivation, place: Place, reason
     } else {
         ""
     };
+    let (set_sealed, remove_sealed) = match next.sealed_code {
+        Some(_) => (", #sealed = :sealed", ""),
+        None => ("", ", #sealed"),
+    };
     let write = Write::new(
         Some(format!(
             "SET #id = :id, #exp = :exp, #limit = :limit, #pver = :pver{set_reserved}, \
-             #rotated = :now, #fp = :fp, #cfg_at = :cfg_at, #reason = :reason REMOVE #owner, #until"
+             #rotated = :now, #fp = :fp, #cfg_at = :cfg_at, #reason = :reason{set_sealed} \
+             REMOVE #owner, #until{remove_sealed}"
         )),
         Some("#owner = :me AND #until >= :now"),
     )
@@ -154,6 +161,7 @@ pub(super) fn commit(owner: &str, next: &CurrentActivation, place: Place, reason
         ("#fp", at.fingerprint),
         ("#cfg_at", at.config_at),
         ("#reason", at.reason),
+        ("#sealed", at.sealed_code),
         ("#owner", LEASE_OWNER),
         ("#until", LEASE_UNTIL),
     ])
@@ -166,6 +174,10 @@ pub(super) fn commit(owner: &str, next: &CurrentActivation, place: Place, reason
     .value(":pver", n(next.parameter_version))
     .value(":now", n(now))
     .value(":me", s(owner));
+    let write = match &next.sealed_code {
+        Some(sealed) => write.value(":sealed", b(sealed.bytes())),
+        None => write,
+    };
     if place == Place::Current {
         write
             .name("#reserved", RESERVED)
@@ -185,6 +197,10 @@ pub(super) fn not_there_yet() -> Write {
 /// still the pool's standby, outlives the margin and was made with the wanted
 /// settings, and the current activation cannot be reserved (none, used up, inside
 /// the margin, or made with other settings).
+///
+/// The standby's sealed code moves with it, by value: the one `standby` carries is the
+/// one its commit wrote beside `:sid` (a standby without one leaves the current
+/// place without one too; `SET` from a missing attribute would fail the write).
 pub(super) fn promote_standby(
     standby: &CurrentActivation,
     now: EpochSecs,
@@ -192,13 +208,16 @@ pub(super) fn promote_standby(
     wanted: Wanted<'_>,
     count: u32,
 ) -> Write {
-    Write::new(
-        Some(
+    let (set_sealed, remove_sealed) = match standby.sealed_code {
+        Some(_) => (", #sealed = :sealed", ""),
+        None => ("", ", #sealed"),
+    };
+    let write = Write::new(
+        Some(format!(
             "SET #id = #sid, #exp = #sexp, #limit = #slimit, #pver = #spver, #fp = #sfp, \
-             #cfg_at = #scfg_at, #reserved = :count, #rotated = #scommitted, #reason = :reason \
-             REMOVE #sid, #sexp, #slimit, #spver, #sfp, #scfg_at, #scommitted, #sreason, #checked"
-                .into(),
-        ),
+             #cfg_at = #scfg_at, #reserved = :count, #rotated = #scommitted, #reason = :reason{set_sealed} \
+             REMOVE #sid, #sexp, #slimit, #spver, #sfp, #scfg_at, #scommitted, #sreason, #checked, #ssealed{remove_sealed}"
+        )),
         Some(
             "#sid = :sid AND #sexp > :min_exp AND #sfp = :fp AND (attribute_not_exists(#id) \
              OR #reserved >= #limit OR #exp <= :min_exp OR NOT (#fp = :fp OR #cfg_at > :cfg_at))",
@@ -223,13 +242,19 @@ pub(super) fn promote_standby(
         ("#scommitted", STANDBY.committed_at),
         ("#sreason", STANDBY.reason),
         ("#checked", CHECKED_AT),
+        ("#sealed", CURRENT.sealed_code),
+        ("#ssealed", STANDBY.sealed_code),
     ])
     .value(":sid", s(&standby.id))
     .value(":min_exp", n(now + margin_secs))
     .value(":fp", s(wanted.fingerprint))
     .value(":cfg_at", n(wanted.config_at))
     .value(":count", n(i64::from(count)))
-    .value(":reason", s("standby promoted"))
+    .value(":reason", s("standby promoted"));
+    match &standby.sealed_code {
+        Some(sealed) => write.value(":sealed", b(sealed.bytes())),
+        None => write,
+    }
 }
 
 /// SSM's good answer about the current activation noted for other processes: only
@@ -312,6 +337,7 @@ pub(super) fn save_directory_snapshot(configs_json: &str, read_at: EpochSecs) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::SealedCode;
 
     const WANTED: Wanted<'static> = Wanted {
         fingerprint: "fp1",
@@ -328,6 +354,14 @@ mod tests {
             committed_at: 0,
             fingerprint: "fp1".into(),
             config_at: 900,
+            sealed_code: Some(SealedCode::new(b"sealed act-2".to_vec())),
+        }
+    }
+
+    fn unsealed() -> CurrentActivation {
+        CurrentActivation {
+            sealed_code: None,
+            ..next()
         }
     }
 
@@ -388,8 +422,20 @@ mod tests {
                 "commit as standby",
                 commit("me", &next(), Place::Standby, "ahead", 1_000),
             ),
+            (
+                "commit as current, unsealed",
+                commit("me", &unsealed(), Place::Current, "exhausted", 1_000),
+            ),
+            (
+                "commit as standby, unsealed",
+                commit("me", &unsealed(), Place::Standby, "ahead", 1_000),
+            ),
             ("not there yet", not_there_yet()),
             ("promote the standby", promote_standby(&next(), 1_000, 60, WANTED, 4)),
+            (
+                "promote an unsealed standby",
+                promote_standby(&unsealed(), 1_000, 60, WANTED, 4),
+            ),
             ("record a failure", record_rotation_failure(1_000, "Throttled")),
             ("add unused", add_unused_registrations(3)),
             ("remember an instance", remember_instance(&record(), None, 1_100)),
@@ -480,6 +526,42 @@ mod tests {
         assert!(!standby.names.contains_key("#reserved"));
         assert!(!standby.values.contains_key(":reserved"));
         assert!(standby.names.values().all(|attribute| attribute != RESERVED));
+    }
+
+    #[test]
+    fn a_commit_sets_its_sealed_code_in_its_place_or_removes_the_one_it_replaces() {
+        for place in [Place::Current, Place::Standby] {
+            let sealed = commit("me", &next(), place, "exhausted", 1_000);
+            assert_eq!(sealed.names["#sealed"], place.attributes().sealed_code);
+            assert_eq!(sealed.values[":sealed"], b(b"sealed act-2"));
+            assert!(sealed.update.as_deref().unwrap().contains("#sealed = :sealed"));
+            let unsealed = commit("me", &unsealed(), place, "exhausted", 1_000);
+            let update = unsealed.update.as_deref().unwrap();
+            assert!(update.ends_with("REMOVE #owner, #until, #sealed"), "{update}");
+            assert!(!unsealed.values.contains_key(":sealed"));
+        }
+        assert_eq!(Place::Current.attributes().sealed_code, SEALED_CODE);
+        assert_eq!(Place::Standby.attributes().sealed_code, "sb_sealed_code");
+    }
+
+    #[test]
+    fn a_promotion_moves_the_standbys_sealed_code_with_it_or_leaves_none() {
+        let write = promote_standby(&next(), 1_000, 60, WANTED, 4);
+        let update = write.update.as_deref().unwrap();
+        assert!(update.contains("#sealed = :sealed"), "{update}");
+        assert!(update.ends_with(", #ssealed"), "the standby's copy goes: {update}");
+        assert_eq!(write.values[":sealed"], b(b"sealed act-2"));
+        assert_eq!(
+            (write.names["#sealed"].as_str(), write.names["#ssealed"].as_str()),
+            (SEALED_CODE, "sb_sealed_code")
+        );
+        let write = promote_standby(&unsealed(), 1_000, 60, WANTED, 4);
+        let update = write.update.as_deref().unwrap();
+        assert!(
+            update.ends_with(", #ssealed, #sealed"),
+            "the old activation's sealed code goes too: {update}"
+        );
+        assert!(!write.values.contains_key(":sealed"));
     }
 
     #[test]

@@ -21,6 +21,9 @@ use crate::pool::state::{CurrentActivation, Lease, PoolState, Wanted};
 /// reasons the SDK cannot see, so does not retry), with the same token.
 pub(crate) const THROTTLED_COMMIT_ATTEMPTS: u32 = 6;
 
+/// How much of a failed rotation's error the pool item keeps (the log keeps it whole).
+pub(crate) const FAILURE_NOTE_CHARS: usize = 100;
+
 /// The cancellation reasons that mean "slow down" rather than "conflict" or "no".
 const THROTTLED_CANCELLATIONS: &[&str] = &[
     "ThrottlingError",
@@ -367,8 +370,9 @@ impl PoolStore {
     /// Notes a failed rotation on the pool's item for `vending status`; best effort
     /// (the failure is logged and counted anyway). `error` never carries a code.
     pub async fn record_rotation_failure(&self, pool: &str, now: EpochSecs, error: &str) {
-        // Short: the pool item is read and written on every vend.
-        let error: String = error.chars().take(200).collect();
+        // Short: the pool item is read and written on every vend, and with both sealed
+        // codes it must stay under 1 KB (one write unit; DESIGN §10).
+        let error: String = error.chars().take(FAILURE_NOTE_CHARS).collect();
         let result = self
             .update_pool(pool, &conditions::record_rotation_failure(now, &error))
             .send()

@@ -38,6 +38,8 @@ pub(super) const ROTATION_REASON: &str = "rotation_reason";
 pub(super) const FAILED_AT: &str = "rotation_failed_at";
 pub(super) const FAILURE: &str = "rotation_failure";
 pub(super) const UNUSED_REGISTRATIONS: &str = "unused_regs";
+/// The current activation's code sealed with the codes' KMS key (B); never a plaintext code.
+pub(super) const SEALED_CODE: &str = "sealed_code";
 /// The standby activation's attributes on the pool item: the same as the current
 /// one's, prefixed.
 pub(super) const STANDBY: Attributes = Attributes {
@@ -49,6 +51,7 @@ pub(super) const STANDBY: Attributes = Attributes {
     fingerprint: "sb_config_fp",
     config_at: "sb_config_at",
     reason: "sb_reason",
+    sealed_code: "sb_sealed_code",
 };
 pub(super) const CURRENT: Attributes = Attributes {
     id: ACTIVATION_ID,
@@ -59,6 +62,7 @@ pub(super) const CURRENT: Attributes = Attributes {
     fingerprint: CONFIG_FP,
     config_at: CONFIG_AT,
     reason: ROTATION_REASON,
+    sealed_code: SEALED_CODE,
 };
 
 /// Where on the pool item one activation lives.
@@ -71,6 +75,7 @@ pub(super) struct Attributes {
     pub(super) fingerprint: &'static str,
     pub(super) config_at: &'static str,
     pub(super) reason: &'static str,
+    pub(super) sealed_code: &'static str,
 }
 
 /// Which place on the pool item a commit fills.
