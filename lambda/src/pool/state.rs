@@ -207,7 +207,13 @@ pub fn standby_needed(
     standby.is_none_or(|s| !promotable(s, now + margin_secs, margin_secs, wanted))
 }
 
-/// Whether a lease (if any) lets `now` take the pool.
+/// Whether an activation expiring at `expires_at` may still be handed out at `now`.
+pub fn clears_margin(expires_at: EpochSecs, now: EpochSecs, margin_secs: i64) -> bool {
+    expires_at > now + margin_secs
+}
+
+/// Whether a lease (if any) lets `now` take the pool. A request whose slot's write
+/// showed it held skips preparing the standby: its try would only be refused.
 pub fn lease_is_free(lease: Option<&Lease>, now: EpochSecs) -> bool {
     lease.is_none_or(|l| l.until < now)
 }

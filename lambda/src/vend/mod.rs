@@ -27,15 +27,15 @@ use crate::error::VendError;
 use crate::metrics::{self, Metric, WasteReason};
 use crate::pool::directory::{Pool, PoolDirectory};
 use crate::pool::state::{
-    lease_is_free, promotable, rotate_ahead_due, standby_needed, why_unusable, Caller, CurrentActivation,
-    InstanceRecord, RotationReason,
+    clears_margin, lease_is_free, promotable, rotate_ahead_due, standby_needed, why_unusable, Caller,
+    CurrentActivation, InstanceRecord, RotationReason,
 };
 use crate::secret::ActivationCode;
 use crate::vend::blocks::SlotBlocks;
 use crate::vend::codes::Codes;
 use crate::vend::rotation::{Rotation, Rotator};
 use crate::vend::slot::SlotInHand;
-use crate::vend::standby::{lease_held, prepares_standby, StandbyKeeper};
+use crate::vend::standby::{prepares_standby, StandbyKeeper};
 use crate::vend::verify::{trust_anchor, ActivationChecks, Checked, Retirements};
 
 /// What a caller leaves with.
@@ -437,7 +437,7 @@ impl Vendor {
                             margin,
                             self.config.low_water_percent,
                         );
-                        if prepares_standby(via, trigger, self.config.runtime) && !lease_held(lease.as_ref(), now) {
+                        if prepares_standby(via, trigger, self.config.runtime) && lease_is_free(lease.as_ref(), now) {
                             // Our slot stays good; a failure only means a later request
                             // tries again.
                             self.standby.prepare(pool, trigger).await;
@@ -595,9 +595,4 @@ impl Vendor {
         tokio::time::sleep(pause.min(left)).await;
         Ok(())
     }
-}
-
-/// Whether an activation expiring at `expires_at` may still be handed out at `now`.
-pub fn clears_margin(expires_at: EpochSecs, now: EpochSecs, margin_secs: i64) -> bool {
-    expires_at > now + margin_secs
 }

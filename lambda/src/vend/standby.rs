@@ -8,10 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::aws::pool_store::{Place, Via};
-use crate::clock::EpochSecs;
 use crate::config::Runtime;
 use crate::pool::directory::Pool;
-use crate::pool::state::{AheadTrigger, Lease, RotationReason};
+use crate::pool::state::{AheadTrigger, RotationReason};
 use crate::vend::rotation::{Rotation, Rotator};
 
 /// Whether a request that got its slot `via` this way, with `trigger` due, starts
@@ -27,15 +26,6 @@ pub fn prepares_standby(via: Via, trigger: Option<AheadTrigger>, runtime: Runtim
             Via::Block => false,
             Via::Promotion => runtime == Runtime::Server,
         }
-}
-
-/// Whether the pool's lease, as the write that took our slot saw it, is someone's
-/// still: then that process is preparing the standby (or rotating), and a try of ours
-/// would only be refused, one more write on the pool's item. Under Lambda each of
-/// P environments that reserves between a promotion and the next standby would
-/// otherwise try once: P - 1 refused writes per activation.
-pub fn lease_held(lease: Option<&Lease>, now: EpochSecs) -> bool {
-    lease.is_some_and(|l| l.until >= now)
 }
 
 pub struct StandbyKeeper {
@@ -135,21 +125,6 @@ impl StandbyKeeper {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_lease_someone_holds_still_means_no_try_of_ours_and_a_run_out_one_a_try() {
-        let lease = |until| Lease {
-            owner: "rotation-1".into(),
-            until,
-        };
-        assert!(lease_held(Some(&lease(1_030)), 1_000));
-        assert!(
-            lease_held(Some(&lease(1_000)), 1_000),
-            "take_lease refuses until < now only"
-        );
-        assert!(!lease_held(Some(&lease(999)), 1_000));
-        assert!(!lease_held(None, 1_000));
-    }
 
     #[test]
     fn a_request_s_own_reserve_sees_the_standby_and_may_start_the_next() {
