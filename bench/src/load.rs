@@ -76,6 +76,14 @@ impl Jitter {
     }
 }
 
+/// A `Retry-After` in whole seconds, as the boot scripts read it.
+pub fn retry_after_secs(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
 pub fn http_client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -110,11 +118,7 @@ async fn attempt(
         }
     };
     let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let retry_after = retry_after_secs(resp.headers());
     let body = resp.bytes().await;
     result.attempt_ms.push(started.elapsed().as_secs_f64() * 1000.0);
     *result.statuses.entry(status).or_default() += 1;

@@ -28,19 +28,45 @@ pub struct Context {
     pub low_water_percent: u32,
 }
 
+/// Where a run works, made ready: the repository, `scripts/local.sh`'s state
+/// (`LOCAL_STATE_DIR`), the `vending` binary (`VENDING_BIN`) and the output folder.
+pub struct Places {
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub bin: PathBuf,
+    pub out: PathBuf,
+}
+
+impl Places {
+    pub fn of(opts: &RunArgs) -> Result<Places, String> {
+        let root = std::fs::canonicalize(&opts.root).map_err(|e| format!("--root {}: {e}", opts.root.display()))?;
+        let state_dir = std::env::var_os("LOCAL_STATE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target/bench/local"));
+        std::fs::create_dir_all(state_dir.join("logs")).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+        let bin = std::env::var_os("VENDING_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target/release/vending"));
+        let out = opts.out.clone().unwrap_or_else(|| root.join("target/bench"));
+        std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+        Ok(Places {
+            root,
+            state_dir,
+            bin,
+            out,
+        })
+    }
+}
+
 /// Runs every scenario `opts` names and writes `<scenario>.json`/`.txt` after each,
 /// then `summary.json` and `summary.txt`.
 pub async fn run(opts: RunArgs) -> Result<(), String> {
-    let root = std::fs::canonicalize(&opts.root).map_err(|e| format!("--root {}: {e}", opts.root.display()))?;
-    let state_dir = std::env::var_os("LOCAL_STATE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/bench/local"));
-    std::fs::create_dir_all(state_dir.join("logs")).map_err(|e| format!("{}: {e}", state_dir.display()))?;
-    let bin = std::env::var_os("VENDING_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/release/vending"));
-    let out = opts.out.clone().unwrap_or_else(|| root.join("target/bench"));
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let Places {
+        root,
+        state_dir,
+        bin,
+        out,
+    } = Places::of(&opts)?;
     let low_water_percent = std::env::var("VENDING_LOW_WATER_PERCENT")
         .ok()
         .and_then(|v| v.trim().parse().ok())

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "tests" / "template"))
 
 import test_ecs_template as ecs  # noqa: E402
 import test_template_security as sam  # noqa: E402
-from cfn_helpers import as_list, props  # noqa: E402
+from cfn_helpers import as_list, load_template, props  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CALLS_DIR = ROOT / "target" / "iam-calls"
@@ -142,12 +142,12 @@ def _flatten(items: Any) -> list[Any]:
 
 @functools.lru_cache(maxsize=None)
 def _sam_source() -> str:
-    return json.dumps(sam.load_source())
+    return json.dumps(load_template(sam.TEMPLATE))
 
 
 @functools.lru_cache(maxsize=None)
 def _ecs_source() -> str:
-    return json.dumps(ecs.load(ecs.ECS_TEMPLATE))
+    return json.dumps(load_template(ecs.ECS_TEMPLATE))
 
 
 @functools.lru_cache(maxsize=None)

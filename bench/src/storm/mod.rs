@@ -26,6 +26,7 @@ use crate::figures::{per_vend, slots_wasted};
 use crate::lambda::{Stage, StageSpec};
 use crate::local::Local;
 use crate::procfs;
+use crate::run::Places;
 use crate::stats::round;
 use crate::summary::Machine;
 use report::{busy_seconds, client_figures, target, StormDetails, StormFile, StormRun, Throttle};
@@ -82,16 +83,12 @@ struct Storm {
 
 /// Runs lambda-storm and writes `<out>/lambda-storm.json`.
 pub async fn run(opts: RunArgs) -> Result<(), String> {
-    let root = std::fs::canonicalize(&opts.root).map_err(|e| format!("--root {}: {e}", opts.root.display()))?;
-    let state_dir = std::env::var_os("LOCAL_STATE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/bench/local"));
-    std::fs::create_dir_all(state_dir.join("logs")).map_err(|e| format!("{}: {e}", state_dir.display()))?;
-    let bin = std::env::var_os("VENDING_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/release/vending"));
-    let out = opts.out.clone().unwrap_or_else(|| root.join("target/bench"));
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let Places {
+        root,
+        state_dir,
+        bin,
+        out,
+    } = Places::of(&opts)?;
     let storm = Storm {
         local: Local { root, state_dir },
         bin,

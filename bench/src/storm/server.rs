@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use super::retry::{
     after_report_attempt, after_vend_attempt, healable_refusal, Answer, Backoff, Draws, Next, REPORT_WAIT,
 };
-use crate::load::Jitter;
+use crate::load::{retry_after_secs, Jitter};
 
 /// An RSA-2048 public key (base64 DER SubjectPublicKeyInfo, as the agent sends it),
 /// made once with `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048` and
@@ -168,11 +168,7 @@ impl Boot {
         let answer = async {
             let resp = request.send().await.ok()?;
             let status = resp.status().as_u16();
-            let retry_after = resp
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
+            let retry_after = retry_after_secs(resp.headers());
             let bytes = resp.bytes().await.ok()?;
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let code = body["error"]["code"].as_str().map(str::to_owned);
