@@ -24,6 +24,8 @@
 //! - `local.rs`: `scripts/local.sh` from Rust, and servers the bench starts itself.
 //! - `emulator.rs`: the emulator's control routes and a few bare AWS calls.
 //! - `proxy.rs`: the keep-alive proxy in front of the emulator.
+//! - `json_shape.rs` (tests only): a JSON file's key paths and kinds, for the tests
+//!   that hold summary.json's and lambda-storm.json's.
 //! - `procfs.rs`: CPU, memory and load of the machine and the servers, from /proc.
 //! - `storm/`: `--scenario lambda-storm`: `mod.rs` the runner (a fresh emulator with
 //!   quotas, the stage, N booting servers, `lambda-storm.json`), `server.rs` one booting
@@ -33,6 +35,8 @@
 mod cli;
 mod emulator;
 mod figures;
+#[cfg(test)]
+mod json_shape;
 mod lambda;
 mod load;
 mod load_only;

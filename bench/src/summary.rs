@@ -147,6 +147,7 @@ pub struct LoadAverage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json_shape::shape;
     use crate::scenario::Scenario;
     use crate::stats::latency_summary;
     use serde_json::Value;
@@ -283,51 +284,11 @@ vends int
 vends_waited_for_rotation int
 ";
 
-    fn kind(value: &Value) -> &'static str {
-        match value {
-            Value::Null => "null",
-            Value::Bool(_) => "bool",
-            Value::Number(n) if n.is_f64() => "float",
-            Value::Number(_) => "int",
-            Value::String(_) => "str",
-            Value::Array(_) => "list",
-            Value::Object(_) => "map",
-        }
-    }
-
-    /// `path kind` of every value under `value`: objects' keys joined with `.`, the
-    /// entries of MAPS as `*`, array elements as `[]`; each path once.
-    fn shape(value: &Value, path: &str, out: &mut Vec<String>) {
-        let children: Vec<(String, &Value)> = match value {
-            Value::Object(fields) => fields
-                .iter()
-                .map(|(k, v)| {
-                    let key = if MAPS.contains(&path) { "*" } else { k.as_str() };
-                    let p = if path.is_empty() {
-                        key.to_owned()
-                    } else {
-                        format!("{path}.{key}")
-                    };
-                    (p, v)
-                })
-                .collect(),
-            Value::Array(items) => items.iter().map(|v| (format!("{path}[]"), v)).collect(),
-            _ => Vec::new(),
-        };
-        for (p, v) in children {
-            let line = format!("{p} {}", kind(v));
-            if !out.contains(&line) {
-                out.push(line);
-                shape(v, &p, out);
-            }
-        }
-    }
-
     /// Paths and kinds that are in `actual` but not documented, and documented but not
     /// in `actual`.
     fn difference(actual: &Value) -> (Vec<String>, Vec<String>) {
         let mut found = Vec::new();
-        shape(actual, "", &mut found);
+        shape(actual, &MAPS, "", &mut found);
         let documented: Vec<String> = DOCUMENTED
             .lines()
             .filter(|l| !l.is_empty())
