@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -58,7 +57,6 @@ pub struct Gateway {
     pub throttle: Mutex<Throttle>,
     pub environments: Arc<Environments>,
     pub counts: Arc<Mutex<StageCounts>>,
-    pub requests: AtomicU64,
 }
 
 impl Gateway {
@@ -91,8 +89,12 @@ async fn stage(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    let n = gateway.requests.fetch_add(1, Ordering::Relaxed);
-    gateway.count(|c| c.requests += 1);
+    // The request's number (its ID's tail) is its place in the stage's count.
+    let mut n = 0;
+    gateway.count(|c| {
+        n = c.requests;
+        c.requests += 1;
+    });
     let method = api_method(request.uri().path(), request.method().as_str());
     let admitted = gateway
         .throttle

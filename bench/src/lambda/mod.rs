@@ -20,7 +20,6 @@ mod tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -97,7 +96,6 @@ impl Stage {
             throttle: Mutex::new(throttle),
             environments: environments.clone(),
             counts: counts.clone(),
-            requests: AtomicU64::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
